@@ -1,0 +1,166 @@
+"""The batched population API shared by every benchmark: agents are an array axis, never a dict.
+
+Gymnasium's contract with the agent axis in front: ``reset(*, seed, options) -> (obs[N, S], info)``,
+``step(actions[N]) -> (obs[N, S], reward[N], terminated, truncated, info)``. ``info`` always holds
+``"t"`` (steps taken), ``"summary"`` (``phi(mu_t)``, fixed size, computed over all N agents) and
+``"alive"`` (``[N]`` bool mask; all true for envs where agents never die).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+
+QUALITIES: tuple[str, ...] = ("expert", "medium", "random")
+"""Behaviour-policy qualities every env ships (``mixed`` is built from these by the dataset code)."""
+
+
+@runtime_checkable
+class PopulationPolicy(Protocol):
+    """A policy for a whole population: behaviour policies and learned agents alike.
+
+    ``reset`` is called once per episode with the env and a generator owned by the caller;
+    ``act`` maps the population's observations to one action per agent.
+    """
+
+    def reset(self, env: PopulationEnv, rng: np.random.Generator) -> None: ...
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        """Return ``actions[N]`` (int64) for ``obs[N, S]`` and the env's latest ``info``."""
+        ...
+
+
+class PopulationEnv(abc.ABC):
+    """Base class of a population environment with N homogeneous agents.
+
+    Subclasses set ``observation_space`` (one agent, ``Box[S]``), ``action_space``
+    (``Discrete(A)``), ``summary_space`` (``Box[P]``), ``horizon`` (T) and implement
+    ``_reset``, ``_step``, ``summary`` and ``config``. Randomness comes only from ``self.np_random``,
+    which ``reset(seed=...)`` re-creates.
+    """
+
+    name: ClassVar[str]
+    n_agents: int
+    horizon: int
+    observation_space: gym.spaces.Box
+    action_space: gym.spaces.Discrete
+    summary_space: gym.spaces.Box
+
+    def __init__(self) -> None:
+        self.np_random: np.random.Generator = np.random.default_rng()
+        self.t = 0
+        self._needs_reset = True
+
+    # ----------------------------------------------------------------- public API
+    @property
+    def state_size(self) -> int:
+        """S: per-agent observation feature size."""
+        return int(self.observation_space.shape[0])
+
+    @property
+    def n_actions(self) -> int:
+        """A: number of discrete actions."""
+        return int(self.action_space.n)
+
+    @property
+    def summary_size(self) -> int:
+        """P: size of the mean-field summary ``phi(mu_t)``."""
+        return int(self.summary_space.shape[0])
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode; ``seed`` re-creates the env's generator (same seed, same episode)."""
+        if seed is not None:
+            self.np_random = np.random.default_rng(seed)
+        self.t = 0
+        self._needs_reset = False
+        obs = self._reset(options or {})
+        return obs, self._info({})
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, bool, dict[str, Any]]:
+        """Advance every agent by one step with ``actions[N]``."""
+        if self._needs_reset:
+            raise RuntimeError(f"{self.name}: call reset() before step() (episode over or never started)")
+        actions = self.validate_actions(actions)
+        obs, reward, terminated, extra = self._step(actions)
+        self.t += 1
+        truncated = (not terminated) and self.t >= self.horizon
+        if terminated or truncated:
+            self._needs_reset = True
+        return obs, reward, bool(terminated), bool(truncated), self._info(extra)
+
+    def validate_actions(self, actions: Any) -> np.ndarray:
+        """Check shape ``[N]``, integer dtype and range; return them as int64 or raise ValueError."""
+        actions = np.asarray(actions)
+        if actions.shape != (self.n_agents,):
+            raise ValueError(
+                f"{self.name}: actions must have shape ({self.n_agents},), got {actions.shape}"
+            )
+        if not np.issubdtype(actions.dtype, np.integer):
+            raise ValueError(f"{self.name}: actions must be integers, got dtype {actions.dtype}")
+        if actions.size and (actions.min() < 0 or actions.max() >= self.n_actions):
+            raise ValueError(
+                f"{self.name}: actions must lie in [0, {self.n_actions - 1}], "
+                f"got range [{actions.min()}, {actions.max()}]"
+            )
+        return actions.astype(np.int64, copy=False)
+
+    def alive(self) -> np.ndarray:
+        """``[N]`` bool mask of agents still in the game (all true unless the env kills agents)."""
+        return np.ones(self.n_agents, dtype=bool)
+
+    def behaviour_policy(self, quality: str) -> PopulationPolicy:
+        """The behaviour policy of a quality in :data:`QUALITIES`, batched over N."""
+        raise NotImplementedError(f"{self.name} ships no behaviour policies")
+
+    def close(self) -> None:
+        """Release engine resources (no-op for pure NumPy envs)."""
+        return None
+
+    # ----------------------------------------------------------- for subclasses
+    @abc.abstractmethod
+    def _reset(self, options: dict[str, Any]) -> np.ndarray:
+        """Reset the population state; return ``obs[N, S]``."""
+
+    @abc.abstractmethod
+    def _step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, dict[str, Any]]:
+        """Apply validated actions; return ``(obs[N, S], reward[N], terminated, extra_info)``."""
+
+    @abc.abstractmethod
+    def summary(self) -> np.ndarray:
+        """``phi(mu_t)``: fixed-size float32 summary of all N agents' current states, O(N)."""
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """Every constructor argument, so that ``make(name, **config)`` rebuilds this env."""
+
+    def _info(self, extra: dict[str, Any]) -> dict[str, Any]:
+        info = {"t": self.t, "summary": self.summary(), "alive": self.alive()}
+        info.update(extra)
+        return info
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def check_positive(name: str, value: float, *, env: str, allow_zero: bool = False) -> None:
+    """Raise ValueError naming the parameter when ``value`` is not positive (or not finite)."""
+    ok = np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{env}: {name} must be {bound}, got {value!r}")
+
+
+class RandomPolicy:
+    """Uniform random actions for every agent (the ``random`` quality of every env)."""
+
+    def reset(self, env: PopulationEnv, rng: np.random.Generator) -> None:
+        self._n, self._a, self._rng = env.n_agents, env.n_actions, rng
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        return self._rng.integers(0, self._a, size=self._n, dtype=np.int64)

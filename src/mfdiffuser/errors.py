@@ -1,0 +1,29 @@
+"""Error types shared by the library; the CLI turns them into a one-line message and exit code 2."""
+
+
+class MfdError(Exception):
+    """Base class for user-facing errors (bad input, bad file, missing optional dependency)."""
+
+
+class MissingExtraError(MfdError, ImportError):
+    """An optional dependency is not installed; the message names the extra that provides it."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f"the optional dependency '{package}' is not installed: pip install 'mfdiffuser[{extra}]'"
+        )
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency or raise :class:`MissingExtraError` naming the extra.
+
+    Args:
+        module: importable module name, e.g. ``"magent2"``.
+        extra: the ``pip install 'mfdiffuser[extra]'`` that provides it.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise MissingExtraError(module, extra) from exc
