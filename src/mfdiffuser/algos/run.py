@@ -1,0 +1,134 @@
+"""Train an algorithm on a dataset into a run directory, and load a run back as a population policy.
+
+The algorithm module contract (see :mod:`mfdiffuser.algos`): ``Config`` dataclass with at least
+``horizon`` (H, window length the sampler yields) and ``m_range`` (range of M, agents per segment);
+``build(config, meta, dataset) -> nn.Module`` (``dataset`` is None when loading a trained run: state
+computed from data must live in buffers); ``make_policy(learner, config, env, **options)``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+import types
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from torch import nn
+
+from mfdiffuser import __version__
+from mfdiffuser.algos.base import algo_module, config_from_dict, read_run, write_json
+from mfdiffuser.algos.trainer import TrainerConfig, fit, load_ema_weights
+from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy
+from mfdiffuser.errors import MfdError
+
+
+class LoadedRun(NamedTuple):
+    """A trained run: its algorithm module, config, EMA learner and the dataset metadata it saw."""
+
+    algo: str
+    module: types.ModuleType
+    config: Any
+    learner: nn.Module
+    meta: Any
+    step: int
+    run_dir: Path
+
+
+def train(
+    algo: str,
+    dataset_path: str | Path,
+    run_dir: str | Path,
+    options: dict[str, Any] | None = None,
+    trainer: TrainerConfig | None = None,
+) -> LoadedRun:
+    """Train ``algo`` on the dataset at ``dataset_path``; resume if ``run_dir`` holds the same run.
+
+    Raises:
+        MfdError: ``run_dir`` holds a different run (other algorithm, options or dataset).
+    """
+    from mfdiffuser.data import WindowSampler, load_dataset
+
+    trainer = trainer or TrainerConfig()
+    run_dir = Path(run_dir)
+    module = algo_module(algo)
+    config = config_from_dict(module.Config, options or {})
+    dataset = load_dataset(dataset_path)
+    record = {
+        "algo": algo,
+        "config": dataclasses.asdict(config),
+        "trainer": dataclasses.asdict(trainer),
+        "dataset": str(Path(dataset_path).resolve()),
+        "meta": dataclasses.asdict(dataset.meta),
+        "version": __version__,
+    }
+    if (run_dir / "run.json").exists():
+        old = read_run(run_dir)
+        same = all(old.get(k) == record[k] for k in ("algo", "config", "meta")) and {
+            k: v for k, v in old["trainer"].items() if k not in ("steps", "progress", "device")
+        } == {k: v for k, v in record["trainer"].items() if k not in ("steps", "progress", "device")}
+        if not same:
+            raise MfdError(
+                f"{run_dir} holds a different run (algorithm, options or dataset differ); "
+                "choose another --out or delete it"
+            )
+    write_json(run_dir / "run.json", {**record, "status": "running"})
+    learner = module.build(config, dataset.meta, dataset)
+    sampler = WindowSampler(
+        dataset,
+        horizon=config.horizon,
+        batch_size=trainer.batch_size,
+        m_range=tuple(config.m_range),
+        seed=trainer.seed,
+    )
+    result = fit(learner, sampler, run_dir, trainer)
+    done = {**record, "status": "done", "step": result.step, "metrics": result.metrics}
+    write_json(run_dir / "run.json", done)
+    return LoadedRun(algo, module, config, result.ema.eval(), dataset.meta, result.step, run_dir)
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
+    """Load a run directory's config and EMA weights (no dataset needed)."""
+    from mfdiffuser.data.dataset import DatasetMeta
+
+    record = read_run(run_dir)
+    module = algo_module(record["algo"])
+    config = config_from_dict(module.Config, record["config"])
+    meta = DatasetMeta.from_dict(record["meta"])
+    learner = module.build(config, meta, None)
+    if not (Path(run_dir) / "checkpoint.pt").exists():
+        raise MfdError(f"{run_dir}: no checkpoint yet; train it with `mfd train`")
+    step = load_ema_weights(learner, run_dir, device)
+    return LoadedRun(record["algo"], module, config, learner.to(device).eval(), meta, step, Path(run_dir))
+
+
+def make_policy(run: LoadedRun, env: PopulationEnv, **options: Any) -> PopulationPolicy:
+    """A population policy of a trained run for ``env`` (any N of the same benchmark)."""
+    if env.name != run.meta.env:
+        raise MfdError(f"run {run.run_dir} was trained on {run.meta.env!r}, not {env.name!r}")
+    return run.module.make_policy(run.learner, run.config, env, **options)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (the string literal under each field), for ``--help``."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:], strict=False):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
