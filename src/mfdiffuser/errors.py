@@ -27,3 +27,20 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingExtraError(module, extra) from exc
+
+
+class BudgetExceeded(MfdError):
+    """A run would exceed its configured memory or time budget, so it is skipped rather than started.
+
+    ``record`` is the one-line reason that evaluation grids store, e.g.
+    ``"skipped: needs 12.5 GiB / 340 s (budget 8 GiB / 120 s)"``.
+    """
+
+    def __init__(self, needs_gib: float, needs_seconds: float, max_gib: float, max_seconds: float) -> None:
+        self.needs_gib = float(needs_gib)
+        self.needs_seconds = float(needs_seconds)
+        self.record = (
+            f"skipped: needs {needs_gib:.3g} GiB / {needs_seconds:.3g} s "
+            f"(budget {max_gib:.3g} GiB / {max_seconds:.3g} s)"
+        )
+        super().__init__(self.record)
