@@ -1,0 +1,475 @@
+"""Seeded, parallel, resumable generation of offline datasets with the envs' behaviour policies.
+
+Episode i gets its seeds from ``SeedSequence(seed).spawn(2)[0].spawn(E)[i]``, split into an env seed
+(``env.reset(seed=...)``), a policy seed (the behaviour policy's generator) and a subset seed (which
+K agents are stored), so results do not depend on the number of workers or on interruptions.
+Finished episodes land as files in ``<out>.partial/``; finalizing writes the HDF5 file atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mfdiffuser.data.dataset import (
+    DATASET_QUALITIES,
+    SCHEMA_VERSION,
+    DatasetMeta,
+    EpisodeRecord,
+    action_dtype,
+    write_dataset,
+)
+from mfdiffuser.errors import MfdError
+
+DEFAULT_MAX_STORED_AGENTS = 2048
+"""Without ``store_agents``, all N agents are stored up to this N, and this many otherwise."""
+REFERENCE_QUALITIES: tuple[str, ...] = ("random", "expert")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """What to generate; every field but the execution ones is part of the dataset's identity."""
+
+    env: str
+    """Env name or named setting (``mfd envs``)."""
+    out: str
+    """Output ``.h5`` path."""
+    env_args: dict[str, Any] = field(default_factory=dict)
+    """Env constructor arguments (override a setting's), e.g. ``{"n_agents": 1000}``."""
+    quality: str = "medium"
+    """expert, medium, random or mixed (even episodes random, odd episodes expert)."""
+    episodes: int = 100
+    """E, number of episodes."""
+    seed: int = 0
+    """Master seed."""
+    store_agents: int | None = None
+    """K agents stored per episode (random subset); None: all up to 2,048, else 2,048."""
+    ref_episodes: int = 10
+    """Episodes per reference policy (random, expert) for the reference returns."""
+    workers: int = 1
+    """Parallel worker processes (or Ray tasks in flight); <= 1 runs in this process."""
+    use_ray: bool = False
+    """Run episodes as Ray tasks (``ray.init(address=ray_address)``)."""
+    ray_address: str | None = None
+    """Ray cluster address; None starts or joins a local Ray."""
+    overwrite: bool = False
+    """Replace an existing output file, and discard an unfinished run with other settings."""
+    compression_level: int = 4
+    """gzip level of the HDF5 chunks."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    """Outcome of :func:`generate_dataset`."""
+
+    path: Path
+    n_episodes: int
+    resumed_episodes: int
+    """Episodes found finished in the work directory (not rerun)."""
+    stored_agents: int
+    n_agents: int
+    agent_steps: int
+    """Agent-steps simulated in this call (data and reference episodes, all N agents)."""
+    seconds: float
+    checksum: str
+    ref_returns: dict[str, float]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Picklable description of the run shared by all tasks."""
+
+    env: str
+    env_args: dict[str, Any]
+    stored_agents: int
+    workdir: str
+
+
+@dataclass(frozen=True)
+class _Task:
+    kind: str  # "episode" or "ref"
+    index: int
+    quality: str
+    env_seed: int
+    policy_seed: int
+    subset_seed: int
+
+    @property
+    def filename(self) -> str:
+        if self.kind == "episode":
+            return f"ep-{self.index:07d}.npz"
+        return f"ref-{self.quality}-{self.index:05d}.json"
+
+
+# ---------------------------------------------------------------------------------------- seeds
+def _ints(ss: np.random.SeedSequence) -> int:
+    return int(ss.generate_state(1, np.uint64)[0])
+
+
+def episode_seeds(seed: int, n_episodes: int) -> list[tuple[int, int, int]]:
+    """``(env_seed, policy_seed, subset_seed)`` of each data episode, from the master seed."""
+    data_root = np.random.SeedSequence(seed).spawn(2)[0]
+    return [tuple(_ints(s) for s in child.spawn(3)) for child in data_root.spawn(n_episodes)]  # type: ignore[misc]
+
+
+def reference_seeds(seed: int, quality: str, n_episodes: int) -> list[tuple[int, int]]:
+    """``(env_seed, policy_seed)`` of the reference rollouts of ``quality`` (random or expert)."""
+    ref_root = np.random.SeedSequence(seed).spawn(2)[1]
+    q_root = ref_root.spawn(len(REFERENCE_QUALITIES))[REFERENCE_QUALITIES.index(quality)]
+    return [tuple(_ints(s) for s in child.spawn(2)) for child in q_root.spawn(n_episodes)]  # type: ignore[misc]
+
+
+def episode_quality(quality: str, index: int) -> str:
+    """Behaviour label of episode ``index`` in a dataset of ``quality`` (mixed: even random, odd expert)."""
+    if quality == "mixed":
+        return "random" if index % 2 == 0 else "expert"
+    return quality
+
+
+def default_stored_agents(n_agents: int) -> int:
+    return min(n_agents, DEFAULT_MAX_STORED_AGENTS)
+
+
+# ------------------------------------------------------------------------------------ rollouts
+def rollout(
+    env: Any,
+    policy: Any,
+    env_seed: int,
+    policy_seed: int,
+    agent_index: np.ndarray | None,
+    quality: str = "",
+) -> EpisodeRecord:
+    """Run one episode and record it for the agents in ``agent_index`` (all N when None).
+
+    The env's randomness comes from ``env.reset(seed=env_seed)`` only and the policy's from a
+    generator seeded with ``policy_seed``, so replaying the stored actions after
+    ``env.reset(seed=env_seed)`` reproduces the observations and rewards.
+    """
+    n, t_max = env.n_agents, env.horizon
+    idx = np.arange(n) if agent_index is None else np.asarray(agent_index)
+    k = idx.shape[0]
+    all_agents = agent_index is None or k == n
+    states = np.zeros((t_max + 1, k, env.state_size), dtype=np.float32)
+    actions = np.zeros((t_max, k), dtype=action_dtype(env.n_actions))
+    rewards = np.zeros((t_max, k), dtype=np.float32)
+    alive = np.zeros((t_max + 1, k), dtype=bool)
+    summaries = np.zeros((t_max + 1, env.summary_size), dtype=np.float32)
+    pop_reward = np.zeros(t_max, dtype=np.float64)
+
+    def pick(x: np.ndarray) -> np.ndarray:
+        return x if all_agents else x[idx]
+
+    obs, info = env.reset(seed=env_seed)
+    policy.reset(env, np.random.default_rng(policy_seed))
+    states[0], alive[0], summaries[0] = pick(obs), pick(info["alive"]), info["summary"]
+    terminated = truncated = False
+    t = 0
+    while t < t_max and not (terminated or truncated):
+        a = policy.act(obs, info)
+        obs, r, terminated, truncated, info = env.step(a)
+        actions[t], rewards[t] = pick(a), pick(r)
+        pop_reward[t] = float(np.mean(r, dtype=np.float64))
+        t += 1
+        states[t], alive[t], summaries[t] = pick(obs), pick(info["alive"]), info["summary"]
+    states[t + 1 :] = states[t]
+    summaries[t + 1 :] = summaries[t]
+    return EpisodeRecord(
+        states=states, actions=actions, rewards=rewards, alive=alive, summaries=summaries,
+        pop_reward=pop_reward, length=t, terminated=bool(terminated), truncated=bool(truncated),
+        quality=quality, env_seed=int(env_seed), policy_seed=int(policy_seed),
+        agent_index=idx.astype(np.int32),
+    )
+
+
+def reference_return(env: Any, policy: Any, env_seed: int, policy_seed: int) -> float:
+    """Per-agent mean undiscounted return of one episode (mean over all N agents)."""
+    obs, info = env.reset(seed=env_seed)
+    policy.reset(env, np.random.default_rng(policy_seed))
+    total = 0.0
+    done = False
+    while not done:
+        obs, r, terminated, truncated, info = env.step(policy.act(obs, info))
+        total += float(np.mean(r, dtype=np.float64))
+        done = terminated or truncated
+    return total
+
+
+_ENV_CACHE: dict[str, Any] = {}
+
+
+def _job_env(job: _Job) -> Any:
+    key = json.dumps([job.env, job.env_args], sort_keys=True)
+    if key not in _ENV_CACHE:
+        from mfdiffuser.envs import make
+
+        _ENV_CACHE.clear()
+        _ENV_CACHE[key] = make(job.env, **job.env_args)
+    return _ENV_CACHE[key]
+
+
+def _compute(job: _Job, task: _Task) -> tuple[Any, int]:
+    """Run a task; return (EpisodeRecord or reference return, agent-steps simulated)."""
+    env = _job_env(job)
+    policy = env.behaviour_policy(task.quality)
+    if task.kind == "ref":
+        ret = reference_return(env, policy, task.env_seed, task.policy_seed)
+        return ret, env.n_agents * env.horizon
+    n, k = env.n_agents, job.stored_agents
+    subset = None
+    if k < n:
+        subset = np.sort(np.random.default_rng(task.subset_seed).choice(n, size=k, replace=False))
+    rec = rollout(env, policy, task.env_seed, task.policy_seed, subset, quality=task.quality)
+    return rec, env.n_agents * rec.length
+
+
+def _save(workdir: Path, task: _Task, payload: Any) -> None:
+    """Write a finished task's file atomically (temp file + rename): its existence marks it done."""
+    final = workdir / task.filename
+    tmp = workdir / f".{task.filename}.{os.getpid()}.tmp"
+    if task.kind == "ref":
+        tmp.write_text(json.dumps({"return": float(payload)}))
+    else:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **payload.arrays())
+    os.replace(tmp, final)
+
+
+def _run_and_save(job: _Job, task: _Task) -> tuple[_Task, int]:
+    payload, steps = _compute(job, task)
+    _save(Path(job.workdir), task, payload)
+    return task, steps
+
+
+def _ray_compute(job: _Job, task: _Task) -> tuple[_Task, Any, int]:
+    payload, steps = _compute(job, task)
+    return task, payload, steps
+
+
+# ------------------------------------------------------------------------------------- driver
+def work_dir(out: str | Path) -> Path:
+    """The unfinished-run directory of an output path: ``<out>.partial``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def _resolve(cfg: GenerateConfig) -> tuple[str, dict[str, Any], Any]:
+    from mfdiffuser.envs import make, resolve
+
+    env_name, args = resolve(cfg.env, **cfg.env_args)
+    env = make(env_name, **args)
+    return env_name, env.config(), env
+
+
+def _validate(cfg: GenerateConfig) -> None:
+    if cfg.quality not in DATASET_QUALITIES:
+        raise ValueError(f"unknown quality {cfg.quality!r}; choose from {', '.join(DATASET_QUALITIES)}")
+    if int(cfg.episodes) != cfg.episodes or cfg.episodes < 1:
+        raise ValueError(f"--episodes must be a positive integer, got {cfg.episodes!r}")
+    if int(cfg.seed) != cfg.seed or cfg.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {cfg.seed!r}")
+    if int(cfg.ref_episodes) != cfg.ref_episodes or cfg.ref_episodes < 1:
+        raise ValueError(f"--ref-episodes must be a positive integer, got {cfg.ref_episodes!r}")
+    if cfg.store_agents is not None and (int(cfg.store_agents) != cfg.store_agents or cfg.store_agents < 1):
+        raise ValueError(f"--store-agents must be a positive integer, got {cfg.store_agents!r}")
+    if not 0 <= cfg.compression_level <= 9:
+        raise ValueError(f"compression level must lie in [0, 9], got {cfg.compression_level}")
+
+
+def _policy_names(env: Any, quality: str) -> dict[str, str]:
+    labels = ("random", "expert") if quality == "mixed" else (quality,)
+    names = {}
+    for q in sorted(set(labels) | set(REFERENCE_QUALITIES)):
+        pol = env.behaviour_policy(q)
+        names[q] = f"{type(pol).__module__}.{type(pol).__qualname__}"
+    return names
+
+
+def _cleanup_tmp(out: Path, workdir: Path) -> None:
+    """Remove temp files left by a killed run (never complete files)."""
+    for p in out.parent.glob(f".{out.name}.*.tmp"):
+        p.unlink(missing_ok=True)
+    if workdir.is_dir():
+        for p in workdir.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
+
+
+def _prepare_workdir(workdir: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+    path = workdir / "manifest.json"
+    if workdir.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old != manifest:
+            if not overwrite:
+                diff = sorted(k for k in manifest if old is None or old.get(k) != manifest[k])
+                raise MfdError(
+                    f"{workdir} holds an unfinished run with other settings ({', '.join(diff) or 'unreadable'});"
+                    " pass --overwrite to discard it"
+                )
+            shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = workdir / ".manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+
+
+def _execute(
+    job: _Job,
+    tasks: list[_Task],
+    cfg: GenerateConfig,
+    on_done: Callable[[_Task, int], None],
+) -> None:
+    workdir = Path(job.workdir)
+    if cfg.use_ray:
+        from mfdiffuser.errors import require
+
+        ray = require("ray", "ray")
+        if not ray.is_initialized():
+            ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False)
+        remote = ray.remote(_ray_compute)
+        in_flight: list[Any] = []
+        pending = list(tasks)
+        limit = max(1, cfg.workers) * 2
+        while pending or in_flight:
+            while pending and len(in_flight) < limit:
+                in_flight.append(remote.remote(job, pending.pop(0)))
+            ready, in_flight = ray.wait(in_flight, num_returns=1)
+            task, payload, steps = ray.get(ready[0])
+            _save(workdir, task, payload)
+            on_done(task, steps)
+        return
+    if cfg.workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            task, steps = _run_and_save(job, task)
+            on_done(task, steps)
+        return
+    import multiprocessing
+
+    # spawn, not fork: the parent may hold threads (progress bar) and torch state.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(cfg.workers, len(tasks)), mp_context=ctx) as pool:
+        futures = [pool.submit(_run_and_save, job, t) for t in tasks]
+        try:
+            for fut in as_completed(futures):
+                task, steps = fut.result()
+                on_done(task, steps)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
+def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
+    """Generate (or finish) the dataset described by ``cfg`` and write it atomically to ``cfg.out``.
+
+    Raises:
+        ValueError: bad arguments (unknown env, quality, non-positive counts, K > N).
+        FileExistsError: the output exists and ``overwrite`` is false.
+        MfdError: ``<out>.partial`` holds an unfinished run with other settings.
+    """
+    from mfdiffuser import __version__
+    from mfdiffuser.utils import atomic_path
+
+    _validate(cfg)
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    env_name, env_args, env = _resolve(cfg)
+    n = env.n_agents
+    k = default_stored_agents(n) if cfg.store_agents is None else int(cfg.store_agents)
+    if k > n:
+        raise ValueError(f"--store-agents {k} exceeds the population size N={n}")
+    policies = _policy_names(env, cfg.quality)  # also checks the env ships the needed qualities
+    workdir = work_dir(out)
+    manifest = {
+        "env": env_name,
+        "env_args": env_args,
+        "quality": cfg.quality,
+        "episodes": int(cfg.episodes),
+        "seed": int(cfg.seed),
+        "stored_agents": k,
+        "ref_episodes": int(cfg.ref_episodes),
+        "schema_version": SCHEMA_VERSION,
+        "library_version": __version__,
+    }
+    _prepare_workdir(workdir, manifest, cfg.overwrite)
+    _cleanup_tmp(out, workdir)
+    job = _Job(env_name, env_args, k, str(workdir))
+    _ENV_CACHE.clear()
+    _ENV_CACHE[json.dumps([env_name, env_args], sort_keys=True)] = env  # reused by in-process runs
+
+    tasks: list[_Task] = []
+    for i, (es, ps, ss) in enumerate(episode_seeds(cfg.seed, cfg.episodes)):
+        tasks.append(_Task("episode", i, episode_quality(cfg.quality, i), es, ps, ss))
+    for q in REFERENCE_QUALITIES:
+        for j, (es, ps) in enumerate(reference_seeds(cfg.seed, q, cfg.ref_episodes)):
+            tasks.append(_Task("ref", j, q, es, ps, 0))
+    todo = [t for t in tasks if not (workdir / t.filename).exists()]
+    resumed = sum(1 for t in tasks if t.kind == "episode") - sum(1 for t in todo if t.kind == "episode")
+
+    start = time.perf_counter()
+    steps_done = 0
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+        console=console, disable=not cfg.progress, transient=False,
+    ) as bar:
+        bar_id = bar.add_task(f"{env_name} N={n} {cfg.quality}", total=len(tasks), rate="")
+        bar.update(bar_id, completed=len(tasks) - len(todo))
+
+        def on_done(task: _Task, steps: int) -> None:
+            nonlocal steps_done
+            steps_done += steps
+            rate = steps_done / max(time.perf_counter() - start, 1e-9)
+            bar.update(bar_id, advance=1, rate=f"{rate:,.0f} agent-steps/s")
+
+        _execute(job, todo, cfg, on_done)
+
+    refs: dict[str, float] = {}
+    for q in REFERENCE_QUALITIES:
+        vals = [
+            json.loads((workdir / t.filename).read_text())["return"]
+            for t in tasks
+            if t.kind == "ref" and t.quality == q
+        ]
+        refs[q] = float(np.mean(vals))
+    meta = DatasetMeta(
+        env=env_name, env_args=env_args, n_agents=n, quality=cfg.quality, horizon=env.horizon,
+        state_size=env.state_size, n_actions=env.n_actions, summary_size=env.summary_size,
+        n_episodes=int(cfg.episodes), stored_agents=k, ref_returns=refs,
+        ref_episodes=int(cfg.ref_episodes), seed=int(cfg.seed), behaviour_policy=policies,
+    )
+
+    def rows() -> Iterator[dict[str, np.ndarray]]:
+        for t in tasks:
+            if t.kind == "episode":
+                with np.load(workdir / t.filename) as z:
+                    yield {name: z[name] for name in z.files}
+
+    with atomic_path(out) as tmp:
+        checksum = write_dataset(
+            tmp, meta, rows(), compression_level=cfg.compression_level,
+            extra_attrs={"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        )
+    shutil.rmtree(workdir, ignore_errors=True)
+    return GenerateResult(
+        path=out, n_episodes=int(cfg.episodes), resumed_episodes=resumed, stored_agents=k, n_agents=n,
+        agent_steps=steps_done, seconds=time.perf_counter() - start, checksum=checksum, ref_returns=refs,
+    )

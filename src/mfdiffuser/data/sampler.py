@@ -1,0 +1,249 @@
+"""The training sampler: windows of H steps of M random representative agents, as :class:`TrajBatch`.
+
+A batch is B windows drawn uniformly over (episode, start step) pairs of the resident episodes, each
+with a random subset of M of the K stored agents (M drawn from ``m_range`` per batch, the
+subdivision of SPEC section 2). Every gather is one vectorized fancy-indexing call; returns-to-go are
+computed once per episode when it is loaded. Memory is bounded: datasets larger than ``cache_bytes``
+are sampled through a pool of resident chunk blocks, one block swapped per batch (docs/datasets.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from mfdiffuser.data.batch import TrajBatch
+from mfdiffuser.data.dataset import OfflineDataset
+
+DEFAULT_CACHE_BYTES = 512 << 20
+"""Default memory budget of the sampler's episode pool (bytes)."""
+
+
+def discounted_to_go(rewards: np.ndarray, gamma: float, axis: int = 1) -> np.ndarray:
+    """Returns-to-go along ``axis`` with one extra trailing zero: ``[.., T, ..] -> [.., T+1, ..]``.
+
+    ``out[t] = sum_{t' >= t} gamma^(t' - t) r[t']`` and ``out[T] = 0``, accumulated in float64.
+    """
+    r = np.moveaxis(np.asarray(rewards, dtype=np.float64), axis, 0)
+    out = np.zeros((r.shape[0] + 1, *r.shape[1:]), dtype=np.float64)
+    if gamma == 1.0:
+        out[:-1] = np.cumsum(r[::-1], axis=0)[::-1]
+    else:
+        for t in range(r.shape[0] - 1, -1, -1):
+            out[t] = r[t] + gamma * out[t + 1]
+    return np.moveaxis(out, 0, axis)
+
+
+class WindowSampler:
+    """Sample :class:`TrajBatch` windows from an :class:`OfflineDataset`.
+
+    Args:
+        dataset: a loaded dataset.
+        horizon: H, actions per window (states have H + 1 entries).
+        batch_size: B.
+        m_range: ``(m_min, m_max)``, inclusive range M is drawn from for each batch; values above
+            the K stored agents are capped at K.
+        gamma: discount of the returns-to-go (``rtg``, ``pop_rtg``).
+        seed: seed of the sampler's generator.
+        device: torch device of the returned tensors.
+        cache_bytes: memory budget of the resident episode pool; a dataset that fits is held whole.
+        refresh_blocks: chunk blocks swapped into the pool per batch when the dataset does not fit.
+
+    Windows start at a uniformly random step t of a resident episode (``0 <= t < length``) and may
+    run past its end: such steps have ``mask`` false, zero actions and rewards, and states and
+    summaries repeating the last ones.
+    """
+
+    def __init__(
+        self,
+        dataset: OfflineDataset,
+        horizon: int,
+        batch_size: int,
+        m_range: tuple[int, int] = (16, 64),
+        gamma: float = 1.0,
+        seed: int | None = None,
+        device: str | torch.device = "cpu",
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        refresh_blocks: int = 1,
+    ) -> None:
+        if int(horizon) != horizon or horizon < 1:
+            raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        m_min, m_max = (int(v) for v in m_range)
+        if not 1 <= m_min <= m_max:
+            raise ValueError(f"m_range must satisfy 1 <= m_min <= m_max, got {tuple(m_range)}")
+        if not 0.0 < gamma <= 1.0:
+            raise ValueError(f"gamma must lie in (0, 1], got {gamma}")
+        from mfdiffuser.utils import resolve_device
+
+        self.dataset = dataset
+        self.meta = dataset.meta
+        self.horizon = int(horizon)
+        self.batch_size = int(batch_size)
+        self.k = dataset.meta.stored_agents
+        self.m_range = (min(m_min, self.k), min(m_max, self.k))
+        self.gamma = float(gamma)
+        self.device = torch.device(resolve_device(str(device)))
+        self.rng = np.random.default_rng(seed)
+        self.refresh_blocks = max(0, int(refresh_blocks))
+
+        meta = dataset.meta
+        e, t = meta.n_episodes, meta.horizon
+        self._pop_rtg = discounted_to_go(dataset.pop_reward, self.gamma, axis=1).astype(np.float32)
+        self._episode_return = dataset.episode_returns.astype(np.float32)
+        self._length_all = dataset.length.astype(np.int64)
+
+        self.block_episodes = dataset.chunk_episodes
+        self.n_blocks = -(-e // self.block_episodes)
+        act_bytes = np.dtype(np.uint8).itemsize if meta.n_actions <= 256 else 4
+        per_episode = (
+            (t + 1) * self.k * (meta.state_size * 4 + 1 + 4)  # states, alive, rtg
+            + t * self.k * (act_bytes + 4)  # actions, rewards
+            + (t + 1) * meta.summary_size * 4
+        )
+        self.episode_bytes = per_episode
+        fit_blocks = max(1, int(cache_bytes) // max(1, per_episode * self.block_episodes))
+        if dataset.in_memory or fit_blocks >= self.n_blocks:
+            self.pool_blocks = self.n_blocks
+            self.resident = True
+            self._load_all()
+        else:
+            self.pool_blocks = fit_blocks
+            self.resident = False
+            self._init_pool()
+
+    # ------------------------------------------------------------------ the pool
+    @property
+    def pool_episodes(self) -> int:
+        """Episodes held in memory at a time."""
+        return int(self._slot_episode.shape[0])
+
+    def _load_all(self) -> None:
+        block = self.dataset.read_block(0, self.meta.n_episodes)
+        self._states, self._actions = block["states"], block["actions"]
+        self._rewards, self._alive, self._summaries = block["rewards"], block["alive"], block["summaries"]
+        self._rtg = discounted_to_go(self._rewards, self.gamma, axis=1).astype(np.float32)
+        self._slot_episode = np.arange(self.meta.n_episodes)
+        self._slot_length = self._length_all.copy()
+
+    def _init_pool(self) -> None:
+        meta, c = self.meta, self.pool_blocks * self.block_episodes
+        t, k = meta.horizon, self.k
+        first = self.dataset.read_block(0, min(meta.n_episodes, self.block_episodes))
+        self._states = np.zeros((c, t + 1, k, meta.state_size), dtype=np.float32)
+        self._actions = np.zeros((c, t, k), dtype=first["actions"].dtype)
+        self._rewards = np.zeros((c, t, k), dtype=np.float32)
+        self._alive = np.zeros((c, t + 1, k), dtype=bool)
+        self._summaries = np.zeros((c, t + 1, meta.summary_size), dtype=np.float32)
+        self._rtg = np.zeros((c, t + 1, k), dtype=np.float32)
+        self._slot_episode = np.full(c, -1, dtype=np.int64)
+        self._slot_length = np.zeros(c, dtype=np.int64)
+        self._block_in_slot = np.full(self.pool_blocks, -1, dtype=np.int64)
+        self._is_resident = np.zeros(self.n_blocks, dtype=bool)
+        self._next_victim = 0
+        for slot_block, b in enumerate(self.rng.choice(self.n_blocks, self.pool_blocks, replace=False)):
+            self._put(slot_block, int(b))
+
+    def _put(self, slot_block: int, block: int) -> None:
+        """Load dataset chunk block ``block`` into pool position ``slot_block``."""
+        be = self.block_episodes
+        e0 = block * be
+        e1 = min(self.meta.n_episodes, e0 + be)
+        n = e1 - e0
+        data = self.dataset.read_block(e0, e1)
+        s0 = slot_block * be
+        sl = slice(s0, s0 + n)
+        self._states[sl] = data["states"]
+        self._actions[sl] = data["actions"]
+        self._rewards[sl] = data["rewards"]
+        self._alive[sl] = data["alive"]
+        self._summaries[sl] = data["summaries"]
+        self._rtg[sl] = discounted_to_go(data["rewards"], self.gamma, axis=1)
+        self._slot_episode[s0 : s0 + be] = -1
+        self._slot_length[s0 : s0 + be] = 0  # a short last block leaves empty slots (no valid starts)
+        self._slot_episode[sl] = np.arange(e0, e1)
+        self._slot_length[sl] = self._length_all[e0:e1]
+        old = self._block_in_slot[slot_block]
+        if old >= 0:
+            self._is_resident[old] = False
+        self._block_in_slot[slot_block] = block
+        self._is_resident[block] = True
+
+    def refresh(self, n_blocks: int | None = None) -> None:
+        """Swap ``n_blocks`` (default ``refresh_blocks``) of the oldest pool blocks for random new ones."""
+        if self.resident:
+            return
+        for _ in range(self.refresh_blocks if n_blocks is None else n_blocks):
+            candidates = np.flatnonzero(~self._is_resident)
+            block = int(candidates[self.rng.integers(candidates.size)])
+            self._put(self._next_victim, block)
+            self._next_victim = (self._next_victim + 1) % self.pool_blocks
+
+    # ------------------------------------------------------------------ sampling
+    def _choose_agents(self, b: int, m: int) -> np.ndarray:
+        """``[B, M]`` distinct agent positions among the K stored, uniformly random per row."""
+        k = self.k
+        if m == k:
+            return self.rng.permuted(np.broadcast_to(np.arange(k), (b, k)), axis=1)
+        keys = self.rng.random((b, k), dtype=np.float32)
+        return np.argpartition(keys, m - 1, axis=1)[:, :m]
+
+    def sample(self, m: int | None = None) -> TrajBatch:
+        """One batch; ``m`` fixes M (at most K), otherwise M is drawn from ``m_range``."""
+        if m is None:
+            m = int(self.rng.integers(self.m_range[0], self.m_range[1] + 1))
+        elif int(m) != m or not 1 <= m <= self.k:
+            raise ValueError(f"m must be an integer in [1, K={self.k}], got {m!r}")
+        m = int(m)
+        self.refresh()
+        b, h, t_max = self.batch_size, self.horizon, self.meta.horizon
+        lens = self._slot_length
+        cum = np.cumsum(lens)
+        u = self.rng.integers(0, cum[-1], size=b)
+        slot = np.searchsorted(cum, u, side="right")
+        slot_len = lens[slot]
+        t0 = u - (cum[slot] - slot_len)
+        agents = self._choose_agents(b, m)  # [B, M]
+
+        tt = t0[:, None] + np.arange(h + 1)  # [B, H+1]
+        ts = np.minimum(tt, slot_len[:, None])  # state index: the last state repeats past the end
+        ta = np.minimum(tt[:, :h], t_max - 1)  # [B, H]
+        valid = tt[:, :h] < slot_len[:, None]
+        i_ep, i_ag = slot[:, None, None], agents[:, :, None]
+        states = self._states[i_ep, ts[:, None, :], i_ag]  # [B, M, H+1, S]
+        mask = valid[:, None, :] & self._alive[i_ep, ta[:, None, :], i_ag]  # [B, M, H]
+        actions = np.where(mask, self._actions[i_ep, ta[:, None, :], i_ag], 0).astype(np.int64)
+        rewards = np.where(mask, self._rewards[i_ep, ta[:, None, :], i_ag], 0.0).astype(np.float32)
+        summaries = self._summaries[slot[:, None], ts]  # [B, H+1, P]
+        rtg = self._rtg[slot[:, None], t0[:, None], agents]  # [B, M]
+        episode = self._slot_episode[slot]
+        pop_rtg = self._pop_rtg[episode, t0]
+        dev = self.device
+
+        def tt_(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x)).to(dev)
+
+        return TrajBatch(
+            states=tt_(states),
+            actions=tt_(actions),
+            rewards=tt_(rewards),
+            summaries=tt_(summaries),
+            rtg=tt_(rtg),
+            pop_rtg=tt_(pop_rtg),
+            mask=tt_(mask),
+            timestep=tt_(t0.astype(np.int64)),
+            episode_return=tt_(self._episode_return[episode]),
+        )
+
+    def __iter__(self) -> Iterator[TrajBatch]:
+        while True:
+            yield self.sample()
+
+    def __repr__(self) -> str:
+        return (
+            f"WindowSampler(H={self.horizon}, B={self.batch_size}, m_range={self.m_range}, "
+            f"gamma={self.gamma}, pool={self.pool_episodes}/{self.meta.n_episodes} episodes)"
+        )
