@@ -143,7 +143,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("quality", m.quality),
         ("behaviour policy", ", ".join(f"{k}: {v}" for k, v in sorted(m.behaviour_policy.items()))),
         ("N (agents)", f"{m.n_agents:,}"),
-        ("K (stored agents)", f"{m.stored_agents:,}" + (" (all)" if m.all_agents_stored else " (random subset)")),
+        ("K (stored agents)", f"{m.stored_agents:,} " + ("(all)" if m.all_agents_stored else "(subset)")),
         ("E (episodes)", f"{m.n_episodes:,}"),
         ("T (horizon)", str(m.horizon)),
         ("episode length", f"min {lengths.min()}, mean {lengths.mean():.1f}, max {lengths.max()}; "
@@ -156,7 +156,7 @@ def run_info(args: argparse.Namespace) -> int:
                  f"(x{raw / max(size, 1):.1f})"),
         ("schema / library", f"{m.schema_version} / mfdiffuser {m.library_version}"),
         ("created", str(ds.attrs.get("created", "?"))),
-        ("checksum", f"sha256 {m.checksum[:16]}... " + ("verified" if not args.no_verify else "not verified")),
+        ("checksum", f"sha256 {m.checksum[:16]}... " + ("not verified" if args.no_verify else "verified")),
     ]
     for k, v in rows:
         table.add_row(k, v)

@@ -1,5 +1,6 @@
-"""Offline datasets: the episode record, the HDF5 format, collection with behaviour policies, and the
-window sampler that yields ``[B, M, H, ...]`` batches of representative agents (:class:`TrajBatch`).
+"""Offline datasets: the HDF5 format, generation with behaviour policies, and the window sampler.
+
+The sampler yields ``[B, M, H, ...]`` batches of representative agents (:class:`TrajBatch`).
 
 Names are imported lazily, so that generating or inspecting data does not import torch.
 """

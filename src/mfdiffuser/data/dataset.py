@@ -212,8 +212,8 @@ def chunk_shape(name: str, shape: tuple[int, ...], ce: int, ct: int) -> tuple[in
 class ArrayHasher:
     """Streaming checksums: sha256 of each array's C-order bytes, fed in episode order.
 
-    The file checksum is sha256 of the text ``"<name>=<hex digest>\\n"`` over the arrays in sorted
-    name order, so a single pass over episode blocks computes it for any number of arrays.
+    The file checksum is sha256 of the lines ``<name>=<hex digest>`` (each ending in a newline) over
+    the arrays in sorted name order, so one pass over episode blocks computes it for any number of arrays.
     """
 
     def __init__(self) -> None:
@@ -420,7 +420,7 @@ def _verify(f: Any, meta: DatasetMeta, path: Path, stored: dict[str, str]) -> No
     e = meta.n_episodes
     for start in range(0, e, ce):
         stop = min(e, start + ce)
-        for name, (rank, kind) in ALL_ARRAYS.items():
+        for name, (_, kind) in ALL_ARRAYS.items():
             try:
                 block = f[name][start:stop]
             except OSError as exc:
@@ -529,7 +529,7 @@ class EpisodeRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """This episode as one row of every array in :data:`ALL_ARRAYS`, with on-disk dtypes."""
+        """The episode as one row of every array in :data:`ALL_ARRAYS`, with on-disk dtypes."""
         return {
             "states": self.states,
             "actions": self.actions,

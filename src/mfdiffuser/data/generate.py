@@ -314,9 +314,10 @@ def _prepare_workdir(workdir: Path, manifest: dict[str, Any], overwrite: bool) -
         if old != manifest:
             if not overwrite:
                 diff = sorted(k for k in manifest if old is None or old.get(k) != manifest[k])
+                what = ", ".join(diff) or "unreadable manifest"
                 raise MfdError(
-                    f"{workdir} holds an unfinished run with other settings ({', '.join(diff) or 'unreadable'});"
-                    " pass --overwrite to discard it"
+                    f"{workdir} holds an unfinished run with other settings ({what}); "
+                    "pass --overwrite to discard it"
                 )
             shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
