@@ -1,0 +1,493 @@
+"""MAgent2 battle (real engine) behind the batched population API: our N agents against a scripted team.
+
+The engine is driven through its per-group array API (``magent2.gridworld.GridWorld``), with the
+agent type, reward rules and opening formation of MAgent2's ``battle_v4``; its config comes from
+``magent2.environments.battle.battle.get_config``. Agents live in a fixed N-row layout with an alive mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy
+from mfdiffuser.envs.battle_policies import (
+    ATTACK_BASE,
+    ATTACKS,
+    N_ACTIONS,
+    OPPONENTS,
+    MixedScriptPolicy,
+    ScriptedPolicy,
+    TeamView,
+    expert_actions,
+    random_actions,
+)
+from mfdiffuser.errors import require
+
+OBS_FIELDS: tuple[str, ...] = (
+    "x",  # column, (x - 1) / (W - 3): 0 at the west wall, 1 at the east wall
+    "y",  # row, same scale
+    "hp",  # health / maximum health (10)
+    "ally_density",  # other allies in the view (radius 6) / cells of the view
+    "enemy_density",  # enemies in the view / cells of the view
+    "adjacent_enemies",  # enemies in attack reach (8 neighbours) / 8
+    "nearest_dx",  # offset to the nearest enemy in view / view radius (0 when none is in view)
+    "nearest_dy",
+    "centroid_dx",  # offset to the centroid of all alive enemies / (W - 3): the direction of the army
+    "centroid_dy",
+    "alive",  # 1 alive, 0 dead (a dead row is all zeros apart from time)
+    "time",  # t / T
+)
+"""Names of the S = 12 per-agent observation features, in order."""
+
+DEAD_ACTION = -1
+"""Action value that marks "no action" for a dead row (required in ``dead_actions="strict"`` mode)."""
+
+_BATTLE_MODULE = "magent2.environments.battle.battle"
+_GAP = 3  # half-distance between the two opening blocks, as battle_v4's generate_map
+
+
+@dataclasses.dataclass(frozen=True)
+class BattleOutcome:
+    """Result of an episode (or the standing so far).
+
+    ``win`` is true when our team has more survivors than the opponent: the opponent eliminated while
+    some of ours live, or more survivors when the step limit is reached. Equal survivors is a ``draw``.
+    ``kill_ratio`` is opponents killed per agent of ours lost (lost counted as at least 1).
+    """
+
+    win: bool
+    draw: bool
+    survivors: int
+    opponent_survivors: int
+    kills: int
+    deaths: int
+    kill_ratio: float
+    mean_return: float
+    opponent_mean_return: float
+    steps: int
+
+
+class Battle(PopulationEnv):
+    """MAgent2 ``battle``: N agents of ours (west block) against N scripted opponents (east block).
+
+    Dynamics, agent type and rewards are MAgent2's ``battle_v4`` defaults: 10 hp, 2 damage per hit,
+    0.1 hp recovered per step, speed 2 (13 moves), attack reach 1.5 (8 attacks), view radius 6.
+    Per-agent rewards are exactly what the engine pays, unscaled: ``step_reward`` (-0.005) every step,
+    ``attack_penalty`` (-0.1) for every attack action, ``attack_opponent_reward`` (+0.2) on top when
+    the attacked cell holds an opponent (so a hit nets +0.095 with the step reward), the agent type's
+    kill reward (+5, paid by the engine to the agent whose hit kills) and ``dead_penalty`` (-0.1) on
+    the step an agent dies. Dead rows earn 0 afterwards.
+
+    Observation ``obs[N, S]`` (S = 12, :data:`OBS_FIELDS`): a compact state for planning. The engine's
+    full local view is available through :meth:`local_view`. Summary ``phi(mu_t)`` (P = 2 G^2 + 4):
+    a G x G histogram of each team's alive agents over the map (normalized by N, so it sums to the
+    alive fraction), then both alive fractions and both mean health fractions of the alive.
+
+    Actions ``[N]`` in ``0..20``. Dead rows are ignored: with ``dead_actions="ignore"`` (default) they
+    may carry any valid id or :data:`DEAD_ACTION` (-1); with ``"strict"`` they must carry -1, so that a
+    policy that forgets about deaths fails loudly. An alive row holding -1, any id outside ``-1..20``,
+    a wrong shape or a non-integer dtype raises ValueError.
+
+    An episode ends (terminated) when a team is eliminated, or is truncated after ``horizon`` steps.
+    The opening formation is battle_v4's two blocks of agents spaced two cells apart, facing each other
+    across the map centre; on every reset each agent is placed in a random slot of its block and
+    jittered by 0 or 1 cell per axis (``jitter=False`` keeps battle_v4's exact grid), so episodes vary.
+    """
+
+    name = "battle"
+
+    def __init__(
+        self,
+        n_agents: int = 64,
+        map_size: int = 40,
+        opponent: str = "attack-nearest",
+        horizon: int = 200,
+        step_reward: float | None = None,
+        dead_penalty: float | None = None,
+        attack_penalty: float | None = None,
+        attack_opponent_reward: float | None = None,
+        summary_grid: int = 4,
+        jitter: bool = True,
+        dead_actions: str = "ignore",
+    ) -> None:
+        """Build the engine.
+
+        Args:
+            n_agents: N, agents per side.
+            map_size: side W of the square map (the border cells are wall).
+            opponent: scripted opponent team, one of :data:`~mfdiffuser.envs.battle_policies.OPPONENTS`.
+            horizon: T, steps per episode. battle_v4 plays 1000; 200 is enough for a decisive fight at
+                every shipped size with scripted attackers, and keeps offline episodes short.
+            step_reward: reward every step (None: battle_v4's -0.005).
+            dead_penalty: reward on dying (None: battle_v4's -0.1).
+            attack_penalty: reward for any attack action (None: battle_v4's -0.1).
+            attack_opponent_reward: extra reward for attacking an opponent (None: battle_v4's 0.2).
+            summary_grid: G, cells per axis of the position histograms in ``phi(mu_t)``.
+            jitter: randomize slots and jitter positions in the opening formation.
+            dead_actions: ``"ignore"`` or ``"strict"`` (see the class docstring).
+        """
+        super().__init__()
+        magent2 = require("magent2", "battle")
+        if int(n_agents) != n_agents or n_agents < 1:
+            raise ValueError(f"{self.name}: n_agents must be a positive integer, got {n_agents!r}")
+        if int(map_size) != map_size or map_size < 12:
+            raise ValueError(f"{self.name}: map_size must be an integer >= 12, got {map_size!r}")
+        if opponent not in OPPONENTS:
+            raise ValueError(
+                f"{self.name}: unknown opponent {opponent!r}; choose from {', '.join(OPPONENTS)}"
+            )
+        if int(horizon) != horizon or horizon < 1:
+            raise ValueError(f"{self.name}: horizon must be a positive integer, got {horizon!r}")
+        if int(summary_grid) != summary_grid or summary_grid < 1:
+            raise ValueError(f"{self.name}: summary_grid must be a positive integer, got {summary_grid!r}")
+        if dead_actions not in ("ignore", "strict"):
+            raise ValueError(f"{self.name}: dead_actions must be 'ignore' or 'strict', got {dead_actions!r}")
+        self.n_agents = int(n_agents)
+        self.map_size = int(map_size)
+        self.opponent = opponent
+        self.horizon = int(horizon)
+        self.summary_grid = int(summary_grid)
+        self.jitter = bool(jitter)
+        self.dead_actions = dead_actions
+        self._slots = self._formation()  # validates that N fits on the map
+
+        battle_mod = importlib.import_module(_BATTLE_MODULE)
+        rewards = dict(battle_mod.default_reward_args)
+        given = {
+            "step_reward": step_reward,
+            "dead_penalty": dead_penalty,
+            "attack_penalty": attack_penalty,
+            "attack_opponent_reward": attack_opponent_reward,
+        }
+        for key, value in given.items():
+            if value is not None:
+                if not np.isfinite(value):
+                    raise ValueError(f"{self.name}: {key} must be finite, got {value!r}")
+                rewards[key] = float(value)
+        self.rewards = rewards
+        self.kill_reward = float(battle_mod.KILL_REWARD)
+        cfg = battle_mod.get_config(self.map_size, False, None, **rewards)
+        self._gw = magent2.gridworld.GridWorld(cfg, map_size=self.map_size)
+        self._handles = self._gw.get_handles()
+        view = tuple(int(v) for v in self._gw.get_view_space(self._handles[0]))
+        if self._gw.get_action_space(self._handles[0])[0] != N_ACTIONS:
+            raise RuntimeError(f"{self.name}: engine reports an action count other than {N_ACTIONS}")
+        self._check_attack_layout()
+        self.view_shape = view  # (view, view, C)
+        self.view_radius = (view[0] - 1) // 2
+        self.feature_size = int(self._gw.get_feature_space(self._handles[0])[0])
+        self._init_view_geometry()
+
+        n, g = self.n_agents, self.summary_grid
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(len(OBS_FIELDS),), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(N_ACTIONS)
+        self.summary_space = gym.spaces.Box(0.0, 1.0, shape=(2 * g * g + 4,), dtype=np.float32)
+        # Per side (0 ours, 1 opponent), fixed N-row arrays refreshed after every engine step.
+        self._pos = [np.zeros((n, 2), dtype=np.int64) for _ in range(2)]
+        self._alive = [np.zeros(n, dtype=bool) for _ in range(2)]
+        self._hp = [np.zeros(n, dtype=np.float32) for _ in range(2)]
+        self._rows: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * 2
+        self._id2row: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * 2
+        self._views: list[np.ndarray] = [np.zeros((0, *view), dtype=np.float32)] * 2
+        self._feats: list[np.ndarray] = [np.zeros((0, self.feature_size), dtype=np.float32)] * 2
+        self._return = [np.zeros(n, dtype=np.float64) for _ in range(2)]
+        self._team_cache: list[TeamView | None] = [None, None]
+        self._obs = np.zeros((n, len(OBS_FIELDS)), dtype=np.float32)
+        self._opp_rng = np.random.default_rng()
+        self._opponent_fn = OPPONENTS[opponent]
+
+    # ------------------------------------------------------------------ config and geometry
+    def config(self) -> dict[str, Any]:
+        return {
+            "n_agents": self.n_agents,
+            "map_size": self.map_size,
+            "opponent": self.opponent,
+            "horizon": self.horizon,
+            **self.rewards,
+            "summary_grid": self.summary_grid,
+            "jitter": self.jitter,
+            "dead_actions": self.dead_actions,
+        }
+
+    def _formation(self) -> np.ndarray:
+        """``[2, N, 2]`` opening cells: battle_v4's blocks, spaced 2 apart, facing across the centre."""
+        n, w = self.n_agents, self.map_size
+        cols = int(np.ceil(np.sqrt(n)))
+        rows = int(np.ceil(n / cols))
+        side_x, side_y = 2 * cols, 2 * rows
+        x_left, x_right = w // 2 - _GAP - side_x, w // 2 + _GAP
+        y0 = (w - side_y) // 2
+        # with a jitter of up to +1 the blocks span [x_left, x_right + side_x - 1] x [y0, y0 + side_y - 1]
+        if x_left < 1 or x_right + side_x - 1 > w - 2 or y0 < 1 or y0 + side_y - 1 > w - 2:
+            need = 2 * side_x + 2 * _GAP + 2
+            raise ValueError(
+                f"{self.name}: {n} agents per side do not fit on a {w}x{w} map "
+                f"(two blocks of {cols}x{rows} agents need map_size >= {need})"
+            )
+        gx, gy = np.meshgrid(np.arange(cols) * 2, np.arange(rows) * 2, indexing="ij")
+        offsets = np.stack([gx.ravel(), gy.ravel()], axis=1)[:n]
+        left = offsets + [x_left, y0]
+        # the east block is the mirror image of the west one, so both fronts face each other
+        right = np.stack([x_right + side_x - 2 - offsets[:, 0], y0 + offsets[:, 1]], axis=1)
+        return np.stack([left, right]).astype(np.int64)
+
+    def _check_attack_layout(self) -> None:
+        """Make sure the engine numbers attacks as :data:`ATTACKS` says (guards engine upgrades)."""
+        base, grid = self._gw.get_view2attack(self._handles[0])
+        c = (grid.shape[0] - 1) // 2
+        expected = np.full_like(grid, -1)
+        expected[c + ATTACKS[:, 1], c + ATTACKS[:, 0]] = np.arange(len(ATTACKS))
+        if base != ATTACK_BASE or not np.array_equal(grid, expected):
+            raise RuntimeError(f"{self.name}: the installed magent2 numbers attack actions differently")
+
+    def _init_view_geometry(self) -> None:
+        # Cells of the view sorted by distance from the centre: index 0 is the agent itself, 1-8 its
+        # attack reach (4 orthogonal, then 4 diagonal), so "first enemy in this order" is the nearest.
+        r = self.view_radius
+        dy, dx = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij")
+        dx, dy = dx.ravel(), dy.ravel()
+        order = np.argsort(dx * dx + dy * dy, kind="stable")
+        self._cell_dx, self._cell_dy = dx[order], dy[order]
+        self._cell_r, self._cell_c = r + dy[order], r + dx[order]
+        self._n_view_cells = int(((dx * dx + dy * dy) <= r * r).sum() - 1)
+        # view indices of the 8 attack cells, in attack-action order
+        self._atk_r, self._atk_c = r + ATTACKS[:, 1], r + ATTACKS[:, 0]
+
+    # ------------------------------------------------------------------ episode
+    def _reset(self, options: dict[str, Any]) -> np.ndarray:
+        gw, rng = self._gw, self.np_random
+        gw.reset()
+        gw.set_seed(int(rng.integers(0, 2**31 - 1)))
+        self._opp_rng = np.random.default_rng(int(rng.integers(0, 2**63 - 1)))
+        for side in range(2):
+            cells = self._slots[side]
+            if self.jitter:
+                cells = cells[rng.permutation(self.n_agents)] + rng.integers(0, 2, size=cells.shape)
+            gw.add_agents(self._handles[side], method="custom", pos=cells.astype(np.int32))
+            ids = gw.get_agent_id(self._handles[side]).astype(np.int64)
+            if len(ids) != self.n_agents:
+                raise RuntimeError(f"{self.name}: engine placed {len(ids)} of {self.n_agents} agents")
+            table = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
+            table[ids] = np.arange(self.n_agents)
+            self._id2row[side] = table
+            self._return[side][:] = 0.0
+        self._refresh()
+        return self._observe(0)
+
+    def validate_actions(self, actions: Any) -> np.ndarray:
+        """Check ``actions[N]``: ints in ``0..20`` for alive rows, dead rows per ``dead_actions``."""
+        actions = np.asarray(actions)
+        if actions.shape != (self.n_agents,):
+            raise ValueError(f"{self.name}: actions must have shape ({self.n_agents},), got {actions.shape}")
+        if not np.issubdtype(actions.dtype, np.integer):
+            raise ValueError(f"{self.name}: actions must be integers, got dtype {actions.dtype}")
+        lo, hi = actions.min(), actions.max()
+        if lo < DEAD_ACTION or hi >= N_ACTIONS:
+            raise ValueError(
+                f"{self.name}: actions must lie in [0, {N_ACTIONS - 1}] (or {DEAD_ACTION} for dead agents), "
+                f"got range [{lo}, {hi}]"
+            )
+        alive = self._alive[0]
+        if lo == DEAD_ACTION:
+            bad = np.flatnonzero(alive & (actions == DEAD_ACTION))
+            if bad.size:
+                raise ValueError(
+                    f"{self.name}: alive agents need an action in [0, {N_ACTIONS - 1}]; rows "
+                    f"{bad[:8].tolist()}{'...' if bad.size > 8 else ''} hold {DEAD_ACTION}"
+                )
+        if self.dead_actions == "strict":
+            bad = np.flatnonzero(~alive & (actions != DEAD_ACTION))
+            if bad.size:
+                raise ValueError(
+                    f"{self.name}: rows {bad[:8].tolist()}{'...' if bad.size > 8 else ''} are dead; "
+                    f"with dead_actions='strict' their action must be {DEAD_ACTION}"
+                )
+        return actions.astype(np.int64, copy=False)
+
+    def _step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool, dict[str, Any]]:
+        gw, h = self._gw, self._handles
+        opp_actions = np.asarray(self._opponent_fn(self.team_view(1), self._opp_rng))
+        gw.set_action(h[0], actions[self._rows[0]].astype(np.int32))
+        gw.set_action(h[1], opp_actions[self._rows[1]].astype(np.int32))
+        gw.step()
+        # Rewards come in engine order of the agents alive before the step (the killed included, with
+        # their dead penalty); read them before clear_dead removes the killed.
+        reward = np.zeros(self.n_agents, dtype=np.float32)
+        reward[self._rows[0]] = gw.get_reward(h[0])
+        self._return[0] += reward
+        self._return[1][self._rows[1]] += gw.get_reward(h[1])
+        before = (self._alive[0].sum(), self._alive[1].sum())
+        gw.clear_dead()
+        self._refresh()
+        n0, n1 = int(self._alive[0].sum()), int(self._alive[1].sum())
+        terminated = n0 == 0 or n1 == 0
+        extra: dict[str, Any] = {
+            "survivors": n0,
+            "opponent_survivors": n1,
+            "killed": int(before[1] - n1),  # opponents killed at this step
+            "lost": int(before[0] - n0),  # agents of ours killed at this step
+        }
+        if terminated or self.t + 1 >= self.horizon:
+            out = self.outcome(steps=self.t + 1)
+            extra.update(
+                win=out.win,
+                draw=out.draw,
+                kill_ratio=out.kill_ratio,
+                mean_return=out.mean_return,
+                outcome=out,
+            )
+        return self._observe(self.t + 1), reward, terminated, extra
+
+    def _refresh(self) -> None:
+        """Pull ids, positions, health and views of both teams from the engine into the N-row layout."""
+        gw = self._gw
+        for side in range(2):
+            h = self._handles[side]
+            rows = self._id2row[side][gw.get_agent_id(h)]
+            view, feat = gw.get_observation(h)
+            alive, hp = self._alive[side], self._hp[side]
+            alive[:] = False
+            alive[rows] = True
+            hp[:] = 0.0
+            hp[rows] = view[:, self.view_radius, self.view_radius, 2]
+            self._pos[side][rows] = gw.get_pos(h)
+            self._rows[side], self._views[side], self._feats[side] = rows, view, feat
+        self._team_cache = [None, None]
+
+    def _observe(self, t: int) -> np.ndarray:
+        """Build ``obs[N, S]`` for our team from the cached engine views (O(N * view cells))."""
+        obs = self._obs
+        obs[:] = 0.0
+        rows, view = self._rows[0], self._views[0]
+        if rows.size:
+            w = self.map_size - 3
+            cr, cc = self._cell_r, self._cell_c
+            enemy = view[:, cr, cc, 3]  # [n, cells] in distance order
+            ally = view[:, cr, cc, 1]
+            seen = enemy > 0
+            first = np.argmax(seen, axis=1)
+            has = seen[np.arange(rows.size), first]
+            pos = self._pos[0][rows]
+            opp = self._pos[1][self._alive[1]]
+            centroid = opp.mean(axis=0) if len(opp) else None
+            o = obs[rows]
+            o[:, 0:2] = (pos - 1) / w
+            o[:, 2] = self._hp[0][rows]
+            o[:, 3] = (ally.sum(axis=1) - 1) / self._n_view_cells
+            o[:, 4] = enemy.sum(axis=1) / self._n_view_cells
+            o[:, 5] = seen[:, 1:9].sum(axis=1) / 8.0
+            o[:, 6] = np.where(has, self._cell_dx[first], 0) / self.view_radius
+            o[:, 7] = np.where(has, self._cell_dy[first], 0) / self.view_radius
+            if centroid is not None:
+                o[:, 8:10] = (centroid - pos) / w
+            o[:, 10] = 1.0
+            obs[rows] = o
+        obs[:, 11] = t / self.horizon
+        return obs.copy()
+
+    # ------------------------------------------------------------------ views and summaries
+    def alive(self) -> np.ndarray:
+        return self._alive[0].copy()
+
+    def opponent_alive(self) -> np.ndarray:
+        """``[N]`` bool alive mask of the opponent team."""
+        return self._alive[1].copy()
+
+    def positions(self, side: int = 0) -> np.ndarray:
+        """``[N, 2]`` int64 cells ``(x, y)`` of a team (0 ours, 1 opponent); dead rows hold the last cell."""
+        return self._pos[side].copy()
+
+    def health(self, side: int = 0) -> np.ndarray:
+        """``[N]`` float32 health fraction of a team's agents (0 for dead rows)."""
+        return self._hp[side].copy()
+
+    def summary(self) -> np.ndarray:
+        g, n, w = self.summary_grid, self.n_agents, self.map_size
+        out = np.zeros(self.summary_size, dtype=np.float32)
+        for side in range(2):
+            alive = self._alive[side]
+            p = self._pos[side][alive]
+            cell = np.clip((p - 1) * g // (w - 2), 0, g - 1)
+            hist = np.bincount(cell[:, 0] * g + cell[:, 1], minlength=g * g)
+            out[side * g * g : (side + 1) * g * g] = hist / n
+            n_alive = int(alive.sum())
+            out[2 * g * g + side] = n_alive / n
+            out[2 * g * g + 2 + side] = self._hp[side][alive].mean() if n_alive else 0.0
+        return out
+
+    def local_view(self, side: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """MAgent2's own observation of a team in the N-row layout (zeros for dead rows).
+
+        Returns:
+            ``(view[N, 13, 13, 5], features[N, F])``: view channels are wall, own-team presence, own-team
+            health, other-team presence, other-team health (row = dy, column = dx around the agent);
+            features (F = 32) are the engine's id embedding, one-hot last action and last reward.
+        """
+        rows = self._rows[side]
+        view = np.zeros((self.n_agents, *self.view_shape), dtype=np.float32)
+        feat = np.zeros((self.n_agents, self.feature_size), dtype=np.float32)
+        view[rows] = self._views[side]
+        feat[rows] = self._feats[side]
+        return view, feat
+
+    def team_view(self, side: int) -> TeamView:
+        """The situation of a team (0 ours, 1 opponent), as the scripted policies read it."""
+        cached = self._team_cache[side]
+        if cached is not None:
+            return cached
+        rows, view = self._rows[side], self._views[side]
+        adj = np.zeros((self.n_agents, len(ATTACKS)), dtype=bool)
+        adj_hp = np.zeros((self.n_agents, len(ATTACKS)), dtype=np.float32)
+        adj[rows] = view[:, self._atk_r, self._atk_c, 3] > 0
+        adj_hp[rows] = view[:, self._atk_r, self._atk_c, 4]
+        other = 1 - side
+        enemy_alive = self._alive[other]
+        team = TeamView(
+            pos=self._pos[side],
+            alive=self._alive[side],
+            hp=self._hp[side],
+            enemy_pos=self._pos[other][enemy_alive],
+            enemy_hp=self._hp[other][enemy_alive],
+            adjacent_enemy=adj,
+            adjacent_enemy_hp=adj_hp,
+            map_size=self.map_size,
+        )
+        self._team_cache[side] = team
+        return team
+
+    def outcome(self, steps: int | None = None) -> BattleOutcome:
+        """Win, kill ratio, survivors and mean returns of the current episode so far."""
+        n = self.n_agents
+        s0, s1 = int(self._alive[0].sum()), int(self._alive[1].sum())
+        kills, deaths = n - s1, n - s0
+        return BattleOutcome(
+            win=s0 > s1,
+            draw=s0 == s1,
+            survivors=s0,
+            opponent_survivors=s1,
+            kills=kills,
+            deaths=deaths,
+            kill_ratio=kills / max(deaths, 1),
+            mean_return=float(self._return[0].mean()),
+            opponent_mean_return=float(self._return[1].mean()),
+            steps=self.t if steps is None else steps,
+        )
+
+    # ------------------------------------------------------------------ policies
+    def behaviour_policy(self, quality: str) -> PopulationPolicy:
+        """``expert``: focus-fire attacker; ``medium``: half of the agents expert, half random; ``random``."""
+        if quality == "expert":
+            return ScriptedPolicy(expert_actions)
+        if quality == "medium":
+            return MixedScriptPolicy(expert_actions, 0.5)
+        if quality == "random":
+            return ScriptedPolicy(random_actions)
+        raise ValueError(f"{self.name}: unknown quality {quality!r}; choose from expert, medium, random")
+
+    def close(self) -> None:
+        self._team_cache = [None, None]
