@@ -1,0 +1,150 @@
+"""The mean-field denoiser of MF-Diffuser (SPEC section 2): permutation-equivariant, O(M), any M.
+
+Per-agent temporal conv blocks over H are interleaved with mean-field interaction blocks that pool
+over the M particles.
+
+Input ``x_k [B, M, H, D]`` (D = S state features + A action channels per step), the diffusion step k,
+the current states ``s_t [B, M, S]`` of the M agents and the population summary ``phi(mu_t) [B, P]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mfdiffuser.models.blocks import MLP, AgentEncoder
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Sinusoidal features of an integer step ``[B] -> [B, dim]`` (Vaswani et al. 2017)."""
+
+    def __init__(self, dim: int, max_period: float = 1000.0) -> None:
+        super().__init__()
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / max(half, 1))
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.dim = dim
+
+    def forward(self, k: torch.Tensor) -> torch.Tensor:
+        angles = k.to(torch.float32)[:, None] * self.freqs[None]
+        emb = torch.cat([angles.sin(), angles.cos()], dim=-1)
+        if emb.shape[-1] < self.dim:
+            emb = nn.functional.pad(emb, (0, self.dim - emb.shape[-1]))
+        return emb
+
+
+class TemporalBlock(nn.Module):
+    """Residual 1-D convolution over H for every agent, FiLM-modulated by the agent's conditioning."""
+
+    def __init__(self, hidden: int, kernel: int = 3) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden)
+        self.conv1 = nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.conv2 = nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2)
+        self.film = nn.Linear(hidden, 2 * hidden)
+        self.act = nn.Mish()
+
+    def _conv(self, conv: nn.Conv1d, h: torch.Tensor) -> torch.Tensor:
+        b, m, t, c = h.shape
+        return conv(h.reshape(b * m, t, c).transpose(1, 2)).transpose(1, 2).reshape(b, m, t, c)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``h [B, M, H, C]``, ``cond [B, M, C]`` -> ``[B, M, H, C]``."""
+        scale, shift = self.film(cond).unsqueeze(2).chunk(2, dim=-1)
+        y = self._conv(self.conv1, self.act(self.norm1(h)))
+        y = self.norm2(y) * (1 + scale) + shift
+        y = self._conv(self.conv2, self.act(y))
+        return h + y
+
+
+class MeanFieldInteraction(nn.Module):
+    """Each agent sees the others only through the mean over the M particles of an embedding, per step.
+
+    ``h_i += W_out mish(W_self h_i + W_pool mean_j g(h_j))``: permutation-equivariant in the agent axis,
+    O(M) and independent of M (duplicating every particle leaves every output unchanged).
+    """
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.embed = MLP(hidden, hidden, hidden, n_layers=1)
+        self.self_proj = nn.Linear(hidden, hidden)
+        self.pool_proj = nn.Linear(hidden, hidden, bias=False)
+        self.out = nn.Linear(hidden, hidden)
+        self.act = nn.Mish()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """``h [B, M, H, C]`` -> ``[B, M, H, C]``."""
+        z = self.norm(h)
+        pooled = self.embed(z).mean(dim=1, keepdim=True)  # [B, 1, H, C]
+        return h + self.out(self.act(self.self_proj(z) + self.pool_proj(pooled)))
+
+
+class MeanFieldDenoiser(nn.Module):
+    """``eps_theta(x_k, k, s_t, phi(mu_t))``: one network shared by all agents, any M.
+
+    Args:
+        state_size: S.
+        n_actions: A (the action is encoded as A channels per step).
+        summary_size: P.
+        horizon: H, steps per segment.
+        hidden: C, channel width.
+        n_blocks: number of (temporal, interaction) block pairs.
+        interaction: False drops the interaction blocks (independent agents; an ablation).
+        kernel: temporal convolution width.
+    """
+
+    def __init__(
+        self,
+        state_size: int,
+        n_actions: int,
+        summary_size: int,
+        horizon: int,
+        hidden: int = 96,
+        n_blocks: int = 3,
+        interaction: bool = True,
+        kernel: int = 3,
+    ) -> None:
+        super().__init__()
+        self.state_size, self.n_actions, self.horizon = state_size, n_actions, horizon
+        self.dim = state_size + n_actions
+        self.inp = nn.Linear(self.dim, hidden)
+        self.pos = nn.Parameter(torch.zeros(horizon, hidden))
+        self.k_embed = nn.Sequential(SinusoidalEmbedding(hidden), MLP(hidden, hidden, hidden, n_layers=1))
+        self.cond = AgentEncoder(state_size, summary_size, hidden)
+        self.temporal = nn.ModuleList(TemporalBlock(hidden, kernel) for _ in range(n_blocks))
+        self.interact = (
+            nn.ModuleList(MeanFieldInteraction(hidden) for _ in range(n_blocks)) if interaction else None
+        )
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Mish(), nn.Linear(hidden, self.dim))
+        nn.init.zeros_(self.out[-1].weight)
+        nn.init.zeros_(self.out[-1].bias)
+
+    def forward(
+        self, x: torch.Tensor, k: torch.Tensor | int, states: torch.Tensor, summary: torch.Tensor
+    ) -> torch.Tensor:
+        """Predict the noise.
+
+        Args:
+            x: ``[B, M, H, D]`` noisy segments.
+            k: ``[B]`` (or scalar) diffusion step.
+            states: ``[B, M, S]`` current (normalised) states of the M agents.
+            summary: ``[B, P]`` population summary phi(mu_t) over all N agents.
+
+        Returns:
+            ``[B, M, H, D]`` noise estimate.
+        """
+        b, m, h_len, d = x.shape
+        if d != self.dim or h_len != self.horizon:
+            raise ValueError(f"denoiser: expected [B, M, {self.horizon}, {self.dim}], got {tuple(x.shape)}")
+        k = torch.as_tensor(k, device=x.device).reshape(-1).expand(b)
+        cond = self.cond(states, summary) + self.k_embed(k).unsqueeze(1)  # [B, M, C]
+        h = self.inp(x) + self.pos
+        for j, block in enumerate(self.temporal):
+            h = block(h, cond)
+            if self.interact is not None:
+                h = self.interact[j](h)
+        return self.out(h)
