@@ -554,6 +554,7 @@ def write_dataset(
     *,
     compression: str | None = "gzip",
     compression_level: int = 4,
+    chunk_bytes: int = 1 << 20,
     extra_attrs: dict[str, Any] | None = None,
 ) -> str:
     """Write a dataset file from per-episode rows (``EpisodeRecord.arrays()``) in episode order.
@@ -561,6 +562,15 @@ def write_dataset(
     Episodes are buffered one chunk row at a time, so memory stays at one chunk row of episodes.
     Writes to ``path`` directly: callers wanting atomicity pass a temporary path and rename it. The
     ``format`` attribute is written last, so a file cut short never loads.
+
+    Args:
+        path: file to write.
+        meta: the dataset's metadata (its checksum and library version are filled in here).
+        episodes: one dict of arrays per episode, in order.
+        compression: HDF5 filter (``"gzip"``, ``"lzf"`` or None); chunks always carry fletcher32.
+        compression_level: gzip level.
+        chunk_bytes: target raw size of a chunk of states (see :func:`chunk_episodes_and_steps`).
+        extra_attrs: additional root attributes (not part of the checksum).
 
     Returns:
         The checksum (also stored in the metadata).
@@ -570,7 +580,7 @@ def write_dataset(
     from mfdiffuser import __version__
 
     shapes = expected_shapes(meta)
-    ce, ct = chunk_episodes_and_steps(meta)
+    ce, ct = chunk_episodes_and_steps(meta, chunk_bytes)
     dtypes = {
         "states": np.float32,
         "actions": action_dtype(meta.n_actions),

@@ -1,0 +1,207 @@
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from mfdiffuser.cli import main
+from mfdiffuser.data import DatasetError, DatasetMeta, load_dataset
+from mfdiffuser.data.dataset import SCHEMA_VERSION, EpisodeRecord, write_dataset
+from mfdiffuser.errors import MfdError
+
+T, K, N = 4, 3, 6
+
+
+def records(n_episodes=5, nan=False):
+    rng = np.random.default_rng(0)
+    out = []
+    for e in range(n_episodes):
+        n = T if e % 2 == 0 else 2
+        states = rng.normal(size=(T + 1, K, 2)).astype(np.float32)
+        states[n + 1 :] = states[n]
+        rewards = np.zeros((T, K), np.float32)
+        rewards[:n] = rng.normal(size=(n, K))
+        if nan and e == 3:
+            rewards[1, 2] = np.nan
+        actions = np.zeros((T, K), np.uint8)
+        actions[:n] = rng.integers(0, 4, size=(n, K))
+        alive = np.zeros((T + 1, K), bool)
+        alive[: n + 1] = True
+        pop = np.zeros(T)
+        pop[:n] = rng.normal(size=n)
+        summ = rng.random((T + 1, 3)).astype(np.float32)
+        out.append(EpisodeRecord(
+            states=states, actions=actions, rewards=rewards, alive=alive, summaries=summ, pop_reward=pop,
+            length=n, terminated=n < T, truncated=n == T, quality="random" if e % 2 else "expert",
+            env_seed=2**63 + e, policy_seed=e, agent_index=np.array([0, 3, 5], np.int32),
+        ))
+    return out
+
+
+def meta(n_episodes=5):
+    return DatasetMeta(
+        env="gaussian-squeeze", env_args={"n_agents": N, "horizon": T}, n_agents=N, quality="mixed",
+        horizon=T, state_size=2, n_actions=4, summary_size=3, n_episodes=n_episodes, stored_agents=K,
+        ref_returns={"random": -1.0, "expert": 1.0}, ref_episodes=2, seed=3,
+        behaviour_policy={"random": "R", "expert": "E"},
+    )
+
+
+def write(path, recs=None, **kw):
+    recs = recs or records()
+    write_dataset(path, meta(len(recs)), (r.arrays() for r in recs), **kw)
+    return recs
+
+
+def test_round_trip(tmp_path):
+    recs = write(tmp_path / "d.h5")
+    for in_memory in (True, False):
+        with load_dataset(tmp_path / "d.h5", in_memory=in_memory) as ds:
+            assert ds.in_memory == in_memory
+            m = ds.meta
+            assert (m.env, m.n_agents, m.stored_agents, m.horizon) == ("gaussian-squeeze", N, K, T)
+            assert m.n_episodes == 5
+            assert m.ref_returns == {"random": -1.0, "expert": 1.0} and m.seed == 3 and m.checksum
+            assert DatasetMeta.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+            for e, rec in enumerate(recs):
+                ep = ds.episode(e)
+                n = rec.length
+                assert ep.length == n and ep.quality == rec.quality
+                assert ep.env_seed == 2**63 + e and ep.policy_seed == e
+                np.testing.assert_array_equal(ep.states, rec.states[: n + 1])
+                np.testing.assert_array_equal(ep.actions, rec.actions[:n])
+                np.testing.assert_array_equal(ep.rewards, rec.rewards[:n])
+                np.testing.assert_array_equal(ep.alive, rec.alive[: n + 1])
+                np.testing.assert_array_equal(ep.summaries, rec.summaries[: n + 1])
+                np.testing.assert_array_equal(ep.pop_reward, rec.pop_reward[:n])
+                np.testing.assert_array_equal(ep.agent_index, [0, 3, 5])
+                assert ep.terminated == (n < T) and ep.truncated == (n == T)
+                assert ds.episode_returns[e] == pytest.approx(rec.pop_reward.sum())
+            by_q = ds.returns_by_quality()
+            assert set(by_q) == {"random", "expert"} and by_q["random"].size == 2
+            assert ds.normalized_score(0.0) == pytest.approx(50.0)
+            assert ds.normalized_score(1.0) == pytest.approx(100.0)
+
+
+def test_make_env_rebuilds_with_overrides(tmp_path):
+    write(tmp_path / "d.h5")
+    ds = load_dataset(tmp_path / "d.h5")
+    env = ds.make_env()
+    assert env.n_agents == N and env.horizon == T
+    assert ds.make_env(n_agents=50).n_agents == 50
+
+
+def _corrupt_chunk_byte(path, name="states"):
+    with h5py.File(path, "r") as f:
+        info = f[name].id.get_chunk_info(0)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        b = fh.read(1)
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(bytes([b[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("name", ["states", "actions", "pop_reward", "agent_index"])
+def test_one_corrupted_byte(tmp_path, name):
+    write(tmp_path / "d.h5")
+    _corrupt_chunk_byte(tmp_path / "d.h5", name)
+    with pytest.raises(DatasetError, match=f"'{name}'"):
+        load_dataset(tmp_path / "d.h5")
+
+
+def test_corrupted_byte_uncompressed_caught_by_checksum(tmp_path):
+    # without compression, fletcher32 still guards the chunk; either way a clear error
+    write(tmp_path / "d.h5", compression=None)
+    _corrupt_chunk_byte(tmp_path / "d.h5", "rewards")
+    with pytest.raises(DatasetError, match="rewards"):
+        load_dataset(tmp_path / "d.h5")
+
+
+def test_checksum_detects_a_rewritten_value(tmp_path):
+    write(tmp_path / "d.h5")
+    with h5py.File(tmp_path / "d.h5", "a") as f:  # a valid HDF5 write that bypasses the format
+        f["rewards"][0, 0, 0] += 1.0
+    with pytest.raises(DatasetError, match="checksum mismatch in array 'rewards'"):
+        load_dataset(tmp_path / "d.h5")
+    load_dataset(tmp_path / "d.h5", verify=False)  # opt-out of the full pass still opens it
+
+
+def test_truncated_file(tmp_path):
+    write(tmp_path / "d.h5")
+    data = (tmp_path / "d.h5").read_bytes()
+    (tmp_path / "d.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match="truncated or corrupted"):
+        load_dataset(tmp_path / "d.h5")
+
+
+def test_wrong_schema_version(tmp_path):
+    write(tmp_path / "d.h5")
+    with h5py.File(tmp_path / "d.h5", "a") as f:
+        f.attrs["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(DatasetError, match=f"schema version {SCHEMA_VERSION + 1} is not supported"):
+        load_dataset(tmp_path / "d.h5")
+
+
+def test_nan_rejected(tmp_path):
+    write(tmp_path / "d.h5", records(nan=True))
+    with pytest.raises(DatasetError, match="'rewards' holds NaN or inf \\(episode 3\\)"):
+        load_dataset(tmp_path / "d.h5")
+
+
+def test_wrong_shape_and_missing_array(tmp_path):
+    write(tmp_path / "d.h5")
+    with h5py.File(tmp_path / "d.h5", "a") as f:
+        m = json.loads(f.attrs["meta"])
+        m["stored_agents"] = K + 1
+        f.attrs["meta"] = json.dumps(m)
+    with pytest.raises(DatasetError, match="'states' has shape"):
+        load_dataset(tmp_path / "d.h5")
+    write(tmp_path / "e.h5")
+    with h5py.File(tmp_path / "e.h5", "a") as f:
+        del f["alive"]
+    with pytest.raises(DatasetError, match="'alive' is missing"):
+        load_dataset(tmp_path / "e.h5")
+
+
+def test_not_a_dataset(tmp_path):
+    with pytest.raises(DatasetError, match="no such dataset"):
+        load_dataset(tmp_path / "nope.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(DatasetError, match="not an mfdiffuser dataset"):
+        load_dataset(tmp_path / "other.h5")
+    (tmp_path / "run.h5.partial").mkdir()
+    (tmp_path / "run.h5.partial" / "manifest.json").write_text("{}")
+    with pytest.raises(DatasetError, match="unfinished generation"):
+        load_dataset(tmp_path / "run.h5.partial")
+    assert issubclass(DatasetError, MfdError)
+
+
+@pytest.mark.parametrize("damage", ["byte", "truncate", "version"])
+def test_cli_info_one_line_error(tmp_path, damage):
+    path = tmp_path / "d.h5"
+    write(path)
+    if damage == "byte":
+        _corrupt_chunk_byte(path)
+    elif damage == "truncate":
+        path.write_bytes(path.read_bytes()[:-100])
+    else:
+        with h5py.File(path, "a") as f:
+            f.attrs["schema_version"] = 99
+    proc = subprocess.run(
+        [sys.executable, "-m", "mfdiffuser.cli", "data", "info", str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mfd data: error:")
+
+
+def test_cli_info_prints_metadata_and_returns(tmp_path, capsys):
+    write(tmp_path / "d.h5")
+    assert main(["data", "info", str(tmp_path / "d.h5")]) == 0
+    out = capsys.readouterr().out
+    for text in ("gaussian-squeeze", "mixed", "expert", "random", "verified", "uncompressed"):
+        assert text in out
