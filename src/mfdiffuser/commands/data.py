@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from typing import Any
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 QUALITY_CHOICES = ("expert", "medium", "random", "mixed")
 
@@ -71,6 +74,8 @@ def parse_env_args(items: list[str]) -> dict[str, Any]:
             raise ValueError(f"--env-arg {key}: cannot parse value {raw!r}") from None
         if isinstance(value, (dict, list)):
             raise ValueError(f"--env-arg {key}: expected a scalar value, got {raw!r}")
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         out[key] = value
     return out
 
