@@ -41,6 +41,7 @@ class _CrowdEnv(PopulationEnv):
     """
 
     game: mf.CrowdGame
+    stochastic_transitions = True
 
     def _setup(
         self, n_agents: int, dest: np.ndarray, noise_probs: np.ndarray, obs_table: np.ndarray
@@ -77,8 +78,17 @@ class _CrowdEnv(PopulationEnv):
 
     # --------------------------------------------------------------- dynamics
     def _reset(self, options: dict[str, Any]) -> np.ndarray:
+        """Cells i.i.d. from ``mu0`` (uniform), or ``options["positions"]`` (``[N]`` cell indices)."""
         x = self._n_cells
-        self._pos[:] = self.np_random.integers(0, x, size=self.n_agents)
+        if options.get("positions") is not None:
+            pos = np.asarray(options["positions"])
+            if pos.shape != (self.n_agents,) or not np.issubdtype(pos.dtype, np.integer):
+                raise ValueError(f"{self.name}: options['positions'] must be {self.n_agents} integer cells")
+            if pos.min() < 0 or pos.max() >= x:
+                raise ValueError(f"{self.name}: options['positions'] must lie in [0, {x - 1}]")
+            self._pos[:] = pos
+        else:
+            self._pos[:] = self.np_random.integers(0, x, size=self.n_agents)
         self._last[:] = self.neutral_action
         self._counts[:] = np.bincount(self._pos, minlength=x)
         return self._obs_tables[0].take(self._pos, axis=0)

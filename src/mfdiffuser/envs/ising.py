@@ -23,7 +23,8 @@ class Ising(PopulationEnv):
     """Agents on an ``L x L`` torus (agent ``i`` at row ``i // L``, column ``i % L``).
 
     Action ``a in {0, 1}`` sets the agent's spin to ``s = 2 a - 1`` for the next step (all agents
-    at once); the reward is computed on the new lattice. Initial spins are i.i.d. uniform.
+    at once); the reward is computed on the new lattice. Initial spins are i.i.d. uniform, or
+    ``reset(options={"spins": s})``.
 
     Observation ``[s_i, n_i / 4, t / T]`` with ``n_i`` the sum of the 4 neighbours' spins.
     Summary ``phi`` (P = 10): the fraction of agents with each (spin, neighbour sum) pair,
@@ -31,6 +32,7 @@ class Ising(PopulationEnv):
     """
 
     name = "ising"
+    stochastic_transitions = False  # the next lattice is the chosen spins
 
     def __init__(
         self, n_agents: int = 1024, coupling: float = 1.0, field: float = 0.0, horizon: int = 20
@@ -96,6 +98,15 @@ class Ising(PopulationEnv):
         return obs
 
     def _reset(self, options: dict[str, Any]) -> np.ndarray:
+        """Random spins, or ``options["spins"]`` (``[N]`` or ``[L, L]`` of -1/+1) if given."""
+        if options.get("spins") is not None:
+            spins = np.asarray(options["spins"])
+            if spins.size != self.n_agents or not np.isin(spins, (-1, 1)).all():
+                raise ValueError(
+                    f"{self.name}: options['spins'] must hold {self.n_agents} values in {{-1, +1}}"
+                )
+            self._spins[:] = spins.reshape(self.side, self.side)
+            return self._observe(0)
         bits = self.np_random.integers(0, 2, size=(self.side, self.side), dtype=np.int8)
         np.multiply(bits, 2, out=self._spins, casting="unsafe")
         self._spins -= 1

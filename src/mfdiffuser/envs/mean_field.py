@@ -55,7 +55,7 @@ class CrowdGame:
             raise ValueError(f"CrowdGame: move_cost must have shape ({a},), got {self.move_cost.shape}")
         if not np.allclose(self.transition.sum(-1), 1.0):
             raise ValueError("CrowdGame: transition rows must sum to 1")
-        if not math.isclose(float(self.mu0.sum()), 1.0, abs_tol=1e-9) or (self.mu0 < 0).any():
+        if not math.isclose(float(self.mu0.sum()), 1.0, abs_tol=1e-6) or (self.mu0 < 0).any():
             raise ValueError("CrowdGame: mu0 must be a probability vector")
         if self.horizon < 1:
             raise ValueError(f"CrowdGame: horizon must be >= 1, got {self.horizon}")
