@@ -120,6 +120,9 @@ class GaussianSqueeze(PopulationEnv):
         if quality == "medium":
             # An epsilon-mix of the expert with uniform actions; eps = 0.04 lands at about 50
             # normalized points at N >= 1,000 (each extra percent of random agents costs ~15 points).
+            # Measured (300 episodes, per-agent reward): N = 1,000: expert 0.4201, random 0.0000,
+            # medium 0.2079 = 49.5 +- 0.9 normalized; N = 10,000: expert 0.4228, medium 49.2 +- 0.3.
+            # Mean-field limit: g = 0.2077 (m = 0.607), 49.1 normalized against g(m*) = 0.4230.
             eps = 0.04
             probs = (1 - eps) * self.expert_probs() + eps / self.n_actions
             return MixedStrategyPolicy(probs)
