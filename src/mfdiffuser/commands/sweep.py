@@ -1,0 +1,65 @@
+"""``mfd sweep``: run an experiment grid (benchmark x quality x N x method x seed) as Ray tasks."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run an experiment grid on a local Ray or a cluster (resumable)",
+        description=(
+            "Run every cell of a YAML grid as a Ray task: datasets once, then train and evaluate each "
+            "cell, storing one JSON record per cell. Rerunning skips finished cells."
+        ),
+    )
+    p.add_argument("spec", help="grid YAML file, e.g. experiments/main.yaml")
+    p.add_argument("--results", default=None, help="results directory (default: results/<grid name>)")
+    p.add_argument("--data-dir", default=None, help="dataset directory (default: <results>/datasets)")
+    p.add_argument(
+        "--address", default=None, help="Ray cluster to join ('auto' or host:port); default: a local Ray"
+    )
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their status, run nothing")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mfdiffuser.experiments.grid import parse_grid
+    from mfdiffuser.experiments.runner import run_grid
+    from mfdiffuser.experiments.store import ResultStore
+
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise ValueError(f"--num-cpus must be >= 1, got {args.num_cpus}")
+    if args.dry_run:
+        grid = parse_grid(args.spec)
+        results = Path(args.results or grid.spec.get("results") or Path("results") / grid.name)
+        store = ResultStore(results)
+        for cell in grid.cells:
+            rec = store.read(cell.id)
+            status = "todo"
+            if rec is not None:
+                status = rec["status"] if rec.get("fingerprint") == cell.fingerprint else "stale"
+            print(f"{status:8s} {cell.id}")
+        print(f"{len(grid.cells)} cells, {len(grid.datasets())} datasets -> {results}")
+        return 0
+    summary = run_grid(
+        args.spec,
+        args.results,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        data_dir=args.data_dir,
+        progress=not args.no_progress,
+    )
+    print(
+        f"grid: {summary.total} cells: {summary.done} done, {summary.skipped} skipped (budget), "
+        f"{summary.failed} failed, {summary.skipped_existing} already finished "
+        f"({summary.seconds:.1f} s) -> {summary.results_dir}"
+    )
+    for cell_id, err in summary.failures.items():
+        print(f"  failed {cell_id}: {err}")
+    return 1 if summary.failed else 0

@@ -1,0 +1,157 @@
+"""Evaluation metrics summarised over seeds as a mean with a 95% confidence interval.
+
+Per-agent return, normalized score, Ising order parameter, battle win rate and kill ratio, plan
+latency and memory.
+
+Normalized score (D4RL convention): ``100 * (R - R_random) / (R_expert - R_random)``, with the
+reference returns of the env's random and expert behaviour policies at the same N.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mfdiffuser.eval.rollout import EpisodeResult, RolloutResult
+from mfdiffuser.eval.stats import mean_ci
+
+ORDER_PARAMETER_KEYS: tuple[str, ...] = ("order_parameter", "magnetization", "abs_magnetization")
+"""``info`` keys read as the Ising order parameter (first present wins; absolute value is taken)."""
+
+
+def normalized_score(value: float | np.ndarray, r_random: float, r_expert: float) -> float | np.ndarray:
+    """``100 * (value - r_random) / (r_expert - r_random)``.
+
+    Raises:
+        ValueError: the two references coincide (the score would be undefined) or are not finite.
+    """
+    if not (math.isfinite(r_random) and math.isfinite(r_expert)):
+        raise ValueError(f"reference returns must be finite, got random={r_random}, expert={r_expert}")
+    if abs(r_expert - r_random) < 1e-12:
+        raise ValueError(f"expert and random reference returns coincide ({r_expert}); score undefined")
+    return 100.0 * (np.asarray(value, dtype=np.float64) - r_random) / (r_expert - r_random)
+
+
+def order_parameter(ep: EpisodeResult) -> float | None:
+    """Ising order parameter ``|m|`` at the end of an episode, or None if the env reports none."""
+    for key in ORDER_PARAMETER_KEYS:
+        if key in ep.info_final:
+            return abs(ep.info_final[key])
+    return None
+
+
+def battle_outcome(ep: EpisodeResult) -> tuple[float, float] | None:
+    """``(win, kill_ratio)`` of a battle episode from its final ``info``, or None for other envs.
+
+    ``win`` is 1 when our team ends with more survivors than the opponent (0.5 for a draw) unless
+    the env reports ``win`` itself; ``kill_ratio`` is opponents killed over our agents lost (kills
+    over max(losses, 1), so a flawless win stays finite).
+    """
+    info = ep.info_final
+    if "kills" not in info and "win" not in info and "alive_ours" not in info:
+        return None
+    if "win" in info:
+        win = float(info["win"])
+    elif "alive_ours" in info and "alive_opponent" in info:
+        diff = info["alive_ours"] - info["alive_opponent"]
+        win = 1.0 if diff > 0 else (0.5 if diff == 0 else 0.0)
+    else:
+        return None
+    if "kill_ratio" in info:
+        ratio = float(info["kill_ratio"])
+    elif "kills" in info and "deaths" in info:
+        ratio = info["kills"] / max(info["deaths"], 1.0)
+    else:
+        ratio = float("nan")
+    return win, ratio
+
+
+def per_seed(episodes: Sequence[EpisodeResult], value: Any, by: str = "seed") -> dict[Any, float]:
+    """Mean of ``value(episode)`` over the episodes of each seed (episodes returning None are skipped).
+
+    With ``by="episode"`` every episode is its own group (statistics over episodes of one seed).
+    """
+    if by not in ("seed", "episode"):
+        raise ValueError(f"by must be 'seed' or 'episode', got {by!r}")
+    groups: dict[Any, list[float]] = {}
+    for ep in episodes:
+        v = value(ep)
+        if v is not None and math.isfinite(v):
+            key = ep.seed if by == "seed" else (ep.seed, ep.episode)
+            groups.setdefault(key, []).append(float(v))
+    return {k: float(np.mean(v)) for k, v in sorted(groups.items())}
+
+
+def _ci(values: Mapping[Any, float]) -> dict[str, Any] | None:
+    vals = list(values.values())
+    if not vals:
+        return None
+    return {**mean_ci(vals).as_dict(), "values": vals}
+
+
+def summarize(
+    result: RolloutResult, refs: Mapping[str, float] | None = None, by: str = "seed"
+) -> dict[str, Any]:
+    """Metrics of the rollouts at one N, each a dict ``mean, ci, std, sem, n, values`` over seeds.
+
+    Args:
+        result: episodes at one N.
+        refs: ``{"random": R_random, "expert": R_expert}`` at this N for the normalized score.
+        by: ``"seed"`` (statistics over seeds, episodes averaged within a seed) or ``"episode"``.
+
+    Returns:
+        ``{"n_agents", "episodes", "return", "score"?, "order_parameter"?, "win_rate"?,
+        "kill_ratio"?, "act_ms", "act_ms_max", "peak_mem_mb", "info"}``; ``info`` holds the
+        seed means of every other scalar the env reported at the episode's end.
+    """
+    eps = result.episodes
+
+    def group(value: Any) -> dict[Any, float]:
+        return per_seed(eps, value, by)
+
+    out: dict[str, Any] = {"n_agents": result.n_agents, "episodes": len(eps), "by": by}
+    returns = group(lambda e: e.mean_return)
+    out["return"] = _ci(returns)
+    if refs is not None:
+        r_rand, r_exp = float(refs["random"]), float(refs["expert"])
+        out["score"] = _ci({s: float(normalized_score(v, r_rand, r_exp)) for s, v in returns.items()})
+        out["refs"] = {"random": r_rand, "expert": r_exp}
+    order = group(order_parameter)
+    if order:
+        out["order_parameter"] = _ci(order)
+    if any(battle_outcome(e) is not None for e in eps):
+        out["win_rate"] = _ci(group(lambda e: (battle_outcome(e) or (None,))[0]))
+        ratio = group(lambda e: (battle_outcome(e) or (None, None))[1])
+        if ratio:
+            out["kill_ratio"] = _ci(ratio)
+    out["act_ms"] = _ci(group(lambda e: 1000.0 * float(np.mean(e.act_s))))
+    out["act_ms_max"] = _ci(group(lambda e: 1000.0 * float(np.max(e.act_s))))
+    out["peak_mem_mb"] = result.peak_mem_mb
+    out["wall_s"] = result.wall_s
+    keys = sorted({k for e in eps for k in e.info_final})
+    out["info"] = {k: _ci(group(lambda e, k=k: e.info_final.get(k))) for k in keys}
+    return out
+
+
+def reference_returns(make_env: Any, n_agents: int, seeds: Sequence[int], episodes: int) -> dict[str, float]:
+    """Mean per-agent returns of the env's ``random`` and ``expert`` behaviour policies at N.
+
+    Used for the normalized score at an N where the dataset's stored references do not apply.
+    """
+    from mfdiffuser.eval.rollout import rollout
+
+    refs: dict[str, float] = {}
+    for quality in ("random", "expert"):
+        res = rollout(
+            make_env,
+            lambda env, q=quality: env.behaviour_policy(q),
+            [n_agents],
+            seeds,
+            episodes,
+            progress=False,
+        )[0]
+        refs[quality] = float(np.mean([e.mean_return for e in res.episodes]))
+    return refs

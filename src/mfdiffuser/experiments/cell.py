@@ -1,0 +1,182 @@
+"""What one grid cell does, in plain Python (Ray only calls it): train, evaluate at every N, record.
+
+``prepare_dataset`` generates a dataset once (resumable, written atomically by the data module);
+``run_cell`` trains the cell's method on it with the shared trainer (resuming a killed attempt from
+its checkpoint), evaluates the trained policy at every evaluation N, measures its exploitability
+where the env has a measure, and writes the cell's record to the results store.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mfdiffuser.errors import BudgetExceeded
+from mfdiffuser.experiments.grid import Cell, DatasetSpec
+from mfdiffuser.experiments.store import ResultStore, versions
+
+
+def prepare_dataset(spec: DatasetSpec, data_dir: str | Path) -> str:
+    """Generate the dataset of ``spec`` under ``data_dir`` unless it exists; return its path."""
+    from mfdiffuser.data.generate import GenerateConfig, generate_dataset
+
+    path = spec.path(Path(data_dir))
+    if path.is_file():
+        return str(path)
+    cfg = GenerateConfig(
+        env=spec.env,
+        out=str(path),
+        env_args=dict(spec.env_args),
+        quality=spec.quality,
+        episodes=spec.episodes,
+        seed=spec.seed,
+        store_agents=spec.store_agents,
+        ref_episodes=spec.ref_episodes,
+        progress=False,
+    )
+    generate_dataset(cfg)
+    return str(path)
+
+
+def _base_record(cell: Cell, attempt: int) -> dict[str, Any]:
+    return {
+        "id": cell.id,
+        "fingerprint": cell.fingerprint,
+        "benchmark": cell.benchmark,
+        "quality": cell.quality,
+        "method": cell.method,
+        "seed": cell.seed,
+        "config": cell.to_dict(),
+        "attempt": attempt,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "versions": versions(),
+    }
+
+
+def failed_record(cell: Cell, error: BaseException | str, attempts: int | None = None) -> dict[str, Any]:
+    """The record of a cell whose every attempt failed."""
+    rec = _base_record(cell, attempts or 0)
+    rec.update(status="failed", error=_one_line(error), metrics={}, timings={})
+    if isinstance(error, BaseException):
+        rec["traceback"] = "".join(traceback.format_exception(error))[-4000:]
+    return rec
+
+
+def _one_line(error: BaseException | str) -> str:
+    if isinstance(error, str):
+        return error.strip().splitlines()[-1] if error.strip() else "unknown error"
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def run_cell(
+    cell: Cell,
+    dataset_path: str | None,
+    results_dir: str | Path,
+    *,
+    progress: bool = False,
+    hook: Callable[[Cell, str], None] | None = None,
+) -> dict:
+    """Train (unless a behaviour method), evaluate at every N and store the cell's record.
+
+    ``BudgetExceeded`` raised by a method is stored as ``skipped`` with its message; other
+    exceptions propagate (the runner retries them, then stores ``failed``). ``hook(cell, results_dir)``
+    runs first, once the attempt is counted.
+    """
+    import torch
+
+    from mfdiffuser.eval.evaluate import DatasetBehaviourPolicy, evaluate_policy, references
+
+    store = ResultStore(results_dir)
+    attempt = store.start_attempt(cell.id)
+    if hook is not None:
+        hook(cell, str(results_dir))
+    torch.set_num_threads(max(int(cell.resources.get("num_cpus", 1)), 1))
+    record = _base_record(cell, attempt)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    try:
+        if cell.algo is not None:
+            from mfdiffuser.algos.run import make_policy, train
+            from mfdiffuser.algos.trainer import TrainerConfig
+
+            if dataset_path is None:
+                raise ValueError(f"cell {cell.id} needs a dataset")
+            trainer = TrainerConfig(**{"progress": False, **cell.trainer, "seed": cell.seed})
+            run_dir = store.run_dir(cell.id, cell.train_fingerprint)
+            run = train(cell.algo, dataset_path, run_dir, dict(cell.options), trainer)
+            timings["train_s"] = time.perf_counter() - t0
+            record["train"] = {"step": run.step, "run_dir": str(run_dir)}
+            record["dataset_refs"] = dict(run.meta.ref_returns)
+
+            def policy_for(env: Any) -> Any:
+                return make_policy(run, env, **cell.policy)
+
+        else:
+            quality = cell.quality if cell.behaviour == "dataset" else str(cell.behaviour)
+
+            def policy_for(env: Any) -> Any:
+                return DatasetBehaviourPolicy(env, quality)
+
+        t1 = time.perf_counter()
+        points = {p.n_agents: p for p in cell.eval_points}
+        train_env = cell.train_point
+
+        # The same computed references for every method of a benchmark (the dataset's own stored
+        # references come from other rollouts, and behaviour-policy methods have no dataset).
+        def refs(n: int) -> dict[str, float]:
+            return references(
+                train_env.env,
+                train_env.env_args,
+                n,
+                episodes=cell.ref_episodes,
+                cache_dir=Path(results_dir) / "refs",
+            )
+
+        result = evaluate_policy(
+            lambda n: points[n].make(),
+            policy_for,
+            list(points),
+            [cell.seed],
+            cell.eval_episodes,
+            refs,
+            by="episode",
+            progress=progress,
+            label=cell.id,
+        )
+        timings["eval_s"] = time.perf_counter() - t1
+        record["metrics"] = result["results"]
+        record["exploitability"] = _exploitability(cell, policy_for, timings)
+        record["status"] = "done"
+    except BudgetExceeded as exc:
+        record.update(status="skipped", reason=exc.record, metrics=record.get("metrics", {}))
+    timings["total_s"] = time.perf_counter() - t0
+    record["timings"] = timings
+    store.write(record)
+    return record
+
+
+def _exploitability(cell: Cell, policy_for: Any, timings: dict[str, float]) -> dict[str, Any]:
+    """Exploitability at the largest evaluation N, where the env has a measure and it is enabled."""
+    from mfdiffuser.eval.exploitability import SUPPORTED, exploitability
+
+    opts = cell.exploitability
+    if not opts.get("enabled", True) or cell.train_point.env not in SUPPORTED:
+        return {}
+    t0 = time.perf_counter()
+    point = max(cell.eval_points, key=lambda p: p.n_agents)
+    env = point.make()
+    try:
+        episodes = int(opts.get("episodes", 4))
+        res = exploitability(env, policy_for(env), [1000 * cell.seed + i for i in range(episodes)])
+    finally:
+        env.close()
+    timings["exploitability_s"] = time.perf_counter() - t0
+    return {"n_agents": point.n_agents, **res}

@@ -1,0 +1,336 @@
+"""Experiment grids: a YAML file (benchmark x quality x method x seed) expanded into cells.
+
+A cell trains one method on one dataset (a benchmark at its training N and a quality) with one seed
+and evaluates the result at every evaluation N of the benchmark. Datasets are keyed by
+env/arguments/quality/N/episodes/seed and shared by all methods and seeds of a benchmark x quality.
+
+Schema (every key but ``benchmarks`` and ``methods`` optional)::
+
+    name: main
+    seeds: [0, 1, 2]                  # training seeds; statistics are over these
+    data: {episodes: 100, ref_episodes: 10, seed: 0, store_agents: null}
+    eval: {episodes: 30}
+    trainer: {steps: 2000, batch_size: 64}       # defaults of every method
+    resources: {num_cpus: 1}          # per Ray task
+    max_retries: 2                    # Ray retries (worker death and exceptions)
+    exploitability: {episodes: 4}     # measured at the largest eval N where the env supports it
+    benchmarks:
+      gaussian-squeeze:
+        env: gaussian-squeeze         # env or setting name
+        env_args: {}
+        train: 1000                   # training N, or a setting name (battle-256)
+        eval: [100, 1000, 10000]      # evaluation N or setting names
+        qualities: [expert, medium, mixed, random]
+        data: {episodes: 200}         # overrides of the defaults above
+    methods:
+      mf-diffuser: {algo: mf-diffuser, options: {beta: 1.0}, trainer: {steps: 3000}, policy: {},
+                    benchmarks: {ising: {options: {horizon: 4}}}}
+      expert: {behaviour: expert}     # a behaviour policy of the env, evaluated without training
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DATA_DEFAULTS: dict[str, Any] = {"episodes": 100, "ref_episodes": 10, "seed": 0, "store_agents": None}
+EVAL_DEFAULTS: dict[str, Any] = {"episodes": 30}
+TOP_KEYS = {
+    "name", "seeds", "data", "eval", "trainer", "resources", "max_retries", "exploitability",
+    "benchmarks", "methods", "description", "results", "datasets_dir",
+}  # fmt: skip
+BENCH_KEYS = {"env", "env_args", "train", "eval", "qualities", "data", "eval_options", "exploitability"}
+METHOD_KEYS = {"algo", "behaviour", "options", "trainer", "policy", "benchmarks", "resources"}
+DATASET_QUALITIES = ("expert", "medium", "mixed", "random")
+TRAINER_KEYS = {
+    "steps", "batch_size", "lr", "weight_decay", "grad_clip", "ema_decay", "ema_start", "log_every",
+    "checkpoint_every", "device",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EnvPoint:
+    """One population size of a benchmark: its N and the env arguments that build it."""
+
+    n_agents: int
+    env: str
+    env_args: dict[str, Any]
+
+    def make(self) -> Any:
+        """Build the env."""
+        from mfdiffuser.envs import make
+
+        return make(self.env, **self.env_args)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset a cell needs: generated once, shared by every cell with the same key."""
+
+    env: str
+    env_args: dict[str, Any]
+    quality: str
+    episodes: int
+    ref_episodes: int
+    seed: int
+    store_agents: int | None
+
+    @property
+    def key(self) -> str:
+        """File-name-safe identity: ``<env>-n<N>-<quality>-e<episodes>-s<seed>-<hash>``."""
+        n = self.env_args.get("n_agents", "default")
+        digest = fingerprint(self.__dict__)[:8]
+        return f"{self.env}-n{n}-{self.quality}-e{self.episodes}-s{self.seed}-{digest}"
+
+    def path(self, data_dir: Path) -> Path:
+        """Where the dataset lives under ``data_dir``."""
+        return Path(data_dir) / f"{self.key}.h5"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: a method trained on one benchmark x quality with one seed, evaluated at every N."""
+
+    benchmark: str
+    quality: str
+    method: str
+    seed: int
+    algo: str | None
+    """Registered algorithm, or None for a behaviour-policy method."""
+    behaviour: str | None
+    """Behaviour policy quality (``dataset`` = the cell's quality) when ``algo`` is None."""
+    options: dict[str, Any]
+    trainer: dict[str, Any]
+    policy: dict[str, Any]
+    resources: dict[str, Any]
+    train_point: EnvPoint
+    eval_points: tuple[EnvPoint, ...]
+    dataset: DatasetSpec | None
+    eval_episodes: int
+    ref_episodes: int
+    """Episodes per reference policy (random, expert) for the normalized score at each N."""
+    exploitability: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """Stable file-name-safe identity of the cell."""
+        return f"{self.benchmark}__{self.quality}__{self.method}__s{self.seed}"
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the cell's result (a changed spec reruns the cell)."""
+        return fingerprint(self.to_dict())
+
+    @property
+    def train_fingerprint(self) -> str:
+        """Hash of what determines the trained run (names its run directory)."""
+        d = self.to_dict()
+        return fingerprint({k: d[k] for k in ("algo", "options", "trainer", "dataset", "seed")})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly description (stored in the cell's record)."""
+        return json.loads(json.dumps(_asdict(self), sort_keys=True, default=str))
+
+
+def _asdict(obj: Any) -> Any:
+    if isinstance(obj, Cell | EnvPoint | DatasetSpec):
+        return {k: _asdict(v) for k, v in obj.__dict__.items()}
+    if isinstance(obj, tuple | list):
+        return [_asdict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _asdict(v) for k, v in obj.items()}
+    return obj
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj``."""
+    text = json.dumps(_asdict(obj), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A parsed grid: its name, raw spec and cells in a deterministic order."""
+
+    name: str
+    spec: dict[str, Any]
+    cells: tuple[Cell, ...]
+    max_retries: int
+
+    def datasets(self) -> dict[str, DatasetSpec]:
+        """Distinct datasets the cells need, by key."""
+        return {c.dataset.key: c.dataset for c in self.cells if c.dataset is not None}
+
+
+def load_spec(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """Read a grid spec from a YAML path, or copy a dict."""
+    if isinstance(spec, Mapping):
+        return copy.deepcopy(dict(spec))
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"grid spec {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a grid spec must be a mapping")
+    data.setdefault("name", path.stem)
+    return data
+
+
+def _unknown(keys: Any, allowed: set[str], where: str) -> None:
+    bad = sorted(set(keys) - allowed)
+    if bad:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(bad)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def env_point(env: str, env_args: Mapping[str, Any], entry: Any, where: str) -> EnvPoint:
+    """Resolve an N (int) or a setting name into an :class:`EnvPoint` of benchmark ``env``."""
+    from mfdiffuser.envs import list_settings, resolve
+
+    if isinstance(entry, bool) or not isinstance(entry, int | str):
+        raise ValueError(f"{where}: expected a population size or a setting name, got {entry!r}")
+    if isinstance(entry, str):
+        settings = list_settings()
+        if entry not in settings:
+            raise ValueError(f"{where}: unknown setting {entry!r}; choose from {', '.join(settings)}")
+        name, args = resolve(entry, **dict(env_args))
+        base, _ = resolve(env)
+        if name != base:
+            raise ValueError(f"{where}: setting {entry!r} is a {name} setting, not {base}")
+    else:
+        if entry < 1:
+            raise ValueError(f"{where}: population size must be >= 1, got {entry}")
+        name, args = resolve(env, **{**dict(env_args), "n_agents": entry})
+    if "n_agents" not in args:
+        raise ValueError(f"{where}: cannot tell N of {entry!r}")
+    return EnvPoint(int(args["n_agents"]), name, dict(args))
+
+
+def _merge(*dicts: Mapping[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for d in dicts:
+        out.update(d or {})
+    return out
+
+
+def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
+    """Validate a grid spec and expand it into cells (benchmark x quality x method x seed).
+
+    Raises:
+        ValueError: unknown keys, algorithms, qualities, settings, or empty lists.
+    """
+    from mfdiffuser.algos.base import ALGOS
+
+    raw = load_spec(spec)
+    _unknown(raw, TOP_KEYS, "grid")
+    name = str(raw.get("name", "grid"))
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+        raise ValueError(f"grid: seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+    benches = raw.get("benchmarks")
+    methods = raw.get("methods")
+    if not isinstance(benches, dict) or not benches:
+        raise ValueError("grid: 'benchmarks' must be a non-empty mapping")
+    if not isinstance(methods, dict) or not methods:
+        raise ValueError("grid: 'methods' must be a non-empty mapping")
+    max_retries = int(raw.get("max_retries", 2))
+    if max_retries < 0:
+        raise ValueError(f"grid: max_retries must be >= 0, got {max_retries}")
+    cells: list[Cell] = []
+    for bname, b in benches.items():
+        where = f"benchmark {bname}"
+        if not isinstance(b, dict):
+            raise ValueError(f"{where}: must be a mapping")
+        _unknown(b, BENCH_KEYS, where)
+        env = str(b.get("env", bname))
+        env_args = dict(b.get("env_args") or {})
+        if "train" not in b or "eval" not in b:
+            raise ValueError(f"{where}: 'train' (N or setting) and 'eval' (list) are required")
+        train_pt = env_point(env, env_args, b["train"], f"{where}.train")
+        evals = b["eval"] if isinstance(b["eval"], list) else [b["eval"]]
+        if not evals:
+            raise ValueError(f"{where}: 'eval' must list at least one N")
+        eval_pts = tuple(env_point(env, env_args, e, f"{where}.eval") for e in evals)
+        qualities = b.get("qualities", list(DATASET_QUALITIES))
+        for q in qualities:
+            if q not in DATASET_QUALITIES:
+                raise ValueError(
+                    f"{where}: unknown quality {q!r}; choose from {', '.join(DATASET_QUALITIES)}"
+                )
+        data = _merge(DATA_DEFAULTS, raw.get("data"), b.get("data"))
+        _unknown(data, set(DATA_DEFAULTS), f"{where}.data")
+        ev = _merge(EVAL_DEFAULTS, raw.get("eval"), b.get("eval_options"))
+        _unknown(ev, set(EVAL_DEFAULTS), f"{where}.eval_options")
+        expl = _merge(raw.get("exploitability"), b.get("exploitability"))
+        _unknown(expl, {"enabled", "episodes"}, f"{where}.exploitability")
+        for mname, m in methods.items():
+            mwhere = f"method {mname}"
+            if not isinstance(m, dict):
+                raise ValueError(f"{mwhere}: must be a mapping")
+            _unknown(m, METHOD_KEYS, mwhere)
+            over = (m.get("benchmarks") or {}).get(bname, {})
+            _unknown(
+                over, {"options", "trainer", "policy", "resources", "skip"}, f"{mwhere}.benchmarks.{bname}"
+            )
+            if over.get("skip"):
+                continue
+            algo, behaviour = m.get("algo"), m.get("behaviour")
+            if (algo is None) == (behaviour is None):
+                raise ValueError(f"{mwhere}: give exactly one of 'algo' or 'behaviour'")
+            trainer = _merge(raw.get("trainer"), m.get("trainer"), over.get("trainer"))
+            _unknown(trainer, TRAINER_KEYS, f"{mwhere}.trainer")
+            if algo is not None and algo not in ALGOS:
+                raise ValueError(f"{mwhere}: unknown algorithm {algo!r}; choose from {', '.join(ALGOS)}")
+            if behaviour is not None and behaviour not in (*DATASET_QUALITIES, "dataset"):
+                raise ValueError(f"{mwhere}: behaviour must be a quality or 'dataset', got {behaviour!r}")
+            for q in qualities:
+                dataset = None
+                if algo is not None:
+                    dataset = DatasetSpec(
+                        env=train_pt.env,
+                        env_args=train_pt.env_args,
+                        quality=q,
+                        episodes=int(data["episodes"]),
+                        ref_episodes=int(data["ref_episodes"]),
+                        seed=int(data["seed"]),
+                        store_agents=data["store_agents"],
+                    )
+                for seed in seeds:
+                    cells.append(
+                        Cell(
+                            benchmark=str(bname),
+                            quality=q,
+                            method=str(mname),
+                            seed=int(seed),
+                            algo=algo,
+                            behaviour=behaviour,
+                            options=_merge(m.get("options"), over.get("options")),
+                            trainer=trainer,
+                            policy=_merge(m.get("policy"), over.get("policy")),
+                            resources=_merge(
+                                {"num_cpus": 1},
+                                raw.get("resources"),
+                                m.get("resources"),
+                                over.get("resources"),
+                            ),
+                            train_point=train_pt,
+                            eval_points=eval_pts,
+                            dataset=dataset,
+                            eval_episodes=int(ev["episodes"]),
+                            ref_episodes=int(data["ref_episodes"]),
+                            exploitability=expl,
+                        )
+                    )
+    ids = [c.id for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ValueError("grid: duplicate cells (benchmark, quality, method and seed must be unique)")
+    return Grid(name, raw, tuple(cells), max_retries)

@@ -1,0 +1,433 @@
+"""Reports of a results store: Markdown and LaTeX tables, PNG plots (matplotlib, Agg backend).
+
+Each cell record holds one training seed's metrics at every evaluation N (means over its evaluation
+episodes). The report aggregates over seeds: mean and 95% t confidence interval. In every table row
+(benchmark x quality x N) the best method is bold: the highest mean (lowest for exploitability),
+and every method whose mean lies within one standard error (over seeds) of the best is bold too,
+since with 3 seeds such differences are not resolved.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mfdiffuser.eval.stats import MeanCI, mean_ci
+from mfdiffuser.experiments.store import ResultStore
+
+QUALITY_ORDER = ("expert", "medium", "mixed", "random")
+
+# metric -> (title, higher is better, decimals)
+METRICS: dict[str, tuple[str, bool, int]] = {
+    "score": ("Normalized score", True, 1),
+    "return": ("Per-agent return", True, 3),
+    "win_rate": ("Battle win rate", True, 2),
+    "kill_ratio": ("Battle kill ratio", True, 2),
+    "order_parameter": ("Ising order parameter |m|", True, 3),
+    "act_ms": ("Mean act latency (ms per step)", False, 2),
+    "peak_mem_mb": ("Peak memory of rollouts (MiB above baseline)", False, 1),
+}
+
+
+@dataclass(frozen=True)
+class Agg:
+    """Seed statistics of one metric of one (benchmark, quality, N, method)."""
+
+    stats: MeanCI | None
+    status: str
+    """``done``, ``partial`` (some seeds failed or were skipped), ``skipped``, ``failed``."""
+    note: str = ""
+
+
+def _value(rec: dict[str, Any], n: str, metric: str) -> float | None:
+    m = rec.get("metrics", {}).get(n, {})
+    v = m.get(metric)
+    if isinstance(v, dict):
+        v = v.get("mean")
+    if v is None or not isinstance(v, int | float) or not math.isfinite(v):
+        return None
+    return float(v)
+
+
+class Results:
+    """The records of a results store, indexed for tables and plots."""
+
+    def __init__(self, records: Sequence[dict[str, Any]]) -> None:
+        self.records = list(records)
+        self.by_key: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+        for rec in self.records:
+            self.by_key[(rec["benchmark"], rec["quality"], rec["method"])].append(rec)
+        self.benchmarks = list(dict.fromkeys(r["benchmark"] for r in self.records))
+        self.methods = list(dict.fromkeys(r["method"] for r in self.records))
+
+    def qualities(self, bench: str) -> list[str]:
+        qs = {r["quality"] for r in self.records if r["benchmark"] == bench}
+        return [q for q in QUALITY_ORDER if q in qs] + sorted(qs - set(QUALITY_ORDER))
+
+    def eval_ns(self, bench: str) -> list[int]:
+        ns: set[int] = set()
+        for r in self.records:
+            if r["benchmark"] == bench:
+                ns.update(int(p["n_agents"]) for p in r.get("config", {}).get("eval_points", []))
+                ns.update(int(n) for n in r.get("metrics", {}))
+        return sorted(ns)
+
+    def agg(self, bench: str, quality: str, n: int, method: str, metric: str) -> Agg | None:
+        """Statistics over seeds of ``metric`` at N (None if no record exists)."""
+        recs = self.by_key.get((bench, quality, method))
+        if not recs:
+            return None
+        vals, statuses, notes = [], [], []
+        for r in recs:
+            statuses.append(r["status"])
+            if r["status"] != "done":
+                notes.append(r.get("reason") or r.get("error") or "")
+                continue
+            v = _value(r, str(n), metric)
+            if v is not None:
+                vals.append(v)
+        if not vals:
+            status = "skipped" if "skipped" in statuses else ("failed" if "failed" in statuses else "n/a")
+            return Agg(None, status, notes[0] if notes else "")
+        status = "done" if all(s == "done" for s in statuses) else "partial"
+        return Agg(mean_ci(vals), status)
+
+    def exploitability(self, bench: str, quality: str, method: str) -> Agg | None:
+        recs = self.by_key.get((bench, quality, method))
+        if not recs:
+            return None
+        vals = [
+            float(r["exploitability"]["exploitability"])
+            for r in recs
+            if r["status"] == "done" and r.get("exploitability")
+        ]
+        if not vals:
+            return None
+        return Agg(mean_ci(vals), "done")
+
+
+def _fmt(stats: MeanCI, decimals: int, latex: bool) -> str:
+    pm = r"$\pm$" if latex else "±"
+    if math.isnan(stats.half_width):
+        return f"{stats.mean:.{decimals}f}"
+    return f"{stats.mean:.{decimals}f} {pm} {stats.half_width:.{decimals}f}"
+
+
+def best_flags(cells: Sequence[Agg | None], higher: bool) -> list[bool]:
+    """Which entries of a row are bold: the best mean, and means within one standard error of it."""
+    means = [c.stats.mean if c is not None and c.stats is not None else None for c in cells]
+    valid = [(i, m) for i, m in enumerate(means) if m is not None]
+    if not valid:
+        return [False] * len(cells)
+    best_i, best = (max if higher else min)(valid, key=lambda im: im[1])
+    sem = cells[best_i].stats.sem  # type: ignore[union-attr]
+    tol = 0.0 if sem is None or math.isnan(sem) else sem
+    flags = []
+    for m in means:
+        if m is None:
+            flags.append(False)
+        else:
+            flags.append(m >= best - tol - 1e-12 if higher else m <= best + tol + 1e-12)
+    return flags
+
+
+def _entry(agg: Agg | None, decimals: int, bold: bool, latex: bool) -> str:
+    if agg is None:
+        return "–" if not latex else "--"
+    if agg.stats is None:
+        return agg.status
+    text = _fmt(agg.stats, decimals, latex)
+    if agg.status == "partial":
+        text += "*"
+    if bold:
+        return rf"\textbf{{{text}}}" if latex else f"**{text}**"
+    return text
+
+
+def metric_rows(res: Results, metric: str) -> list[tuple[str, str, int, list[Agg | None]]]:
+    """Rows ``(benchmark, quality, N, [agg per method])`` of a metric, only those with some value."""
+    rows = []
+    for b in res.benchmarks:
+        for q in res.qualities(b):
+            for n in res.eval_ns(b):
+                cells = [res.agg(b, q, n, m, metric) for m in res.methods]
+                if any(c is not None and c.stats is not None for c in cells):
+                    rows.append((b, q, n, cells))
+    return rows
+
+
+def markdown_table(res: Results, metric: str) -> str:
+    """A Markdown table of ``metric``: rows benchmark x quality x N, columns methods."""
+    _, higher, dec = METRICS[metric]
+    rows = metric_rows(res, metric)
+    if not rows:
+        return ""
+    head = "| benchmark | quality | N | " + " | ".join(res.methods) + " |"
+    sep = "|---|---|---:|" + "---:|" * len(res.methods)
+    lines = [head, sep]
+    for b, q, n, cells in rows:
+        flags = best_flags(cells, higher)
+        entries = [_entry(c, dec, f, latex=False) for c, f in zip(cells, flags, strict=True)]
+        lines.append(f"| {b} | {q} | {n:,} | " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
+def _tex(text: str) -> str:
+    return text.replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")
+
+
+def latex_table(res: Results, metric: str) -> str:
+    """A LaTeX (booktabs) table of ``metric``, best per row in bold."""
+    title, higher, dec = METRICS[metric]
+    rows = metric_rows(res, metric)
+    if not rows:
+        return ""
+    cols = "lll" + "r" * len(res.methods)
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{_tex(title)}: mean $\pm$ 95\% CI over seeds; best and ties within one s.e.\ in bold.}}",
+        rf"\begin{{tabular}}{{{cols}}}",
+        r"\toprule",
+        "benchmark & quality & $N$ & " + " & ".join(_tex(m) for m in res.methods) + r" \\",
+        r"\midrule",
+    ]
+    for b, q, n, cells in rows:
+        flags = best_flags(cells, higher)
+        entries = [_entry(c, dec, f, latex=True) for c, f in zip(cells, flags, strict=True)]
+        lines.append(f"{_tex(b)} & {q} & {n:,} & " + " & ".join(entries) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines)
+
+
+def exploitability_table(res: Results) -> str:
+    """Markdown table of exploitability (lower is better) per benchmark x quality, columns methods."""
+    lines = []
+    for b in res.benchmarks:
+        for q in res.qualities(b):
+            cells = [res.exploitability(b, q, m) for m in res.methods]
+            if not any(c is not None for c in cells):
+                continue
+            flags = best_flags(cells, higher=False)
+            entries = [_entry(c, 4, f, latex=False) for c, f in zip(cells, flags, strict=True)]
+            n = next(
+                r["exploitability"].get("n_agents")
+                for m in res.methods
+                for r in res.by_key.get((b, q, m), [])
+                if r.get("exploitability")
+            )
+            kind = next(
+                r["exploitability"].get("kind", "")
+                for m in res.methods
+                for r in res.by_key.get((b, q, m), [])
+                if r.get("exploitability")
+            )
+            lines.append(f"| {b} ({kind}) | {q} | {n:,} | " + " | ".join(entries) + " |")
+    if not lines:
+        return ""
+    head = "| benchmark | quality | N | " + " | ".join(res.methods) + " |"
+    sep = "|---|---|---:|" + "---:|" * len(res.methods)
+    return "\n".join([head, sep, *lines])
+
+
+def status_table(res: Results) -> str:
+    """Counts of done / skipped / failed cells per method, and the reasons of the others."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in res.records:
+        counts[r["method"]][r["status"]] += 1
+    lines = ["| method | done | skipped | failed |", "|---|---:|---:|---:|"]
+    for m in res.methods:
+        c = counts[m]
+        lines.append(f"| {m} | {c['done']} | {c['skipped']} | {c['failed']} |")
+    notes = [
+        f"* `{r['id']}` {r['status']}: {r.get('reason') or r.get('error', '')}"
+        for r in res.records
+        if r["status"] != "done"
+    ]
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+# --------------------------------------------------------------------------------------- plots
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(res: Results, bench: str, qualities: Sequence[str], method: str, metric: str) -> tuple:
+    """Points ``(N, mean over qualities of the seed means, mean of their CI half widths)``."""
+    xs, ys, es = [], [], []
+    for n in res.eval_ns(bench):
+        aggs = [res.agg(bench, q, n, method, metric) for q in qualities]
+        stats = [a.stats for a in aggs if a is not None and a.stats is not None]
+        if not stats:
+            continue
+        xs.append(n)
+        ys.append(float(np.mean([s.mean for s in stats])))
+        hw = [s.half_width for s in stats if not math.isnan(s.half_width)]
+        es.append(float(np.mean(hw)) if hw else 0.0)
+    return xs, ys, es
+
+
+def plot_vs_n(
+    res: Results, metric: str, path: Path, *, per_quality: bool, log_y: bool = False
+) -> Path | None:
+    """Lines of ``metric`` against N per method: a subplot per benchmark (x quality if asked)."""
+    plt = _plt()
+    panels = [
+        (b, [q]) if per_quality else (b, res.qualities(b))
+        for b in res.benchmarks
+        for q in (res.qualities(b) if per_quality else [None])
+    ]
+    if not panels:
+        return None
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    drawn = False
+    for ax, (b, qs) in zip(axes.flat, panels, strict=False):
+        for m in res.methods:
+            xs, ys, es = _series(res, b, qs, m, metric)
+            if xs:
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+                drawn = True
+        ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_title(f"{b} / {qs[0]}" if per_quality else b, fontsize=9)
+        ax.set_xlabel("N")
+        ax.set_ylabel(METRICS[metric][0], fontsize=8)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    if not drawn:
+        plt.close(fig)
+        return None
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(res: Results, path: Path, *, metric: str | None) -> Path | None:
+    """Grouped bars per benchmark: x = quality, one bar per method.
+
+    Bars show ``metric`` at the benchmark's largest N, or exploitability when ``metric`` is None.
+    """
+    plt = _plt()
+    benches = res.benchmarks
+    if not benches:
+        return None
+    fig, axes = plt.subplots(1, len(benches), figsize=(4.5 * len(benches), 3.4), squeeze=False)
+    drawn = False
+    width = 0.8 / max(len(res.methods), 1)
+    for ax, b in zip(axes.flat, benches, strict=True):
+        qs = res.qualities(b)
+        n_max = max(res.eval_ns(b)) if res.eval_ns(b) else 0
+        for j, m in enumerate(res.methods):
+            ys, es = [], []
+            for q in qs:
+                a = res.exploitability(b, q, m) if metric is None else res.agg(b, q, n_max, m, metric)
+                ok = a is not None and a.stats is not None
+                ys.append(a.stats.mean if ok else np.nan)  # type: ignore[union-attr]
+                hw = a.stats.half_width if ok else np.nan  # type: ignore[union-attr]
+                es.append(0.0 if np.isnan(hw) else hw)
+            if not np.all(np.isnan(ys)):
+                drawn = True
+            ax.bar(np.arange(len(qs)) + j * width, ys, width, yerr=es, capsize=2, label=m)
+        ax.set_xticks(np.arange(len(qs)) + 0.4 - width / 2, qs)
+        ylabel = "exploitability" if metric is None else METRICS[metric][0]
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_title(b if metric is None else f"{b} (N = {n_max:,})", fontsize=9)
+    if not drawn:
+        plt.close(fig)
+        return None
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -------------------------------------------------------------------------------------- report
+def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write ``report.md``, ``tables.tex`` and PNG plots of a results store into ``out_dir``.
+
+    Returns:
+        Path of the Markdown report.
+
+    Raises:
+        FileNotFoundError: ``results_dir`` holds no cell records.
+    """
+    store = ResultStore(results_dir)
+    records = store.records()
+    if not records:
+        raise FileNotFoundError(f"{results_dir}: no cell records (run `mfd sweep` first)")
+    res = Results(records)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    plots: list[tuple[str, Path | None]] = [
+        ("Per-agent return vs N", plot_vs_n(res, "return", out / "return_vs_n.png", per_quality=True)),
+        (
+            "Normalized score per dataset quality",
+            plot_bars(res, out / "score_by_quality.png", metric="score"),
+        ),
+        ("Exploitability", plot_bars(res, out / "exploitability.png", metric=None)),
+        (
+            "Plan latency vs N",
+            plot_vs_n(res, "act_ms", out / "latency_vs_n.png", per_quality=False, log_y=True),
+        ),
+        ("Peak memory vs N", plot_vs_n(res, "peak_mem_mb", out / "memory_vs_n.png", per_quality=False)),
+    ]
+    md = [
+        f"# Results: {Path(results_dir).name}",
+        "",
+        f"{len(records)} cells from `{results_dir}`. Entries are mean ± 95% confidence interval "
+        "(Student t) over training seeds; each seed's value is the mean over its evaluation episodes. "
+        "Bold: the best mean in the row and every mean within one standard error of it "
+        "(lower is better for exploitability, latency and memory). `*`: some seeds failed or were skipped. "
+        "Normalized score = 100 (R − R_random) / (R_expert − R_random), with the references rolled out "
+        "at each N.",
+        "",
+        "## Cells",
+        "",
+        status_table(res),
+    ]
+    tex = []
+    for metric, (title, _, _) in METRICS.items():
+        table = markdown_table(res, metric)
+        if table:
+            md += ["", f"## {title}", "", table]
+            tex += [latex_table(res, metric), ""]
+    expl = exploitability_table(res)
+    if expl:
+        md += [
+            "",
+            "## Exploitability (at the largest evaluation N)",
+            "",
+            "exact: mean-field exploitability of the measured policy table; estimate: see "
+            "`mfdiffuser.eval.exploitability`.",
+            "",
+            expl,
+        ]
+    md += ["", "## Plots", ""]
+    for title, path in plots:
+        if path is not None:
+            md += [f"![{title}]({path.name})", ""]
+    (out / "tables.tex").write_text("\n".join(tex))
+    report = out / "report.md"
+    report.write_text("\n".join(md) + "\n")
+    return report

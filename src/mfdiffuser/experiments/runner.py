@@ -1,0 +1,210 @@
+"""Run a grid as Ray tasks: datasets first (once each), then one task per cell, every result stored.
+
+A local Ray is started by default (``num_cpus`` from the machine, no dashboard); ``address`` joins a
+cluster (``"auto"`` or ``host:port``). Cells that already have a finished record with the current
+fingerprint are skipped, so a killed grid resumes where it stopped. Each task has
+``max_retries`` retries, used both when its worker dies and when it raises; a cell whose attempts
+all fail is recorded as ``failed`` with its error and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mfdiffuser.algos.base import write_json
+from mfdiffuser.experiments.cell import failed_record, prepare_dataset, run_cell
+from mfdiffuser.experiments.grid import Cell, Grid, parse_grid
+from mfdiffuser.experiments.store import ResultStore
+
+CellHook = Callable[[Cell, str], None]
+"""Called in the worker before a cell runs, with the cell and the results directory."""
+
+
+@dataclass
+class GridSummary:
+    """What a ``run_grid`` call did."""
+
+    results_dir: Path
+    total: int
+    skipped_existing: int = 0
+    """Cells already finished before this call (not run again)."""
+    done: int = 0
+    skipped: int = 0
+    """Cells the method declined within its budget (``BudgetExceeded``)."""
+    failed: int = 0
+    seconds: float = 0.0
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "results_dir": str(self.results_dir),
+            "total": self.total,
+            "skipped_existing": self.skipped_existing,
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "seconds": self.seconds,
+            "failures": self.failures,
+        }
+
+
+def _remote_cell(cell: Cell, dataset_path: str | None, results_dir: str, hook: CellHook | None) -> dict:
+    return run_cell(cell, dataset_path, results_dir, hook=hook)
+
+
+def _init_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Start or join Ray; return True if this call started it (and must shut it down)."""
+    from mfdiffuser.errors import require
+
+    ray = require("ray", "ray")
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    if address is not None:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+    return True
+
+
+def run_grid(
+    spec: str | Path | Mapping[str, Any],
+    results_dir: str | Path | None = None,
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+    hook: CellHook | None = None,
+) -> GridSummary:
+    """Run every unfinished cell of a grid on Ray and store one record per cell.
+
+    Args:
+        spec: path of a YAML grid spec or the spec as a dict (see :mod:`mfdiffuser.experiments.grid`).
+        results_dir: results store; default ``results/<grid name>`` (or the spec's ``results``).
+        address: Ray cluster to join (``"auto"``, ``"host:port"``); None starts a local Ray.
+        num_cpus: CPUs of the local Ray (default: all of the machine's).
+        data_dir: where datasets live; default the spec's ``datasets_dir`` or ``<results>/datasets``.
+        progress: show a progress bar over cells.
+        hook: called in the worker before each cell (fault injection in tests, custom logging).
+
+    Returns:
+        Counts of finished, skipped and failed cells.
+    """
+    import ray
+
+    t0 = time.perf_counter()
+    grid: Grid = parse_grid(spec)
+    results = Path(results_dir or grid.spec.get("results") or Path("results") / grid.name)
+    data = Path(data_dir or grid.spec.get("datasets_dir") or results / "datasets")
+    store = ResultStore(results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "grid.yaml").write_text(yaml.safe_dump(grid.spec, sort_keys=False))
+    summary = GridSummary(results, len(grid.cells))
+    todo = [c for c in grid.cells if not store.is_finished(c.id, c.fingerprint)]
+    summary.skipped_existing = len(grid.cells) - len(todo)
+    if not todo:
+        summary.seconds = time.perf_counter() - t0
+        write_json(results / "summary.json", summary.as_dict())
+        return summary
+
+    started = _init_ray(address, num_cpus)
+    bar = _Bar(len(todo), grid.name) if progress else None
+    pending: dict[Any, Cell] = {}
+    try:
+        retries = grid.max_retries
+        # Datasets first: one task each, which every cell that needs it waits for (Ray dependency).
+        data_task = ray.remote(max_retries=retries, retry_exceptions=True)(prepare_dataset)
+        datasets: dict[str, Any] = {}
+        for cell in todo:
+            if cell.dataset is None or cell.dataset.key in datasets:
+                continue
+            path = cell.dataset.path(data)
+            datasets[cell.dataset.key] = (
+                str(path)
+                if path.is_file()
+                else data_task.options(
+                    num_cpus=float(cell.resources.get("num_cpus", 1)), name=f"data:{cell.dataset.key}"
+                ).remote(cell.dataset, str(data))
+            )
+        cell_task = ray.remote(max_retries=retries, retry_exceptions=True)(_remote_cell)
+        for cell in todo:
+            ds = datasets[cell.dataset.key] if cell.dataset is not None else None
+            ref = cell_task.options(
+                num_cpus=float(cell.resources.get("num_cpus", 1)),
+                num_gpus=float(cell.resources.get("num_gpus", 0)),
+                memory=cell.resources.get("memory"),
+                name=f"cell:{cell.id}",
+            ).remote(cell, ds, str(results), hook)
+            pending[ref] = cell
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                cell = pending.pop(ref)
+                try:
+                    rec = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - every failure of a cell is recorded, not raised
+                    rec = failed_record(cell, _unwrap(exc), attempts=_attempts(results, cell.id))
+                    store.write(rec)
+                    summary.failed += 1
+                    summary.failures[cell.id] = rec["error"]
+                else:
+                    if rec.get("status") == "skipped":
+                        summary.skipped += 1
+                    else:
+                        summary.done += 1
+                if bar is not None:
+                    bar.advance(summary)
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+        if started:
+            ray.shutdown()
+    summary.seconds = time.perf_counter() - t0
+    write_json(results / "summary.json", summary.as_dict())
+    return summary
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The application exception inside a Ray task error, when there is one."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def _attempts(results: Path, cell_id: str) -> int:
+    path = results / "attempts" / cell_id
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+class _Bar:
+    """A rich progress bar over cells with running counts."""
+
+    def __init__(self, total: int, name: str) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._p = Progress(
+            TextColumn(f"grid {name}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+        )
+        self._task = self._p.add_task(name, total=total, counts="")
+        self._p.start()
+
+    def advance(self, s: GridSummary) -> None:
+        self._p.update(self._task, advance=1, counts=f"done {s.done} skipped {s.skipped} failed {s.failed}")
+
+    def close(self) -> None:
+        self._p.stop()

@@ -1,0 +1,118 @@
+"""The results store of a grid: one JSON record per cell, each written atomically the moment it ends.
+
+Layout of a results directory::
+
+    grid.yaml              the spec the grid ran with
+    cells/<cell id>.json   one record per cell: config, status, metrics, timings, versions
+    attempts/<cell id>     attempts started for the cell (one line each; Ray retries included)
+    runs/<cell id>-<hash>/ the trained run (resumable checkpoint)
+    refs/                  cached reference returns at evaluation N
+    datasets/              datasets (unless the spec names another directory)
+    summary.json           counts of the last ``run_grid`` call
+
+A record's ``status`` is ``done``, ``skipped`` (the method declined the cell within its budget, e.g.
+MADiff at large N) or ``failed`` (with the error); a rerun skips ``done`` and ``skipped`` cells whose
+fingerprint matches the current spec and runs the others again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from mfdiffuser.algos.base import write_json
+
+FINISHED = ("done", "skipped")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the library, Python and the main dependencies (stored in every record)."""
+    import numpy
+    import torch
+
+    from mfdiffuser import __version__
+
+    out = {
+        "mfdiffuser": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+    }
+    try:
+        import ray
+
+        out["ray"] = ray.__version__
+    except ImportError:  # pragma: no cover - ray is an optional extra
+        pass
+    return out
+
+
+class ResultStore:
+    """Reads and writes the per-cell records of a results directory."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def cells_dir(self) -> Path:
+        return self.root / "cells"
+
+    def record_path(self, cell_id: str) -> Path:
+        """Path of a cell's record."""
+        return self.cells_dir / f"{cell_id}.json"
+
+    def run_dir(self, cell_id: str, train_hash: str) -> Path:
+        """Run directory of a cell's training (named by the hash of its training config)."""
+        return self.root / "runs" / f"{cell_id}-{train_hash[:8]}"
+
+    def read(self, cell_id: str) -> dict[str, Any] | None:
+        """The record of a cell, or None if absent (an unreadable record counts as absent)."""
+        path = self.record_path(cell_id)
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def is_finished(self, cell_id: str, fingerprint: str) -> bool:
+        """True if the cell has a ``done``/``skipped`` record made with the same fingerprint."""
+        rec = self.read(cell_id)
+        return rec is not None and rec.get("status") in FINISHED and rec.get("fingerprint") == fingerprint
+
+    def write(self, record: dict[str, Any]) -> Path:
+        """Write a record atomically (a reader never sees half a file)."""
+        if "id" not in record or "status" not in record:
+            raise ValueError("a record needs 'id' and 'status'")
+        record = {**record, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        path = self.record_path(record["id"])
+        write_json(path, record)
+        return path
+
+    def start_attempt(self, cell_id: str) -> int:
+        """Note that an attempt of the cell starts; return its number (1 for the first)."""
+        path = self.root / "attempts" / cell_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_APPEND writes of one short line are atomic, so concurrent attempts never lose a count.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{time.time():.3f} pid={os.getpid()}\n".encode())
+        finally:
+            os.close(fd)
+        return len(path.read_text().splitlines())
+
+    def records(self) -> list[dict[str, Any]]:
+        """All readable records, sorted by cell id."""
+        if not self.cells_dir.is_dir():
+            return []
+        out = []
+        for path in sorted(self.cells_dir.glob("*.json")):
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        return out
