@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -47,11 +48,14 @@ def measure(name: str, n_agents: int, min_seconds: float = 0.5, n_actions_pool: 
 
 
 def main(argv: list[str] | None = None) -> dict[tuple[str, int], float]:
-    """Print agent-steps/s per env at N = 100, 1000, 10000; return ``{(env, N): rate}``."""
+    """Print agent-steps/s per env at N = 100, 1000, 10000; return ``{(env, N): rate}``.
+
+    ``argv`` defaults to no arguments (not ``sys.argv``), so other tools can call ``main()``.
+    """
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=0.5, help="timed seconds per (env, N)")
     parser.add_argument("--envs", nargs="*", default=list(ENVS), help="envs to measure")
-    args = parser.parse_args(argv)
+    args = parser.parse_args([] if argv is None else argv)
     results: dict[tuple[str, int], float] = {}
     print(f"{'env':<18}{'N':>8}{'agent-steps/s':>16}  target (N = 10,000)")
     for name in args.envs:
@@ -67,4 +71,4 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, int], float]:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -117,3 +117,25 @@ def test_bad_actions_and_options():
         env.reset(options={"positions": np.array([0, 1, 2, 3, 10])})
     with pytest.raises(ValueError, match="positions"):
         env.reset(options={"positions": np.zeros(4, dtype=int)})
+
+
+def test_tabulate_policy_recovers_a_table_and_sees_the_mean_field():
+    env = make("crowd", n_agents=10)
+    game = env.mean_field_game()
+    expert = env.expert_policy()
+
+    def from_obs(obs, summary, t):
+        return expert[t, obs[:, :10].argmax(1)]
+
+    assert np.allclose(mf.tabulate_policy(game, env.cell_observations, from_obs), expert)
+    flow = mf.mean_field_flow(game, expert)
+    seen = []
+
+    def records(obs, summary, t):
+        seen.append(summary)
+        return expert[t]
+
+    mf.tabulate_policy(game, env.cell_observations, records)
+    assert np.allclose(np.array(seen), flow[:-1], atol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        mf.tabulate_policy(game, env.cell_observations, lambda o, s, t: np.ones((10, 2)) / 2)

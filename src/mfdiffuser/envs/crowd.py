@@ -122,6 +122,12 @@ class _CrowdEnv(PopulationEnv):
     def summary(self) -> np.ndarray:
         return (self._counts * self._inv_n).astype(np.float32)
 
+    def cell_observations(self, t: int) -> np.ndarray:
+        """``obs[X, S]``: the observation of an agent in each cell at time ``t`` (to tabulate policies)."""
+        if not 0 <= t <= self.horizon:
+            raise ValueError(f"{self.name}: t must lie in [0, {self.horizon}], got {t}")
+        return self._obs_tables[t].copy()
+
     def positions(self) -> np.ndarray:
         """Current cell index of every agent, ``[N]``."""
         return self._pos.copy()
