@@ -1,0 +1,334 @@
+"""Pieces shared by the per-agent baselines: mean-field context, transitions, weights, acting.
+
+An agent's context is ``[phi(mu_t), t/T]``; :class:`AgentwisePolicy` acts for any N by scoring
+``(obs[N, S], context)`` with a per-agent network in chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from mfdiffuser.data.batch import TrajBatch
+from mfdiffuser.envs.base import PopulationEnv
+from mfdiffuser.models.blocks import masked_mean
+
+ACTING_MODES = ("sample", "greedy")
+
+
+class Dims(NamedTuple):
+    """Sizes a learner is built for: S state, A actions, P summary, T episode length."""
+
+    state_size: int
+    n_actions: int
+    summary_size: int
+    episode_length: int
+
+    @property
+    def context_size(self) -> int:
+        """C = P + 1: the summary ``phi(mu_t)`` plus the time fraction ``t / T``."""
+        return self.summary_size + 1
+
+
+def dims_from_meta(meta: Any) -> Dims:
+    """The :class:`Dims` of a dataset's metadata (``DatasetMeta``)."""
+    return Dims(int(meta.state_size), int(meta.n_actions), int(meta.summary_size), int(meta.horizon))
+
+
+@dataclass
+class AgentConfig:
+    """Options every per-agent baseline shares."""
+
+    horizon: int = 1
+    """H, steps per training window (1 suffices for per-step losses)."""
+    m_range: tuple[int, int] = (8, 32)
+    """Range of M, the agents drawn per population segment."""
+    hidden: int = 128
+    """Width of the per-agent networks."""
+    acting: str = "sample"
+    """How agents act: sample (from softmax(scores / temperature)) or greedy (argmax)."""
+    temperature: float = 1.0
+    """Temperature of sampled acting (Boltzmann temperature for Q-values)."""
+    chunk_size: int = 65536
+    """Agents evaluated per forward pass when acting (bounds memory at large N)."""
+
+    def __post_init__(self) -> None:
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+        lo, hi = self.m_range
+        if not 1 <= lo <= hi:
+            raise ValueError(f"m_range must satisfy 1 <= lo <= hi, got {self.m_range}")
+        if self.acting not in ACTING_MODES:
+            raise ValueError(f"acting must be one of {', '.join(ACTING_MODES)}, got {self.acting!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.hidden < 1 or self.chunk_size < 1:
+            raise ValueError("hidden and chunk_size must be >= 1")
+
+
+def context(summaries: torch.Tensor, t: torch.Tensor, episode_length: int) -> torch.Tensor:
+    """``[..., P]`` summaries and ``[...]`` integer times -> ``[..., P + 1]`` context ``[phi, t / T]``."""
+    frac = (t.to(summaries.dtype) / float(episode_length)).unsqueeze(-1)
+    return torch.cat([summaries, frac], dim=-1)
+
+
+class Steps(NamedTuple):
+    """A batch seen as per-agent transitions, laid out ``[B, H, M, ...]`` (time before agents).
+
+    The agent axis comes right before the features so that :class:`AgentEncoder` broadcasts the
+    per-step context ``[B, H, C]`` over the M agents.
+    """
+
+    states: torch.Tensor
+    """``[B, H, M, S]`` s_t."""
+    next_states: torch.Tensor
+    """``[B, H, M, S]`` s_{t+1}."""
+    actions: torch.Tensor
+    """``[B, H, M]`` a_t."""
+    rewards: torch.Tensor
+    """``[B, H, M]`` r_t."""
+    context: torch.Tensor
+    """``[B, H, C]`` context at t."""
+    next_context: torch.Tensor
+    """``[B, H, C]`` context at t + 1."""
+    mask: torch.Tensor
+    """``[B, H, M]`` bool: the transition is real (inside the episode, agent alive)."""
+    done: torch.Tensor
+    """``[B, H, M]`` float: 1 where s_{t+1} ends the agent's episode (no bootstrap)."""
+
+
+def steps(batch: TrajBatch, episode_length: int) -> Steps:
+    """View ``batch`` as transitions ``(s, a, r, s', c, c')``; terminal where the episode or agent ends.
+
+    An agent's transition is terminal at the episode's last step (``t + 1 >= T``) and where the next
+    step of the window is masked out (the agent died or the window ran past the episode's end).
+    """
+    H = batch.horizon
+    states = batch.states.transpose(1, 2)  # [B, H+1, M, S]
+    mask = batch.mask.transpose(1, 2)  # [B, H, M]
+    t = batch.timestep.unsqueeze(1) + torch.arange(H + 1, device=batch.timestep.device)  # [B, H+1]
+    ctx = context(batch.summaries, t, episode_length)  # [B, H+1, C]
+    ends = (t[:, 1:] >= episode_length).unsqueeze(-1).expand_as(mask)  # [B, H, M]
+    next_masked = torch.zeros_like(mask)
+    next_masked[:, :-1] = ~mask[:, 1:]
+    done = (ends | next_masked).to(states.dtype)
+    return Steps(
+        states=states[:, :-1],
+        next_states=states[:, 1:],
+        actions=batch.actions.transpose(1, 2),
+        rewards=batch.rewards.transpose(1, 2),
+        context=ctx[:, :-1],
+        next_context=ctx[:, 1:],
+        mask=mask,
+        done=done,
+    )
+
+
+def action_nll(logits: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Per-entry negative log-likelihood of ``actions [...]`` under ``logits [..., A]``."""
+    return -torch.log_softmax(logits, dim=-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+
+def policy_loss(
+    policy: nn.Module, st: Steps, weights: torch.Tensor | None = None, first_step_only: bool = False
+) -> torch.Tensor:
+    """(Weighted) cross-entropy of the data's actions under ``policy``, averaged over real transitions.
+
+    Args:
+        policy: maps ``(states [..., M, S], context [..., C])`` to logits ``[..., M, A]``.
+        st: the batch as transitions.
+        weights: per-transition weights broadcastable to ``[B, H, M]`` (``[B, M]`` with
+            ``first_step_only``), or None for plain behaviour cloning.
+        first_step_only: use only the window's first step (where returns-to-go are known).
+    """
+    states, ctx, actions, mask = st.states, st.context, st.actions, st.mask
+    if first_step_only:
+        states, ctx, actions, mask = states[:, 0], ctx[:, 0], actions[:, 0], mask[:, 0]
+    nll = action_nll(policy(states, ctx), actions)
+    if weights is not None:
+        nll = nll * weights
+    return masked_mean(nll, mask)
+
+
+def scalars(**values: torch.Tensor) -> dict[str, float]:
+    """Detached Python floats of scalar tensors, for ``LossOutput.metrics``."""
+    return {k: float(v.detach()) for k, v in values.items()}
+
+
+def exp_weights(
+    x: torch.Tensor, beta: float, w_max: float, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weights ``min(exp(beta x), w_max)``, self-normalised to mean 1 over the (masked) entries.
+
+    ``x`` (a standardised return or advantage) is detached. The clip is applied to the exponent, so
+    no weight overflows. Returns the weights and metrics: the largest weight and the effective sample
+    size as a fraction of the entries, ``(sum w)^2 / (n sum w^2)``.
+    """
+    x = x.detach()
+    valid = torch.ones_like(x, dtype=torch.bool) if mask is None else mask
+    logw = torch.where(valid, beta * x, torch.full_like(x, -torch.inf))
+    logw = logw.clamp_max(float(np.log(w_max)))
+    w = torch.where(valid, torch.exp(logw), torch.zeros_like(x))
+    n = valid.sum().clamp_min(1)
+    w = w * (n / w.sum().clamp_min(1e-12))
+    ess = float(w.sum() ** 2 / (n * w.pow(2).sum()).clamp_min(1e-12))
+    return w, {"weight_max": float(w.max()), "weight_ess": ess}
+
+
+class Standardizer(nn.Module):
+    """Mean and standard deviation of a dataset quantity, stored as buffers so that they are saved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("std", torch.ones(()))
+
+    def fit(self, values: np.ndarray | torch.Tensor) -> Standardizer:
+        """Set the statistics from ``values`` (any shape); a constant quantity gets std 1."""
+        v = torch.as_tensor(np.asarray(values, dtype=np.float64)).flatten()
+        if v.numel() == 0 or not torch.isfinite(v).all():
+            raise ValueError("cannot standardise an empty or non-finite set of values")
+        std = float(v.std()) if v.numel() > 1 else 0.0
+        self.mean.fill_(float(v.mean()))
+        self.std.fill_(std if std > 1e-8 else 1.0)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(states [N, S], context [C]) -> scores [N, A]``: logits or Q-values of every agent."""
+
+
+class AgentwisePolicy:
+    """A :class:`~mfdiffuser.envs.base.PopulationPolicy` from a per-agent score network, for any N.
+
+    Every step, the context ``[phi(mu_t), t/T]`` is built from ``info`` and the network scores the
+    A actions of every agent in chunks of ``chunk_size`` agents. ``sample`` draws from
+    ``softmax(scores / temperature)`` by inverse CDF with the episode's generator (a Boltzmann policy
+    when the scores are Q-values); ``greedy`` takes the argmax.
+    """
+
+    def __init__(
+        self,
+        score_fn: ScoreFn,
+        episode_length: int,
+        *,
+        acting: str = "sample",
+        temperature: float = 1.0,
+        chunk_size: int = 65536,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if acting not in ACTING_MODES:
+            raise ValueError(f"acting must be one of {', '.join(ACTING_MODES)}, got {acting!r}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.score_fn = score_fn
+        self.episode_length = int(episode_length)
+        self.acting, self.temperature = acting, float(temperature)
+        self.chunk_size = int(chunk_size)
+        self.device = torch.device(device)
+        self._rng = np.random.default_rng()
+
+    def reset(self, env: PopulationEnv, rng: np.random.Generator) -> None:
+        self._rng = rng
+
+    @torch.no_grad()
+    def scores(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        """``[N, A]`` scores of every agent's actions for ``obs [N, S]`` and ``info``."""
+        summary = torch.as_tensor(np.asarray(info["summary"], dtype=np.float32), device=self.device)
+        t = torch.tensor(int(info["t"]), device=self.device)
+        ctx = context(summary, t, self.episode_length)
+        states = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
+        out = [self.score_fn(chunk, ctx) for chunk in torch.split(states, self.chunk_size)]
+        return torch.cat(out).float().cpu().numpy()
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        scores = self.scores(obs, info)
+        if self.acting == "greedy":
+            return scores.argmax(axis=1).astype(np.int64)
+        return sample_categorical(scores / self.temperature, self._rng)
+
+
+def sample_categorical(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One draw per row of ``softmax(logits [N, A])`` by inverse CDF (one uniform per row)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    cdf = np.cumsum(p, axis=1)
+    u = rng.random(len(logits))[:, None] * cdf[:, -1:]
+    return np.minimum((u > cdf).sum(axis=1), logits.shape[1] - 1).astype(np.int64)
+
+
+def make_agentwise_policy(
+    learner: nn.Module, config: AgentConfig, env: PopulationEnv, **options: Any
+) -> AgentwisePolicy:
+    """The population policy of a per-agent learner (``learner.scores`` and ``learner.dims``) for ``env``.
+
+    Args:
+        learner: module with ``dims`` (:class:`Dims`) and ``scores(states, context) -> [..., A]``.
+        config: its config; the acting options default to ``config.acting`` etc.
+        env: any N of the benchmark the learner was trained on.
+        **options: overrides among ``acting``, ``temperature``, ``chunk_size``.
+    """
+    allowed = {"acting", "temperature", "chunk_size"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown policy option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(allowed))}"
+        )
+    check_env(learner.dims, env)
+    kwargs: dict[str, Any] = {
+        "acting": config.acting,
+        "temperature": config.temperature,
+        "chunk_size": config.chunk_size,
+    }
+    kwargs.update(options)
+    device = next(learner.parameters()).device
+    return AgentwisePolicy(learner.scores, learner.dims.episode_length, device=device, **kwargs)
+
+
+def check_env(dims: Dims, env: PopulationEnv) -> None:
+    """Raise ValueError when ``env`` does not have the sizes the learner was built for."""
+    got = (env.state_size, env.n_actions, env.summary_size)
+    want = (dims.state_size, dims.n_actions, dims.summary_size)
+    if got != want:
+        raise ValueError(f"env has (S, A, P) = {got} but the learner was trained with {want}")
+
+
+def sampled_values(
+    dataset: Any,
+    config: AgentConfig,
+    quantity: Callable[[TrajBatch], torch.Tensor],
+    n_batches: int = 16,
+    batch_size: int = 256,
+    seed: int = 2**31 - 1,
+) -> np.ndarray:
+    """Values of ``quantity(batch)`` over windows drawn as training draws them (own seed).
+
+    Used to standardise returns and advantages by the statistics of the very windows the weights
+    are applied to (windows start at every step, so ``pop_rtg`` mixes early and late steps).
+    """
+    from mfdiffuser.data import WindowSampler
+
+    sampler = WindowSampler(
+        dataset, horizon=config.horizon, batch_size=batch_size, m_range=tuple(config.m_range), seed=seed
+    )
+    return np.concatenate(
+        [quantity(sampler.sample()).detach().cpu().numpy().ravel() for _ in range(n_batches)]
+    )
+
+
+def taken(q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """``q [..., A]`` at the data's ``actions [...]`` -> ``[...]``."""
+    return q.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+
+def td_target(st: Steps, next_value: torch.Tensor, gamma: float, reward_scale: torch.Tensor) -> torch.Tensor:
+    """``r / scale + gamma (1 - done) V(s')`` per transition ``[B, H, M]`` (no gradient)."""
+    return (st.rewards / reward_scale + gamma * (1.0 - st.done) * next_value).detach()

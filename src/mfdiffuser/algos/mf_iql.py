@@ -1,0 +1,107 @@
+"""``mf-iql``: implicit Q-learning (Kostrikov et al. 2022) with mean-field inputs.
+
+Per agent: ``Q(s_i, a, c)`` (twin heads, Polyak target), an expectile value ``V(s_i, c)`` of the
+target Q at the data's actions, and a policy extracted by advantage-weighted regression
+``exp(beta (Q - V))``, with ``c = [phi(mu_t), t/T]``. Rewards are divided by the standard deviation
+of the data's returns-to-go (a buffer), so that ``beta`` is in units of that spread.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mfdiffuser.algos.base import LossOutput
+from mfdiffuser.algos.common import (
+    AgentConfig,
+    Dims,
+    Standardizer,
+    dims_from_meta,
+    exp_weights,
+    make_agentwise_policy,
+    policy_loss,
+    sampled_values,
+    scalars,
+    steps,
+    taken,
+    td_target,
+)
+from mfdiffuser.data.batch import TrajBatch
+from mfdiffuser.models.blocks import ValueNet, expectile_loss, masked_mean
+from mfdiffuser.models.policy import PolicyNet, TwinQNet, polyak_update
+
+
+@dataclass
+class Config(AgentConfig):
+    """Mean-field IQL options."""
+
+    gamma: float = 0.99
+    """Discount of the Bellman backup."""
+    expectile: float = 0.7
+    """Expectile tau of V against the target Q (0.5: SARSA-like mean, toward 1: max over data actions)."""
+    beta: float = 3.0
+    """Inverse temperature of advantage-weighted policy extraction."""
+    w_max: float = 100.0
+    """Upper clip of the unnormalised policy weights."""
+    target_tau: float = 0.005
+    """Polyak rate of the target Q network."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.expectile < 1.0:
+            raise ValueError(f"expectile must lie in (0, 1), got {self.expectile}")
+        if not 0.0 <= self.gamma <= 1.0 or not 0.0 < self.target_tau <= 1.0:
+            raise ValueError("need 0 <= gamma <= 1 and 0 < target_tau <= 1")
+
+
+class MFIQL(nn.Module):
+    """Twin Q, expectile V and an AWR policy over per-agent mean-field inputs."""
+
+    def __init__(self, config: Config, dims: Dims) -> None:
+        super().__init__()
+        self.config, self.dims = config, dims
+        S, C, A, h = dims.state_size, dims.context_size, dims.n_actions, config.hidden
+        self.q = TwinQNet(S, C, A, h)
+        self.q_target = copy.deepcopy(self.q).requires_grad_(False)
+        self.value = ValueNet(S, C, h)
+        self.policy = PolicyNet(S, C, A, h)
+        self.returns = Standardizer()
+
+    def loss(self, batch: TrajBatch) -> LossOutput:
+        cfg = self.config
+        st = steps(batch, self.dims.episode_length)
+        with torch.no_grad():
+            q_data = taken(self.q_target.min_q(st.states, st.context), st.actions)  # [B, H, M]
+            target = td_target(st, self.value(st.next_states, st.next_context), cfg.gamma, self.returns.std)
+        v = self.value(st.states, st.context)
+        v_loss = masked_mean(expectile_loss(q_data - v, cfg.expectile), st.mask)
+        q1, q2 = self.q(st.states, st.context)
+        q_loss = masked_mean(
+            (taken(q1, st.actions) - target).pow(2) + (taken(q2, st.actions) - target).pow(2), st.mask
+        )
+        w, metrics = exp_weights(q_data - v.detach(), cfg.beta, cfg.w_max, st.mask)
+        pi_loss = policy_loss(self.policy, st, w)
+        metrics.update(scalars(value_loss=v_loss, q_loss=q_loss, weighted_nll=pi_loss))
+        return LossOutput(v_loss + q_loss + pi_loss, metrics)
+
+    def after_step(self) -> None:
+        polyak_update(self.q_target, self.q, self.config.target_tau)
+
+    def scores(self, states: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Action logits of the extracted policy ``[..., M, A]``."""
+        return self.policy(states, context)
+
+
+def build(config: Config, meta: Any, dataset: Any = None) -> MFIQL:
+    """An MF-IQL learner; with a dataset, fits the return scale on sampled windows."""
+    learner = MFIQL(config, dims_from_meta(meta))
+    if dataset is not None:
+        learner.returns.fit(sampled_values(dataset, config, lambda b: b.rtg[b.mask[:, :, 0]]))
+    return learner
+
+
+make_policy = make_agentwise_policy
