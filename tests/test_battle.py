@@ -61,7 +61,7 @@ def test_reset_layout_summary_and_defaults():
     assert env.rewards == BATTLE.default_reward_args and env.kill_reward == 5.0
     obs, info = env.reset(seed=3)
     assert obs.shape == (64, len(OBS_FIELDS)) == (64, env.state_size) and obs.dtype == np.float32
-    assert env.n_actions == 21 and env.summary_size == 2 * 16 + 4
+    assert env.n_actions == 21 and env.summary_size == 2 * 16 + 3
     assert info["alive"].all() and env.opponent_alive().all() and info["t"] == 0
     assert np.allclose(obs[:, OBS_FIELDS.index("hp")], 1.0) and np.allclose(obs[:, -1], 0.0)
     assert env.observation_space.contains(obs[0])
@@ -71,7 +71,7 @@ def test_reset_layout_summary_and_defaults():
     assert len(cells) == 128 and min(min(c) for c in cells) >= 1 and max(max(c) for c in cells) <= 38
     s = info["summary"]
     assert s[:16].sum() == pytest.approx(1.0) and s[16:32].sum() == pytest.approx(1.0)
-    assert s[32:].tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert s[32:].tolist() == [1.0, 1.0, 1.0]
     # our block sits in the western half: the eastern columns of our histogram are empty
     assert s[:16].reshape(4, 4)[2:].sum() == 0 and s[16:32].reshape(4, 4)[:2].sum() == 0
     env2 = make("battle", **env.config())
@@ -194,6 +194,29 @@ def test_local_view_matches_compact_obs():
     dx, dy = np.rint(obs[i, 6:8] * env.view_radius).astype(int)
     assert view[i, 6 + dy, 6 + dx, 3] == 1
     assert tuple(env.positions(0)[i] + [dx, dy]) in {tuple(p) for p in env.positions(1)[env.opponent_alive()]}
+
+
+def test_adjacent_enemies_from_views_and_from_health_map_agree():
+    env = make("battle-64", opponent="attack-nearest")
+    policy = env.behaviour_policy("expert")
+    obs, info = env.reset(seed=4)
+    policy.reset(env, np.random.default_rng(4))
+    contacts = 0
+    for _ in range(30):
+        obs, _, term, _, info = env.step(policy.act(obs, info))
+        for side in (0, 1):
+            a = env._adjacent_enemy_hp(side, from_views=True)
+            b = env._adjacent_enemy_hp(side, from_views=False)
+            assert np.allclose(a, b)
+            contacts += int((a > 0).sum())
+        team = env.team_view(1)
+        own = env.positions(1)[team.alive]
+        enemy = {tuple(p) for p in env.positions(0)[env.alive()]}
+        expect = [[tuple(p + d) in enemy for d in ATTACKS] for p in own]
+        assert np.array_equal(team.adjacent_enemy[team.alive], np.array(expect, dtype=bool).reshape(-1, 8))
+        if term:
+            break
+    assert contacts > 50
 
 
 def test_bad_input_gives_clear_errors():

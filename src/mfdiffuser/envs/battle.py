@@ -48,6 +48,7 @@ DEAD_ACTION = -1
 """Action value that marks "no action" for a dead row (required in ``dead_actions="strict"`` mode)."""
 
 _BATTLE_MODULE = "magent2.environments.battle.battle"
+_ENEMY_CODE = 256.0  # > the number of cells in a view, see Battle._observe
 _GAP = 3  # half-distance between the two opening blocks, as battle_v4's generate_map
 
 
@@ -84,9 +85,11 @@ class Battle(PopulationEnv):
     the step an agent dies. Dead rows earn 0 afterwards.
 
     Observation ``obs[N, S]`` (S = 12, :data:`OBS_FIELDS`): a compact state for planning. The engine's
-    full local view is available through :meth:`local_view`. Summary ``phi(mu_t)`` (P = 2 G^2 + 4):
+    full local view is available through :meth:`local_view`. Summary ``phi(mu_t)`` (P = 2 G^2 + 3):
     a G x G histogram of each team's alive agents over the map (normalized by N, so it sums to the
-    alive fraction), then both alive fractions and both mean health fractions of the alive.
+    alive fraction), then both alive fractions and the mean health fraction of our alive agents. (The
+    opponent's health is left out: reading it takes the engine's full view of the opponent team, its
+    costliest call, which nothing else in a step needs; :meth:`health` gives it on demand.)
 
     Actions ``[N]`` in ``0..20``. Dead rows are ignored: with ``dead_actions="ignore"`` (default) they
     may carry any valid id or :data:`DEAD_ACTION` (-1); with ``"strict"`` they must carry -1, so that a
@@ -186,18 +189,19 @@ class Battle(PopulationEnv):
         n, g = self.n_agents, self.summary_grid
         self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(len(OBS_FIELDS),), dtype=np.float32)
         self.action_space = gym.spaces.Discrete(N_ACTIONS)
-        self.summary_space = gym.spaces.Box(0.0, 1.0, shape=(2 * g * g + 4,), dtype=np.float32)
+        self.summary_space = gym.spaces.Box(0.0, 1.0, shape=(2 * g * g + 3,), dtype=np.float32)
         # Per side (0 ours, 1 opponent), fixed N-row arrays refreshed after every engine step.
         self._pos = [np.zeros((n, 2), dtype=np.int64) for _ in range(2)]
         self._alive = [np.zeros(n, dtype=bool) for _ in range(2)]
         self._hp = [np.zeros(n, dtype=np.float32) for _ in range(2)]
         self._rows: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * 2
         self._id2row: list[np.ndarray] = [np.zeros(0, dtype=np.int64)] * 2
-        self._views: list[np.ndarray] = [np.zeros((0, *view), dtype=np.float32)] * 2
+        self._views: list[np.ndarray | None] = [None, None]
         self._feats: list[np.ndarray] = [np.zeros((0, self.feature_size), dtype=np.float32)] * 2
         self._return = [np.zeros(n, dtype=np.float64) for _ in range(2)]
+        self._engine_pos: list[np.ndarray] = [np.zeros((0, 2), dtype=np.int32)] * 2
+        self._engine_hp: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * 2
         self._team_cache: list[TeamView | None] = [None, None]
-        self._obs = np.zeros((n, len(OBS_FIELDS)), dtype=np.float32)
         self._opp_rng = np.random.default_rng()
         self._opponent_fn = OPPONENTS[opponent]
 
@@ -246,17 +250,23 @@ class Battle(PopulationEnv):
             raise RuntimeError(f"{self.name}: the installed magent2 numbers attack actions differently")
 
     def _init_view_geometry(self) -> None:
-        # Cells of the view sorted by distance from the centre: index 0 is the agent itself, 1-8 its
-        # attack reach (4 orthogonal, then 4 diagonal), so "first enemy in this order" is the nearest.
         r = self.view_radius
         dy, dx = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij")
-        dx, dy = dx.ravel(), dy.ravel()
-        order = np.argsort(dx * dx + dy * dy, kind="stable")
-        self._cell_dx, self._cell_dy = dx[order], dy[order]
-        self._cell_r, self._cell_c = r + dy[order], r + dx[order]
-        self._n_view_cells = int(((dx * dx + dy * dy) <= r * r).sum() - 1)
-        # view indices of the 8 attack cells, in attack-action order
-        self._atk_r, self._atk_c = r + ATTACKS[:, 1], r + ATTACKS[:, 0]
+        dx, dy = dx.ravel(), dy.ravel()  # flat view cell j = (row dy + r, column dx + r)
+        d2 = dx * dx + dy * dy
+        self._n_view_cells = int((d2 <= r * r).sum() - 1)
+        # offsets of the view cells / view radius; index 0 stands for "no enemy in view": (0, 0)
+        self._cell_offset = (np.stack([dx, dy], axis=1) / r).astype(np.float32)
+        self._cell_offset[0] = 0.0
+        # code @ weights -> sums over all cells and over the 8 cells in attack reach
+        self._count_weights = np.stack([np.ones(d2.size), (d2 > 0) & (d2 <= 2)], axis=1).astype(np.float32)
+        # code * score, argmax -> nearest enemy cell: scores in 1..V*V-1 fall with distance (ties broken
+        # by a fixed cell order), so an enemy cell (code 256) always beats an ally cell (code 1)
+        rank = np.argsort(np.argsort(d2, kind="stable"), kind="stable")  # 0 for the centre
+        self._nearest_score = np.where(d2 > 0, d2.size - rank, 0).astype(np.float32)
+        # map cell -> summary grid cell along one axis (walkable cells 1..W-2)
+        g, w = self.summary_grid, self.map_size
+        self._coarse = np.clip((np.arange(w) - 1) * g // (w - 2), 0, g - 1)
 
     # ------------------------------------------------------------------ episode
     def _reset(self, options: dict[str, Any]) -> np.ndarray:
@@ -344,51 +354,65 @@ class Battle(PopulationEnv):
         return self._observe(self.t + 1), reward, terminated, extra
 
     def _refresh(self) -> None:
-        """Pull ids, positions, health and views of both teams from the engine into the N-row layout."""
+        """Pull ids and positions of both teams from the engine into the N-row layout, and our views.
+
+        The opponent's views (and so its health) are fetched only when something asks for them
+        (:meth:`_fetch_views`): nothing in a step needs them, and they are the engine's costliest call.
+        """
         gw = self._gw
         for side in range(2):
             h = self._handles[side]
             rows = self._id2row[side][gw.get_agent_id(h)]
-            view, feat = gw.get_observation(h)
-            alive, hp = self._alive[side], self._hp[side]
-            alive[:] = False
-            alive[rows] = True
-            hp[:] = 0.0
-            hp[rows] = view[:, self.view_radius, self.view_radius, 2]
-            self._pos[side][rows] = gw.get_pos(h)
-            self._rows[side], self._views[side], self._feats[side] = rows, view, feat
+            pos = gw.get_pos(h)
+            self._alive[side][:] = False
+            self._alive[side][rows] = True
+            self._pos[side][rows] = pos
+            self._rows[side], self._engine_pos[side] = rows, pos
+            self._views[side] = None
+        self._fetch_views(0)
         self._team_cache = [None, None]
 
+    def _fetch_views(self, side: int) -> None:
+        """Get a team's views and features from the engine (once per step) and its health from them."""
+        if self._views[side] is not None:
+            return
+        view, feat = self._gw.get_observation(self._handles[side])
+        c = self.view_radius
+        hp = view[:, c, c, 2]  # own health, as a fraction of the maximum, at the view centre
+        self._hp[side][:] = 0.0
+        self._hp[side][self._rows[side]] = hp
+        self._views[side], self._feats[side], self._engine_hp[side] = view, feat, hp
+
     def _observe(self, t: int) -> np.ndarray:
-        """Build ``obs[N, S]`` for our team from the cached engine views (O(N * view cells))."""
-        obs = self._obs
-        obs[:] = 0.0
+        """Build ``obs[N, S]`` for our team from the engine's views in two passes over the buffer."""
+        obs = np.zeros((self.n_agents, len(OBS_FIELDS)), dtype=np.float32)
         rows, view = self._rows[0], self._views[0]
-        if rows.size:
+        n = rows.size
+        if n:
             w = self.map_size - 3
-            cr, cc = self._cell_r, self._cell_c
-            enemy = view[:, cr, cc, 3]  # [n, cells] in distance order
-            ally = view[:, cr, cc, 1]
-            seen = enemy > 0
-            first = np.argmax(seen, axis=1)
-            has = seen[np.arange(rows.size), first]
+            # One code per view cell: ally presence + 256 * enemy presence (a cell holds one agent at
+            # most), so sums over cells split back into both counts, and enemies outrank allies below.
+            code = np.multiply(view[..., 3], _ENEMY_CODE).reshape(n, -1)  # [n, V*V]
+            code += view[..., 1].reshape(n, -1)
+            sums = code @ self._count_weights  # [n, 2]: all cells, the 8 cells in attack reach
+            enemies, allies = np.divmod(sums[:, 0], _ENEMY_CODE)
+            reach = sums[:, 1] // _ENEMY_CODE
+            code *= self._nearest_score  # enemy cells score >= 256, ally cells < 256
+            nearest = np.where(enemies > 0, np.argmax(code, axis=1), 0)  # cell 0 has offset (0, 0)
             pos = self._pos[0][rows]
-            opp = self._pos[1][self._alive[1]]
-            centroid = opp.mean(axis=0) if len(opp) else None
-            o = obs[rows]
+            o = np.empty((n, len(OBS_FIELDS)), dtype=np.float32)
             o[:, 0:2] = (pos - 1) / w
             o[:, 2] = self._hp[0][rows]
-            o[:, 3] = (ally.sum(axis=1) - 1) / self._n_view_cells
-            o[:, 4] = enemy.sum(axis=1) / self._n_view_cells
-            o[:, 5] = seen[:, 1:9].sum(axis=1) / 8.0
-            o[:, 6] = np.where(has, self._cell_dx[first], 0) / self.view_radius
-            o[:, 7] = np.where(has, self._cell_dy[first], 0) / self.view_radius
-            if centroid is not None:
-                o[:, 8:10] = (centroid - pos) / w
+            o[:, 3] = (allies - 1) / self._n_view_cells  # the agent sees itself
+            o[:, 4] = enemies / self._n_view_cells
+            o[:, 5] = reach / 8.0
+            o[:, 6:8] = self._cell_offset[nearest]
+            opp = self._engine_pos[1]
+            o[:, 8:10] = (opp.mean(axis=0) - pos) / w if len(opp) else 0.0
             o[:, 10] = 1.0
             obs[rows] = o
         obs[:, 11] = t / self.horizon
-        return obs.copy()
+        return obs
 
     # ------------------------------------------------------------------ views and summaries
     def alive(self) -> np.ndarray:
@@ -404,20 +428,19 @@ class Battle(PopulationEnv):
 
     def health(self, side: int = 0) -> np.ndarray:
         """``[N]`` float32 health fraction of a team's agents (0 for dead rows)."""
+        self._fetch_views(side)
         return self._hp[side].copy()
 
     def summary(self) -> np.ndarray:
-        g, n, w = self.summary_grid, self.n_agents, self.map_size
+        g, n = self.summary_grid, self.n_agents
         out = np.zeros(self.summary_size, dtype=np.float32)
         for side in range(2):
-            alive = self._alive[side]
-            p = self._pos[side][alive]
-            cell = np.clip((p - 1) * g // (w - 2), 0, g - 1)
-            hist = np.bincount(cell[:, 0] * g + cell[:, 1], minlength=g * g)
+            p = self._engine_pos[side]  # alive agents, engine order
+            hist = np.bincount(self._coarse[p[:, 0]] * g + self._coarse[p[:, 1]], minlength=g * g)
             out[side * g * g : (side + 1) * g * g] = hist / n
-            n_alive = int(alive.sum())
-            out[2 * g * g + side] = n_alive / n
-            out[2 * g * g + 2 + side] = self._hp[side][alive].mean() if n_alive else 0.0
+            out[2 * g * g + side] = len(p) / n
+        hp = self._engine_hp[0]
+        out[2 * g * g + 2] = hp.mean() if len(hp) else 0.0
         return out
 
     def local_view(self, side: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -428,6 +451,7 @@ class Battle(PopulationEnv):
             health, other-team presence, other-team health (row = dy, column = dx around the agent);
             features (F = 32) are the engine's id embedding, one-hot last action and last reward.
         """
+        self._fetch_views(side)
         rows = self._rows[side]
         view = np.zeros((self.n_agents, *self.view_shape), dtype=np.float32)
         feat = np.zeros((self.n_agents, self.feature_size), dtype=np.float32)
@@ -436,29 +460,54 @@ class Battle(PopulationEnv):
         return view, feat
 
     def team_view(self, side: int) -> TeamView:
-        """The situation of a team (0 ours, 1 opponent), as the scripted policies read it."""
+        """The situation of a team (0 ours, 1 opponent) as the scripted policies read it.
+
+        Valid until the next step (health fields are loaded on first access).
+        """
         cached = self._team_cache[side]
-        if cached is not None:
-            return cached
-        rows, view = self._rows[side], self._views[side]
-        adj = np.zeros((self.n_agents, len(ATTACKS)), dtype=bool)
-        adj_hp = np.zeros((self.n_agents, len(ATTACKS)), dtype=np.float32)
-        adj[rows] = view[:, self._atk_r, self._atk_c, 3] > 0
-        adj_hp[rows] = view[:, self._atk_r, self._atk_c, 4]
+        if cached is None:
+            other = 1 - side
+            cached = TeamView(
+                pos=self._pos[side],
+                alive=self._alive[side],
+                enemy_pos=self._engine_pos[other].astype(np.int64),
+                map_size=self.map_size,
+                hp_fn=lambda: self.health(side),
+                enemy_hp_fn=lambda: self._enemy_hp(other),
+                adjacent_hp_fn=lambda: self._adjacent_enemy_hp(side),
+            )
+            self._team_cache[side] = cached
+        return cached
+
+    def _enemy_hp(self, other: int) -> np.ndarray:
+        self._fetch_views(other)
+        return self._engine_hp[other].copy()
+
+    def _adjacent_enemy_hp(self, side: int, *, from_views: bool | None = None) -> np.ndarray:
+        """``[N, 8]`` health of the enemy in each attack cell (attack order), 0 where none.
+
+        Read off the team's own views when they are at hand (ours always are), else off a map of the
+        enemies' health, which needs no view of this team (so the opponent's scripts cost no engine
+        observation call). Both give the same numbers (tested).
+        """
+        rows = self._rows[side]
+        out = np.zeros((self.n_agents, len(ATTACKS)), dtype=np.float32)
+        if from_views if from_views is not None else self._views[side] is not None:
+            self._fetch_views(side)
+            c = self.view_radius
+            block = self._views[side][:, c - 1 : c + 2, c - 1 : c + 2, 4].reshape(len(rows), 9)
+            out[rows] = block[:, [0, 1, 2, 3, 5, 6, 7, 8]]  # row-major (dy, dx) without the centre
+            return out
         other = 1 - side
-        enemy_alive = self._alive[other]
-        team = TeamView(
-            pos=self._pos[side],
-            alive=self._alive[side],
-            hp=self._hp[side],
-            enemy_pos=self._pos[other][enemy_alive],
-            enemy_hp=self._hp[other][enemy_alive],
-            adjacent_enemy=adj,
-            adjacent_enemy_hp=adj_hp,
-            map_size=self.map_size,
-        )
-        self._team_cache[side] = team
-        return team
+        self._fetch_views(other)
+        w = self.map_size
+        grid = np.zeros(w * w, dtype=np.float32)
+        p = self._engine_pos[other]
+        grid[p[:, 0] * w + p[:, 1]] = self._engine_hp[other]
+        flat = np.array([w, 1])
+        # walls ring the map, so the neighbours of a walkable cell are on it
+        out[rows] = grid[(self._pos[side][rows] @ flat)[:, None] + (ATTACKS @ flat)[None, :]]
+        return out
 
     def outcome(self, steps: int | None = None) -> BattleOutcome:
         """Win, kill ratio, survivors and mean returns of the current episode so far."""

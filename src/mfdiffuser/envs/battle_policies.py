@@ -7,8 +7,9 @@ neighbouring cells (ids 13-20, :data:`ATTACKS`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,28 +35,53 @@ N_ACTIONS = len(MOVES) + len(ATTACKS)
 """A = 21."""
 
 
-class TeamView(NamedTuple):
+class TeamView:
     """One team's situation after the last step, rows in the env's fixed N-row layout.
+
+    Positions are given; health fields are computed on first access (they may need an engine call),
+    and are valid until the next step.
 
     Attributes:
         pos: ``[N, 2]`` int64 cells ``(x, y)``; dead rows keep the last position they held.
         alive: ``[N]`` bool.
-        hp: ``[N]`` float32 health as a fraction of the maximum (0 for dead rows).
-        enemy_pos: ``[M, 2]`` int64 cells of the M alive enemies.
-        enemy_hp: ``[M]`` float32 health fractions of the alive enemies.
-        adjacent_enemy: ``[N, 8]`` bool, an enemy stands in attack cell k (order of :data:`ATTACKS`).
-        adjacent_enemy_hp: ``[N, 8]`` float32 health fraction of that enemy (0 where none).
+        enemy_pos: ``[M, 2]`` cells of the M alive enemies.
         map_size: side of the square map (cells ``1..map_size-2`` are walkable, the border is wall).
+        hp: ``[N]`` float32 health as a fraction of the maximum (0 for dead rows).
+        enemy_hp: ``[M]`` float32 health fractions of the alive enemies, in the order of ``enemy_pos``.
+        adjacent_enemy_hp: ``[N, 8]`` float32 health fraction of the enemy standing in attack cell k
+            (order of :data:`ATTACKS`), 0 where there is none.
+        adjacent_enemy: ``[N, 8]`` bool, an enemy stands in attack cell k.
     """
 
-    pos: np.ndarray
-    alive: np.ndarray
-    hp: np.ndarray
-    enemy_pos: np.ndarray
-    enemy_hp: np.ndarray
-    adjacent_enemy: np.ndarray
-    adjacent_enemy_hp: np.ndarray
-    map_size: int
+    def __init__(
+        self,
+        pos: np.ndarray,
+        alive: np.ndarray,
+        enemy_pos: np.ndarray,
+        map_size: int,
+        hp_fn: Callable[[], np.ndarray],
+        enemy_hp_fn: Callable[[], np.ndarray],
+        adjacent_hp_fn: Callable[[], np.ndarray],
+    ) -> None:
+        """Wrap a team's arrays and the loaders of its health fields."""
+        self.pos, self.alive, self.enemy_pos, self.map_size = pos, alive, enemy_pos, map_size
+        self._hp_fn, self._enemy_hp_fn, self._adjacent_hp_fn = hp_fn, enemy_hp_fn, adjacent_hp_fn
+
+    @functools.cached_property
+    def hp(self) -> np.ndarray:
+        return self._hp_fn()
+
+    @functools.cached_property
+    def enemy_hp(self) -> np.ndarray:
+        return self._enemy_hp_fn()
+
+    @functools.cached_property
+    def adjacent_enemy_hp(self) -> np.ndarray:
+        return self._adjacent_hp_fn()
+
+    @functools.cached_property
+    def adjacent_enemy(self) -> np.ndarray:
+        return self.adjacent_enemy_hp > 0  # an alive agent always has health left
 
 
 ScriptFn = Callable[[TeamView, np.random.Generator], np.ndarray]

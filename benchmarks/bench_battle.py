@@ -1,0 +1,158 @@
+"""Battle env throughput and wrapper overhead against the raw MAgent2 engine step; behaviour win rates.
+
+Raw step = what any driver of the engine does anyway: ``set_action`` for both groups, ``step``,
+``get_reward`` for both groups, ``clear_dead``, ``get_observation`` for both groups. The wrapper step is
+``Battle.step`` (validation, N-row layout, compact observations, ``phi(mu_t)``, metrics) with the
+``random`` opponent, so both sides play random actions in both loops. Blocks of raw and wrapper steps
+are interleaved and the median block is kept, so that load from other processes hits both alike.
+
+    python benchmarks/bench_battle.py                      # 64, 256, 1024 per side
+    python benchmarks/bench_battle.py --winrate-episodes 20 --winrate-sizes 64 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import time
+
+import numpy as np
+
+from mfdiffuser.envs import make
+from mfdiffuser.envs.battle_policies import OPPONENTS, expert_actions
+
+SETTINGS = {64: "battle-64", 256: "battle-256", 1024: "battle-1024"}
+
+
+def _raw_engine(env):
+    """A fresh GridWorld with battle_v4's config and the env's current opening positions."""
+    import magent2
+
+    mod = importlib.import_module("magent2.environments.battle.battle")
+    gw = magent2.gridworld.GridWorld(
+        mod.get_config(env.map_size, False, None, **env.rewards), map_size=env.map_size
+    )
+    handles = gw.get_handles()
+    gw.reset()
+    gw.set_seed(0)
+    for side in range(2):
+        gw.add_agents(handles[side], method="custom", pos=env.positions(side).astype(np.int32))
+    return gw, handles
+
+
+def _time_raw(gw, handles, pool: np.ndarray, steps: int) -> float:
+    t0 = time.perf_counter()
+    for k in range(steps):
+        for side, h in enumerate(handles):
+            gw.set_action(h, pool[side, k, : gw.get_num(h)])
+        gw.step()
+        for h in handles:
+            gw.get_reward(h)
+        gw.clear_dead()
+        for h in handles:
+            gw.get_observation(h)
+    return (time.perf_counter() - t0) / steps
+
+
+def _time_wrapper(env, actions: np.ndarray, steps: int, *, opponent_views: bool = False) -> float:
+    t0 = time.perf_counter()
+    for k in range(steps):
+        env.step(actions[k])
+        if opponent_views:
+            env.health(1)  # forces the engine's observation of the opponent team, as raw does
+    return (time.perf_counter() - t0) / steps
+
+
+def bench_overhead(n: int, steps: int, repeats: int) -> dict[str, float]:
+    """Median seconds per step of the raw engine and of the wrapper at N per side."""
+    env = make(SETTINGS[n], opponent="random", horizon=10**9)
+    env.reset(seed=0)
+    gw, handles = _raw_engine(env)
+    rng = np.random.default_rng(0)
+    pool = rng.integers(0, env.n_actions, size=(2, steps, n), dtype=np.int32)
+    ours = pool[0].astype(np.int64)
+    raw, wrapped, forced = [], [], []
+    _time_raw(gw, handles, pool, min(steps, 10))  # warm-up
+    _time_wrapper(env, ours, min(steps, 10))
+    for _ in range(repeats):
+        raw.append(_time_raw(gw, handles, pool, steps))
+        wrapped.append(_time_wrapper(env, ours, steps))
+        forced.append(_time_wrapper(env, ours, steps, opponent_views=True))
+    out = {
+        "raw": float(np.median(raw)),
+        "wrapper": float(np.median(wrapped)),
+        "forced": float(np.median(forced)),
+    }
+    # cost of one call of each team script at full army size (the opponent's share of a step)
+    team = env.team_view(1)
+    for name, script in (("hold", OPPONENTS["hold"]), ("attack-nearest", OPPONENTS["attack-nearest"]),
+                         ("expert", expert_actions)):  # fmt: skip
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            script(team, rng)
+        out[name] = (time.perf_counter() - t0) / steps
+    return out
+
+
+def win_rates(n: int, episodes: int) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """(win rate, mean kill ratio, mean episode length) of each behaviour policy against each opponent."""
+    out = {}
+    for opponent in OPPONENTS:
+        env = make(SETTINGS[n], opponent=opponent)
+        for quality in ("expert", "medium", "random"):
+            policy = env.behaviour_policy(quality)
+            wins, ratios, lengths = [], [], []
+            for seed in range(episodes):
+                obs, info = env.reset(seed=seed)
+                policy.reset(env, np.random.default_rng(10_000 + seed))
+                done = False
+                while not done:
+                    obs, _, term, trunc, info = env.step(policy.act(obs, info))
+                    done = term or trunc
+                wins.append(info["win"])
+                ratios.append(info["kill_ratio"])
+                lengths.append(env.t)
+            out[(quality, opponent)] = (float(np.mean(wins)), float(np.mean(ratios)), float(np.mean(lengths)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024], choices=list(SETTINGS))
+    parser.add_argument("--steps", type=int, default=100, help="steps per timed block")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved blocks per loop (median kept)")
+    parser.add_argument("--winrate-episodes", type=int, default=0, help="episodes per cell (0: skip)")
+    parser.add_argument("--winrate-sizes", type=int, nargs="+", default=[64], choices=list(SETTINGS))
+    args = parser.parse_args(argv)
+
+    print("battle: wrapper step vs raw MAgent2 engine step (both sides random; median of blocks)")
+    print(
+        f"{'N/side':>7} {'raw ms':>8} {'wrap ms':>8} {'ratio':>6} {'+opp view':>9} {'ratio':>6} "
+        f"{'agent-steps/s':>14} {'hold ms':>8} {'att-near ms':>11} {'expert ms':>9}"
+    )
+    for n in args.sizes:
+        r = bench_overhead(n, args.steps, args.repeats)
+        ratio = r["wrapper"] / r["raw"]
+        print(
+            f"{n:>7} {r['raw'] * 1e3:>8.3f} {r['wrapper'] * 1e3:>8.3f} {ratio:>6.2f} "
+            f"{r['forced'] * 1e3:>9.3f} {r['forced'] / r['raw']:>6.2f} "
+            f"{2 * n / r['wrapper']:>14,.0f} {r['hold'] * 1e3:>8.3f} {r['attack-nearest'] * 1e3:>11.3f} "
+            f"{r['expert'] * 1e3:>9.3f}"
+        )
+    print("ratio = wrapper / raw (target <= 1.25 at 1024 per side). The wrapper skips the engine's view of")
+    print("the opponent team unless asked for it; '+opp view' forces it every step (same work as raw).")
+    print("agent-steps/s: both sides, default wrapper;")
+    print("hold / att-near / expert: one call of that team script at full army size (policy cost, extra)")
+
+    for n in args.winrate_sizes if args.winrate_episodes else []:
+        episodes = args.winrate_episodes
+        print(f"\nwin rates at {n} per side, {episodes} episodes per cell (win rate / kill ratio / length)")
+        table = win_rates(n, args.winrate_episodes)
+        print(f"{'policy':>8} " + " ".join(f"{o:>24}" for o in OPPONENTS))
+        for quality in ("expert", "medium", "random"):
+            cells = [table[(quality, o)] for o in OPPONENTS]
+            print(f"{quality:>8} " + " ".join(f"{w:>8.2f} / {k:>5.2f} / {t:>5.0f}" for w, k, t in cells))
+
+
+if __name__ == "__main__":
+    main()
