@@ -179,17 +179,17 @@ def test_kill_9_then_resume_gives_identical_arrays(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(_cli(*common, "--out", str(out), "--workers", "1"), env=env,
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def episodes_done():  # work units are files ep-<start>-<stop>.npz
+        files = list(wd.glob("ep-*.npz")) if wd.exists() else []
+        return sum(int(f.stem.split("-")[2]) - int(f.stem.split("-")[1]) for f in files)
+
     deadline = time.time() + 60
-    done = 0
-    while time.time() < deadline and proc.poll() is None:
-        done = len(list(wd.glob("ep-*.npz"))) if wd.exists() else 0
-        if done >= 5:
-            break
+    while time.time() < deadline and proc.poll() is None and episodes_done() < 5:
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-    done = len(list(wd.glob("ep-*.npz")))
+    done = episodes_done()
     assert 5 <= done < 60 and not out.exists()
     with pytest.raises(Exception, match="unfinished generation"):
         load_dataset(wd)

@@ -143,6 +143,18 @@ def test_bounded_pool_visits_everything(tmp_path):
     assert seen == set(range(len(lengths)))
 
 
+@pytest.mark.parametrize("m", [3, 12, 30, 50])
+def test_agent_subsets_distinct_and_uniform(tmp_path, m):
+    handmade(tmp_path / "d.h5")
+    s = WindowSampler(load_dataset(tmp_path / "d.h5"), horizon=1, batch_size=4, seed=0)
+    s.k = 50  # exercise both subset algorithms (Floyd for 4 M <= K, random keys otherwise)
+    rows = s._choose_agents(60000 // m, m)
+    assert rows.shape == (60000 // m, m) and rows.min() >= 0 and rows.max() < 50
+    assert all(len(set(r)) == m for r in rows[:500])
+    counts = np.bincount(rows.ravel(), minlength=50) / rows.size
+    assert np.abs(counts - 1 / 50).max() < 0.004  # every agent equally likely
+
+
 def test_discounted_to_go_by_hand():
     r = np.array([[1.0, 2.0, 4.0]])
     assert np.allclose(discounted_to_go(r, 1.0), [[7.0, 6.0, 4.0, 0.0]])

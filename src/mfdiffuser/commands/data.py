@@ -44,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="episodes per reference policy (random, expert) for normalized scores (default 10)")
     g.add_argument("--overwrite", action="store_true",
                    help="replace an existing output and discard an unfinished run with other settings")
+    g.add_argument("--compression", choices=("gzip", "lzf", "none"), default="gzip",
+                   help="HDF5 chunk compression (default gzip; lzf is faster but h5py-only)")
     g.add_argument("--ray", action="store_true", help="run episodes as Ray tasks (needs mfdiffuser[ray])")
     g.add_argument("--ray-address", help="Ray cluster address (default: local Ray)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -108,7 +110,7 @@ def run_generate(args: argparse.Namespace) -> int:
         env=name, out=args.out, env_args=env_args, quality=args.quality, episodes=args.episodes,
         seed=args.seed, store_agents=args.store_agents, ref_episodes=args.ref_episodes,
         workers=args.workers, use_ray=args.ray, ray_address=args.ray_address,
-        overwrite=args.overwrite, progress=not args.quiet,
+        overwrite=args.overwrite, progress=not args.quiet, compression=args.compression,
     )
     res = generate_dataset(cfg)
     size = os.path.getsize(res.path)

@@ -33,6 +33,7 @@ from mfdiffuser.errors import MfdError
 DEFAULT_MAX_STORED_AGENTS = 2048
 """Without ``store_agents``, all N agents are stored up to this N, and this many otherwise."""
 REFERENCE_QUALITIES: tuple[str, ...] = ("random", "expert")
+COMPRESSIONS: tuple[str, ...] = ("gzip", "lzf", "none")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class GenerateConfig:
     """Ray cluster address; None starts or joins a local Ray."""
     overwrite: bool = False
     """Replace an existing output file, and discard an unfinished run with other settings."""
+    compression: str = "gzip"
+    """HDF5 chunk compression: gzip (portable), lzf (faster, h5py only) or none."""
     compression_level: int = 4
     """gzip level of the HDF5 chunks."""
     progress: bool = True
@@ -98,18 +101,24 @@ class _Job:
 
 @dataclass(frozen=True)
 class _Task:
-    kind: str  # "episode" or "ref"
-    index: int
-    quality: str
-    env_seed: int
-    policy_seed: int
-    subset_seed: int
+    """A shard of consecutive data episodes ``start:stop``, or one reference rollout."""
+
+    kind: str  # "shard" or "ref"
+    start: int
+    stop: int
+    qualities: tuple[str, ...]
+    seeds: tuple[tuple[int, ...], ...]
+    """Per episode ``(env_seed, policy_seed, subset_seed)`` (reference: ``(env_seed, policy_seed)``)."""
+
+    @property
+    def n_episodes(self) -> int:
+        return self.stop - self.start
 
     @property
     def filename(self) -> str:
-        if self.kind == "episode":
-            return f"ep-{self.index:07d}.npz"
-        return f"ref-{self.quality}-{self.index:05d}.json"
+        if self.kind == "shard":
+            return f"ep-{self.start:07d}-{self.stop:07d}.npz"
+        return f"ref-{self.qualities[0]}-{self.start:05d}.json"
 
 
 # ---------------------------------------------------------------------------------------- seeds
@@ -139,6 +148,16 @@ def episode_quality(quality: str, index: int) -> str:
 
 def default_stored_agents(n_agents: int) -> int:
     return min(n_agents, DEFAULT_MAX_STORED_AGENTS)
+
+
+def shard_size(n_episodes: int, stored_agents: int, state_size: int, horizon: int) -> int:
+    """Episodes per work unit: about one HDF5 chunk row (1 MiB of states), and >= 16 units when E >= 16.
+
+    Depends only on the dataset's identity, never on the worker count, so a resumed run with other
+    workers finds the same units.
+    """
+    episode_bytes = max(1, stored_agents * state_size * 4 * (horizon + 1))
+    return max(1, min((1 << 20) // episode_bytes, n_episodes // 16))
 
 
 # ------------------------------------------------------------------------------------ rollouts
@@ -218,19 +237,34 @@ def _job_env(job: _Job) -> Any:
     return _ENV_CACHE[key]
 
 
+_POLICY_CACHE: dict[str, Any] = {}
+
+
+def _job_policy(job: _Job, env: Any, quality: str) -> Any:
+    """The env's behaviour policy, built once per process (some precompute, e.g. an equilibrium)."""
+    key = json.dumps([job.env, job.env_args, quality], sort_keys=True)
+    if key not in _POLICY_CACHE:
+        _POLICY_CACHE[key] = env.behaviour_policy(quality)
+    return _POLICY_CACHE[key]
+
+
 def _compute(job: _Job, task: _Task) -> tuple[Any, int]:
-    """Run a task; return (EpisodeRecord or reference return, agent-steps simulated)."""
+    """Run a task; return (stacked episode arrays or a reference return, agent-steps simulated)."""
     env = _job_env(job)
-    policy = env.behaviour_policy(task.quality)
     if task.kind == "ref":
-        ret = reference_return(env, policy, task.env_seed, task.policy_seed)
+        es, ps = task.seeds[0]
+        ret = reference_return(env, _job_policy(job, env, task.qualities[0]), es, ps)
         return ret, env.n_agents * env.horizon
     n, k = env.n_agents, job.stored_agents
-    subset = None
-    if k < n:
-        subset = np.sort(np.random.default_rng(task.subset_seed).choice(n, size=k, replace=False))
-    rec = rollout(env, policy, task.env_seed, task.policy_seed, subset, quality=task.quality)
-    return rec, env.n_agents * rec.length
+    rows, steps = [], 0
+    for quality, (es, ps, ss) in zip(task.qualities, task.seeds, strict=True):
+        subset = None
+        if k < n:
+            subset = np.sort(np.random.default_rng(ss).choice(n, size=k, replace=False))
+        rec = rollout(env, _job_policy(job, env, quality), es, ps, subset, quality=quality)
+        rows.append(rec.arrays())
+        steps += n * rec.length
+    return {name: np.stack([r[name] for r in rows]) for name in rows[0]}, steps
 
 
 def _save(workdir: Path, task: _Task, payload: Any) -> None:
@@ -241,7 +275,7 @@ def _save(workdir: Path, task: _Task, payload: Any) -> None:
         tmp.write_text(json.dumps({"return": float(payload)}))
     else:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **payload.arrays())
+            np.savez(fh, **payload)
     os.replace(tmp, final)
 
 
@@ -282,6 +316,8 @@ def _validate(cfg: GenerateConfig) -> None:
         raise ValueError(f"--ref-episodes must be a positive integer, got {cfg.ref_episodes!r}")
     if cfg.store_agents is not None and (int(cfg.store_agents) != cfg.store_agents or cfg.store_agents < 1):
         raise ValueError(f"--store-agents must be a positive integer, got {cfg.store_agents!r}")
+    if cfg.compression not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {cfg.compression!r}; choose from {', '.join(COMPRESSIONS)}")
     if not 0 <= cfg.compression_level <= 9:
         raise ValueError(f"compression level must lie in [0, 9], got {cfg.compression_level}")
 
@@ -413,13 +449,18 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
     _ENV_CACHE[json.dumps([env_name, env_args], sort_keys=True)] = env  # reused by in-process runs
 
     tasks: list[_Task] = []
-    for i, (es, ps, ss) in enumerate(episode_seeds(cfg.seed, cfg.episodes)):
-        tasks.append(_Task("episode", i, episode_quality(cfg.quality, i), es, ps, ss))
+    seeds = episode_seeds(cfg.seed, cfg.episodes)
+    size = shard_size(cfg.episodes, k, env.state_size, env.horizon)
+    for s0 in range(0, cfg.episodes, size):
+        s1 = min(cfg.episodes, s0 + size)
+        labels = tuple(episode_quality(cfg.quality, i) for i in range(s0, s1))
+        tasks.append(_Task("shard", s0, s1, labels, tuple(seeds[s0:s1])))
     for q in REFERENCE_QUALITIES:
-        for j, (es, ps) in enumerate(reference_seeds(cfg.seed, q, cfg.ref_episodes)):
-            tasks.append(_Task("ref", j, q, es, ps, 0))
+        for j, pair in enumerate(reference_seeds(cfg.seed, q, cfg.ref_episodes)):
+            tasks.append(_Task("ref", j, j + 1, (q,), (pair,)))
     todo = [t for t in tasks if not (workdir / t.filename).exists()]
-    resumed = sum(1 for t in tasks if t.kind == "episode") - sum(1 for t in todo if t.kind == "episode")
+    pending = set(todo)
+    resumed = sum(t.n_episodes for t in tasks if t.kind == "shard" and t not in pending)
 
     start = time.perf_counter()
     steps_done = 0
@@ -432,14 +473,15 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
         console=console, disable=not cfg.progress, transient=False,
     ) as bar:
-        bar_id = bar.add_task(f"{env_name} N={n} {cfg.quality}", total=len(tasks), rate="")
-        bar.update(bar_id, completed=len(tasks) - len(todo))
+        total = sum(t.n_episodes for t in tasks)
+        bar_id = bar.add_task(f"{env_name} N={n} {cfg.quality} (episodes)", total=total, rate="")
+        bar.update(bar_id, completed=total - sum(t.n_episodes for t in todo))
 
         def on_done(task: _Task, steps: int) -> None:
             nonlocal steps_done
             steps_done += steps
             rate = steps_done / max(time.perf_counter() - start, 1e-9)
-            bar.update(bar_id, advance=1, rate=f"{rate:,.0f} agent-steps/s")
+            bar.update(bar_id, advance=task.n_episodes, rate=f"{rate:,.0f} agent-steps/s")
 
         _execute(job, todo, cfg, on_done)
 
@@ -448,7 +490,7 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
         vals = [
             json.loads((workdir / t.filename).read_text())["return"]
             for t in tasks
-            if t.kind == "ref" and t.quality == q
+            if t.kind == "ref" and t.qualities[0] == q
         ]
         refs[q] = float(np.mean(vals))
     meta = DatasetMeta(
@@ -460,13 +502,16 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
 
     def rows() -> Iterator[dict[str, np.ndarray]]:
         for t in tasks:
-            if t.kind == "episode":
+            if t.kind == "shard":
                 with np.load(workdir / t.filename) as z:
-                    yield {name: z[name] for name in z.files}
+                    shard = {name: z[name] for name in z.files}
+                for i in range(t.n_episodes):
+                    yield {name: a[i] for name, a in shard.items()}
 
     with atomic_path(out) as tmp:
         checksum = write_dataset(
             tmp, meta, rows(), compression_level=cfg.compression_level,
+            compression=None if cfg.compression == "none" else cfg.compression,
             extra_attrs={"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         )
     shutil.rmtree(workdir, ignore_errors=True)

@@ -33,7 +33,7 @@ def discounted_to_go(rewards: np.ndarray, gamma: float, axis: int = 1) -> np.nda
     else:
         for t in range(r.shape[0] - 1, -1, -1):
             out[t] = r[t] + gamma * out[t + 1]
-    return np.moveaxis(out, 0, axis)
+    return np.ascontiguousarray(np.moveaxis(out, 0, axis))
 
 
 class WindowSampler:
@@ -122,7 +122,8 @@ class WindowSampler:
         return int(self._slot_episode.shape[0])
 
     def _load_all(self) -> None:
-        block = self.dataset.read_block(0, self.meta.n_episodes)
+        data = self.dataset.read_block(0, self.meta.n_episodes)
+        block = {name: np.ascontiguousarray(a) for name, a in data.items()}
         self._states, self._actions = block["states"], block["actions"]
         self._rewards, self._alive, self._summaries = block["rewards"], block["alive"], block["summaries"]
         self._rtg = discounted_to_go(self._rewards, self.gamma, axis=1).astype(np.float32)
@@ -184,10 +185,21 @@ class WindowSampler:
 
     # ------------------------------------------------------------------ sampling
     def _choose_agents(self, b: int, m: int) -> np.ndarray:
-        """``[B, M]`` distinct agent positions among the K stored, uniformly random per row."""
+        """``[B, M]`` distinct agent positions among the K stored, a uniformly random subset per row."""
         k = self.k
         if m == k:
             return self.rng.permuted(np.broadcast_to(np.arange(k), (b, k)), axis=1)
+        if 4 * m <= k:
+            # Floyd's algorithm vectorized over rows: M steps of O(B), cheaper than O(B K) random keys.
+            out = np.empty((b, m), dtype=np.int64)
+            taken = np.zeros((b, k), dtype=bool)
+            rows = np.arange(b)
+            for i, j in enumerate(range(k - m, k)):
+                r = self.rng.integers(0, j + 1, size=b)
+                pick = np.where(taken[rows, r], j, r)
+                taken[rows, pick] = True
+                out[:, i] = pick
+            return out
         keys = self.rng.random((b, k), dtype=np.float32)
         return np.argpartition(keys, m - 1, axis=1)[:, :m]
 
@@ -212,13 +224,19 @@ class WindowSampler:
         ts = np.minimum(tt, slot_len[:, None])  # state index: the last state repeats past the end
         ta = np.minimum(tt[:, :h], t_max - 1)  # [B, H]
         valid = tt[:, :h] < slot_len[:, None]
-        i_ep, i_ag = slot[:, None, None], agents[:, :, None]
-        states = self._states[i_ep, ts[:, None, :], i_ag]  # [B, M, H+1, S]
-        mask = valid[:, None, :] & self._alive[i_ep, ta[:, None, :], i_ag]  # [B, M, H]
-        actions = np.where(mask, self._actions[i_ep, ta[:, None, :], i_ag], 0).astype(np.int64)
-        rewards = np.where(mask, self._rewards[i_ep, ta[:, None, :], i_ag], 0.0).astype(np.float32)
-        summaries = self._summaries[slot[:, None], ts]  # [B, H+1, P]
-        rtg = self._rtg[slot[:, None], t0[:, None], agents]  # [B, M]
+        # Flat indices into the pool's [C * (T+1) * K] and [C * T * K] layouts: one take per array.
+        k, ag = self.k, agents[:, None, :]
+        row_s = slot[:, None] * (t_max + 1) + ts  # [B, H+1] rows of [C * (T+1)]
+        row_a = slot[:, None] * (t_max + 1) + ta  # the same for action steps
+        flat_s = (row_s[:, :, None] * k + ag).transpose(0, 2, 1)  # [B, M, H+1]
+        flat_as = (row_a[:, :, None] * k + ag).transpose(0, 2, 1)  # [B, M, H] into [C, T+1, K]
+        flat_a = ((slot[:, None] * t_max + ta)[:, :, None] * k + ag).transpose(0, 2, 1)  # into [C, T, K]
+        states = np.take(self._states.reshape(-1, self.meta.state_size), flat_s, axis=0)  # [B, M, H+1, S]
+        mask = valid[:, None, :] & np.take(self._alive.reshape(-1), flat_as)  # [B, M, H]
+        actions = np.where(mask, np.take(self._actions.reshape(-1), flat_a), 0).astype(np.int64)
+        rewards = np.where(mask, np.take(self._rewards.reshape(-1), flat_a), 0.0).astype(np.float32)
+        summaries = np.take(self._summaries.reshape(-1, self.meta.summary_size), row_s, axis=0)  # [B, H+1, P]
+        rtg = np.take(self._rtg.reshape(-1), (slot * (t_max + 1) + t0)[:, None] * k + agents)  # [B, M]
         episode = self._slot_episode[slot]
         pop_rtg = self._pop_rtg[episode, t0]
         dev = self.device
