@@ -96,13 +96,13 @@ def run_cell(
 
     store = ResultStore(results_dir)
     attempt = store.start_attempt(cell.id)
-    if hook is not None:
-        hook(cell, str(results_dir))
     torch.set_num_threads(max(int(cell.resources.get("num_cpus", 1)), 1))
     record = _base_record(cell, attempt)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     try:
+        if hook is not None:
+            hook(cell, str(results_dir))
         if cell.algo is not None:
             from mfdiffuser.algos.run import make_policy, train
             from mfdiffuser.algos.trainer import TrainerConfig

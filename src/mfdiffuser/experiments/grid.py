@@ -209,7 +209,10 @@ def env_point(env: str, env_args: Mapping[str, Any], entry: Any, where: str) -> 
     else:
         if entry < 1:
             raise ValueError(f"{where}: population size must be >= 1, got {entry}")
-        name, args = resolve(env, **{**dict(env_args), "n_agents": entry})
+        from mfdiffuser.eval.evaluate import env_args_at
+
+        name, base_args = resolve(env, **dict(env_args))
+        args = env_args_at(name, base_args, entry)
     if "n_agents" not in args:
         raise ValueError(f"{where}: cannot tell N of {entry!r}")
     return EnvPoint(int(args["n_agents"]), name, dict(args))

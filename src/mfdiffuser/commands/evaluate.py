@@ -1,0 +1,153 @@
+"""``mfd evaluate``: evaluate a trained run, or a behaviour policy, at several N and seeds."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a trained run or a behaviour policy at several population sizes",
+        description=(
+            "Roll out a policy at every --n-agents for --episodes episodes per seed and report the "
+            "per-agent return, normalized score (reference returns of the random and expert "
+            "behaviour at each N), Ising order parameter, battle win rate and kill ratio, act "
+            "latency and memory: mean and 95%% confidence interval over seeds."
+        ),
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run directory written by `mfd train`")
+    src.add_argument(
+        "--behaviour", help="evaluate an env behaviour policy instead (expert, medium, random, mixed)"
+    )
+    p.add_argument("--env", help="env or setting name (with --behaviour)")
+    p.add_argument(
+        "--env-arg", action="append", default=[], metavar="KEY=VALUE", help="env argument (with --behaviour)"
+    )
+    p.add_argument(
+        "--n-agents", type=int, nargs="+", default=None, help="population sizes (default: training N)"
+    )
+    p.add_argument("--episodes", type=int, default=20, help="episodes per seed")
+    p.add_argument("--seeds", type=int, default=3, help="number of evaluation seeds (0 .. k-1)")
+    p.add_argument("--ref-episodes", type=int, default=10, help="episodes per reference policy at a new N")
+    p.add_argument(
+        "--policy-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option of make_policy (repeatable)",
+    )
+    p.add_argument(
+        "--exploitability", action="store_true", help="also measure exploitability at the largest N"
+    )
+    p.add_argument("--device", default="cpu", help="torch device of the learned policy")
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mfdiffuser.algos.base import write_json
+    from mfdiffuser.commands.train import parse_options
+    from mfdiffuser.envs import resolve
+    from mfdiffuser.eval.evaluate import DatasetBehaviourPolicy, env_factory, evaluate_policy, references
+
+    if args.episodes < 1 or args.seeds < 1 or args.ref_episodes < 1:
+        raise ValueError("--episodes, --seeds and --ref-episodes must be >= 1")
+    if args.n_agents is not None and any(n < 1 for n in args.n_agents):
+        raise ValueError(f"--n-agents must be positive, got {args.n_agents}")
+    seeds = list(range(args.seeds))
+    policy_opts = parse_options(args.policy_opt)
+    source: dict[str, Any]
+    if args.run:
+        from mfdiffuser.algos.run import load_run, make_policy
+
+        if args.env or args.env_arg:
+            raise ValueError("--env and --env-arg go with --behaviour; a run's env comes from its dataset")
+        loaded = load_run(args.run, device=args.device)
+        env_name, env_args = loaded.meta.env, dict(loaded.meta.env_args)
+        stored = (loaded.meta.n_agents, loaded.meta.ref_returns)
+        default_n = loaded.meta.n_agents
+
+        def policy_for(env: Any) -> Any:
+            return make_policy(loaded, env, **policy_opts)
+
+        source = {"run": str(args.run), "algo": loaded.algo, "step": loaded.step}
+    else:
+        if not args.env:
+            raise ValueError("--behaviour needs --env (an env or setting name)")
+        quality = args.behaviour
+        if quality not in ("expert", "medium", "random", "mixed"):
+            raise ValueError(f"--behaviour must be expert, medium, random or mixed, got {quality!r}")
+        env_name, env_args = resolve(args.env, **parse_options(args.env_arg))
+        stored = None
+        probe = env_factory(env_name, env_args)(env_args["n_agents"]) if "n_agents" in env_args else None
+        if probe is None:
+            from mfdiffuser.envs import make
+
+            probe = make(env_name, **env_args)
+        default_n = probe.n_agents
+        probe.close()
+
+        def policy_for(env: Any) -> Any:
+            return DatasetBehaviourPolicy(env, quality)
+
+        source = {"behaviour": quality}
+    n_list = args.n_agents or [default_n]
+    make_env = env_factory(env_name, env_args)
+
+    def refs(n: int) -> dict[str, float]:
+        return references(env_name, env_args, n, stored=stored, episodes=args.ref_episodes)
+
+    result = evaluate_policy(
+        make_env, policy_for, n_list, seeds, args.episodes, refs, by="seed", progress=not args.no_progress
+    )
+    result.update(source=source, env=env_name, env_args=env_args)
+    if args.exploitability:
+        from mfdiffuser.eval.exploitability import exploitability
+
+        env = make_env(max(n_list))
+        try:
+            result["exploitability"] = {
+                "n_agents": env.n_agents,
+                **exploitability(env, policy_for(env), seeds),
+            }
+        finally:
+            env.close()
+    _print(result)
+    if args.out:
+        from pathlib import Path
+
+        write_json(Path(args.out), result)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cell(m: dict[str, Any] | None, dec: int) -> str:
+    if not m:
+        return "-"
+    ci = m["ci"]
+    return f"{m['mean']:.{dec}f}" + ("" if ci != ci else f" ± {ci:.{dec}f}")  # ci != ci: NaN, one seed
+
+
+def _print(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result['env']}: {result['episodes']} episodes x {len(result['seeds'])} seeds")
+    cols = [("return", "return", 3), ("score", "score", 1), ("order_parameter", "|m|", 3)]
+    cols += [("win_rate", "win rate", 2), ("kill_ratio", "kill ratio", 2), ("act_ms", "act ms", 2)]
+    present = [c for c in cols if any(c[0] in r for r in result["results"].values())]
+    table.add_column("N", justify="right")
+    for _, title, _ in present:
+        table.add_column(title, justify="right")
+    table.add_column("peak MiB", justify="right")
+    for n, r in result["results"].items():
+        row = [f"{int(n):,}"] + [_cell(r.get(key), dec) for key, _, dec in present]
+        table.add_row(*row, f"{r['peak_mem_mb']:.1f}")
+    Console().print(table)
+    if "exploitability" in result:
+        e = result["exploitability"]
+        print(f"exploitability ({e['kind']}) at N={e['n_agents']:,}: {e['exploitability']:.5f}")

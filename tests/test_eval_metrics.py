@@ -1,0 +1,122 @@
+import json
+import math
+
+import pytest
+
+from mfdiffuser import envs
+from mfdiffuser.cli import main
+from mfdiffuser.eval.evaluate import env_args_at, evaluate_policy
+from mfdiffuser.eval.exploitability import exploitability
+from mfdiffuser.eval.metrics import battle_outcome, normalized_score, summarize
+from mfdiffuser.eval.rollout import EpisodeResult, RolloutResult, rollout
+
+
+class _Named:
+    def __init__(self, name):
+        self.name = name
+
+
+def _ep(seed, episode, ret, **final):
+    return EpisodeResult(10, seed, episode, ret, 1, (0.001, 0.003), info_final=final)
+
+
+def test_normalized_score_hand_numbers():
+    assert normalized_score(1.5, 1.0, 3.0) == pytest.approx(25.0)
+    assert normalized_score(3.0, 1.0, 3.0) == pytest.approx(100.0)
+    assert normalized_score(0.0, 1.0, 3.0) == pytest.approx(-50.0)
+    with pytest.raises(ValueError, match="coincide"):
+        normalized_score(1.0, 2.0, 2.0)
+
+
+def test_summarize_over_seeds_with_hand_numbers():
+    # Seed means of the return: 1, 2, 3 -> scores 0, 50, 100 with refs random 1, expert 3.
+    eps = [_ep(0, 0, 0.5), _ep(0, 1, 1.5), _ep(1, 0, 2.0), _ep(2, 0, 3.0), _ep(2, 1, 3.0)]
+    out = summarize(RolloutResult(10, tuple(eps), 1.0, 0.1), {"random": 1.0, "expert": 3.0})
+    assert out["return"]["mean"] == pytest.approx(2.0)
+    assert out["return"]["ci"] == pytest.approx(2.484138, abs=1e-5)
+    assert out["score"]["values"] == pytest.approx([0.0, 50.0, 100.0])
+    assert out["score"]["ci"] == pytest.approx(124.2069, abs=1e-3)
+    assert out["act_ms"]["mean"] == pytest.approx(2.0)
+    assert out["act_ms_max"]["mean"] == pytest.approx(3.0)
+    by_ep = summarize(RolloutResult(10, tuple(eps), 1.0, 0.1), by="episode")
+    assert by_ep["return"]["n"] == 5 and "score" not in by_ep
+
+
+def test_order_parameter_and_battle_outcome():
+    eps = [_ep(0, 0, 1.0, order_parameter=-0.5), _ep(1, 0, 1.0, order_parameter=0.25)]
+    out = summarize(RolloutResult(10, tuple(eps), 0.0, 0.0))
+    assert out["order_parameter"]["mean"] == pytest.approx(0.375)
+    assert battle_outcome(_ep(0, 0, 0.0, alive_ours=5, alive_opponent=3, kills=9, deaths=3)) == (1.0, 3.0)
+    assert battle_outcome(_ep(0, 0, 0.0, alive_ours=3, alive_opponent=3, kills=0, deaths=0)) == (0.5, 0.0)
+    assert battle_outcome(_ep(0, 0, 0.0)) is None
+
+
+def test_rollout_gaussian_squeeze_expert_scores_near_100():
+    def make_env(n):
+        return envs.make("gaussian-squeeze", n_agents=n)
+
+    refs = {}
+
+    def ref(n):
+        env = make_env(n)
+        refs[n] = {"random": 0.0, "expert": env.optimal_return()}
+        return refs[n]
+
+    out = evaluate_policy(make_env, lambda e: e.behaviour_policy("expert"), [1000, 10000], [0, 1, 2], 4, ref,
+                          progress=False)
+    for n in ("1000", "10000"):
+        assert out["results"][n]["score"]["mean"] > 98.0
+        assert out["results"][n]["score"]["n"] == 3
+    # Common random numbers: the same seeds replay the same episodes.
+    a = rollout(make_env, lambda e: e.behaviour_policy("medium"), [100], [3], 2, progress=False)[0]
+    b = rollout(make_env, lambda e: e.behaviour_policy("medium"), [100], [3], 2, progress=False)[0]
+    assert [e.mean_return for e in a.episodes] == [e.mean_return for e in b.episodes]
+
+
+def test_crowd_exploitability_expert_near_zero_random_large():
+    env = envs.make("crowd", n_agents=20000)
+    expert = exploitability(env, env.behaviour_policy("expert"), seeds=[0, 1])
+    rand = exploitability(env, env.behaviour_policy("random"), seeds=[0])
+    assert expert["kind"] == "exact"
+    assert 0.0 <= expert["exploitability"] < 0.02
+    assert rand["exploitability"] > 1.0
+    assert rand["flow_tv"] < 0.05  # the measured flow is close to the exact flow of the measured table
+
+
+def test_gaussian_squeeze_and_ising_exploitability():
+    gs = envs.make("gaussian-squeeze", n_agents=1000)
+    res = exploitability(gs, gs.behaviour_policy("expert"), seeds=range(40))
+    assert res["mean_action"] == pytest.approx(gs.optimal_mean_action(), abs=0.01)
+    assert res["team_gap"] < 1e-3
+    ising = envs.make("ising", n_agents=1024)
+    ex = exploitability(ising, ising.behaviour_policy("expert"), seeds=[0, 1])
+    med = exploitability(ising, ising.behaviour_policy("medium"), seeds=[0, 1])
+    assert ex["kind"] == "estimate" and 0.0 <= ex["exploitability"] < med["exploitability"]
+    with pytest.raises(ValueError, match="no exploitability"):
+        exploitability(_Named("other"), None)
+
+
+def test_env_args_at_uses_matching_setting():
+    assert env_args_at("ising", {"n_agents": 1024, "horizon": 5}, 100) == {"n_agents": 100, "horizon": 5}
+    assert env_args_at("battle", {"n_agents": 64, "map_size": 40}, 256)["map_size"] == 80
+
+
+def test_mfd_evaluate_behaviour_writes_json(tmp_path, capsys):
+    out = tmp_path / "ev.json"
+    code = main(["evaluate", "--behaviour", "expert", "--env", "crowd", "--n-agents", "100", "1000",
+                 "--episodes", "2", "--seeds", "2", "--exploitability", "--no-progress", "--out", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"100", "1000"}
+    r = data["results"]["1000"]
+    assert r["score"]["n"] == 2 and math.isfinite(r["score"]["ci"])
+    assert r["score"]["mean"] > 80.0
+    assert data["exploitability"]["n_agents"] == 1000
+    assert "exploitability (exact)" in capsys.readouterr().out
+
+
+def test_mfd_evaluate_bad_input_is_one_line(capsys):
+    assert main(["evaluate", "--behaviour", "expert", "--episodes", "2"]) == 2
+    assert "needs --env" in capsys.readouterr().err
+    assert main(["evaluate", "--behaviour", "great", "--env", "crowd"]) == 2
+    assert main(["evaluate", "--run", "/nonexistent/run"]) == 2

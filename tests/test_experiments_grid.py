@@ -1,0 +1,140 @@
+"""The experiment grid on a real local Ray (2 CPUs, one session for the module)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mfdiffuser.experiments import parse_grid, run_grid
+from mfdiffuser.experiments.store import ResultStore
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def _spec(methods, seeds=(0, 1), eval_episodes=2):
+    return {
+        "name": "tiny",
+        "seeds": list(seeds),
+        "max_retries": 1,
+        "data": {"episodes": 6, "ref_episodes": 2},
+        "eval": {"episodes": eval_episodes},
+        "trainer": {"steps": 10, "batch_size": 4, "log_every": 5, "checkpoint_every": 5},
+        "exploitability": {"episodes": 1},
+        "benchmarks": {"gaussian-squeeze": {"train": 100, "eval": [100, 1000], "qualities": ["medium"]}},
+        "methods": methods,
+    }
+
+
+def test_parse_grid_expands_and_validates():
+    grid = parse_grid(_spec({"bc": {"algo": "bc"}, "expert": {"behaviour": "expert"}}, seeds=(0, 1, 2)))
+    assert len(grid.cells) == 6 and len(grid.datasets()) == 1
+    cell = grid.cells[0]
+    assert [p.n_agents for p in cell.eval_points] == [100, 1000] and cell.train_point.n_agents == 100
+    battle = parse_grid({"benchmarks": {"battle": {"train": "battle-256", "eval": ["battle-64", 1024]}},
+                         "methods": {"x": {"behaviour": "random"}}})
+    assert [p.env_args["map_size"] for p in battle.cells[0].eval_points][0] == 40
+    for bad, msg in [
+        ({"methods": {"x": {"algo": "nope"}}}, "unknown algorithm"),
+        ({"methods": {"x": {"algo": "bc", "behaviour": "expert"}}}, "exactly one"),
+        ({"methods": {"x": {"algo": "bc", "trainer": {"stepz": 1}}}}, "unknown key"),
+        ({"seeds": []}, "seeds"),
+    ]:
+        spec = _spec({"bc": {"algo": "bc"}})
+        spec.update(bad)
+        with pytest.raises(ValueError, match=msg):
+            parse_grid(spec)
+
+
+def test_grid_retries_records_failures_and_reruns_only_missing(ray_session, tmp_path):
+    results = tmp_path / "res"
+
+    def hook(cell, results_dir):
+        import os as _os
+        from pathlib import Path as _Path
+
+        from mfdiffuser.errors import BudgetExceeded
+
+        if cell.method == "bc" and cell.seed == 1:  # the worker dies on the first attempt only
+            marker = _Path(results_dir) / "killed-once"
+            if not marker.exists():
+                marker.write_text("x")
+                _os.kill(_os.getpid(), 9)
+        if cell.method == "expert" and cell.seed == 0:
+            raise RuntimeError("boom in cell")
+        if cell.method == "expert" and cell.seed == 1:
+            raise BudgetExceeded(12.0, 300.0, 8.0, 60.0)
+
+    spec = _spec({"bc": {"algo": "bc"}, "expert": {"behaviour": "expert"}})
+    summary = run_grid(spec, results, progress=False, hook=hook)
+    assert (summary.done, summary.skipped, summary.failed) == (2, 1, 1)
+    store = ResultStore(results)
+    recs = {r["id"]: r for r in store.records()}
+    assert len(recs) == 4
+    bc0, bc1 = recs["gaussian-squeeze__medium__bc__s0"], recs["gaussian-squeeze__medium__bc__s1"]
+    assert bc0["status"] == bc1["status"] == "done"
+    assert bc1["attempt"] == 2 and (results / "killed-once").exists()  # retried after the worker died
+    assert bc0["train"]["step"] == 10 and set(bc0["metrics"]) == {"100", "1000"}
+    assert "score" in bc0["metrics"]["1000"] and bc0["versions"]["ray"] == ray.__version__
+    assert bc0["exploitability"]["kind"] == "exact"
+    failed = recs["gaussian-squeeze__medium__expert__s0"]
+    assert failed["status"] == "failed" and "boom in cell" in failed["error"] and failed["attempt"] == 2
+    skipped = recs["gaussian-squeeze__medium__expert__s1"]
+    assert skipped["status"] == "skipped" and skipped["reason"].startswith("skipped: needs 12 GiB")
+
+    before = {k: (r["written_at"], r["pid"]) for k, r in recs.items() if r["status"] != "failed"}
+    again = run_grid(spec, results, progress=False)  # no fault this time: only the failed cell reruns
+    assert (again.skipped_existing, again.done, again.failed) == (3, 1, 0)
+    after = {r["id"]: r for r in store.records()}
+    assert all((after[k]["written_at"], after[k]["pid"]) == v for k, v in before.items())
+    assert after["gaussian-squeeze__medium__expert__s0"]["status"] == "done"
+    # One dataset, generated once for both bc seeds.
+    assert len(list((results / "datasets").glob("*.h5"))) == 1
+
+
+DRIVER = """
+import sys, time
+from mfdiffuser.experiments import run_grid
+spec = {spec!r}
+run_grid(spec, {results!r}, address={address!r}, progress=False,
+         hook=lambda cell, results_dir: time.sleep(1.0))
+"""
+
+
+def test_driver_killed_midway_then_rerun_completes_missing(ray_session, tmp_path):
+    results = tmp_path / "res"
+    spec = _spec({"expert": {"behaviour": "expert"}, "random": {"behaviour": "random"},
+                  "medium": {"behaviour": "medium"}}, seeds=(0, 1, 2), eval_episodes=1)
+    code = DRIVER.format(spec=spec, results=str(results), address=ray_session)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cells = results / "cells"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and len(list(cells.glob("*.json"))) < 2:
+            assert proc.poll() is None, "the driver ended before it could be killed"
+            time.sleep(0.1)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(1.0)  # let Ray reap the dead driver's tasks
+    before = {p.stem: json.loads(p.read_text())["written_at"] for p in cells.glob("*.json")}
+    assert 2 <= len(before) < 9
+    summary = run_grid(spec, results, progress=False)
+    assert summary.skipped_existing >= len(before)
+    assert summary.done + summary.skipped_existing == 9 and summary.failed == 0
+    recs = {r["id"]: r for r in ResultStore(results).records()}
+    assert len(recs) == 9 and all(r["status"] == "done" for r in recs.values())
+    assert all(recs[k]["written_at"] == v for k, v in before.items())
+    for k in before:  # finished cells were not started again
+        assert len(Path(results, "attempts", k).read_text().splitlines()) == 1

@@ -1,0 +1,74 @@
+import pytest
+
+from mfdiffuser.cli import main
+from mfdiffuser.experiments import build_report
+from mfdiffuser.experiments.report import Results, best_flags, markdown_table
+from mfdiffuser.experiments.store import ResultStore
+
+
+def _rec(method, seed, score, ret, status="done", **extra):
+    metrics = {}
+    if status == "done":
+        metrics = {
+            "100": {"score": {"mean": score}, "return": {"mean": ret}, "act_ms": {"mean": 1.0},
+                    "peak_mem_mb": 2.0},
+            "1000": {"score": {"mean": score - 10}, "return": {"mean": ret - 0.1}, "act_ms": {"mean": 1.5},
+                     "peak_mem_mb": 3.0},
+        }
+    return {
+        "id": f"gs__medium__{method}__s{seed}", "status": status, "benchmark": "gs", "quality": "medium",
+        "method": method, "seed": seed, "fingerprint": "x", "metrics": metrics,
+        "config": {"eval_points": [{"n_agents": 100}, {"n_agents": 1000}]}, **extra,
+    }
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = ResultStore(tmp_path / "res")
+    # a: 50, 52, 54 -> 52.0 +- 4.97 (sem 1.155); b: 51.5 (within one s.e. of a); c: 10; d: skipped.
+    for seed, v in enumerate([50.0, 52.0, 54.0]):
+        s.write(_rec("a", seed, v, 1.0 + seed,
+                     exploitability={"exploitability": 0.1 * (seed + 1), "kind": "exact", "n_agents": 1000}))
+    for seed in range(3):
+        s.write(_rec("b", seed, 51.5, 2.0, exploitability={"exploitability": 0.5, "kind": "exact",
+                                                          "n_agents": 1000}))
+        s.write(_rec("c", seed, 10.0, 0.5))
+    s.write(_rec("d", 0, 0, 0, status="skipped", reason="skipped: needs 9 GiB / 99 s (budget 8 GiB / 60 s)"))
+    s.write(_rec("e", 0, 0, 0, status="failed", error="RuntimeError: boom"))
+    return s
+
+
+def test_best_flags_bold_ties_within_one_standard_error(store):
+    res = Results(store.records())
+    cells = [res.agg("gs", "medium", 100, m, "score") for m in res.methods]
+    assert best_flags(cells, higher=True) == [True, True, False, False, False]
+    assert best_flags(cells, higher=False) == [False, False, True, False, False]
+    table = markdown_table(res, "score")
+    row = next(line for line in table.splitlines() if "| 100 |" in line)
+    assert "**52.0 ± 5.0**" in row and "**51.5 ± 0.0**" in row
+    assert "| 10.0 ± 0.0 |" in row and "skipped" in row and "failed" in row
+
+
+def test_build_report_writes_tables_and_plots(store, tmp_path):
+    out = tmp_path / "rep"
+    path = build_report(store.root, out)
+    md = path.read_text()
+    assert "## Normalized score" in md and "## Exploitability" in md
+    assert "skipped: needs 9 GiB" in md and "RuntimeError: boom" in md
+    # exploitability: lower is better; a: 0.2 +- 0.25 (sem 0.058) beats b: 0.5
+    expl_row = next(line for line in md.splitlines() if line.startswith("| gs (exact)"))
+    assert "**0.2000 ± 0.2484**" in expl_row and "| 0.5000 ± 0.0000 |" in expl_row
+    tex = (out / "tables.tex").read_text()
+    assert r"\textbf{52.0 $\pm$ 5.0}" in tex and r"\toprule" in tex
+    for name in ("return_vs_n.png", "score_by_quality.png", "exploitability.png", "latency_vs_n.png",
+                 "memory_vs_n.png"):
+        png = out / name
+        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
+        assert f"]({name})" in md
+
+
+def test_mfd_report_cli(store, tmp_path, capsys):
+    assert main(["report", str(store.root), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "report.md").is_file()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")]) == 2
+    assert "no cell records" in capsys.readouterr().err
