@@ -72,3 +72,15 @@ def test_mfd_report_cli(store, tmp_path, capsys):
     assert (tmp_path / "r" / "report.md").is_file()
     assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")]) == 2
     assert "no cell records" in capsys.readouterr().err
+
+
+def test_mfd_bench_runs_scripts_and_reports_missing(tmp_path, capsys):
+    (tmp_path / "bench_fast.py").write_text("print('figure: 42 agent-steps/s')\n")
+    (tmp_path / "bench_broken.py").write_text("raise SystemExit(3)\n")
+    assert main(["bench", "fast", "--dir", str(tmp_path)]) == 0
+    assert main(["bench", "fast", "broken", "nothere", "--dir", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "failed (exit 3)" in out and "missing" in out
+    assert main(["bench", "--list", "--dir", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out.split()
+    assert {"envs", "fast", "broken"} <= set(listed)

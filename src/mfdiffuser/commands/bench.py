@@ -1,0 +1,81 @@
+"""``mfd bench``: run the performance scripts of ``benchmarks/`` (all, or the ones named)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+KNOWN: tuple[str, ...] = ("envs", "battle", "data", "planner")
+"""Benchmarks the project ships (``benchmarks/bench_<name>.py``); others found there run too."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="run the performance benchmarks (benchmarks/bench_*.py)",
+        description=(
+            "Run each benchmark script as its own process and print its figures, then a summary. "
+            "A missing script is reported, not fatal; the exit code is 1 if any script failed or is missing."
+        ),
+    )
+    p.add_argument("names", nargs="*", help=f"benchmarks to run (default: all; known: {', '.join(KNOWN)})")
+    p.add_argument(
+        "--dir", default=None, help="benchmarks directory (default: ./benchmarks or the source tree's)"
+    )
+    p.add_argument("--list", action="store_true", help="list the benchmarks found and exit")
+    p.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="argument passed to every script (repeatable)",
+    )
+    p.set_defaults(func=run)
+
+
+def find_dir(explicit: str | None) -> Path:
+    """The benchmarks directory: ``explicit``, else ``./benchmarks``, else the one beside ``src/``."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_dir():
+            raise FileNotFoundError(f"benchmarks directory {path} not found")
+        return path
+    for cand in (Path.cwd() / "benchmarks", Path(__file__).resolve().parents[3] / "benchmarks"):
+        if cand.is_dir():
+            return cand
+    raise FileNotFoundError("no benchmarks/ directory here or in the source tree; pass --dir")
+
+
+def discover(bench_dir: Path) -> list[str]:
+    """Names of the known benchmarks, then any other ``bench_*.py`` found in ``bench_dir``."""
+    found = sorted(p.stem.removeprefix("bench_") for p in bench_dir.glob("bench_*.py"))
+    return list(KNOWN) + [n for n in found if n not in KNOWN]
+
+
+def run(args: argparse.Namespace) -> int:
+    bench_dir = find_dir(args.dir)
+    names = args.names or discover(bench_dir)
+    if args.list:
+        for name in discover(bench_dir):
+            status = "" if (bench_dir / f"bench_{name}.py").is_file() else "  (missing)"
+            print(f"{name}{status}")
+        return 0
+    results: list[tuple[str, str, float]] = []
+    for name in names:
+        script = bench_dir / f"bench_{name.removeprefix('bench_').removesuffix('.py')}.py"
+        if not script.is_file():
+            print(f"== {name}: missing ({script} not found)", flush=True)
+            results.append((name, "missing", 0.0))
+            continue
+        print(f"== {name}: {script}", flush=True)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(script), *args.arg], check=False)
+        seconds = time.perf_counter() - t0
+        results.append((name, "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})", seconds))
+    print("\nbenchmark summary")
+    for name, status, seconds in results:
+        print(f"  {name:12s} {status:20s} {seconds:8.1f} s")
+    return 0 if all(status == "ok" for _, status, _ in results) else 1
