@@ -313,3 +313,21 @@ def test_expert_beats_attack_nearest_at_scale(setting):
     env = make(setting, opponent="attack-nearest")
     outs = [_play(env, env.behaviour_policy("expert"), seed)[1]["outcome"] for seed in range(2)]
     assert all(o.win for o in outs) and all(o.kill_ratio > 1.05 for o in outs)
+
+
+def test_render_png_and_gif(tmp_path):
+    from PIL import Image
+
+    from mfdiffuser.envs.render import render_episode, render_frame
+
+    env = make("battle-64", horizon=12)
+    env.reset(seed=0)
+    png = render_frame(env, tmp_path / "frame.png", title="start")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    gif = render_episode(env, env.behaviour_policy("expert"), tmp_path / "ep.gif", seed=1, every=4)
+    with Image.open(gif) as im:
+        assert im.format == "GIF" and im.n_frames == 4  # t = 0, 4, 8, 12
+    strip = render_episode(env, env.behaviour_policy("random"), tmp_path / "ep.png", seed=1)
+    assert strip.stat().st_size > 1000
+    with pytest.raises(ValueError, match="every"):
+        render_episode(env, env.behaviour_policy("random"), tmp_path / "x.gif", every=0)
