@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mfdiffuser.algos.base import LossOutput
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.envs.base import PopulationEnv
 from mfdiffuser.models.blocks import masked_mean
@@ -181,21 +182,25 @@ def exp_weights(
 
 
 class Standardizer(nn.Module):
-    """Mean and standard deviation of a dataset quantity, stored as buffers so that they are saved."""
+    """Mean and standard deviation of a dataset quantity, stored as buffers so that they are saved.
 
-    def __init__(self) -> None:
+    Args:
+        shape: shape of one value: ``()`` for a scalar, ``(S,)`` for per-feature statistics.
+    """
+
+    def __init__(self, shape: tuple[int, ...] = ()) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.zeros(()))
-        self.register_buffer("std", torch.ones(()))
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("std", torch.ones(shape))
 
     def fit(self, values: np.ndarray | torch.Tensor) -> Standardizer:
-        """Set the statistics from ``values`` (any shape); a constant quantity gets std 1."""
-        v = torch.as_tensor(np.asarray(values, dtype=np.float64)).flatten()
-        if v.numel() == 0 or not torch.isfinite(v).all():
+        """Set the statistics from ``values [n, *shape]``; a constant feature gets std 1."""
+        v = torch.as_tensor(np.asarray(values, dtype=np.float64)).reshape(-1, *self.mean.shape)
+        if v.shape[0] == 0 or not torch.isfinite(v).all():
             raise ValueError("cannot standardise an empty or non-finite set of values")
-        std = float(v.std()) if v.numel() > 1 else 0.0
-        self.mean.fill_(float(v.mean()))
-        self.std.fill_(std if std > 1e-8 else 1.0)
+        std = v.std(dim=0) if v.shape[0] > 1 else torch.zeros_like(v[0])
+        self.mean.copy_(v.mean(dim=0))
+        self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,7 +314,7 @@ def sampled_values(
     batch_size: int = 256,
     seed: int = 2**31 - 1,
 ) -> np.ndarray:
-    """Values of ``quantity(batch)`` over windows drawn as training draws them (own seed).
+    """Values ``[n, ...]`` of ``quantity(batch)`` over windows drawn as training draws them (own seed).
 
     Used to standardise returns and advantages by the statistics of the very windows the weights
     are applied to (windows start at every step, so ``pop_rtg`` mixes early and late steps).
@@ -332,3 +337,217 @@ def taken(q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
 def td_target(st: Steps, next_value: torch.Tensor, gamma: float, reward_scale: torch.Tensor) -> torch.Tensor:
     """``r / scale + gamma (1 - done) V(s')`` per transition ``[B, H, M]`` (no gradient)."""
     return (st.rewards / reward_scale + gamma * (1.0 - st.done) * next_value).detach()
+
+
+# ------------------------------------------------------------------ return-conditioned trajectory diffusion
+@dataclass
+class DiffusionConfig:
+    """Options shared by the return-conditioned trajectory diffusion baselines."""
+
+    horizon: int = 4
+    """H, steps per planned segment (1 for stage games)."""
+    m_range: tuple[int, int] = (8, 32)
+    """Range of M, the agents drawn per population segment."""
+    hidden: int = 128
+    """Transformer width."""
+    n_layers: int = 3
+    """Transformer blocks."""
+    n_heads: int = 4
+    """Attention heads."""
+    diffusion_steps: int = 50
+    """K, steps of the noise schedule."""
+    sample_steps: int = 10
+    """DDIM steps per plan."""
+    eta: float = 1.0
+    """DDIM stochasticity (1: DDPM-like ancestral noise, which keeps agents' plans diverse)."""
+    guidance: float = 1.5
+    """Classifier-free guidance weight w: eps_u + w (eps_c - eps_u)."""
+    cond_dropout: float = 0.25
+    """Probability of dropping the return condition in training (classifier-free guidance)."""
+    target_quantile: float = 0.9
+    """Plans are conditioned on this quantile of the data's standardised return rates."""
+    replan_every: int = 1
+    """Env steps between plans (at most H); the plan's actions are followed open loop in between."""
+    chunk_size: int = 4096
+    """Agents denoised per forward pass where agents are independent."""
+
+    def __post_init__(self) -> None:
+        lo, hi = self.m_range
+        if self.horizon < 1 or not 1 <= lo <= hi:
+            raise ValueError(
+                f"need horizon >= 1 and 1 <= m_range[0] <= m_range[1], got {self.horizon}, {self.m_range}"
+            )
+        if not 1 <= self.sample_steps <= self.diffusion_steps:
+            raise ValueError(
+                f"need 1 <= sample_steps <= diffusion_steps, got {self.sample_steps}, {self.diffusion_steps}"
+            )
+        if not 1 <= self.replan_every <= self.horizon:
+            raise ValueError(f"replan_every must lie in [1, horizon={self.horizon}], got {self.replan_every}")
+        if not 0.0 <= self.cond_dropout < 1.0 or not 0.0 < self.target_quantile < 1.0:
+            raise ValueError("need 0 <= cond_dropout < 1 and 0 < target_quantile < 1")
+        if self.eta < 0 or self.chunk_size < 1:
+            raise ValueError("need eta >= 0 and chunk_size >= 1")
+
+
+class ReturnDiffuser(nn.Module):
+    """Decision-Diffuser-style learner: ``p(x | R, s_t, c)`` over segments of state and action channels.
+
+    ``x [B, M, H, D]`` holds per step the standardised state and the action as A channels in
+    {-1, 1}; the current states are inpainted at every denoising step and also given as explicit
+    conditioning, with the context ``c = [phi(mu_t), t/T]`` and the return rate ``R`` (return-to-go
+    per remaining step, standardised; per agent or of the population), which is dropped with
+    probability ``cond_dropout`` for classifier-free guidance. Plans decode each step's action as
+    the argmax of its action channels.
+
+    Args:
+        config: the diffusion options.
+        dims: sizes of the benchmark.
+        scope: ``time`` (agents denoised independently) or ``joint`` (full attention over agents).
+        population_return: condition on the population's return (else on each agent's own).
+    """
+
+    def __init__(self, config: DiffusionConfig, dims: Dims, scope: str, population_return: bool) -> None:
+        super().__init__()
+        from mfdiffuser.diffusion import NoiseSchedule
+        from mfdiffuser.models.attention import AgentTimeTransformer
+
+        self.config, self.dims, self.population_return = config, dims, population_return
+        S, A = dims.state_size, dims.n_actions
+        cond_size = 2 + S + dims.context_size
+        self.net = AgentTimeTransformer(
+            S + A, config.horizon, cond_size, config.hidden, config.n_layers, config.n_heads, scope
+        )
+        self.schedule = NoiseSchedule(config.diffusion_steps)
+        self.state_stats = Standardizer((S,))
+        self.returns = Standardizer()
+        self.register_buffer("target", torch.zeros(()))
+
+    def fit_statistics(self, dataset: Any) -> None:
+        """Fit state and return standardisation and the planning target on sampled windows."""
+        cfg = self.config
+        self.state_stats.fit(sampled_values(dataset, cfg, lambda b: b.states[:, :, 0][b.mask[:, :, 0]]))
+        rates = sampled_values(dataset, cfg, self.return_rate)
+        self.returns.fit(rates)
+        self.target.fill_(
+            float(np.quantile(self.returns(torch.as_tensor(rates)).numpy(), cfg.target_quantile))
+        )
+
+    def return_rate(self, batch: TrajBatch) -> torch.Tensor:
+        """``[B, M]`` return-to-go per remaining step from the window's start (time-comparable)."""
+        remaining = (self.dims.episode_length - batch.timestep).clamp_min(1).to(batch.rtg.dtype)  # [B]
+        if self.population_return:
+            return (batch.pop_rtg / remaining).unsqueeze(1).expand_as(batch.rtg)
+        return batch.rtg / remaining.unsqueeze(1)
+
+    def encode(self, batch: TrajBatch) -> torch.Tensor:
+        """``[B, M, H, D]`` clean segments: standardised states and {-1, 1} action channels."""
+        states = self.state_stats(batch.states[:, :, :-1])
+        actions = nn.functional.one_hot(batch.actions, self.dims.n_actions).to(states.dtype) * 2 - 1
+        return torch.cat([states, actions], dim=-1)
+
+    def condition(
+        self, s0: torch.Tensor, ctx: torch.Tensor, ret: torch.Tensor, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B, M, E]`` conditioning ``[R keep, keep, s_t, c]``; R and keep are ``[B, M]``."""
+        ctx = ctx.unsqueeze(1).expand(*s0.shape[:2], ctx.shape[-1])
+        return torch.cat([(ret * keep).unsqueeze(-1), keep.unsqueeze(-1), s0, ctx], dim=-1)
+
+    def loss(self, batch: TrajBatch) -> LossOutput:
+        S = self.dims.state_size
+        x0 = self.encode(batch)
+        b, m = x0.shape[:2]
+        k = torch.randint(0, self.schedule.n_steps, (b,), device=x0.device)
+        eps = torch.randn_like(x0)
+        xk = self.schedule.add_noise(x0, eps, k)
+        xk[:, :, 0, :S] = x0[:, :, 0, :S]  # the current state is known (inpainted when planning)
+        keep = (torch.rand(b, 1, device=x0.device) >= self.config.cond_dropout).to(x0.dtype).expand(b, m)
+        ctx = context(batch.summaries[:, 0], batch.timestep, self.dims.episode_length)
+        cond = self.condition(x0[:, :, 0, :S], ctx, self.returns(self.return_rate(batch)), keep)
+        err = (self.net(xk, k, cond) - eps).pow(2)
+        weight = batch.mask.unsqueeze(-1).expand_as(err).clone()
+        weight[:, :, 0, :S] = False
+        loss = masked_mean(err, weight)
+        return LossOutput(loss, scalars(eps_mse=loss))
+
+    def _guided_eps(self, x: torch.Tensor, k: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guided noise estimate, in chunks of agents where agents are independent."""
+        chunk = x.shape[1] if self.net.scope == "joint" else self.config.chunk_size
+        out = []
+        for xs, cs, us in zip(x.split(chunk, 1), cond.split(chunk, 1), uncond.split(chunk, 1), strict=True):
+            e_c, e_u = self.net(torch.cat([xs, xs]), k, torch.cat([cs, us])).chunk(2)
+            out.append(e_u + self.config.guidance * (e_c - e_u))
+        return torch.cat(out, dim=1)
+
+    @torch.no_grad()
+    def plan(self, obs: np.ndarray, info: dict[str, Any], generator: torch.Generator) -> np.ndarray:
+        """``[N, H]`` planned actions of every agent for ``obs [N, S]`` (one plan, all agents at once)."""
+        device = self.target.device
+        S, H = self.dims.state_size, self.config.horizon
+        s0 = self.state_stats(torch.as_tensor(np.asarray(obs, dtype=np.float32), device=device)).unsqueeze(0)
+        summary = torch.as_tensor(np.asarray(info["summary"], dtype=np.float32), device=device)
+        ctx = context(summary, torch.tensor(int(info["t"]), device=device), self.dims.episode_length)[None]
+        n = s0.shape[1]
+        ones = torch.ones(1, n, device=device)
+        cond = self.condition(s0, ctx, self.target * ones, ones)
+        uncond = self.condition(s0, ctx, 0 * ones, 0 * ones)
+        x = torch.randn((1, n, H, self.net.dim), generator=generator).to(device)
+        ks = self.schedule.timesteps(self.config.sample_steps)
+        for k, k_prev in zip(ks, ks[1:] + [-1], strict=True):
+            x[:, :, 0, :S] = s0
+            eps = self._guided_eps(x, k, cond, uncond)
+            x = self.schedule.ddim_step(
+                eps, k, k_prev, x, eta=self.config.eta, generator=generator
+            ).prev_sample
+        return x[0, :, :, S:].argmax(-1).cpu().numpy().astype(np.int64)
+
+    def plan_cost(self, n_agents: int, gflops: float) -> tuple[float, float]:
+        """Estimated ``(GiB, seconds)`` of one plan for N agents at ``gflops`` effective GFLOP/s.
+
+        Time: ``sample_steps`` guided forwards (batch 2). Memory: one layer's attention scores if
+        materialised plus the token activations of all blocks.
+        """
+        net, steps_ = self.net, self.config.sample_steps
+        chunk = n_agents if net.scope == "joint" else min(n_agents, self.config.chunk_size)
+        seconds = steps_ * net.flops(n_agents, batch=2) / (gflops * 1e9)
+        tokens = 2 * chunk * net.horizon
+        gib = (net.attention_bytes(chunk, batch=2) + tokens * net.hidden * 4 * 8 * net.n_layers) / 2**30
+        return gib, seconds
+
+
+class PlannerPolicy:
+    """A population policy that plans ``[N, H]`` actions for all agents and follows them open loop.
+
+    Every ``replan_every`` env steps it calls ``planner.plan(obs, info, generator)``; the generator
+    is seeded from the episode's generator, so an episode is reproducible from its seed.
+    """
+
+    def __init__(self, planner: ReturnDiffuser, replan_every: int) -> None:
+        self.planner, self.replan_every = planner, int(replan_every)
+        self._plan: np.ndarray | None = None
+        self._age = 0
+        self._gen = torch.Generator()
+
+    def reset(self, env: PopulationEnv, rng: np.random.Generator) -> None:
+        self._gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        self._plan, self._age = None, 0
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        if self._plan is None or self._age >= self.replan_every or self._plan.shape[0] != len(obs):
+            self._plan, self._age = self.planner.plan(obs, info, self._gen), 0
+        actions = self._plan[:, self._age]
+        self._age += 1
+        return actions
+
+
+def planner_policy(
+    learner: ReturnDiffuser, config: DiffusionConfig, env: PopulationEnv, **options: Any
+) -> PlannerPolicy:
+    """The planning policy of a diffusion learner for ``env``; ``replan_every`` may be overridden."""
+    check_env(learner.dims, env)
+    unknown = sorted(set(options) - {"replan_every"})
+    if unknown:
+        raise ValueError(f"unknown policy option(s) {', '.join(unknown)}; accepted: replan_every")
+    replan = int(options.get("replan_every", config.replan_every))
+    if not 1 <= replan <= config.horizon:
+        raise ValueError(f"replan_every must lie in [1, {config.horizon}], got {replan}")
+    return PlannerPolicy(learner, replan)

@@ -1,0 +1,68 @@
+"""``madiff``: joint trajectory diffusion over all agents with full attention (MADiff, Zhu et al. 2024).
+
+A centralized planner: the tokens are agents x steps and every block attends over all of them, so
+agents coordinate directly, at a cost growing as (N H)^2 when planning for a population of N. The
+segment is conditioned on the population's return rate with classifier-free guidance. Before acting,
+the plan's memory and time are estimated from N; a plan beyond the configured budget raises
+:class:`~mfdiffuser.errors.BudgetExceeded` (recorded by evaluation grids as skipped).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mfdiffuser.algos.common import (
+    DiffusionConfig,
+    PlannerPolicy,
+    ReturnDiffuser,
+    dims_from_meta,
+    planner_policy,
+)
+from mfdiffuser.envs.base import PopulationEnv
+from mfdiffuser.errors import BudgetExceeded
+
+__all__ = ["BudgetExceeded", "Config", "build", "make_policy", "plan_budget"]
+
+
+@dataclass
+class Config(DiffusionConfig):
+    """Joint (full-attention) return-conditioned diffusion options."""
+
+    max_memory_gib: float = 4.0
+    """Memory budget of one plan; larger populations are skipped with BudgetExceeded."""
+    max_plan_seconds: float = 60.0
+    """Time budget of one plan; larger populations are skipped with BudgetExceeded."""
+    assumed_gflops: float = 20.0
+    """Effective GFLOP/s used to estimate plan time (attention on 2 CPU threads)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if min(self.max_memory_gib, self.max_plan_seconds, self.assumed_gflops) <= 0:
+            raise ValueError("max_memory_gib, max_plan_seconds and assumed_gflops must be > 0")
+
+
+def build(config: Config, meta: Any, dataset: Any = None) -> ReturnDiffuser:
+    """A joint diffuser; with a dataset, fits state and return statistics on sampled windows."""
+    learner = ReturnDiffuser(config, dims_from_meta(meta), scope="joint", population_return=True)
+    if dataset is not None:
+        learner.fit_statistics(dataset)
+    return learner
+
+
+def plan_budget(learner: ReturnDiffuser, config: Config, n_agents: int) -> tuple[float, float]:
+    """Estimated ``(GiB, seconds)`` of one plan for N agents; raises BudgetExceeded beyond the budget."""
+    gib, seconds = learner.plan_cost(n_agents, config.assumed_gflops)
+    if gib > config.max_memory_gib or seconds > config.max_plan_seconds:
+        raise BudgetExceeded(gib, seconds, config.max_memory_gib, config.max_plan_seconds)
+    return gib, seconds
+
+
+def make_policy(learner: ReturnDiffuser, config: Config, env: PopulationEnv, **options: Any) -> PlannerPolicy:
+    """Plan jointly for all N agents of ``env`` (option: replan_every), if one plan fits the budget.
+
+    Raises:
+        BudgetExceeded: one plan for ``env.n_agents`` agents would exceed the memory or time budget.
+    """
+    plan_budget(learner, config, env.n_agents)
+    return planner_policy(learner, config, env, **options)
