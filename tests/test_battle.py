@@ -331,3 +331,25 @@ def test_render_png_and_gif(tmp_path):
     assert strip.stat().st_size > 1000
     with pytest.raises(ValueError, match="every"):
         render_episode(env, env.behaviour_policy("random"), tmp_path / "x.gif", every=0)
+
+
+def test_relabelling_agents_permutes_a_whole_episode():
+    env = make("battle-64", opponent="hold", horizon=60)
+    rng = np.random.default_rng(0)
+    east = rng.choice([3, 7, 8, 11], size=(12, 64))  # close in on the static opponent, then swing
+    actions = np.concatenate([east, rng.integers(ATTACK_BASE, 21, size=(48, 64))])
+    perm = env.agent_symmetry(rng)
+    obs_a, _ = env.reset(seed=5)
+    run_a = [env.step(a) for a in actions]
+    env.reset(seed=5)
+    obs_b = env.permute(perm)
+    assert np.array_equal(obs_b, obs_a[perm])
+    deaths = 0
+    for a, (oa, ra, ta, tra, ia) in zip(actions, run_a, strict=True):
+        ob, rb, tb, trb, ib = env.step(a[perm])
+        assert np.array_equal(ob, oa[perm]) and np.array_equal(rb, ra[perm]) and (tb, trb) == (ta, tra)
+        assert np.array_equal(ib["alive"], ia["alive"][perm]) and np.array_equal(ib["summary"], ia["summary"])
+        deaths = 64 - ib["survivors"]
+        if tb or trb:
+            break
+    assert deaths > 0  # the relabelling was exercised through deaths, not only positions

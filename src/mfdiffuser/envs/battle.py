@@ -414,6 +414,28 @@ class Battle(PopulationEnv):
         obs[:, 11] = t / self.horizon
         return obs
 
+    # ------------------------------------------------------------------ relabelling
+    def permute(self, perm: np.ndarray) -> np.ndarray:
+        """Relabel our agents so that new row ``i`` is old row ``perm[i]``; return the new ``obs[N, S]``.
+
+        Row labels are ours alone (the engine never sees them), so relabelling changes nothing in the
+        battle: observations, rewards and alive masks of later steps are permuted the same way.
+        """
+        perm = np.asarray(perm)
+        if sorted(perm.tolist()) != list(range(self.n_agents)):
+            raise ValueError(f"{self.name}: perm must be a permutation of 0..{self.n_agents - 1}")
+        inverse = np.argsort(perm)
+        table = self._id2row[0]
+        self._id2row[0] = np.where(table >= 0, inverse[np.maximum(table, 0)], -1)
+        self._pos[0][:] = self._pos[0][perm]
+        self._return[0][:] = self._return[0][perm]
+        self._refresh()
+        return self._observe(self.t)
+
+    def agent_symmetry(self, rng: np.random.Generator) -> np.ndarray:
+        """A random relabelling of our agents: every one is a symmetry (see :meth:`permute`)."""
+        return rng.permutation(self.n_agents)
+
     # ------------------------------------------------------------------ views and summaries
     def alive(self) -> np.ndarray:
         return self._alive[0].copy()
