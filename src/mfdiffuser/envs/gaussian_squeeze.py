@@ -25,6 +25,7 @@ class GaussianSqueeze(PopulationEnv):
     """
 
     name = "gaussian-squeeze"
+    stochastic_transitions = False  # no state: rewards are a function of the joint action
 
     def __init__(
         self,
