@@ -4,7 +4,8 @@ Raw step = what any driver of the engine does anyway: ``set_action`` for both gr
 ``get_reward`` for both groups, ``clear_dead``, ``get_observation`` for both groups. The wrapper step is
 ``Battle.step`` (validation, N-row layout, compact observations, ``phi(mu_t)``, metrics) with the
 ``random`` opponent, so both sides play random actions in both loops. Blocks of raw and wrapper steps
-are interleaved and the median block is kept, so that load from other processes hits both alike.
+are interleaved and the median block is kept, and time is process CPU time, so that load from other
+processes on a shared machine hits both alike.
 
     python benchmarks/bench_battle.py                      # 64, 256, 1024 per side
     python benchmarks/bench_battle.py --winrate-episodes 20 --winrate-sizes 64 256
@@ -41,7 +42,7 @@ def _raw_engine(env):
 
 
 def _time_raw(gw, handles, pool: np.ndarray, steps: int) -> float:
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for k in range(steps):
         for side, h in enumerate(handles):
             gw.set_action(h, pool[side, k, : gw.get_num(h)])
@@ -51,16 +52,16 @@ def _time_raw(gw, handles, pool: np.ndarray, steps: int) -> float:
         gw.clear_dead()
         for h in handles:
             gw.get_observation(h)
-    return (time.perf_counter() - t0) / steps
+    return (time.process_time() - t0) / steps
 
 
 def _time_wrapper(env, actions: np.ndarray, steps: int, *, opponent_views: bool = False) -> float:
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     for k in range(steps):
         env.step(actions[k])
         if opponent_views:
             env.health(1)  # forces the engine's observation of the opponent team, as raw does
-    return (time.perf_counter() - t0) / steps
+    return (time.process_time() - t0) / steps
 
 
 def bench_overhead(n: int, steps: int, repeats: int) -> dict[str, float]:
@@ -87,10 +88,11 @@ def bench_overhead(n: int, steps: int, repeats: int) -> dict[str, float]:
     team = env.team_view(1)
     for name, script in (("hold", OPPONENTS["hold"]), ("attack-nearest", OPPONENTS["attack-nearest"]),
                          ("expert", expert_actions)):  # fmt: skip
-        t0 = time.perf_counter()
+        script(team, rng)  # warm-up: lazy imports, the team's health fields
+        t0 = time.process_time()
         for _ in range(steps):
             script(team, rng)
-        out[name] = (time.perf_counter() - t0) / steps
+        out[name] = (time.process_time() - t0) / steps
     return out
 
 

@@ -258,6 +258,7 @@ class Battle(PopulationEnv):
         # offsets of the view cells / view radius; index 0 stands for "no enemy in view": (0, 0)
         self._cell_offset = (np.stack([dx, dy], axis=1) / r).astype(np.float32)
         self._cell_offset[0] = 0.0
+        self._cell_offset_t = np.ascontiguousarray(self._cell_offset.T)  # [2, V*V]
         # code @ weights -> sums over all cells and over the 8 cells in attack reach
         self._count_weights = np.stack([np.ones(d2.size), (d2 > 0) & (d2 <= 2)], axis=1).astype(np.float32)
         # code * score, argmax -> nearest enemy cell: scores in 1..V*V-1 fall with distance (ties broken
@@ -386,32 +387,34 @@ class Battle(PopulationEnv):
     def _observe(self, t: int) -> np.ndarray:
         """Build ``obs[N, S]`` for our team from the engine's views in two passes over the buffer."""
         obs = np.zeros((self.n_agents, len(OBS_FIELDS)), dtype=np.float32)
+        obs[:, -1] = t / self.horizon
         rows, view = self._rows[0], self._views[0]
         n = rows.size
-        if n:
-            w = self.map_size - 3
-            # One code per view cell: ally presence + 256 * enemy presence (a cell holds one agent at
-            # most), so sums over cells split back into both counts, and enemies outrank allies below.
-            code = np.multiply(view[..., 3], _ENEMY_CODE).reshape(n, -1)  # [n, V*V]
-            code += view[..., 1].reshape(n, -1)
-            sums = code @ self._count_weights  # [n, 2]: all cells, the 8 cells in attack reach
-            enemies, allies = np.divmod(sums[:, 0], _ENEMY_CODE)
-            reach = sums[:, 1] // _ENEMY_CODE
-            code *= self._nearest_score  # enemy cells score >= 256, ally cells < 256
-            nearest = np.where(enemies > 0, np.argmax(code, axis=1), 0)  # cell 0 has offset (0, 0)
-            pos = self._pos[0][rows]
-            o = np.empty((n, len(OBS_FIELDS)), dtype=np.float32)
-            o[:, 0:2] = (pos - 1) / w
-            o[:, 2] = self._hp[0][rows]
-            o[:, 3] = (allies - 1) / self._n_view_cells  # the agent sees itself
-            o[:, 4] = enemies / self._n_view_cells
-            o[:, 5] = reach / 8.0
-            o[:, 6:8] = self._cell_offset[nearest]
-            opp = self._engine_pos[1]
-            o[:, 8:10] = (opp.mean(axis=0) - pos) / w if len(opp) else 0.0
-            o[:, 10] = 1.0
-            obs[rows] = o
-        obs[:, 11] = t / self.horizon
+        if n == 0:
+            return obs
+        w, cells = self.map_size - 3, self._n_view_cells
+        # One code per view cell: ally presence + 256 * enemy presence (a cell holds one agent at most),
+        # so sums over cells split back into both counts, and enemies outrank allies in the argmax.
+        code = np.multiply(view[..., 3], _ENEMY_CODE).reshape(n, -1)  # [n, V*V]
+        code += view[..., 1].reshape(n, -1)
+        sums = code @ self._count_weights  # [n, 2]: over all cells, over the 8 cells in attack reach
+        enemies = np.floor(sums * (1.0 / _ENEMY_CODE))  # [n, 2] enemy counts
+        code *= self._nearest_score  # enemy cells score >= 256, ally cells < 256
+        nearest = np.argmax(code, axis=1)
+        nearest[enemies[:, 0] == 0] = 0  # no enemy in view: cell 0 has offset (0, 0)
+        pos = self._engine_pos[0].T  # [2, n], alive agents in engine order, like the views
+        o = np.empty((len(OBS_FIELDS), n), dtype=np.float32)  # feature-major: rows are contiguous
+        o[0:2] = (pos - 1) / w
+        o[2] = self._engine_hp[0]
+        o[3] = (sums[:, 0] - _ENEMY_CODE * enemies[:, 0] - 1) / cells  # the agent sees itself
+        o[4] = enemies[:, 0] / cells
+        o[5] = enemies[:, 1] / 8.0
+        o[6:8] = self._cell_offset_t[:, nearest]
+        opp = self._engine_pos[1]
+        o[8:10] = (opp.sum(axis=0)[:, None] / len(opp) - pos) / w if len(opp) else 0.0
+        o[10] = 1.0
+        o[11] = t / self.horizon
+        obs[rows] = o.T
         return obs
 
     # ------------------------------------------------------------------ relabelling
