@@ -139,3 +139,18 @@ def test_tabulate_policy_recovers_a_table_and_sees_the_mean_field():
     assert np.allclose(np.array(seen), flow[:-1], atol=1e-6)
     with pytest.raises(ValueError, match="shape"):
         mf.tabulate_policy(game, env.cell_observations, lambda o, s, t: np.ones((10, 2)) / 2)
+
+
+def test_2d_congestion_and_distribution_only_rewards():
+    cells = np.array([55, 55, 0, 0])  # two agents at (5, 5), two at (0, 0); no noise
+    env = make("crowd-2d", n_agents=4, noise_intensity=0.0, with_congestion=True)
+    env.reset(options={"positions": cells})
+    env.step(np.array([3, 2, 2, 2]))  # agent 0 moves (+1, 0) to (6, 5), alone there
+    _, r, *_ = env.step(np.array([2, 2, 2, 2]))
+    # agent 0: 2 - 0.2 * 1 - log(1/4) - (1/10) * density 1/4
+    assert r[0] == pytest.approx(2 - 0.2 + math.log(4) - 0.1 * 0.25, abs=1e-6)
+    assert r[1] == pytest.approx(2 + math.log(4), abs=1e-6)
+    env = make("crowd-2d", n_agents=4, noise_intensity=0.0, only_distribution_reward=True)
+    env.reset(options={"positions": cells})
+    _, r, *_ = env.step(np.array([3, 2, 2, 2]))
+    assert np.allclose(r, math.log(2), atol=1e-6)

@@ -293,3 +293,16 @@ def test_full_horizon_values_against_openspiel_engine_monte_carlo():
     assert abs(mc_pi - res.policy_return) < 4 * se_pi
     assert abs(mc_br - res.best_response_return) < 4 * se_br
     assert res.exploitability < 1e-4 and mc_br - mc_pi < 0.15
+
+
+@pytest.mark.parametrize("congestion", [False, True])
+def test_2d_move_cost_and_congestion_against_openspiel_without_memo(congestion):
+    size, horizon = 4, 2
+    params = {"size": size, "horizon": horizon, "noise_intensity": 0.7, "crowd_aversion_coef": 1.3,
+              "with_congestion": congestion}  # fmt: skip
+    os_game = pyspiel.load_game("mfg_crowd_modelling_2d", params)
+    game = mf.crowd_2d_game(size, horizon, 0.7, 1.3, with_congestion=congestion)
+    pi = _random_policy((horizon, size * size, 5), 4)
+    ours = mf.exploitability(game, pi).exploitability
+    theirs = _openspiel_nash_conv(os_game, _TablePolicy(os_game, pi, size, True), memo=False)
+    assert ours == pytest.approx(theirs, abs=1e-9) and ours > 0.05
