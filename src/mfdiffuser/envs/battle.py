@@ -77,12 +77,16 @@ class Battle(PopulationEnv):
     """MAgent2 ``battle``: N agents of ours (west block) against N scripted opponents (east block).
 
     Dynamics, agent type and rewards are MAgent2's ``battle_v4`` defaults: 10 hp, 2 damage per hit,
-    0.1 hp recovered per step, speed 2 (13 moves), attack reach 1.5 (8 attacks), view radius 6.
-    Per-agent rewards are exactly what the engine pays, unscaled: ``step_reward`` (-0.005) every step,
-    ``attack_penalty`` (-0.1) for every attack action, ``attack_opponent_reward`` (+0.2) on top when
-    the attacked cell holds an opponent (so a hit nets +0.095 with the step reward), the agent type's
-    kill reward (+5, paid by the engine to the agent whose hit kills) and ``dead_penalty`` (-0.1) on
-    the step an agent dies. Dead rows earn 0 afterwards.
+    0.1 hp recovered per step, speed 2 (13 moves), attack reach 1.5 (8 attacks), view radius 6. The
+    engine resolves the agents' actions in a random order drawn from its own seed, which ``reset`` sets
+    from the env's generator (so a seed fixes the episode).
+
+    Per-agent rewards are exactly what the engine pays, unscaled (defaults in brackets):
+    ``step_reward`` (-0.005) every step; ``attack_penalty`` (-0.1) for every attack action, hit or
+    miss; ``attack_opponent_reward`` (+0.2) on top for a hit on an opponent (a hit nets +0.095); on
+    the hit that kills, the engine pays the agent type's kill reward (+5) in place of the +0.2 (the
+    killing hit nets 4.895); an agent killed during a step receives ``dead_penalty`` (-0.1) for it, and
+    dead rows earn 0 afterwards. These numbers are pinned by a hand-played duel in the tests.
 
     Observation ``obs[N, S]`` (S = 12, :data:`OBS_FIELDS`): a compact state for planning. The engine's
     full local view is available through :meth:`local_view`. Summary ``phi(mu_t)`` (P = 2 G^2 + 3):
@@ -97,6 +101,11 @@ class Battle(PopulationEnv):
     a wrong shape or a non-integer dtype raises ValueError.
 
     An episode ends (terminated) when a team is eliminated, or is truncated after ``horizon`` steps.
+    ``info`` adds, at every step, ``survivors`` and ``opponent_survivors`` (alive counts), ``killed``
+    and ``lost`` (opponents and agents of ours killed at this step); on the last step of an episode
+    also ``win``, ``draw``, ``kill_ratio``, ``mean_return`` (per agent of ours) and ``outcome`` (the
+    full :class:`BattleOutcome`, also available at any time from :meth:`outcome`).
+
     The opening formation is battle_v4's two blocks of agents spaced two cells apart, facing each other
     across the map centre; on every reset each agent is placed in a random slot of its block and
     jittered by 0 or 1 cell per axis (``jitter=False`` keeps battle_v4's exact grid), so episodes vary.
