@@ -26,14 +26,20 @@ def discounted_to_go(rewards: np.ndarray, gamma: float, axis: int = 1) -> np.nda
 
     ``out[t] = sum_{t' >= t} gamma^(t' - t) r[t']`` and ``out[T] = 0``, accumulated in float64.
     """
-    r = np.moveaxis(np.asarray(rewards, dtype=np.float64), axis, 0)
-    out = np.zeros((r.shape[0] + 1, *r.shape[1:]), dtype=np.float64)
+    r = np.asarray(rewards)
+    axis = axis % r.ndim
+    shape = list(r.shape)
+    shape[axis] += 1
+    out = np.zeros(shape, dtype=np.float64)
+    body = [slice(None)] * r.ndim
+    body[axis] = slice(0, r.shape[axis])
     if gamma == 1.0:
-        out[:-1] = np.cumsum(r[::-1], axis=0)[::-1]
-    else:
-        for t in range(r.shape[0] - 1, -1, -1):
-            out[t] = r[t] + gamma * out[t + 1]
-    return np.ascontiguousarray(np.moveaxis(out, 0, axis))
+        out[tuple(body)] = np.flip(np.cumsum(np.flip(r, axis), axis=axis, dtype=np.float64), axis)
+        return out
+    o, rr = np.moveaxis(out, axis, 0), np.moveaxis(r, axis, 0)  # views: the loop writes into out
+    for t in range(rr.shape[0] - 1, -1, -1):
+        o[t] = rr[t] + gamma * o[t + 1]
+    return out
 
 
 class WindowSampler:
@@ -48,12 +54,14 @@ class WindowSampler:
         gamma: discount of the returns-to-go (``rtg``, ``pop_rtg``).
         seed: seed of the sampler's generator.
         device: torch device of the returned tensors.
-        cache_bytes: memory budget of the resident episode pool; a dataset that fits is held whole.
-        refresh_blocks: chunk blocks swapped into the pool per batch when the dataset does not fit.
+        cache_bytes: memory budget of the sampler's episode pool; a dataset that fits is held whole.
+        refresh_every: batches between two block swaps when the dataset does not fit (default: one
+            swap per batch for blocks up to 4 MiB, proportionally rarer for larger blocks).
 
     Windows start at a uniformly random step t of a resident episode (``0 <= t < length``) and may
     run past its end: such steps have ``mask`` false, zero actions and rewards, and states and
-    summaries repeating the last ones.
+    summaries repeating the last ones. The pool is stored agent-major (``[C, K, T+1, S]``) so that
+    an agent's window is contiguous in memory.
     """
 
     def __init__(
@@ -66,7 +74,7 @@ class WindowSampler:
         seed: int | None = None,
         device: str | torch.device = "cpu",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
-        refresh_blocks: int = 1,
+        refresh_every: int | None = None,
     ) -> None:
         if int(horizon) != horizon or horizon < 1:
             raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
@@ -77,6 +85,8 @@ class WindowSampler:
             raise ValueError(f"m_range must satisfy 1 <= m_min <= m_max, got {tuple(m_range)}")
         if not 0.0 < gamma <= 1.0:
             raise ValueError(f"gamma must lie in (0, 1], got {gamma}")
+        if refresh_every is not None and (int(refresh_every) != refresh_every or refresh_every < 1):
+            raise ValueError(f"refresh_every must be a positive integer, got {refresh_every!r}")
         from mfdiffuser.utils import resolve_device
 
         self.dataset = dataset
@@ -88,7 +98,6 @@ class WindowSampler:
         self.gamma = float(gamma)
         self.device = torch.device(resolve_device(str(device)))
         self.rng = np.random.default_rng(seed)
-        self.refresh_blocks = max(0, int(refresh_blocks))
 
         meta = dataset.meta
         e, t = meta.n_episodes, meta.horizon
@@ -98,22 +107,19 @@ class WindowSampler:
 
         self.block_episodes = dataset.chunk_episodes
         self.n_blocks = -(-e // self.block_episodes)
-        act_bytes = np.dtype(np.uint8).itemsize if meta.n_actions <= 256 else 4
-        per_episode = (
+        act_bytes = 1 if meta.n_actions <= 256 else 4
+        self.episode_bytes = (
             (t + 1) * self.k * (meta.state_size * 4 + 1 + 4)  # states, alive, rtg
             + t * self.k * (act_bytes + 4)  # actions, rewards
             + (t + 1) * meta.summary_size * 4
         )
-        self.episode_bytes = per_episode
-        fit_blocks = max(1, int(cache_bytes) // max(1, per_episode * self.block_episodes))
-        if dataset.in_memory or fit_blocks >= self.n_blocks:
-            self.pool_blocks = self.n_blocks
-            self.resident = True
-            self._load_all()
-        else:
-            self.pool_blocks = fit_blocks
-            self.resident = False
-            self._init_pool()
+        block_bytes = self.episode_bytes * self.block_episodes
+        fit_blocks = max(1, int(cache_bytes) // max(1, block_bytes))
+        self.resident = fit_blocks >= self.n_blocks
+        self.pool_blocks = min(fit_blocks, self.n_blocks)
+        self.refresh_every = int(refresh_every or max(1, -(-block_bytes // (4 << 20))))
+        self._batches = 0
+        self._init_pool()
 
     # ------------------------------------------------------------------ the pool
     @property
@@ -121,35 +127,30 @@ class WindowSampler:
         """Episodes held in memory at a time."""
         return int(self._slot_episode.shape[0])
 
-    def _load_all(self) -> None:
-        data = self.dataset.read_block(0, self.meta.n_episodes)
-        block = {name: np.ascontiguousarray(a) for name, a in data.items()}
-        self._states, self._actions = block["states"], block["actions"]
-        self._rewards, self._alive, self._summaries = block["rewards"], block["alive"], block["summaries"]
-        self._rtg = discounted_to_go(self._rewards, self.gamma, axis=1).astype(np.float32)
-        self._slot_episode = np.arange(self.meta.n_episodes)
-        self._slot_length = self._length_all.copy()
-
     def _init_pool(self) -> None:
         meta, c = self.meta, self.pool_blocks * self.block_episodes
         t, k = meta.horizon, self.k
         first = self.dataset.read_block(0, min(meta.n_episodes, self.block_episodes))
-        self._states = np.zeros((c, t + 1, k, meta.state_size), dtype=np.float32)
-        self._actions = np.zeros((c, t, k), dtype=first["actions"].dtype)
-        self._rewards = np.zeros((c, t, k), dtype=np.float32)
-        self._alive = np.zeros((c, t + 1, k), dtype=bool)
+        self._states = np.zeros((c, k, t + 1, meta.state_size), dtype=np.float32)
+        self._actions = np.zeros((c, k, t), dtype=first["actions"].dtype)
+        self._rewards = np.zeros((c, k, t), dtype=np.float32)
+        self._alive = np.zeros((c, k, t + 1), dtype=bool)
+        self._rtg = np.zeros((c, k, t + 1), dtype=np.float32)
         self._summaries = np.zeros((c, t + 1, meta.summary_size), dtype=np.float32)
-        self._rtg = np.zeros((c, t + 1, k), dtype=np.float32)
         self._slot_episode = np.full(c, -1, dtype=np.int64)
         self._slot_length = np.zeros(c, dtype=np.int64)
         self._block_in_slot = np.full(self.pool_blocks, -1, dtype=np.int64)
         self._is_resident = np.zeros(self.n_blocks, dtype=bool)
         self._next_victim = 0
-        for slot_block, b in enumerate(self.rng.choice(self.n_blocks, self.pool_blocks, replace=False)):
+        if self.resident:
+            blocks = np.arange(self.n_blocks)
+        else:
+            blocks = self.rng.choice(self.n_blocks, self.pool_blocks, replace=False)
+        for slot_block, b in enumerate(blocks):
             self._put(slot_block, int(b))
 
     def _put(self, slot_block: int, block: int) -> None:
-        """Load dataset chunk block ``block`` into pool position ``slot_block``."""
+        """Load dataset chunk block ``block`` into pool position ``slot_block`` (agent-major)."""
         be = self.block_episodes
         e0 = block * be
         e1 = min(self.meta.n_episodes, e0 + be)
@@ -157,12 +158,12 @@ class WindowSampler:
         data = self.dataset.read_block(e0, e1)
         s0 = slot_block * be
         sl = slice(s0, s0 + n)
-        self._states[sl] = data["states"]
-        self._actions[sl] = data["actions"]
-        self._rewards[sl] = data["rewards"]
-        self._alive[sl] = data["alive"]
+        self._states[sl] = data["states"].transpose(0, 2, 1, 3)
+        self._actions[sl] = data["actions"].transpose(0, 2, 1)
+        self._rewards[sl] = data["rewards"].transpose(0, 2, 1)
+        self._alive[sl] = data["alive"].transpose(0, 2, 1)
+        self._rtg[sl] = discounted_to_go(self._rewards[sl], self.gamma, axis=2)
         self._summaries[sl] = data["summaries"]
-        self._rtg[sl] = discounted_to_go(data["rewards"], self.gamma, axis=1)
         self._slot_episode[s0 : s0 + be] = -1
         self._slot_length[s0 : s0 + be] = 0  # a short last block leaves empty slots (no valid starts)
         self._slot_episode[sl] = np.arange(e0, e1)
@@ -173,11 +174,11 @@ class WindowSampler:
         self._block_in_slot[slot_block] = block
         self._is_resident[block] = True
 
-    def refresh(self, n_blocks: int | None = None) -> None:
-        """Swap ``n_blocks`` (default ``refresh_blocks``) of the oldest pool blocks for random new ones."""
+    def refresh(self, n_blocks: int = 1) -> None:
+        """Swap ``n_blocks`` of the oldest pool blocks for random blocks not in the pool."""
         if self.resident:
             return
-        for _ in range(self.refresh_blocks if n_blocks is None else n_blocks):
+        for _ in range(n_blocks):
             candidates = np.flatnonzero(~self._is_resident)
             block = int(candidates[self.rng.integers(candidates.size)])
             self._put(self._next_victim, block)
@@ -210,7 +211,9 @@ class WindowSampler:
         elif int(m) != m or not 1 <= m <= self.k:
             raise ValueError(f"m must be an integer in [1, K={self.k}], got {m!r}")
         m = int(m)
-        self.refresh()
+        if self._batches and self._batches % self.refresh_every == 0:
+            self.refresh()
+        self._batches += 1
         b, h, t_max = self.batch_size, self.horizon, self.meta.horizon
         lens = self._slot_length
         cum = np.cumsum(lens)
@@ -224,19 +227,18 @@ class WindowSampler:
         ts = np.minimum(tt, slot_len[:, None])  # state index: the last state repeats past the end
         ta = np.minimum(tt[:, :h], t_max - 1)  # [B, H]
         valid = tt[:, :h] < slot_len[:, None]
-        # Flat indices into the pool's [C * (T+1) * K] and [C * T * K] layouts: one take per array.
-        k, ag = self.k, agents[:, None, :]
-        row_s = slot[:, None] * (t_max + 1) + ts  # [B, H+1] rows of [C * (T+1)]
-        row_a = slot[:, None] * (t_max + 1) + ta  # the same for action steps
-        flat_s = (row_s[:, :, None] * k + ag).transpose(0, 2, 1)  # [B, M, H+1]
-        flat_as = (row_a[:, :, None] * k + ag).transpose(0, 2, 1)  # [B, M, H] into [C, T+1, K]
-        flat_a = ((slot[:, None] * t_max + ta)[:, :, None] * k + ag).transpose(0, 2, 1)  # into [C, T, K]
+        # Flat indices into the agent-major pool ([C, K, T+1, ...] and [C, K, T]): one take per array.
+        lane = slot[:, None] * self.k + agents  # [B, M] rows of the [C * K] agent lanes
+        flat_s = lane[:, :, None] * (t_max + 1) + ts[:, None, :]  # [B, M, H+1]
+        flat_alive = lane[:, :, None] * (t_max + 1) + ta[:, None, :]  # [B, M, H]
+        flat_a = lane[:, :, None] * t_max + ta[:, None, :]  # [B, M, H]
         states = np.take(self._states.reshape(-1, self.meta.state_size), flat_s, axis=0)  # [B, M, H+1, S]
-        mask = valid[:, None, :] & np.take(self._alive.reshape(-1), flat_as)  # [B, M, H]
+        mask = valid[:, None, :] & np.take(self._alive.reshape(-1), flat_alive)
         actions = np.where(mask, np.take(self._actions.reshape(-1), flat_a), 0).astype(np.int64)
         rewards = np.where(mask, np.take(self._rewards.reshape(-1), flat_a), 0.0).astype(np.float32)
+        row_s = slot[:, None] * (t_max + 1) + ts  # [B, H+1] rows of [C * (T+1)]
         summaries = np.take(self._summaries.reshape(-1, self.meta.summary_size), row_s, axis=0)  # [B, H+1, P]
-        rtg = np.take(self._rtg.reshape(-1), (slot * (t_max + 1) + t0)[:, None] * k + agents)  # [B, M]
+        rtg = np.take(self._rtg.reshape(-1), lane * (t_max + 1) + t0[:, None])  # [B, M]
         episode = self._slot_episode[slot]
         pop_rtg = self._pop_rtg[episode, t0]
         dev = self.device
