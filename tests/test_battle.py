@@ -260,6 +260,24 @@ def test_dead_action_conventions():
                 env.step(valid_on_dead)
 
 
+@pytest.mark.parametrize("mode", ["ignore", "strict"])
+def test_behaviour_policies_mark_dead_rows(mode):
+    env = make("battle-64", dead_actions=mode, opponent="attack-nearest")
+    for quality in ("random", "medium"):
+        policy = env.behaviour_policy(quality)
+        obs, info = env.reset(seed=0)
+        policy.reset(env, np.random.default_rng(0))
+        done, saw_dead = False, False
+        while not done:
+            actions = policy.act(obs, info)
+            dead = ~env.alive()
+            assert (actions[dead] == (DEAD_ACTION if mode == "strict" else STAY)).all()
+            saw_dead |= bool(dead.any())
+            obs, _, term, trunc, info = env.step(actions)
+            done = term or trunc
+        assert saw_dead
+
+
 def test_missing_magent2_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "magent2", None)
     with pytest.raises(MissingExtraError, match=r"mfdiffuser\[battle\]"):

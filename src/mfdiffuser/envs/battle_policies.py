@@ -207,23 +207,34 @@ OPPONENTS: dict[str, ScriptFn] = {
 
 
 # --------------------------------------------------------------------------- PopulationPolicy wrappers
+def dead_rows_action(env: Battle) -> int:
+    """What our policies put in dead rows: stand still, or -1 when the env is strict about dead rows."""
+    return -1 if env.dead_actions == "strict" else STAY
+
+
 class ScriptedPolicy:
-    """A :class:`~mfdiffuser.envs.base.PopulationPolicy` for our team driven by a team script."""
+    """A :class:`~mfdiffuser.envs.base.PopulationPolicy` for our team driven by a team script.
+
+    Dead rows get :func:`dead_rows_action` (a constant, so recorded datasets stay clean).
+    """
 
     def __init__(self, script: ScriptFn) -> None:
         self.script = script
 
     def reset(self, env: Battle, rng: np.random.Generator) -> None:  # type: ignore[override]
         self._env, self._rng = env, rng
+        self._dead = dead_rows_action(env)
 
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-        return self.script(self._env.team_view(0), self._rng)
+        team = self._env.team_view(0)
+        return np.where(team.alive, self.script(team, self._rng), self._dead)
 
 
 class MixedScriptPolicy:
     """Per-agent mixture: each agent follows ``script`` with probability ``p`` per episode, else random.
 
     The set of scripted agents is redrawn at every ``reset``, so a dataset holds every mix of roles.
+    Dead rows get :func:`dead_rows_action`.
     """
 
     def __init__(self, script: ScriptFn, p: float) -> None:
@@ -233,10 +244,11 @@ class MixedScriptPolicy:
 
     def reset(self, env: Battle, rng: np.random.Generator) -> None:  # type: ignore[override]
         self._env, self._rng = env, rng
+        self._dead = dead_rows_action(env)
         self._scripted = rng.random(env.n_agents) < self.p
 
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         team = self._env.team_view(0)
         scripted = self.script(team, self._rng)
         rand = random_actions(team, self._rng)
-        return np.where(self._scripted, scripted, rand)
+        return np.where(team.alive, np.where(self._scripted, scripted, rand), self._dead)
