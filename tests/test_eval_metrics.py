@@ -120,3 +120,20 @@ def test_mfd_evaluate_bad_input_is_one_line(capsys):
     assert "needs --env" in capsys.readouterr().err
     assert main(["evaluate", "--behaviour", "great", "--env", "crowd"]) == 2
     assert main(["evaluate", "--run", "/nonexistent/run"]) == 2
+
+
+def test_budget_exceeded_skips_only_that_n():
+    from mfdiffuser.errors import BudgetExceeded
+
+    def make_policy(env):
+        if env.n_agents > 500:
+            raise BudgetExceeded(48.6, 2500.0, 4.0, 60.0)
+        return env.behaviour_policy("random")
+
+    def make_env(n):
+        return envs.make("gaussian-squeeze", n_agents=n)
+
+    out = evaluate_policy(make_env, make_policy, [100, 1000], [0], 1, progress=False)
+    assert out["results"]["100"]["status"] == "done" and "return" in out["results"]["100"]
+    assert out["results"]["1000"] == {"n_agents": 1000, "status": "skipped",
+                                      "reason": "skipped: needs 48.6 GiB / 2.5e+03 s (budget 4 GiB / 60 s)"}

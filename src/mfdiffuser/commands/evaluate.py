@@ -108,7 +108,10 @@ def run(args: argparse.Namespace) -> int:
     if args.exploitability:
         from mfdiffuser.eval.exploitability import exploitability
 
-        env = make_env(max(n_list))
+        done = [int(n) for n, r in result["results"].items() if r.get("status") == "done"]
+        if not done:
+            raise ValueError("no N could be evaluated, so there is no exploitability to measure")
+        env = make_env(max(done))
         try:
             result["exploitability"] = {
                 "n_agents": env.n_agents,
@@ -145,6 +148,9 @@ def _print(result: dict[str, Any]) -> None:
         table.add_column(title, justify="right")
     table.add_column("peak MiB", justify="right")
     for n, r in result["results"].items():
+        if r.get("status") == "skipped":
+            table.add_row(f"{int(n):,}", *([""] * len(present)), r["reason"])
+            continue
         row = [f"{int(n):,}"] + [_cell(r.get(key), dec) for key, _, dec in present]
         table.add_row(*row, f"{r['peak_mem_mb']:.1f}")
     Console().print(table)

@@ -91,9 +91,12 @@ def evaluate_policy(
     """Roll out a policy at every N and summarise it (see :func:`mfdiffuser.eval.metrics.summarize`).
 
     Returns:
-        ``{"n_agents": [...], "seeds": [...], "episodes": E, "by": by, "results": {str(N): metrics}}``.
+        ``{"n_agents": [...], "seeds": [...], "episodes": E, "by": by, "results": {str(N): metrics}}``;
+        an N where building the policy raises ``BudgetExceeded`` holds ``{"status": "skipped",
+        "reason": ...}`` instead of metrics.
     """
-    results = rollout(make_env, make_policy, n_agents, seeds, episodes, progress=progress, label=label)
+    from mfdiffuser.errors import BudgetExceeded
+
     out: dict[str, Any] = {
         "n_agents": [int(n) for n in n_agents],
         "seeds": [int(s) for s in seeds],
@@ -101,9 +104,16 @@ def evaluate_policy(
         "by": by,
         "results": {},
     }
-    for res in results:
+    for n in n_agents:
+        try:
+            (res,) = rollout(make_env, make_policy, [n], seeds, episodes, progress=progress, label=label)
+        except BudgetExceeded as exc:
+            # A method that cannot plan at this N (e.g. joint attention over N agents) is skipped
+            # here only; the other N are still evaluated.
+            out["results"][str(int(n))] = {"n_agents": int(n), "status": "skipped", "reason": exc.record}
+            continue
         ref = refs(res.n_agents) if refs is not None else None
-        out["results"][str(res.n_agents)] = summarize(res, ref, by=by)
+        out["results"][str(res.n_agents)] = {**summarize(res, ref, by=by), "status": "done"}
     return out
 
 

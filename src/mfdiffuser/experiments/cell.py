@@ -153,8 +153,13 @@ def run_cell(
         )
         timings["eval_s"] = time.perf_counter() - t1
         record["metrics"] = result["results"]
-        record["exploitability"] = _exploitability(cell, policy_for, timings)
-        record["status"] = "done"
+        evaluated = [int(n) for n, r in result["results"].items() if r.get("status") == "done"]
+        if evaluated:
+            record["exploitability"] = _exploitability(cell, policy_for, max(evaluated), timings)
+            record["status"] = "done"
+        else:  # the method declined every evaluation N
+            reasons = {r.get("reason", "") for r in result["results"].values()}
+            record.update(status="skipped", reason="; ".join(sorted(reasons)))
     except BudgetExceeded as exc:
         record.update(status="skipped", reason=exc.record, metrics=record.get("metrics", {}))
     timings["total_s"] = time.perf_counter() - t0
@@ -163,15 +168,15 @@ def run_cell(
     return record
 
 
-def _exploitability(cell: Cell, policy_for: Any, timings: dict[str, float]) -> dict[str, Any]:
-    """Exploitability at the largest evaluation N, where the env has a measure and it is enabled."""
+def _exploitability(cell: Cell, policy_for: Any, n_agents: int, timings: dict[str, float]) -> dict[str, Any]:
+    """Exploitability at ``n_agents`` (the largest evaluated N) where the env has a measure."""
     from mfdiffuser.eval.exploitability import SUPPORTED, exploitability
 
     opts = cell.exploitability
     if not opts.get("enabled", True) or cell.train_point.env not in SUPPORTED:
         return {}
     t0 = time.perf_counter()
-    point = max(cell.eval_points, key=lambda p: p.n_agents)
+    point = next(p for p in cell.eval_points if p.n_agents == n_agents)
     env = point.make()
     try:
         episodes = int(opts.get("episodes", 4))

@@ -89,6 +89,11 @@ class Results:
             if r["status"] != "done":
                 notes.append(r.get("reason") or r.get("error") or "")
                 continue
+            at_n = r.get("metrics", {}).get(str(n), {})
+            if at_n.get("status") == "skipped":
+                statuses[-1] = "skipped"
+                notes.append(at_n.get("reason", ""))
+                continue
             v = _value(r, str(n), metric)
             if v is not None:
                 vals.append(v)
@@ -250,6 +255,13 @@ def status_table(res: Results) -> str:
         f"* `{r['id']}` {r['status']}: {r.get('reason') or r.get('error', '')}"
         for r in res.records
         if r["status"] != "done"
+    ]
+    notes += [
+        f"* `{r['id']}` skipped at N = {int(n):,}: {m.get('reason', '')}"
+        for r in res.records
+        if r["status"] == "done"
+        for n, m in r.get("metrics", {}).items()
+        if m.get("status") == "skipped"
     ]
     return "\n".join(lines + ([""] + notes if notes else []))
 
