@@ -388,7 +388,7 @@ class Battle(PopulationEnv):
             return
         view, feat = self._gw.get_observation(self._handles[side])
         c = self.view_radius
-        hp = view[:, c, c, 2]  # own health, as a fraction of the maximum, at the view centre
+        hp = view[:, c, c, 2].copy()  # own health, as a fraction of the maximum, at the view centre
         self._hp[side][:] = 0.0
         self._hp[side][self._rows[side]] = hp
         self._views[side], self._feats[side], self._engine_hp[side] = view, feat, hp
