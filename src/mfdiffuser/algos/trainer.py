@@ -136,7 +136,7 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
             step += 1
             _update_ema(ema, learner, 0.0 if step <= cfg.ema_start else cfg.ema_decay)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                metrics = {"loss": float(out.loss), "grad_norm": grad_norm, **out.metrics}
+                metrics = {"loss": float(out.loss.detach()), "grad_norm": grad_norm, **out.metrics}
                 metrics["steps_per_s"] = cfg.log_every / max(time.perf_counter() - t_start, 1e-9)
                 t_start = time.perf_counter()
                 for k, v in metrics.items():
@@ -146,7 +146,7 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint(ckpt_path, learner, ema, optim, sampler, step)
             if progress is not None:
-                progress.update(1, loss=float(out.loss))
+                progress.update(1, loss=float(out.loss.detach()))
     finally:
         writer.close()
         if progress is not None:
