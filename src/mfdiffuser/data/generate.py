@@ -474,7 +474,9 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
         console=console, disable=not cfg.progress, transient=False,
     ) as bar:
         total = sum(t.n_episodes for t in tasks)
-        bar_id = bar.add_task(f"{env_name} N={n} {cfg.quality} (episodes)", total=total, rate="")
+        bar_id = bar.add_task(
+            f"{env_name} N={n} K={k} {cfg.quality}: episodes + reference rollouts", total=total, rate=""
+        )
         bar.update(bar_id, completed=total - sum(t.n_episodes for t in todo))
 
         def on_done(task: _Task, steps: int) -> None:
