@@ -293,11 +293,12 @@ def test_expert_beats_the_pool_at_64():
 
 
 def test_medium_sits_between_random_and_expert():
-    env = make("battle-64", opponent="hold")
-    kills = {}
+    env = make("battle-64", opponent="attack-nearest")
+    ret = {}
     for q in ("random", "medium", "expert"):
-        kills[q] = np.mean([_play(env, env.behaviour_policy(q), s)[1]["outcome"].kills for s in range(2)])
-    assert kills["random"] < kills["medium"] < kills["expert"]
+        ret[q] = np.mean([_play(env, env.behaviour_policy(q), s)[1]["mean_return"] for s in range(3)])
+    score = 100 * (ret["medium"] - ret["random"]) / (ret["expert"] - ret["random"])
+    assert ret["random"] < ret["medium"] < ret["expert"] and 25 < score < 75
 
 
 def test_policies_are_population_policies():
