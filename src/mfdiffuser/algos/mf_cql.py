@@ -43,6 +43,8 @@ class Config(AgentConfig):
     """Weight of the conservative penalty logsumexp Q - Q(data)."""
     target_tau: float = 0.005
     """Polyak rate of the target Q network."""
+    temperature: float = 0.3
+    """Boltzmann temperature of acting, in units of the data's return-to-go standard deviation."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
