@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mfdiffuser.models.denoiser import MeanFieldDenoiser
+from mfdiffuser.models.denoiser import MeanFieldDenoiser, TemporalConv
 
 S, A, P, H = 3, 4, 5, 6
 
@@ -75,3 +75,13 @@ def test_rejects_wrong_shapes():
     x, k, s, phi = _inputs(1, 3)
     with pytest.raises(ValueError, match="expected"):
         net(x[..., :-1], k, s, phi)
+
+
+def test_temporal_conv_equals_conv1d():
+    torch.manual_seed(0)
+    tc = TemporalConv(8, 3)
+    conv = torch.nn.Conv1d(8, 8, 3, padding=1)
+    conv.weight.data = tc.linear.weight.data.view(8, 3, 8).permute(0, 2, 1).contiguous()
+    conv.bias.data = tc.linear.bias.data.clone()
+    h = torch.randn(5, 6, 8)
+    assert torch.allclose(tc(h), conv(h.transpose(1, 2)).transpose(1, 2), atol=1e-5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import json
 import textwrap
 import types
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from mfdiffuser import __version__
-from mfdiffuser.algos.base import algo_module, config_from_dict, read_run, write_json
+from mfdiffuser.algos.base import _json_default, algo_module, config_from_dict, read_run, write_json
 from mfdiffuser.algos.trainer import TrainerConfig, fit, load_ema_weights
 from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy
 from mfdiffuser.errors import MfdError
@@ -64,6 +65,8 @@ def train(
         "meta": dataclasses.asdict(dataset.meta),
         "version": __version__,
     }
+    # compare in JSON form: tuples in configs come back from run.json as lists
+    record = json.loads(json.dumps(record, default=_json_default))
     if (run_dir / "run.json").exists():
         old = read_run(run_dir)
         same = all(old.get(k) == record[k] for k in ("algo", "config", "meta")) and {

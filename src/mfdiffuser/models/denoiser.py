@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from mfdiffuser.models.blocks import MLP, AgentEncoder
+from mfdiffuser.models.blocks import MLP
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -35,28 +35,47 @@ class SinusoidalEmbedding(nn.Module):
         return emb
 
 
+class TemporalConv(nn.Module):
+    """A 1-D convolution over H written as one matmul on shifted copies: ``[..., H, C] -> [..., H, C]``.
+
+    Equivalent to ``Conv1d(C, C, kernel, padding=kernel // 2)`` but fast for the short horizons of
+    planning (oneDNN convolutions are slow on length-1..8 sequences on CPU).
+    """
+
+    def __init__(self, hidden: int, kernel: int = 3) -> None:
+        super().__init__()
+        if kernel < 1 or kernel % 2 == 0:
+            raise ValueError(f"temporal conv: kernel must be odd and >= 1, got {kernel}")
+        self.kernel = kernel
+        self.linear = nn.Linear(kernel * hidden, hidden)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        r = self.kernel // 2
+        if r == 0:
+            return self.linear(h)
+        length = h.shape[-2]
+        padded = nn.functional.pad(h, (0, 0, r, r))
+        return self.linear(torch.cat([padded[..., i : i + length, :] for i in range(self.kernel)], dim=-1))
+
+
 class TemporalBlock(nn.Module):
     """Residual 1-D convolution over H for every agent, FiLM-modulated by the agent's conditioning."""
 
     def __init__(self, hidden: int, kernel: int = 3) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden)
-        self.conv1 = nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2)
+        self.conv1 = TemporalConv(hidden, kernel)
         self.norm2 = nn.LayerNorm(hidden)
-        self.conv2 = nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2)
+        self.conv2 = TemporalConv(hidden, kernel)
         self.film = nn.Linear(hidden, 2 * hidden)
-        self.act = nn.Mish()
-
-    def _conv(self, conv: nn.Conv1d, h: torch.Tensor) -> torch.Tensor:
-        b, m, t, c = h.shape
-        return conv(h.reshape(b * m, t, c).transpose(1, 2)).transpose(1, 2).reshape(b, m, t, c)
+        self.act = nn.SiLU()
 
     def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """``h [B, M, H, C]``, ``cond [B, M, C]`` -> ``[B, M, H, C]``."""
         scale, shift = self.film(cond).unsqueeze(2).chunk(2, dim=-1)
-        y = self._conv(self.conv1, self.act(self.norm1(h)))
+        y = self.conv1(self.act(self.norm1(h)))
         y = self.norm2(y) * (1 + scale) + shift
-        y = self._conv(self.conv2, self.act(y))
+        y = self.conv2(self.act(y))
         return h + y
 
 
@@ -70,11 +89,11 @@ class MeanFieldInteraction(nn.Module):
     def __init__(self, hidden: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(hidden)
-        self.embed = MLP(hidden, hidden, hidden, n_layers=1)
+        self.embed = MLP(hidden, hidden, hidden, n_layers=1, act=nn.SiLU)
         self.self_proj = nn.Linear(hidden, hidden)
         self.pool_proj = nn.Linear(hidden, hidden, bias=False)
         self.out = nn.Linear(hidden, hidden)
-        self.act = nn.Mish()
+        self.act = nn.SiLU()
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """``h [B, M, H, C]`` -> ``[B, M, H, C]``."""
@@ -113,13 +132,15 @@ class MeanFieldDenoiser(nn.Module):
         self.dim = state_size + n_actions
         self.inp = nn.Linear(self.dim, hidden)
         self.pos = nn.Parameter(torch.zeros(horizon, hidden))
-        self.k_embed = nn.Sequential(SinusoidalEmbedding(hidden), MLP(hidden, hidden, hidden, n_layers=1))
-        self.cond = AgentEncoder(state_size, summary_size, hidden)
+        self.k_embed = nn.Sequential(
+            SinusoidalEmbedding(hidden), MLP(hidden, hidden, hidden, n_layers=1, act=nn.SiLU)
+        )
+        self.cond = MLP(state_size + summary_size, hidden, hidden, n_layers=2, act=nn.SiLU)
         self.temporal = nn.ModuleList(TemporalBlock(hidden, kernel) for _ in range(n_blocks))
         self.interact = (
             nn.ModuleList(MeanFieldInteraction(hidden) for _ in range(n_blocks)) if interaction else None
         )
-        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Mish(), nn.Linear(hidden, self.dim))
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, self.dim))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
 
@@ -141,7 +162,8 @@ class MeanFieldDenoiser(nn.Module):
         if d != self.dim or h_len != self.horizon:
             raise ValueError(f"denoiser: expected [B, M, {self.horizon}, {self.dim}], got {tuple(x.shape)}")
         k = torch.as_tensor(k, device=x.device).reshape(-1).expand(b)
-        cond = self.cond(states, summary) + self.k_embed(k).unsqueeze(1)  # [B, M, C]
+        phi = summary.unsqueeze(1).expand(b, m, summary.shape[-1])
+        cond = self.cond(torch.cat([states, phi], dim=-1)) + self.k_embed(k).unsqueeze(1)  # [B, M, C]
         h = self.inp(x) + self.pos
         for j, block in enumerate(self.temporal):
             h = block(h, cond)

@@ -1,0 +1,499 @@
+"""MF-Diffuser: value-weighted mean-field trajectory diffusion with a coarse-to-fine receding-horizon planner.
+
+Training minimises the value-weighted chaotic entropy surrogate of SPEC section 2,
+``E[w(X) (1/M) sum_i ||eps^i - eps_theta(X_k, k, c)^i||^2]`` on random M-agent subsets, with
+``w = clip(exp(beta (V - b) / sd), w_max)`` self-normalised over the batch and ``V`` from a jointly
+trained expectile value (or Monte-Carlo returns). Acting samples plans for representatives of the N
+agents by coarse-to-fine denoising (:func:`sample_plan`) and lifts them to every agent by block assignment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mfdiffuser.algos.base import LossOutput
+from mfdiffuser.data.batch import TrajBatch
+from mfdiffuser.diffusion import (
+    SCHEDULES,
+    LevelSchedule,
+    NoiseSchedule,
+    assign_blocks,
+    branch,
+    parent_index,
+    representatives,
+    state_order,
+)
+from mfdiffuser.envs.base import PopulationEnv
+from mfdiffuser.models.blocks import ValueNet, expectile_loss
+from mfdiffuser.models.denoiser import MeanFieldDenoiser
+
+VALUE_SOURCES = ("learned", "mc")
+WEIGHTINGS = ("segment", "agent")
+MODES = ("representatives", "population")
+DECODERS = ("categorical", "argmax")
+
+
+@dataclass
+class Config:
+    """Options of MF-Diffuser (training and the defaults of its planner)."""
+
+    horizon: int = 4
+    """H, steps per planned segment (and per training window)."""
+    m_range: tuple[int, int] = (8, 64)
+    """Range M is drawn from for each training batch (subdivision: random M-agent subsets)."""
+    hidden: int = 96
+    """Channel width of the denoiser."""
+    n_blocks: int = 3
+    """Number of (temporal, mean-field interaction) block pairs."""
+    interaction: bool = True
+    """Use the mean-field interaction blocks (False: independent agents, an ablation)."""
+    diffusion_steps: int = 20
+    """K, diffusion steps of the noise schedule."""
+    schedule: str = "cosine"
+    """Noise schedule: cosine or linear."""
+    beta: float = 1.0
+    """Inverse temperature of the value weights on the standardised value (0: plain diffusion)."""
+    w_max: float = 20.0
+    """Clip of the value weights before self-normalisation."""
+    value_source: str = "learned"
+    """Value of a segment: learned (expectile V_psi, n-step advantage) or mc (Monte-Carlo return-to-go)."""
+    weighting: str = "segment"
+    """One weight per population segment (shared rewards) or per agent (local rewards)."""
+    expectile: float = 0.7
+    """Expectile tau of the value regression (0.5 = mean)."""
+    value_hidden: int = 128
+    """Width of the value network."""
+    value_coef: float = 1.0
+    """Weight of the value regression loss in the summed loss."""
+    std_momentum: float = 0.99
+    """Momentum of the running estimate of the value's standard deviation (the weights' scale)."""
+    stats_batches: int = 16
+    """Batches drawn at build time to estimate state/summary normalisation and the action histogram."""
+    levels: tuple[int, ...] = (16, 128, 1024)
+    """Coarse-to-fine particle counts M_0 < ... < M_L of the planner."""
+    steps_per_level: tuple[int, ...] = (8, 6, 6)
+    """Denoising steps at each level (their sum is the number of sampling steps, at most K)."""
+    mode: str = "representatives"
+    """Planner mode: representatives (final level M_L, plan cost flat in N) or population (final level N)."""
+    population_cap: int = 4096
+    """Largest final level of the population mode."""
+    replan_every: int = 2
+    """Environment steps between plans (at most H)."""
+    eta: float = 1.0
+    """DDIM eta of the planner (0 deterministic, 1 ancestral)."""
+    action_decode: str = "categorical"
+    """Decoding of the action channels: categorical (sample from the clipped one-hot) or argmax."""
+
+    def __post_init__(self) -> None:
+        self.m_range = tuple(int(v) for v in self.m_range)  # type: ignore[assignment]
+        self.levels = tuple(int(v) for v in self.levels)
+        self.steps_per_level = tuple(int(v) for v in self.steps_per_level)
+        if self.horizon < 1:
+            raise ValueError(f"mf-diffuser: horizon must be >= 1, got {self.horizon}")
+        if len(self.m_range) != 2 or not 1 <= self.m_range[0] <= self.m_range[1]:
+            raise ValueError(f"mf-diffuser: m_range must be (lo, hi) with 1 <= lo <= hi, got {self.m_range}")
+        choices = {
+            "schedule": SCHEDULES,
+            "value_source": VALUE_SOURCES,
+            "weighting": WEIGHTINGS,
+            "mode": MODES,
+            "action_decode": DECODERS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"mf-diffuser: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        if self.beta < 0 or self.w_max < 1:
+            raise ValueError(f"mf-diffuser: need beta >= 0 and w_max >= 1, got {self.beta}, {self.w_max}")
+        if not 0 < self.expectile < 1:
+            raise ValueError(f"mf-diffuser: expectile must lie in (0, 1), got {self.expectile}")
+        if not 1 <= self.replan_every <= self.horizon:
+            raise ValueError(
+                f"mf-diffuser: replan_every must lie in [1, H={self.horizon}], got {self.replan_every}"
+            )
+        levels = LevelSchedule(self.levels, self.steps_per_level)
+        if levels.total_steps > self.diffusion_steps:
+            raise ValueError(
+                f"mf-diffuser: steps_per_level sum to {levels.total_steps} > "
+                f"diffusion_steps={self.diffusion_steps}"
+            )
+
+    @property
+    def level_schedule(self) -> LevelSchedule:
+        """The planner's coarse-to-fine schedule."""
+        return LevelSchedule(self.levels, self.steps_per_level)
+
+
+class MFDiffuser(nn.Module):
+    """The learner: mean-field denoiser, expectile value, and data statistics as buffers.
+
+    Segments are laid out per agent per step as ``[normalised state (S), action one-hot in {-1, 1} (A)]``,
+    ``x [B, M, H, D]`` with ``D = S + A``; the first step's state channels are the conditioning and are
+    inpainted (fixed) both in training and sampling.
+    """
+
+    def __init__(self, config: Config, state_size: int, n_actions: int, summary_size: int, episode_len: int):
+        super().__init__()
+        self.config = config
+        self.S, self.A, self.P, self.T = state_size, n_actions, summary_size, episode_len
+        self.H = config.horizon
+        self.scheduler = NoiseSchedule(config.diffusion_steps, config.schedule)
+        ctx = summary_size + 1  # [phi(mu_t), t/T]
+        self.denoiser = MeanFieldDenoiser(
+            state_size, n_actions, ctx, config.horizon, config.hidden, config.n_blocks, config.interaction
+        )
+        self.value = ValueNet(state_size, ctx, config.value_hidden)
+        self.register_buffer("state_mean", torch.zeros(state_size))
+        self.register_buffer("state_std", torch.ones(state_size))
+        self.register_buffer("summary_mean", torch.zeros(summary_size))
+        self.register_buffer("summary_std", torch.ones(summary_size))
+        self.register_buffer("action_hist", torch.full((n_actions,), 1.0 / n_actions))
+        self.register_buffer("value_var", torch.ones(()))
+        self.register_buffer("value_var_ready", torch.zeros((), dtype=torch.bool))
+        cm = torch.ones(config.horizon, self.D)
+        cm[0, :state_size] = 0.0  # inpainted: no loss on the conditioning
+        self.register_buffer("channel_mask", cm, persistent=False)
+
+    @property
+    def D(self) -> int:
+        """Channels per agent per step."""
+        return self.S + self.A
+
+    # ------------------------------------------------------------------ data layout
+    @torch.no_grad()
+    def fit_statistics(self, batches: list[TrajBatch]) -> None:
+        """Set the normalisation buffers and the data's action histogram from sample batches."""
+        valid = torch.cat([b.mask.reshape(-1) for b in batches])
+        states = torch.cat([b.states[:, :, :-1].reshape(-1, self.S) for b in batches])[valid]
+        summaries = torch.cat([b.summaries.reshape(-1, self.P) for b in batches])
+        actions = torch.cat([b.actions.reshape(-1) for b in batches])[valid]
+        self.state_mean.copy_(states.mean(0))
+        self.state_std.copy_(states.std(0, correction=0).clamp_min(1e-2))
+        self.summary_mean.copy_(summaries.mean(0))
+        self.summary_std.copy_(summaries.std(0, correction=0).clamp_min(1e-2))
+        self.action_hist.copy_(torch.bincount(actions, minlength=self.A).float() / max(len(actions), 1))
+
+    def norm_states(self, s: torch.Tensor) -> torch.Tensor:
+        return (s - self.state_mean) / self.state_std
+
+    def context(self, summary: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``[..., P]`` summary and ``[...]`` step -> ``[..., P+1]`` normalised ``[phi(mu_t), t/T]``."""
+        phi = (summary - self.summary_mean) / self.summary_std
+        return torch.cat([phi, (t.to(phi.dtype) / self.T).unsqueeze(-1)], dim=-1)
+
+    def encode(self, batch: TrajBatch) -> torch.Tensor:
+        """Clean segments ``x_0 [B, M, H, D]`` of a batch."""
+        s = self.norm_states(batch.states[:, :, : self.H])
+        a = 2.0 * F.one_hot(batch.actions, self.A).to(s.dtype) - 1.0
+        return torch.cat([s, a], dim=-1)
+
+    def inpaint(self, x: torch.Tensor, s0: torch.Tensor) -> torch.Tensor:
+        """Fix the first step's state channels of ``x [B, M, H, D]`` to ``s0 [B, M, S]`` (normalised)."""
+        x = x.clone()
+        x[:, :, 0, : self.S] = s0
+        return x
+
+    def decode_actions(self, x0: torch.Tensor, generator: torch.Generator | None, mode: str) -> torch.Tensor:
+        """Actions ``[B, M, H]`` from the action channels of clean segments ``[B, M, H, D]``."""
+        chans = x0[..., self.S :]
+        if mode == "argmax":
+            return chans.argmax(-1)
+        # A clean one-hot in {-1, 1} has exactly one positive channel: sample among the positive
+        # channels in proportion to their height (argmax where none is positive).
+        probs = chans.clamp_min(0.0)
+        none = probs.sum(-1, keepdim=True) <= 0
+        probs = torch.where(none, F.one_hot(chans.argmax(-1), self.A).to(chans.dtype), probs)
+        return torch.multinomial(probs.reshape(-1, self.A), 1, generator=generator).reshape(chans.shape[:-1])
+
+    # ---------------------------------------------------------------------- loss
+    def denoising_loss(
+        self,
+        x0: torch.Tensor,
+        s0: torch.Tensor,
+        ctx: torch.Tensor,
+        noise: torch.Tensor,
+        k: torch.Tensor,
+        step_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-particle denoising loss ``[B, M]``: masked mean of ``||eps - eps_theta||^2`` over (H, D).
+
+        Args:
+            x0: ``[B, M, H, D]`` clean segments.
+            s0: ``[B, M, S]`` normalised current states (inpainted and given explicitly).
+            ctx: ``[B, P+1]`` context.
+            noise: ``[B, M, H, D]`` the noise eps.
+            k: ``[B]`` diffusion steps.
+            step_mask: ``[B, M, H]`` valid steps.
+        """
+        x_k = self.inpaint(self.scheduler.add_noise(x0, noise, k), s0)
+        eps = self.denoiser(x_k, k, s0, ctx)
+        m = step_mask.unsqueeze(-1).to(x0.dtype) * self.channel_mask
+        return ((eps - noise).pow(2) * m).sum((-1, -2)) / m.sum((-1, -2)).clamp_min(1.0)
+
+    def segment_value(self, batch: TrajBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Value regression loss and the (un-standardised) centred values ``V - b`` per agent ``[B, M]``."""
+        cfg = self.config
+        s = batch.states
+        t0 = batch.timestep
+        ctx0 = self.context(batch.summaries[:, 0], t0)
+        v0 = self.value(s[:, :, 0], ctx0)  # [B, M]
+        valid0 = batch.mask[:, :, 0]
+        diff = batch.rtg - v0
+        v_loss = (expectile_loss(diff, cfg.expectile) * valid0).sum() / valid0.sum().clamp_min(1)
+        with torch.no_grad():
+            if cfg.value_source == "mc":
+                if cfg.weighting == "segment":
+                    v = batch.pop_rtg.unsqueeze(1).expand_as(batch.rtg)
+                else:
+                    v = batch.rtg
+                centred = v - v[valid0].mean() if valid0.any() else v
+            else:
+                # n-step advantage: R(X) + V(s_{t+H}) - V(s_t), bootstrapping only inside the episode.
+                ret = (batch.rewards * batch.mask).sum(-1)
+                ctx_h = self.context(batch.summaries[:, -1], t0 + self.H)
+                inside = batch.mask[:, :, -1] & (t0 + self.H < self.T).unsqueeze(1)
+                v_end = self.value(s[:, :, -1], ctx_h) * inside if inside.any() else torch.zeros_like(ret)
+                centred = ret + v_end - v0
+                if cfg.weighting == "segment":
+                    w = valid0.to(centred.dtype)
+                    seg = (centred * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1)
+                    centred = seg.expand_as(centred)
+        return v_loss, centred, {"value_loss": float(v_loss.detach())}
+
+    def weights(self, centred: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Self-normalised weights ``[B, M]`` from centred values (beta on the standardised scale)."""
+        cfg = self.config
+        with torch.no_grad():
+            if self.training and valid.any():
+                var = centred[valid].var(correction=0)
+                if cfg.weighting == "segment":
+                    var = centred[:, 0].var(correction=0) if centred.shape[0] > 1 else var
+                if bool(self.value_var_ready):
+                    self.value_var.mul_(cfg.std_momentum).add_((1 - cfg.std_momentum) * var)
+                else:
+                    self.value_var.copy_(var)
+                    self.value_var_ready.fill_(True)
+            sd = self.value_var.sqrt().clamp_min(1e-6)
+            w = torch.exp((cfg.beta * centred / sd).clamp(max=50.0)).clamp(max=cfg.w_max)
+            w = w * valid
+            w = w / (w.sum() / valid.sum().clamp_min(1)).clamp_min(1e-12)
+            ess = float(w.sum() ** 2 / (w.pow(2).sum() * valid.sum()).clamp_min(1e-12))
+        return w, {"ess": ess, "w_max_batch": float(w.max()), "value_sd": float(sd)}
+
+    def loss(self, batch: TrajBatch) -> LossOutput:
+        """Value-weighted chaotic entropy surrogate + expectile value regression (disjoint parameters)."""
+        b = batch.batch_size
+        x0 = self.encode(batch)
+        s0 = x0[:, :, 0, : self.S]
+        ctx = self.context(batch.summaries[:, 0], batch.timestep)
+        k = torch.randint(0, self.scheduler.n_steps, (b,), device=x0.device)
+        noise = torch.randn_like(x0)
+        per_particle = self.denoising_loss(x0, s0, ctx, noise, k, batch.mask)  # [B, M]
+        v_loss, centred, metrics = self.segment_value(batch)
+        valid = batch.mask.any(-1)
+        w, w_metrics = self.weights(centred, valid)
+        diff_loss = (w * per_particle).sum() / valid.sum().clamp_min(1)
+        total = diff_loss + self.config.value_coef * v_loss
+        return LossOutput(total, {"diffusion_loss": float(diff_loss.detach()), **metrics, **w_metrics})
+
+
+# ------------------------------------------------------------------------- build
+def build(config: Config, meta: Any, dataset: Any) -> MFDiffuser:
+    """The MF-Diffuser learner for a dataset's dimensions; statistics from ``dataset`` when given."""
+    learner = MFDiffuser(config, meta.state_size, meta.n_actions, meta.summary_size, meta.horizon)
+    if dataset is not None:
+        from mfdiffuser.data import WindowSampler
+
+        sampler = WindowSampler(
+            dataset, horizon=config.horizon, batch_size=64, m_range=config.m_range, seed=12345
+        )
+        learner.fit_statistics([sampler.sample() for _ in range(config.stats_batches)])
+    return learner
+
+
+# ---------------------------------------------------------------------- sampling
+class PlanOutput(NamedTuple):
+    """A sampled plan for a population of N agents."""
+
+    actions: np.ndarray
+    """``[N, H]`` int64: planned actions of every agent (lifted from the particles)."""
+    particle_actions: np.ndarray
+    """``[M_L, H]`` int64: actions decoded from the final particles."""
+    particle_states: np.ndarray
+    """``[M_L, H, S]`` float32: planned states of the final particles (de-normalised)."""
+    assignment: np.ndarray
+    """``[N]`` int64: particle each agent follows."""
+    levels: LevelSchedule
+    """The level schedule used (capped at N)."""
+
+
+@torch.no_grad()
+def sample_plan(
+    learner: MFDiffuser,
+    states: np.ndarray,
+    summary: np.ndarray,
+    t: int,
+    levels: LevelSchedule,
+    rng: np.random.Generator,
+    generator: torch.Generator | None = None,
+    eta: float = 1.0,
+    action_decode: str = "categorical",
+) -> PlanOutput:
+    """Sample one plan for N agents by coarse-to-fine denoising, and lift it to every agent.
+
+    The loop is ``model -> scheduler.step -> inpaint -> branch``: at each level the M_j particles
+    are tied to representative agents (middle of their rank block in :func:`state_order`), whose
+    current states are inpainted and given explicitly; at a level boundary each particle branches
+    into children re-noised from its predicted clean sample (:func:`branch`).
+
+    Args:
+        learner: a trained :class:`MFDiffuser` (EMA weights).
+        states: ``[N, S]`` current states of all agents.
+        summary: ``[P]`` phi(mu_t) over all N agents.
+        t: current env step.
+        levels: particle counts and steps per level (capped at N here).
+        rng: generator of the grouping's tie-break.
+        generator: torch generator of the diffusion noise.
+        eta: DDIM eta.
+        action_decode: ``categorical`` or ``argmax``.
+    """
+    n = states.shape[0]
+    levels = levels.capped(n)
+    sched = learner.scheduler
+    device = learner.state_mean.device
+    order = state_order(states, rng)
+    all_s0 = learner.norm_states(torch.as_tensor(states, dtype=torch.float32, device=device))
+    ctx = learner.context(
+        torch.as_tensor(summary, dtype=torch.float32, device=device)[None], torch.tensor([t], device=device)
+    )
+    clip_lo = torch.full((learner.D,), -torch.inf, device=device)
+    clip_lo[learner.S :] = -1.0
+    clip = (clip_lo, -clip_lo)
+    timesteps = sched.timesteps(levels.total_steps)
+    m = levels.sizes[0]
+    s0 = all_s0[torch.as_tensor(representatives(order, m), device=device)][None]  # [1, M_0, S]
+    x = torch.randn((1, m, learner.H, learner.D), generator=generator, device=device)
+    i = 0
+    x0 = x
+    for j, n_steps in enumerate(levels.steps):
+        for _ in range(n_steps):
+            k, k_prev = timesteps[i], (timesteps[i + 1] if i + 1 < len(timesteps) else -1)
+            x = learner.inpaint(x, s0)
+            eps = learner.denoiser(x, k, s0, ctx)
+            x, x0 = sched.ddim_step(eps, k, k_prev, x, eta=eta, generator=generator, clip=clip)
+            i += 1
+        if j + 1 < len(levels.sizes):
+            m_next = levels.sizes[j + 1]
+            s0 = all_s0[torch.as_tensor(representatives(order, m_next), device=device)][None]
+            x = branch(x0, parent_index(m, m_next), k_prev, sched, generator)
+            m = m_next
+    x0 = learner.inpaint(x0, s0)
+    actions = learner.decode_actions(x0, generator, action_decode)[0].cpu().numpy().astype(np.int64)
+    plan_states = (x0[0, :, :, : learner.S] * learner.state_std + learner.state_mean).cpu().numpy()
+    assignment = assign_blocks(order, m)
+    return PlanOutput(actions[assignment], actions, plan_states.astype(np.float32), assignment, levels)
+
+
+# ------------------------------------------------------------------------ acting
+class MFDiffuserPolicy:
+    """Receding-horizon planner for N agents: replan every ``replan_every`` steps, follow the plan between.
+
+    Args:
+        learner: trained learner (EMA weights).
+        config: its config (planner defaults).
+        mode: ``representatives`` (final level M_L) or ``population`` (final level N, up to the cap).
+        levels: override of the level sizes.
+        steps_per_level: override of the steps per level.
+        replan_every: override of the replanning period.
+        eta: override of DDIM eta.
+        action_decode: override of the action decoding.
+        population_cap: override of the population mode's cap.
+    """
+
+    def __init__(
+        self,
+        learner: MFDiffuser,
+        config: Config,
+        mode: str | None = None,
+        levels: tuple[int, ...] | None = None,
+        steps_per_level: tuple[int, ...] | None = None,
+        replan_every: int | None = None,
+        eta: float | None = None,
+        action_decode: str | None = None,
+        population_cap: int | None = None,
+    ) -> None:
+        over = {
+            "mode": mode,
+            "levels": levels,
+            "steps_per_level": steps_per_level,
+            "replan_every": replan_every,
+            "eta": eta,
+            "action_decode": action_decode,
+            "population_cap": population_cap,
+        }
+        self.config = dataclasses.replace(config, **{k: v for k, v in over.items() if v is not None})
+        self.learner = learner.eval()
+        self.last_plan: PlanOutput | None = None
+        self._cursor = 0
+
+    def levels_for(self, n: int) -> LevelSchedule:
+        """The level schedule used for a population of ``n`` agents."""
+        levels = self.config.level_schedule
+        if self.config.mode == "population":
+            return levels.with_final(min(n, self.config.population_cap))
+        return levels.capped(n)
+
+    def reset(self, env: PopulationEnv, rng: np.random.Generator) -> None:
+        dims = (env.state_size, env.n_actions, env.summary_size)
+        if dims != (self.learner.S, self.learner.A, self.learner.P):
+            raise ValueError(
+                f"mf-diffuser: env has S={env.state_size}, A={env.n_actions}, P={env.summary_size}; "
+                f"the model was trained with S={self.learner.S}, A={self.learner.A}, P={self.learner.P}"
+            )
+        self._n = env.n_agents
+        self._rng = rng
+        self._gen = torch.Generator(device=self.learner.state_mean.device)
+        self._gen.manual_seed(int(rng.integers(2**62)))
+        self._levels = self.levels_for(self._n)
+        self.last_plan = None
+        self._cursor = 0
+
+    def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
+        if self.last_plan is None or self._cursor >= self.config.replan_every:
+            self.last_plan = sample_plan(
+                self.learner,
+                obs,
+                info["summary"],
+                int(info["t"]),
+                self._levels,
+                self._rng,
+                self._gen,
+                self.config.eta,
+                self.config.action_decode,
+            )
+            self._cursor = 0
+        actions = self.last_plan.actions[:, self._cursor]
+        self._cursor += 1
+        return actions
+
+
+def make_policy(learner: MFDiffuser, config: Config, env: PopulationEnv, **options: Any) -> MFDiffuserPolicy:
+    """The receding-horizon planner of a trained learner for ``env`` (any N); options override the config."""
+    allowed = {"mode", "levels", "steps_per_level", "replan_every", "eta", "action_decode", "population_cap"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"mf-diffuser: unknown planner option(s) {', '.join(unknown)}; "
+            f"accepted: {', '.join(sorted(allowed))}"
+        )
+    if "levels" in options and "steps_per_level" not in options and len(options["levels"]) == 1:
+        options["steps_per_level"] = (sum(config.steps_per_level),)
+    return MFDiffuserPolicy(learner, config, **options)

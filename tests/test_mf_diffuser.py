@@ -1,0 +1,333 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mfdiffuser.algos import mf_diffuser as mfd
+from mfdiffuser.algos.trainer import TrainerConfig, fit
+from mfdiffuser.data.batch import TrajBatch
+from mfdiffuser.diffusion import LevelSchedule
+from mfdiffuser.envs import make
+
+S, A, P, T = 3, 4, 5, 10
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the CI machine has 2 shared cores: oversubscribed intra-op threads slow training down many-fold
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _learner(**kw):
+    torch.manual_seed(0)
+    cfg = mfd.Config(horizon=3, hidden=16, n_blocks=1, value_hidden=16, replan_every=1, **kw)
+    learner = mfd.MFDiffuser(cfg, S, A, P, T)
+    torch.nn.init.normal_(learner.denoiser.out[-1].weight, std=0.1)
+    return learner
+
+
+def _batch(b=2, m=5, h=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TrajBatch(
+        states=torch.randn(b, m, h + 1, S, generator=g),
+        actions=torch.randint(0, A, (b, m, h), generator=g),
+        rewards=torch.rand(b, m, h, generator=g),
+        summaries=torch.rand(b, h + 1, P, generator=g),
+        rtg=torch.rand(b, m, generator=g) * 5,
+        pop_rtg=torch.rand(b, generator=g) * 5,
+        mask=torch.ones(b, m, h, dtype=torch.bool),
+        timestep=torch.randint(0, T - h, (b,), generator=g),
+        episode_return=torch.rand(b, generator=g),
+    )
+
+
+def _repeat_agents(batch, r):
+    def rep(x):
+        return x.repeat_interleave(r, dim=1)
+
+    return TrajBatch(
+        states=rep(batch.states), actions=rep(batch.actions), rewards=rep(batch.rewards),
+        summaries=batch.summaries, rtg=rep(batch.rtg), pop_rtg=batch.pop_rtg, mask=rep(batch.mask),
+        timestep=batch.timestep, episode_return=batch.episode_return,
+    )
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="value_source"):
+        mfd.Config(value_source="oracle")
+    with pytest.raises(ValueError, match="diffusion_steps"):
+        mfd.Config(diffusion_steps=10)  # 8 + 6 + 6 steps per level
+    with pytest.raises(ValueError, match="replan_every"):
+        mfd.Config(horizon=2, replan_every=3)
+    with pytest.raises(ValueError, match="increasing"):
+        mfd.Config(levels=(64, 16, 128))
+
+
+def test_encode_layout_and_inpaint():
+    learner = _learner()
+    batch = _batch()
+    x0 = learner.encode(batch)
+    assert x0.shape == (2, 5, 3, S + A)
+    assert torch.equal(x0[..., :S], batch.states[:, :, :3])  # identity normalisation before statistics
+    assert torch.equal(x0[..., S:].argmax(-1), batch.actions)
+    assert set(x0[..., S:].unique().tolist()) == {-1.0, 1.0}
+    s0 = torch.randn(2, 5, S)
+    x = learner.inpaint(torch.randn_like(x0), s0)
+    assert torch.equal(x[:, :, 0, :S], s0)
+
+
+def test_loss_invariant_to_duplicating_every_particle():
+    learner = _learner()
+    batch = _batch()
+    x0 = learner.encode(batch)
+    s0, ctx = x0[:, :, 0, :S], learner.context(batch.summaries[:, 0], batch.timestep)
+    noise = torch.randn_like(x0)
+    k = torch.tensor([3, 17])
+    per = learner.denoising_loss(x0, s0, ctx, noise, k, batch.mask)
+    dup = _repeat_agents(batch, 3)
+    x0d = learner.encode(dup)
+    per_d = learner.denoising_loss(
+        x0d, x0d[:, :, 0, :S], ctx, noise.repeat_interleave(3, dim=1), k, dup.mask
+    )
+    assert torch.allclose(per_d.mean(1), per.mean(1), atol=1e-6)
+    # the weights of duplicated particles are the duplicated weights
+    for weighting in ("segment", "agent"):
+        learner = _learner(weighting=weighting, beta=2.0)
+        _, c = learner.segment_value(batch)[:2]
+        _, cd = learner.segment_value(dup)[:2]
+        assert torch.allclose(cd, c.repeat_interleave(3, dim=1), atol=1e-6)
+
+
+def test_beta_zero_gives_uniform_weights():
+    learner = _learner(beta=0.0)
+    _, centred, _ = learner.segment_value(_batch())
+    w, metrics = learner.weights(centred, torch.ones_like(centred, dtype=torch.bool))
+    assert torch.equal(w, torch.ones_like(w))
+    assert metrics["ess"] == pytest.approx(1.0)
+
+
+def test_weights_by_hand():
+    learner = _learner(beta=1.0, w_max=20.0).eval()  # eval: no update of the running variance
+    learner.value_var.fill_(4.0)  # sd 2
+    centred = torch.tensor([[0.0, 2 * math.log(2.0)], [2 * math.log(100.0), 0.0]])
+    valid = torch.ones(2, 2, dtype=torch.bool)
+    w, metrics = learner.weights(centred, valid)
+    raw = torch.tensor([[1.0, 2.0], [20.0, 1.0]])  # exp(1 * c / 2), clipped at 20
+    assert torch.allclose(w, raw / raw.mean(), atol=1e-6)
+    assert w.mean().item() == pytest.approx(1.0)
+    assert metrics["ess"] == pytest.approx(float(raw.sum() ** 2 / (4 * raw.pow(2).sum())), rel=1e-5)
+
+
+def test_value_source_mc_and_learned_centred_values():
+    batch = _batch()
+    learner = _learner(value_source="mc", weighting="agent")
+    _, c, _ = learner.segment_value(batch)
+    assert torch.allclose(c, batch.rtg - batch.rtg.mean(), atol=1e-6)
+    learner = _learner(value_source="mc", weighting="segment")
+    _, c, _ = learner.segment_value(batch)
+    assert torch.allclose(c[:, 0], batch.pop_rtg - batch.pop_rtg.mean(), atol=1e-6)
+    learner = _learner(value_source="learned", weighting="agent")
+    with torch.no_grad():
+        learner.value.head[-1].weight.zero_()
+        learner.value.head[-1].bias.fill_(1.5)  # V == 1.5 everywhere
+    _, c, _ = learner.segment_value(batch)
+    inside = (batch.timestep + 3 < T).float().unsqueeze(1)
+    assert torch.allclose(c, batch.rewards.sum(-1) + 1.5 * inside - 1.5, atol=1e-5)
+
+
+def test_loss_backpropagates_to_denoiser_and_value():
+    learner = _learner()
+    out = learner.loss(_batch())
+    out.loss.backward()
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert learner.denoiser.inp.weight.grad.abs().sum() > 0
+    assert learner.value.head[-1].weight.grad.abs().sum() > 0
+    assert {"diffusion_loss", "value_loss", "ess"} <= set(out.metrics)
+
+
+def test_sample_plan_inpaints_and_lifts_to_every_agent():
+    learner = _learner().eval()
+    rng = np.random.default_rng(0)
+    # 4 distinct states, 75 agents each (a multiple of N / M = 3, so blocks never straddle two states)
+    distinct = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
+    states = np.repeat(distinct, 75, axis=0)[rng.permutation(300)]
+    plan = mfd.sample_plan(
+        learner, states, np.zeros(P, np.float32), 0, LevelSchedule((4, 32, 100), (2, 2, 2)), rng,
+        torch.Generator().manual_seed(0),
+    )
+    assert plan.actions.shape == (300, 3) and plan.particle_actions.shape == (100, 3)
+    assert plan.actions.min() >= 0 and plan.actions.max() < A
+    # each particle's first state is exactly its representative's (inpainted), and agents in its
+    # block share that state (states are grouped before assignment)
+    np.testing.assert_allclose(plan.particle_states[:, 0][plan.assignment], states, atol=1e-6)
+    # block assignment: every particle is followed by N / M = 3 agents, so histograms match
+    assert np.all(np.bincount(plan.assignment, minlength=100) == 3)
+    np.testing.assert_array_equal(
+        np.bincount(plan.actions[:, 0], minlength=A),
+        3 * np.bincount(plan.particle_actions[:, 0], minlength=A),
+    )
+
+
+@pytest.mark.parametrize("n", [1, 7, 1000])
+@pytest.mark.parametrize("mode", ["representatives", "population"])
+def test_every_agent_gets_a_valid_action(n, mode):
+    env = make("gaussian-squeeze", n_agents=n, horizon=3)
+    torch.manual_seed(0)
+    cfg = mfd.Config(horizon=2, hidden=16, n_blocks=1, levels=(4, 16, 64), replan_every=2)
+    learner = mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon).eval()
+    policy = mfd.make_policy(learner, cfg, env, mode=mode, population_cap=500)
+    obs, info = env.reset(seed=0)
+    policy.reset(env, np.random.default_rng(0))
+    expected = min(n, 64) if mode == "representatives" else min(n, 500)
+    for _ in range(env.horizon):
+        actions = policy.act(obs, info)
+        assert actions.shape == (n,) and actions.dtype == np.int64
+        assert policy.last_plan.levels.final_size == expected
+        obs, _, term, trunc, info = env.step(actions)
+    assert trunc
+
+
+def test_make_policy_rejects_unknown_options_and_wrong_env():
+    env = make("gaussian-squeeze", n_agents=10)
+    cfg = mfd.Config(horizon=1, replan_every=1, hidden=16, n_blocks=1)
+    learner = mfd.MFDiffuser(cfg, 3, 10, 10, 1)
+    with pytest.raises(ValueError, match="unknown planner option"):
+        mfd.make_policy(learner, cfg, env, temperature=2.0)
+    policy = mfd.make_policy(learner, cfg, env)
+    with pytest.raises(ValueError, match="trained with"):
+        policy.reset(env, np.random.default_rng(0))
+    single = mfd.make_policy(mfd.MFDiffuser(cfg, 2, 10, 10, 1), cfg, env, levels=(256,))
+    assert single.levels_for(1000) == LevelSchedule((256,), (20,))
+
+
+# ------------------------------------------------------------------ training on real data
+def _gs_dataset(path, n_agents=200, episodes=60):
+    from mfdiffuser.data import GenerateConfig, generate_dataset, load_dataset
+
+    generate_dataset(
+        GenerateConfig(
+            env="gaussian-squeeze", out=str(path), env_args={"n_agents": n_agents}, quality="mixed",
+            episodes=episodes, ref_episodes=4, progress=False,
+        )
+    )
+    return load_dataset(path)
+
+
+def _train_and_score(dataset, run_dir, beta, steps, n_eval=1000, episodes=8):
+    from mfdiffuser.data import WindowSampler
+
+    cfg = mfd.Config(
+        horizon=1, m_range=(8, 32), hidden=48, n_blocks=2, value_hidden=32, beta=beta, replan_every=1
+    )
+    learner = mfd.build(cfg, dataset.meta, dataset)
+    sampler = WindowSampler(dataset, horizon=1, batch_size=16, m_range=cfg.m_range, seed=0)
+    res = fit(learner, sampler, run_dir, TrainerConfig(steps=steps, batch_size=16, lr=3e-3, ema_start=50,
+                                                       log_every=50, progress=False))
+    env = make("gaussian-squeeze", n_agents=n_eval)
+    policy = mfd.make_policy(res.ema, cfg, env)
+    returns = []
+    for ep in range(episodes):
+        obs, info = env.reset(seed=100 + ep)
+        policy.reset(env, np.random.default_rng(ep))
+        _, r, *_ = env.step(policy.act(obs, info))
+        returns.append(r.mean())
+    return float(np.mean(dataset.meta.normalized_score(np.array(returns))))
+
+
+def test_learning_beta_beats_dataset_average(tmp_path):
+    torch.manual_seed(0)
+    dataset = _gs_dataset(tmp_path / "gs.h5")
+    data_score = float(np.mean(dataset.meta.normalized_score(dataset.episode_returns)))
+    score = _train_and_score(dataset, tmp_path / "run", beta=2.0, steps=250)
+    assert 35 < data_score < 65
+    assert score > data_score + 20, (score, data_score)
+
+
+@pytest.mark.slow
+def test_learning_beta_beats_beta_zero(tmp_path):
+    torch.manual_seed(0)
+    dataset = _gs_dataset(tmp_path / "gs.h5", episodes=100)
+    data_score = float(np.mean(dataset.meta.normalized_score(dataset.episode_returns)))
+    tilted = _train_and_score(dataset, tmp_path / "b2", beta=2.0, steps=600, episodes=20)
+    plain = _train_and_score(dataset, tmp_path / "b0", beta=0.0, steps=600, episodes=20)
+    assert tilted > data_score + 25 and tilted > plain + 25, (tilted, plain, data_score)
+
+
+# ---------------------------------------------------------------------- exact resume
+_TRAIN_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    import torch
+
+    from mfdiffuser.algos.run import train
+    from mfdiffuser.algos.trainer import TrainerConfig
+    from mfdiffuser.utils import seed_everything
+
+
+    def main(dataset, run_dir, steps):
+        torch.set_num_threads(1)
+        seed_everything(0)  # as `mfd train` does: the initial weights come from the global generator
+        opts = {"horizon": 1, "m_range": [2, 4], "hidden": 8, "n_blocks": 1, "value_hidden": 8,
+                "replan_every": 1, "stats_batches": 2}
+        train("mf-diffuser", dataset, run_dir, opts,
+              TrainerConfig(steps=int(steps), batch_size=4, log_every=5, checkpoint_every=10,
+                            ema_start=5, progress=False, device="cpu"))
+
+
+    if __name__ == "__main__":
+        main(*sys.argv[1:])
+    """
+)
+
+
+def _metrics(run_dir):
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("steps_per_s")
+    return rows
+
+
+def test_resume_after_kill_continues_the_same_loss_curve(tmp_path):
+    _gs_dataset(tmp_path / "gs.h5", n_agents=20, episodes=10)
+    script = tmp_path / "train.py"
+    script.write_text(_TRAIN_SCRIPT)
+    steps = 80
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(run_dir):
+        cmd = [sys.executable, str(script), str(tmp_path / "gs.h5"), str(run_dir), str(steps)]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    # interrupted run: SIGKILL once a checkpoint exists, then rerun the same command
+    proc = run(tmp_path / "killed")
+    deadline = time.time() + 60
+    ckpt = tmp_path / "killed" / "checkpoint.pt"
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(_metrics(tmp_path / "killed"))
+    assert killed_at < steps // 5
+    resumed_proc = run(tmp_path / "killed")
+    # meanwhile the uninterrupted run, in this process (same code, same single thread)
+    namespace: dict = {"__name__": "train_script"}
+    exec(compile(_TRAIN_SCRIPT, str(script), "exec"), namespace)
+    namespace["main"](str(tmp_path / "gs.h5"), str(tmp_path / "straight"), steps)
+    assert resumed_proc.wait(timeout=300) == 0
+    resumed, straight = _metrics(tmp_path / "killed"), _metrics(tmp_path / "straight")
+    assert len(straight) == steps // 5
+    assert resumed == straight
