@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from mfdiffuser.algos.run import load_run, make_policy, train
 from mfdiffuser.algos.trainer import TrainerConfig
 from mfdiffuser.data import GenerateConfig, generate_dataset, load_dataset
 from mfdiffuser.envs import make
 from mfdiffuser.eval.rollout import run_episode
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_baselines import one_thread  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,10 @@ from mfdiffuser.algos import dd_independent, madiff
 from mfdiffuser.algos.common import PlannerPolicy
 from mfdiffuser.algos.trainer import TrainerConfig, fit
 from mfdiffuser.errors import BudgetExceeded, MfdError
-from test_baselines import META, ProbeSampler, make_batch
+from test_baselines import META, ProbeSampler, make_batch, one_thread  # noqa: F401 (autouse fixture)
 
 ENV = types.SimpleNamespace(state_size=2, n_actions=4, summary_size=2, n_agents=50)
 INFO = {"summary": np.array([0.5, 0.5], dtype=np.float32), "t": 0}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def small(module, **kw):

@@ -43,13 +43,6 @@ class Config(AgentConfig):
     expectile: float = 0.5
     """Expectile of the value baseline V (0.5: mean return-to-go from the state)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 < self.expectile < 1.0:
-            raise ValueError(f"expectile must lie in (0, 1), got {self.expectile}")
-        if self.beta < 0 or self.w_max <= 1:
-            raise ValueError(f"need beta >= 0 and w_max > 1, got {self.beta}, {self.w_max}")
-
 
 class AWBC(nn.Module):
     """A per-agent policy weighted by Monte-Carlo advantages over a learned value baseline."""

@@ -41,16 +41,69 @@ def dims_from_meta(meta: Any) -> Dims:
     return Dims(int(meta.state_size), int(meta.n_actions), int(meta.summary_size), int(meta.horizon))
 
 
+INF = float("inf")
+
+# option name -> (low, high, low included, high included); checked on every config that has the field.
+BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
+    "horizon": (1, INF, True, False),
+    "hidden": (1, INF, True, False),
+    "chunk_size": (1, INF, True, False),
+    "temperature": (0, INF, False, False),
+    "beta": (0, INF, True, False),
+    "w_max": (1, INF, False, False),
+    "expectile": (0, 1, False, False),
+    "gamma": (0, 1, True, True),
+    "target_tau": (0, 1, False, True),
+    "alpha": (0, INF, True, False),
+    "n_layers": (1, INF, True, False),
+    "n_heads": (1, INF, True, False),
+    "diffusion_steps": (1, INF, True, False),
+    "eta": (0, INF, True, False),
+    "guidance": (0, INF, True, False),
+    "cond_dropout": (0, 1, True, False),
+    "target_quantile": (0, 1, False, False),
+    "max_memory_gib": (0, INF, False, False),
+    "max_plan_seconds": (0, INF, False, False),
+    "assumed_gflops": (0, INF, False, False),
+}
+# option name -> accepted values.
+CHOICES: dict[str, tuple[str, ...]] = {"acting": ACTING_MODES, "weight_by": ("segment", "episode")}
+
+
 @dataclass
-class AgentConfig:
-    """Options every per-agent baseline shares."""
+class WindowConfig:
+    """Options every baseline has: the sampler's window (H, range of M) and the network width."""
 
     horizon: int = 1
     """H, steps per training window (1 suffices for per-step losses)."""
     m_range: tuple[int, int] = (8, 32)
     """Range of M, the agents drawn per population segment."""
     hidden: int = 128
-    """Width of the per-agent networks."""
+    """Width of the networks."""
+
+    def __post_init__(self) -> None:
+        lo, hi = self.m_range
+        if not 1 <= lo <= hi:
+            raise ValueError(f"m_range must satisfy 1 <= lo <= hi, got {self.m_range}")
+        for name, (low, high, low_in, high_in) in BOUNDS.items():
+            if not hasattr(self, name):
+                continue
+            v = getattr(self, name)
+            ok = (v >= low if low_in else v > low) and (v <= high if high_in else v < high)
+            if not ok:
+                interval = f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+                raise ValueError(f"option {name} must lie in {interval}, got {v!r}")
+        for name, accepted in CHOICES.items():
+            if hasattr(self, name) and getattr(self, name) not in accepted:
+                raise ValueError(
+                    f"option {name} must be one of {', '.join(accepted)}, got {getattr(self, name)!r}"
+                )
+
+
+@dataclass
+class AgentConfig(WindowConfig):
+    """Options every per-agent baseline shares: how the population acts."""
+
     acting: str = "sample"
     """How agents act: sample (from softmax(scores / temperature)) or greedy (argmax)."""
     temperature: float = 1.0
@@ -58,18 +111,15 @@ class AgentConfig:
     chunk_size: int = 65536
     """Agents evaluated per forward pass when acting (bounds memory at large N)."""
 
-    def __post_init__(self) -> None:
-        if self.horizon < 1:
-            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
-        lo, hi = self.m_range
-        if not 1 <= lo <= hi:
-            raise ValueError(f"m_range must satisfy 1 <= lo <= hi, got {self.m_range}")
-        if self.acting not in ACTING_MODES:
-            raise ValueError(f"acting must be one of {', '.join(ACTING_MODES)}, got {self.acting!r}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.hidden < 1 or self.chunk_size < 1:
-            raise ValueError("hidden and chunk_size must be >= 1")
+
+@dataclass
+class TDConfig(AgentConfig):
+    """Options of the temporal-difference baselines (mf-iql, mf-cql)."""
+
+    gamma: float = 0.99
+    """Discount of the Bellman backup."""
+    target_tau: float = 0.005
+    """Polyak rate of the target Q network."""
 
 
 def context(summaries: torch.Tensor, t: torch.Tensor, episode_length: int) -> torch.Tensor:
@@ -341,15 +391,11 @@ def td_target(st: Steps, next_value: torch.Tensor, gamma: float, reward_scale: t
 
 # ------------------------------------------------------------------ return-conditioned trajectory diffusion
 @dataclass
-class DiffusionConfig:
+class DiffusionConfig(WindowConfig):
     """Options shared by the return-conditioned trajectory diffusion baselines."""
 
     horizon: int = 4
     """H, steps per planned segment (1 for stage games)."""
-    m_range: tuple[int, int] = (8, 32)
-    """Range of M, the agents drawn per population segment."""
-    hidden: int = 128
-    """Transformer width."""
     n_layers: int = 3
     """Transformer blocks."""
     n_heads: int = 4
@@ -372,21 +418,13 @@ class DiffusionConfig:
     """Agents denoised per forward pass where agents are independent."""
 
     def __post_init__(self) -> None:
-        lo, hi = self.m_range
-        if self.horizon < 1 or not 1 <= lo <= hi:
-            raise ValueError(
-                f"need horizon >= 1 and 1 <= m_range[0] <= m_range[1], got {self.horizon}, {self.m_range}"
-            )
+        super().__post_init__()
         if not 1 <= self.sample_steps <= self.diffusion_steps:
             raise ValueError(
                 f"need 1 <= sample_steps <= diffusion_steps, got {self.sample_steps}, {self.diffusion_steps}"
             )
         if not 1 <= self.replan_every <= self.horizon:
             raise ValueError(f"replan_every must lie in [1, horizon={self.horizon}], got {self.replan_every}")
-        if not 0.0 <= self.cond_dropout < 1.0 or not 0.0 < self.target_quantile < 1.0:
-            raise ValueError("need 0 <= cond_dropout < 1 and 0 < target_quantile < 1")
-        if self.eta < 0 or self.chunk_size < 1:
-            raise ValueError("need eta >= 0 and chunk_size >= 1")
 
 
 class ReturnDiffuser(nn.Module):

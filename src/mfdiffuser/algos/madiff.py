@@ -36,11 +36,6 @@ class Config(DiffusionConfig):
     assumed_gflops: float = 20.0
     """Effective GFLOP/s used to estimate plan time (attention on 2 CPU threads)."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if min(self.max_memory_gib, self.max_plan_seconds, self.assumed_gflops) <= 0:
-            raise ValueError("max_memory_gib, max_plan_seconds and assumed_gflops must be > 0")
-
 
 def build(config: Config, meta: Any, dataset: Any = None) -> ReturnDiffuser:
     """A joint diffuser; with a dataset, fits state and return statistics on sampled windows."""

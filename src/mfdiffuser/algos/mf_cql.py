@@ -17,9 +17,9 @@ from torch import nn
 
 from mfdiffuser.algos.base import LossOutput
 from mfdiffuser.algos.common import (
-    AgentConfig,
     Dims,
     Standardizer,
+    TDConfig,
     dims_from_meta,
     make_agentwise_policy,
     sampled_values,
@@ -34,24 +34,13 @@ from mfdiffuser.models.policy import TwinQNet, polyak_update
 
 
 @dataclass
-class Config(AgentConfig):
+class Config(TDConfig):
     """Mean-field CQL options."""
 
-    gamma: float = 0.99
-    """Discount of the Bellman backup."""
     alpha: float = 1.0
     """Weight of the conservative penalty logsumexp Q - Q(data)."""
-    target_tau: float = 0.005
-    """Polyak rate of the target Q network."""
     temperature: float = 0.3
     """Boltzmann temperature of acting, in units of the data's return-to-go standard deviation."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
-        if not 0.0 <= self.gamma <= 1.0 or not 0.0 < self.target_tau <= 1.0:
-            raise ValueError("need 0 <= gamma <= 1 and 0 < target_tau <= 1")
 
 
 class MFCQL(nn.Module):

@@ -17,9 +17,9 @@ from torch import nn
 
 from mfdiffuser.algos.base import LossOutput
 from mfdiffuser.algos.common import (
-    AgentConfig,
     Dims,
     Standardizer,
+    TDConfig,
     dims_from_meta,
     exp_weights,
     make_agentwise_policy,
@@ -36,26 +36,15 @@ from mfdiffuser.models.policy import PolicyNet, TwinQNet, polyak_update
 
 
 @dataclass
-class Config(AgentConfig):
+class Config(TDConfig):
     """Mean-field IQL options."""
 
-    gamma: float = 0.99
-    """Discount of the Bellman backup."""
     expectile: float = 0.7
     """Expectile tau of V against the target Q (0.5: SARSA-like mean, toward 1: max over data actions)."""
     beta: float = 3.0
     """Inverse temperature of advantage-weighted policy extraction."""
     w_max: float = 100.0
     """Upper clip of the unnormalised policy weights."""
-    target_tau: float = 0.005
-    """Polyak rate of the target Q network."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 < self.expectile < 1.0:
-            raise ValueError(f"expectile must lie in (0, 1), got {self.expectile}")
-        if not 0.0 <= self.gamma <= 1.0 or not 0.0 < self.target_tau <= 1.0:
-            raise ValueError("need 0 <= gamma <= 1 and 0 < target_tau <= 1")
 
 
 class MFIQL(nn.Module):

@@ -30,8 +30,6 @@ from mfdiffuser.algos.common import (
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.models.policy import PolicyNet
 
-WEIGHT_BY = ("segment", "episode")
-
 
 @dataclass
 class Config(AgentConfig):
@@ -43,13 +41,6 @@ class Config(AgentConfig):
     """Upper clip of the unnormalised weights."""
     weight_by: str = "segment"
     """segment (population return-to-go from the window's start) or episode (whole episode's return)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.weight_by not in WEIGHT_BY:
-            raise ValueError(f"weight_by must be one of {', '.join(WEIGHT_BY)}, got {self.weight_by!r}")
-        if self.beta < 0 or self.w_max <= 1:
-            raise ValueError(f"need beta >= 0 and w_max > 1, got {self.beta}, {self.w_max}")
 
 
 def population_return(batch: TrajBatch, weight_by: str) -> torch.Tensor:
