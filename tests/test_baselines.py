@@ -169,10 +169,7 @@ def probe_accuracy(module, tmp_path, steps=200, **options) -> float:
     config = module.Config(hidden=64, **options)
     learner = module.build(config, META, None)
     sampler = ProbeSampler()
-    if hasattr(learner, "returns"):
-        learner.returns.fit(np.concatenate([sampler.sample().rtg.numpy().ravel() for _ in range(8)]))
-        if module is rwbc:
-            learner.returns.fit(np.concatenate([sampler.sample().pop_rtg.numpy() for _ in range(8)]))
+    learner.returns.fit(np.concatenate([learner.return_values(sampler.sample()).numpy() for _ in range(8)]))
     result = fit(
         learner,
         sampler,

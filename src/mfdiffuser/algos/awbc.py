@@ -11,48 +11,35 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-
 from mfdiffuser.algos.base import LossOutput
 from mfdiffuser.algos.common import (
-    AgentConfig,
     Dims,
-    Standardizer,
-    dims_from_meta,
+    PerAgentLearner,
+    WeightedConfig,
     exp_weights,
     make_agentwise_policy,
     policy_loss,
-    sampled_values,
     scalars,
     steps,
 )
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.models.blocks import ValueNet, expectile_loss, masked_mean
-from mfdiffuser.models.policy import PolicyNet
 
 
 @dataclass
-class Config(AgentConfig):
+class Config(WeightedConfig):
     """Advantage-weighted behaviour cloning options."""
 
-    beta: float = 2.0
-    """Inverse temperature on the advantage, in units of the return's standard deviation (0: BC)."""
-    w_max: float = 20.0
-    """Upper clip of the unnormalised weights."""
     expectile: float = 0.5
     """Expectile of the value baseline V (0.5: mean return-to-go from the state)."""
 
 
-class AWBC(nn.Module):
+class AWBC(PerAgentLearner):
     """A per-agent policy weighted by Monte-Carlo advantages over a learned value baseline."""
 
     def __init__(self, config: Config, dims: Dims) -> None:
-        super().__init__()
-        self.config, self.dims = config, dims
-        self.policy = PolicyNet(dims.state_size, dims.context_size, dims.n_actions, config.hidden)
+        super().__init__(config, dims)
         self.value = ValueNet(dims.state_size, dims.context_size, config.hidden)
-        self.returns = Standardizer()
 
     def loss(self, batch: TrajBatch) -> LossOutput:
         st = steps(batch, self.dims.episode_length)
@@ -64,17 +51,10 @@ class AWBC(nn.Module):
         pi_loss = policy_loss(self.policy, st, w, first_step_only=True)
         return LossOutput(v_loss + pi_loss, scalars(value_loss=v_loss, weighted_nll=pi_loss) | metrics)
 
-    def scores(self, states: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Action logits ``[..., M, A]``."""
-        return self.policy(states, context)
-
 
 def build(config: Config, meta: Any, dataset: Any = None) -> AWBC:
     """An AWBC learner; with a dataset, fits the return-to-go standardisation on sampled windows."""
-    learner = AWBC(config, dims_from_meta(meta))
-    if dataset is not None:
-        learner.returns.fit(sampled_values(dataset, config, lambda b: b.rtg[b.mask[:, :, 0]]))
-    return learner
+    return AWBC.create(config, meta, dataset)
 
 
 make_policy = make_agentwise_policy

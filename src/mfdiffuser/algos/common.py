@@ -18,6 +18,7 @@ from mfdiffuser.algos.base import LossOutput
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.envs.base import PopulationEnv
 from mfdiffuser.models.blocks import masked_mean
+from mfdiffuser.models.policy import PolicyNet
 
 ACTING_MODES = ("sample", "greedy")
 
@@ -120,6 +121,16 @@ class TDConfig(AgentConfig):
     """Discount of the Bellman backup."""
     target_tau: float = 0.005
     """Polyak rate of the target Q network."""
+
+
+@dataclass
+class WeightedConfig(AgentConfig):
+    """Options of the weighted behaviour-cloning baselines (rwbc, awbc)."""
+
+    beta: float = 2.0
+    """Inverse temperature on the standardised return or advantage (0: plain behaviour cloning)."""
+    w_max: float = 20.0
+    """Upper clip of the unnormalised weights."""
 
 
 def context(summaries: torch.Tensor, t: torch.Tensor, episode_length: int) -> torch.Tensor:
@@ -387,6 +398,37 @@ def taken(q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
 def td_target(st: Steps, next_value: torch.Tensor, gamma: float, reward_scale: torch.Tensor) -> torch.Tensor:
     """``r / scale + gamma (1 - done) V(s')`` per transition ``[B, H, M]`` (no gradient)."""
     return (st.rewards / reward_scale + gamma * (1.0 - st.done) * next_value).detach()
+
+
+class PerAgentLearner(nn.Module):
+    """Base of the per-agent baselines: sizes, config, a policy head and the return standardiser.
+
+    Subclasses add their networks and ``loss``; ``scores`` (what the population acts on) defaults
+    to the policy's logits. ``returns`` is fitted by :meth:`create` on the agents' returns-to-go of
+    sampled windows (override :meth:`return_values` to standardise another quantity).
+    """
+
+    def __init__(self, config: AgentConfig, dims: Dims) -> None:
+        super().__init__()
+        self.config, self.dims = config, dims
+        self.policy = PolicyNet(dims.state_size, dims.context_size, dims.n_actions, config.hidden)
+        self.returns = Standardizer()
+
+    @classmethod
+    def create(cls, config: AgentConfig, meta: Any, dataset: Any = None) -> PerAgentLearner:
+        """The learner for the sizes in ``meta``; with a dataset, its return statistics fitted."""
+        learner = cls(config, dims_from_meta(meta))
+        if dataset is not None:
+            learner.returns.fit(sampled_values(dataset, config, learner.return_values))
+        return learner
+
+    def return_values(self, batch: TrajBatch) -> torch.Tensor:
+        """``[n]`` the returns ``returns`` standardises: every real agent's return-to-go."""
+        return batch.rtg[batch.mask[:, :, 0]]
+
+    def scores(self, states: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Action scores ``[..., M, A]`` the population acts on (policy logits by default)."""
+        return self.policy(states, context)
 
 
 # ------------------------------------------------------------------ return-conditioned trajectory diffusion

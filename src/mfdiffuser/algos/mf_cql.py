@@ -13,16 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from mfdiffuser.algos.base import LossOutput
 from mfdiffuser.algos.common import (
     Dims,
-    Standardizer,
+    PerAgentLearner,
     TDConfig,
-    dims_from_meta,
     make_agentwise_policy,
-    sampled_values,
     scalars,
     steps,
     taken,
@@ -43,15 +40,14 @@ class Config(TDConfig):
     """Boltzmann temperature of acting, in units of the data's return-to-go standard deviation."""
 
 
-class MFCQL(nn.Module):
-    """Conservative twin Q-learning over per-agent mean-field inputs."""
+class MFCQL(PerAgentLearner):
+    """Conservative twin Q-learning over per-agent mean-field inputs (its policy head is unused)."""
 
     def __init__(self, config: Config, dims: Dims) -> None:
-        super().__init__()
-        self.config, self.dims = config, dims
+        super().__init__(config, dims)
         self.q = TwinQNet(dims.state_size, dims.context_size, dims.n_actions, config.hidden)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
-        self.returns = Standardizer()
+        self.policy.requires_grad_(False)
 
     def loss(self, batch: TrajBatch) -> LossOutput:
         cfg = self.config
@@ -62,11 +58,10 @@ class MFCQL(nn.Module):
             target = td_target(st, next_q, cfg.gamma, self.returns.std)
         q1, q2 = self.q(st.states, st.context)
         d1, d2 = taken(q1, st.actions), taken(q2, st.actions)
-        td = (d1 - target).pow(2) + (d2 - target).pow(2)
-        gap = (torch.logsumexp(q1, -1) - d1) + (torch.logsumexp(q2, -1) - d2)
-        td_loss, cql_loss = masked_mean(td, st.mask), masked_mean(gap, st.mask)
-        metrics = scalars(td_loss=td_loss, cql_gap=cql_loss, q_data=masked_mean(d1, st.mask))
-        return LossOutput(td_loss + cfg.alpha * cql_loss, metrics)
+        td_loss = masked_mean((d1 - target).pow(2) + (d2 - target).pow(2), st.mask)
+        gap = masked_mean((torch.logsumexp(q1, -1) - d1) + (torch.logsumexp(q2, -1) - d2), st.mask)
+        metrics = scalars(td_loss=td_loss, cql_gap=gap, q_data=masked_mean(d1, st.mask))
+        return LossOutput(td_loss + cfg.alpha * gap, metrics)
 
     def after_step(self) -> None:
         polyak_update(self.q_target, self.q, self.config.target_tau)
@@ -78,10 +73,7 @@ class MFCQL(nn.Module):
 
 def build(config: Config, meta: Any, dataset: Any = None) -> MFCQL:
     """An MF-CQL learner; with a dataset, fits the return scale on sampled windows."""
-    learner = MFCQL(config, dims_from_meta(meta))
-    if dataset is not None:
-        learner.returns.fit(sampled_values(dataset, config, lambda b: b.rtg[b.mask[:, :, 0]]))
-    return learner
+    return MFCQL.create(config, meta, dataset)
 
 
 make_policy = make_agentwise_policy

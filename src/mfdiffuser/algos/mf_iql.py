@@ -13,18 +13,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from mfdiffuser.algos.base import LossOutput
 from mfdiffuser.algos.common import (
     Dims,
-    Standardizer,
+    PerAgentLearner,
     TDConfig,
-    dims_from_meta,
     exp_weights,
     make_agentwise_policy,
     policy_loss,
-    sampled_values,
     scalars,
     steps,
     taken,
@@ -32,7 +29,7 @@ from mfdiffuser.algos.common import (
 )
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.models.blocks import ValueNet, expectile_loss, masked_mean
-from mfdiffuser.models.policy import PolicyNet, TwinQNet, polyak_update
+from mfdiffuser.models.policy import TwinQNet, polyak_update
 
 
 @dataclass
@@ -47,18 +44,15 @@ class Config(TDConfig):
     """Upper clip of the unnormalised policy weights."""
 
 
-class MFIQL(nn.Module):
+class MFIQL(PerAgentLearner):
     """Twin Q, expectile V and an AWR policy over per-agent mean-field inputs."""
 
     def __init__(self, config: Config, dims: Dims) -> None:
-        super().__init__()
-        self.config, self.dims = config, dims
+        super().__init__(config, dims)
         S, C, A, h = dims.state_size, dims.context_size, dims.n_actions, config.hidden
         self.q = TwinQNet(S, C, A, h)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.value = ValueNet(S, C, h)
-        self.policy = PolicyNet(S, C, A, h)
-        self.returns = Standardizer()
 
     def loss(self, batch: TrajBatch) -> LossOutput:
         cfg = self.config
@@ -69,9 +63,8 @@ class MFIQL(nn.Module):
         v = self.value(st.states, st.context)
         v_loss = masked_mean(expectile_loss(q_data - v, cfg.expectile), st.mask)
         q1, q2 = self.q(st.states, st.context)
-        q_loss = masked_mean(
-            (taken(q1, st.actions) - target).pow(2) + (taken(q2, st.actions) - target).pow(2), st.mask
-        )
+        td = (taken(q1, st.actions) - target).pow(2) + (taken(q2, st.actions) - target).pow(2)
+        q_loss = masked_mean(td, st.mask)
         w, metrics = exp_weights(q_data - v.detach(), cfg.beta, cfg.w_max, st.mask)
         pi_loss = policy_loss(self.policy, st, w)
         metrics.update(scalars(value_loss=v_loss, q_loss=q_loss, weighted_nll=pi_loss))
@@ -80,17 +73,10 @@ class MFIQL(nn.Module):
     def after_step(self) -> None:
         polyak_update(self.q_target, self.q, self.config.target_tau)
 
-    def scores(self, states: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Action logits of the extracted policy ``[..., M, A]``."""
-        return self.policy(states, context)
-
 
 def build(config: Config, meta: Any, dataset: Any = None) -> MFIQL:
     """An MF-IQL learner; with a dataset, fits the return scale on sampled windows."""
-    learner = MFIQL(config, dims_from_meta(meta))
-    if dataset is not None:
-        learner.returns.fit(sampled_values(dataset, config, lambda b: b.rtg[b.mask[:, :, 0]]))
-    return learner
+    return MFIQL.create(config, meta, dataset)
 
 
 make_policy = make_agentwise_policy
