@@ -1,0 +1,216 @@
+"""MF-Diffuser planner costs: plan latency vs N, coarse-to-fine vs single level, training step vs N, memory.
+
+Targets (SPEC section 8): representatives-mode plan latency at N = 10,000 at most 1.5x that at N = 100;
+coarse-to-fine to N = 1,000 at most 0.35x single-level denoising of 1,000 particles with the same K;
+training step time independent of N; peak planning memory flat in N. With ``--fidelity`` a small model
+is trained on gaussian-squeeze data (beta = 0) and each level schedule's action histogram is compared
+with the data's (total variation). Timings are process CPU time on one thread (the machine is shared).
+Run: ``python benchmarks/bench_planner.py [--fidelity]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mfdiffuser.algos import mf_diffuser as mfd  # noqa: E402
+from mfdiffuser.diffusion import LevelSchedule  # noqa: E402
+from mfdiffuser.envs import make  # noqa: E402
+
+SIZES = (100, 1000, 10000)
+SCHEDULES = {
+    "single 1000 x 20": LevelSchedule((1000,), (20,)),
+    "16/128/1000, 8/6/6": LevelSchedule((16, 128, 1000), (8, 6, 6)),
+    "16/128/1000, 6/6/8": LevelSchedule((16, 128, 1000), (6, 6, 8)),
+}
+
+
+def _learner(env, horizon: int = 4) -> tuple[mfd.MFDiffuser, mfd.Config]:
+    torch.manual_seed(0)
+    cfg = mfd.Config(horizon=horizon, replan_every=1)
+    return mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon).eval(), cfg
+
+
+def _cpu_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    t0 = time.process_time()
+    for _ in range(repeats):
+        fn()
+    return (time.process_time() - t0) / repeats
+
+
+def plan_latency(levels: LevelSchedule, sizes=SIZES, repeats: int = 3) -> dict[int, float]:
+    """CPU seconds per plan in representatives mode on ``crowd`` at each N."""
+    out = {}
+    for n in sizes:
+        env = make("crowd", n_agents=n)
+        learner, _ = _learner(env)
+        obs, info = env.reset(seed=0)
+        rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+        lv = levels.capped(n)
+        plan = functools.partial(mfd.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen)
+        out[n] = _cpu_time(plan, repeats)
+    return out
+
+
+def coarse_to_fine(repeats: int = 2) -> dict[str, tuple[float, int]]:
+    """CPU seconds and particle-steps of each schedule planning N = 1,000 agents."""
+    env = make("crowd", n_agents=1000)
+    learner, _ = _learner(env)
+    obs, info = env.reset(seed=0)
+    rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+    out = {}
+    for name, lv in SCHEDULES.items():
+        plan = functools.partial(mfd.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen)
+        out[name] = (_cpu_time(plan, repeats), lv.cost())
+    return out
+
+
+def _train_step(learner: mfd.MFDiffuser, sampler, opt: torch.optim.Optimizer) -> None:
+    opt.zero_grad()
+    learner.loss(sampler.sample()).loss.backward()
+    opt.step()
+
+
+def train_step_time(sizes=SIZES, steps: int = 10) -> dict[int, float]:
+    """CPU seconds per training step on gaussian-squeeze data (H = 4 steps) generated at each N."""
+    from mfdiffuser.data import GenerateConfig, WindowSampler, generate_dataset, load_dataset
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            path = Path(tmp) / f"gs-{n}.h5"
+            gen_cfg = GenerateConfig(
+                env="gaussian-squeeze", out=str(path), quality="medium", episodes=4,
+                env_args={"n_agents": n, "horizon": 8}, ref_episodes=1, progress=False,
+            )
+            generate_dataset(gen_cfg)
+            ds = load_dataset(path)
+            cfg = mfd.Config(horizon=4, replan_every=1, stats_batches=2)
+            torch.manual_seed(0)
+            learner = mfd.build(cfg, ds.meta, ds)
+            sampler = WindowSampler(ds, horizon=4, batch_size=64, m_range=(32, 32), seed=0)
+            opt = torch.optim.AdamW(learner.parameters(), lr=3e-4)
+            out[n] = _cpu_time(functools.partial(_train_step, learner, sampler, opt), steps)
+    return out
+
+
+def _peak_rss_child(n: int) -> None:
+    env = make("crowd", n_agents=n)
+    learner, cfg = _learner(env)
+    obs, info = env.reset(seed=0)
+    levels = cfg.level_schedule.capped(n)
+    mfd.sample_plan(learner, obs, info["summary"], 0, levels, np.random.default_rng(0), torch.Generator())
+    print(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+
+
+def peak_memory(sizes=SIZES) -> dict[int, float]:
+    """Peak resident set (MiB) of a fresh process that builds the env and plans once at each N."""
+    out = {}
+    for n in sizes:
+        res = subprocess.run([sys.executable, __file__, "--peak-rss-child", str(n)], capture_output=True,
+                             text=True, check=True)
+        out[n] = float(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def fidelity(steps: int, plans: int = 10) -> dict[str, tuple[float, float]]:
+    """Train beta = 0 on gaussian-squeeze ``medium`` data; per schedule: mean per-plan TV and pooled TV."""
+    from mfdiffuser.algos.trainer import TrainerConfig, fit
+    from mfdiffuser.data import GenerateConfig, WindowSampler, generate_dataset, load_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gs.h5"
+        generate_dataset(GenerateConfig(env="gaussian-squeeze", out=str(path), quality="medium", episodes=60,
+                                        env_args={"n_agents": 1000}, ref_episodes=2, progress=False))
+        ds = load_dataset(path)
+        cfg = mfd.Config(horizon=1, replan_every=1, beta=0.0, hidden=64)
+        torch.manual_seed(0)
+        learner = mfd.build(cfg, ds.meta, ds)
+        sampler = WindowSampler(ds, horizon=1, batch_size=32, m_range=cfg.m_range, seed=0)
+        res = fit(learner, sampler, Path(tmp) / "run", TrainerConfig(steps=steps, batch_size=32, lr=1e-3,
+                                                                     progress=False, ema_start=100))
+        ema = res.ema.eval()
+    data_hist = ema.action_hist.numpy()
+    env = make("gaussian-squeeze", n_agents=1000)
+    obs, info = env.reset(seed=0)
+    out = {}
+    for name, lv in SCHEDULES.items():
+        rng, gen = np.random.default_rng(1), torch.Generator().manual_seed(1)
+        hists = []
+        for _ in range(plans):
+            plan = mfd.sample_plan(ema, obs, info["summary"], 0, lv, rng, gen)
+            hists.append(np.bincount(plan.particle_actions[:, 0], minlength=env.n_actions) / lv.final_size)
+        hists = np.array(hists)
+        per_plan = 0.5 * np.abs(hists - data_hist).sum(1).mean()
+        pooled = 0.5 * np.abs(hists.mean(0) - data_hist).sum()
+        out[name] = (float(per_plan), float(pooled))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    """Print every planner figure; return them in a dict.
+
+    ``argv`` defaults to no arguments (not ``sys.argv``), so other tools can call ``main()``.
+    """
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--fidelity", action="store_true", help="also train a model and compare histograms")
+    parser.add_argument("--fidelity-steps", type=int, default=1500, help="training steps of that model")
+    parser.add_argument("--peak-rss-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args([] if argv is None else argv)
+    torch.set_num_threads(1)
+    if args.peak_rss_child is not None:
+        _peak_rss_child(args.peak_rss_child)
+        return {}
+    results: dict[str, object] = {}
+
+    print("plan latency, representatives mode (crowd, H = 4, hidden 96, K = 20), CPU s per plan")
+    for label, lv in (("M_L = 64 (16/64, 10/10)", LevelSchedule((16, 64), (10, 10))),
+                      ("default 16/128/1024, 8/6/6", mfd.Config().level_schedule)):
+        lat = plan_latency(lv)
+        results[f"latency {label}"] = lat
+        cells = "  ".join(f"N={n}: {s * 1000:.0f} ms" for n, s in lat.items())
+        print(f"  {label:<28} {cells}  ratio 10k/100 = {lat[10000] / lat[100]:.2f} (target <= 1.5)")
+
+    print("coarse-to-fine vs single level, N = 1,000, K = 20 (CPU s per plan, particle-steps)")
+    c2f = coarse_to_fine()
+    results["coarse_to_fine"] = c2f
+    base = c2f["single 1000 x 20"][0]
+    for name, (sec, cost) in c2f.items():
+        ratio = f"{sec / base:.2f}x (target <= 0.35)"
+        print(f"  {name:<22} {sec * 1000:7.0f} ms  {cost:6d} particle-steps  {ratio}")
+
+    print("training step (B = 64, M = 32, H = 4) on data generated at each N, CPU s")
+    ts = train_step_time()
+    results["train_step"] = ts
+    print("  " + "  ".join(f"N={n}: {s * 1000:.0f} ms" for n, s in ts.items()))
+
+    print("peak RSS of a process planning once (default levels, representatives), MiB")
+    mem = peak_memory()
+    results["peak_memory"] = mem
+    print("  " + "  ".join(f"N={n}: {v:.1f}" for n, v in mem.items()))
+
+    if args.fidelity:
+        print(f"action fidelity, gaussian-squeeze medium, beta = 0, {args.fidelity_steps} steps: TV to data")
+        fid = fidelity(args.fidelity_steps)
+        results["fidelity"] = fid
+        for name, (per_plan, pooled) in fid.items():
+            print(f"  {name:<22} per plan {per_plan:.3f}  pooled over plans {pooled:.3f}")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
