@@ -114,7 +114,18 @@ def _peak_rss_child(n: int) -> None:
     obs, info = env.reset(seed=0)
     levels = cfg.level_schedule.capped(n)
     mfd.sample_plan(learner, obs, info["summary"], 0, levels, np.random.default_rng(0), torch.Generator())
-    print(f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
+    print(f"{_peak_rss_mib():.1f}")
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM; ``ru_maxrss`` would include the parent's before exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_memory(sizes=SIZES) -> dict[int, float]:
