@@ -129,6 +129,20 @@ def test_same_seed_same_batches(tmp_path):
         break
 
 
+def test_prefetch_yields_the_same_batches(tmp_path):
+    import itertools
+
+    handmade(tmp_path / "d.h5", chunk_bytes=1000)
+    ds = load_dataset(tmp_path / "d.h5", in_memory=False)
+    a = WindowSampler(ds, horizon=3, batch_size=8, seed=5, m_range=(2, 4), cache_bytes=5000)
+    b = WindowSampler(ds, horizon=3, batch_size=8, seed=5, m_range=(2, 4), cache_bytes=5000)
+    it = a.prefetch(depth=3)
+    for x in itertools.islice(it, 6):
+        y = b.sample()
+        assert torch.equal(x.states, y.states) and torch.equal(x.rtg, y.rtg) and torch.equal(x.mask, y.mask)
+    it.close()  # stops the thread
+
+
 def test_bounded_pool_visits_everything(tmp_path):
     lengths = [3] * 40
     records = handmade(tmp_path / "d.h5", lengths=lengths, chunk_bytes=1000)  # 2 episodes per chunk

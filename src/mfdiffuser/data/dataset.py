@@ -288,7 +288,15 @@ class OfflineDataset:
     so memory use does not grow with the file (the window sampler keeps a bounded pool of them).
     """
 
-    def __init__(self, path: Path, f: Any, meta: DatasetMeta, in_memory: bool, file_attrs: dict[str, Any]):
+    def __init__(
+        self,
+        path: Path,
+        f: Any,
+        meta: DatasetMeta,
+        in_memory: bool,
+        file_attrs: dict[str, Any],
+        arrays: dict[str, np.ndarray] | None = None,
+    ):
         self.path = path
         self.meta = meta
         self.attrs = file_attrs
@@ -305,7 +313,7 @@ class OfflineDataset:
         self.pop_reward = f["pop_reward"][()].astype(np.float64)
         self._mem: dict[str, np.ndarray] | None = None
         if in_memory:
-            self._mem = {name: f[name][()] for name in STEP_ARRAYS}
+            self._mem = arrays if arrays is not None else {name: f[name][()] for name in STEP_ARRAYS}
             f.close()
             self._f = None
 
@@ -413,8 +421,14 @@ class OfflineDataset:
         )
 
 
-def _verify(f: Any, meta: DatasetMeta, path: Path, stored: dict[str, str]) -> None:
-    """Stream every array in chunk-aligned episode blocks: checksum, finiteness, lengths."""
+def _verify(
+    f: Any, meta: DatasetMeta, path: Path, stored: dict[str, str], keep: dict[str, np.ndarray] | None = None
+) -> None:
+    """Stream every array in chunk-aligned episode blocks: checksums and finiteness.
+
+    With ``keep`` (a dict of preallocated step arrays), the blocks read are also copied into it, so
+    an in-memory load reads the file once.
+    """
     hasher = ArrayHasher()
     ce = int(f["states"].chunks[0])
     e = meta.n_episodes
@@ -429,6 +443,8 @@ def _verify(f: Any, meta: DatasetMeta, path: Path, stored: dict[str, str]) -> No
                     f"{str(exc).splitlines()[0]})"
                 ) from None
             hasher.update(name, block)
+            if keep is not None and name in keep:
+                keep[name][start:stop] = block
             if kind == "f" and not np.isfinite(block).all():
                 bad = start + int(np.argwhere(~np.isfinite(block))[0][0])
                 raise DatasetError(f"{path}: array {name!r} holds NaN or inf (episode {bad})")
@@ -486,14 +502,18 @@ def load_dataset(
         length = f["length"][()]
         if length.size and (length.min() < 1 or length.max() > meta.horizon):
             raise DatasetError(f"{path}: episode lengths must lie in [1, T={meta.horizon}]")
-        if verify:
-            _verify(f, meta, path, stored)
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         step_bytes = sum(int(np.prod(f[n].shape)) * f[n].dtype.itemsize for n in STEP_ARRAYS)
         rtg_bytes = meta.n_episodes * (meta.horizon + 1) * meta.stored_agents * 4
         if in_memory is None:
             in_memory = step_bytes + rtg_bytes <= memory_limit
-        return OfflineDataset(path, f, meta, bool(in_memory), attrs)
+        keep = {n: np.empty(f[n].shape, dtype=f[n].dtype) for n in STEP_ARRAYS} if in_memory else None
+        if verify:
+            _verify(f, meta, path, stored, keep)
+        elif keep is not None:
+            for name in STEP_ARRAYS:
+                f[name].read_direct(keep[name])
+        return OfflineDataset(path, f, meta, bool(in_memory), attrs, keep)
     except DatasetError:
         f.close()
         raise

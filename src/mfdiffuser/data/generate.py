@@ -342,6 +342,8 @@ def _cleanup_tmp(out: Path, workdir: Path) -> None:
 
 def _prepare_workdir(workdir: Path, manifest: dict[str, Any], overwrite: bool) -> None:
     path = workdir / "manifest.json"
+    if workdir.exists() and not path.exists() and not any(workdir.glob("[er]*-*")):
+        shutil.rmtree(workdir)  # killed before its manifest was written: nothing to resume
     if workdir.exists():
         try:
             old = json.loads(path.read_text())

@@ -262,6 +262,47 @@ class WindowSampler:
         while True:
             yield self.sample()
 
+    def prefetch(self, depth: int = 2) -> Iterator[TrajBatch]:
+        """Endless batches made ``depth`` ahead by a background thread (same batches, same order).
+
+        NumPy's gathers and HDF5 reads release the GIL, so sampling overlaps the training step.
+        Do not call :meth:`sample` while the iterator is alive (they share the generator).
+        """
+        import queue
+        import threading
+
+        if int(depth) != depth or depth < 1:
+            raise ValueError(f"depth must be a positive integer, got {depth!r}")
+        q: queue.Queue = queue.Queue(maxsize=int(depth))
+        stop = threading.Event()
+
+        def produce() -> None:
+            while not stop.is_set():
+                try:
+                    item: object = self.sample()
+                except BaseException as exc:  # handed to the consumer, which re-raises it
+                    item = exc
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if isinstance(item, BaseException):
+                    return
+
+        worker = threading.Thread(target=produce, name="WindowSampler.prefetch", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            worker.join()
+
     def __repr__(self) -> str:
         return (
             f"WindowSampler(H={self.horizon}, B={self.batch_size}, m_range={self.m_range}, "
