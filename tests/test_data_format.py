@@ -196,7 +196,7 @@ def test_cli_info_one_line_error(tmp_path, damage):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mfd data: error:")
+    assert len(lines) == 1 and lines[0].startswith("mfd data") and "error:" in lines[0]
 
 
 def test_cli_info_prints_metadata_and_returns(tmp_path, capsys):
