@@ -133,6 +133,34 @@ def test_replay_reproduces_observations_and_rewards(tmp_path, env_name, subset):
         assert (term, trunc) == (ep.terminated, ep.truncated)
 
 
+def test_crash_while_writing_the_file_leaves_no_output(tmp_path, monkeypatch):
+    import mfdiffuser.data.generate as generate
+
+    real = generate.write_dataset
+
+    def crashing(path, meta, rows, **kw):
+        def cut():
+            for i, row in enumerate(rows):
+                if i == 3:
+                    raise RuntimeError("power cut")
+                yield row
+
+        return real(path, meta, cut(), **kw)
+
+    monkeypatch.setattr(generate, "write_dataset", crashing)
+    with pytest.raises(RuntimeError, match="power cut"):
+        gen(tmp_path, "c.h5")
+    assert not (tmp_path / "c.h5").exists() and work_dir(tmp_path / "c.h5").is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == ["c.h5.partial"]  # no half-written file left
+    monkeypatch.setattr(generate, "write_dataset", real)
+    (tmp_path / ".c.h5.k1ll3d.tmp").write_bytes(b"left by a SIGKILL during the final write")
+    res = gen(tmp_path, "c.h5")
+    assert not (tmp_path / ".c.h5.k1ll3d.tmp").exists()
+    assert res.resumed_episodes == 6 and res.agent_steps == 0  # nothing simulated again
+    gen(tmp_path, "ref.h5")
+    assert_same_file(tmp_path / "c.h5", tmp_path / "ref.h5")
+
+
 def test_existing_output_and_mismatched_work_dir(tmp_path):
     gen(tmp_path)
     with pytest.raises(FileExistsError, match="--overwrite"):
