@@ -17,6 +17,31 @@ from mfdiffuser.models.denoiser import SinusoidalEmbedding
 SCOPES = ("time", "joint")
 
 
+class AttentionBlock(nn.Module):
+    """Pre-norm transformer block ``[B, L, C] -> [B, L, C]``: self-attention over L tokens, then an MLP.
+
+    Attention runs through ``scaled_dot_product_attention``, which picks a fused kernel that does not
+    materialise the ``L x L`` scores where one is available.
+    """
+
+    def __init__(self, hidden: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, c = x.shape
+        q, k, v = (
+            self.qkv(self.norm1(x)).view(b, length, 3, self.n_heads, c // self.n_heads).permute(2, 0, 3, 1, 4)
+        )
+        att = nn.functional.scaled_dot_product_attention(q, k, v)  # [B, heads, L, C / heads]
+        x = x + self.proj(att.transpose(1, 2).reshape(b, length, c))
+        return x + self.mlp(self.norm2(x))
+
+
 class AgentTimeTransformer(nn.Module):
     """``eps_theta(x_k [B, M, H, D], k, cond [B, M, E]) -> [B, M, H, D]``.
 
@@ -55,12 +80,7 @@ class AgentTimeTransformer(nn.Module):
         self.pos = nn.Parameter(torch.zeros(horizon, hidden))
         self.k_embed = nn.Sequential(SinusoidalEmbedding(hidden), MLP(hidden, hidden, hidden, n_layers=1))
         self.cond = MLP(cond_size, hidden, hidden, n_layers=2)
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                hidden, n_heads, 4 * hidden, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-            )
-            for _ in range(n_layers)
-        )
+        self.blocks = nn.ModuleList(AttentionBlock(hidden, n_heads) for _ in range(n_layers))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, dim))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
