@@ -156,6 +156,7 @@ class MFDiffuser(nn.Module):
         self.register_buffer("summary_mean", torch.zeros(summary_size))
         self.register_buffer("summary_std", torch.ones(summary_size))
         self.register_buffer("action_hist", torch.full((n_actions,), 1.0 / n_actions))
+        self.register_buffer("return_scale", torch.ones(()))
         self.register_buffer("value_var", torch.ones(()))
         self.register_buffer("value_var_ready", torch.zeros((), dtype=torch.bool))
         cm = torch.ones(config.horizon, self.D)
@@ -180,6 +181,8 @@ class MFDiffuser(nn.Module):
         self.summary_mean.copy_(summaries.mean(0))
         self.summary_std.copy_(summaries.std(0, correction=0).clamp_min(1e-2))
         self.action_hist.copy_(torch.bincount(actions, minlength=self.A).float() / max(len(actions), 1))
+        rtg = torch.cat([b.rtg.reshape(-1) for b in batches])
+        self.return_scale.copy_(rtg.std(correction=0).clamp_min(1e-3))
 
     def norm_states(self, s: torch.Tensor) -> torch.Tensor:
         return (s - self.state_mean) / self.state_std
@@ -244,9 +247,9 @@ class MFDiffuser(nn.Module):
         s = batch.states
         t0 = batch.timestep
         ctx0 = self.context(batch.summaries[:, 0], t0)
-        v0 = self.value(s[:, :, 0], ctx0)  # [B, M]
+        v0 = self.value(s[:, :, 0], ctx0) * self.return_scale  # [B, M]
         valid0 = batch.mask[:, :, 0]
-        diff = batch.rtg - v0
+        diff = (batch.rtg - v0) / self.return_scale  # regress in units of the returns' spread
         v_loss = (expectile_loss(diff, cfg.expectile) * valid0).sum() / valid0.sum().clamp_min(1)
         with torch.no_grad():
             if cfg.value_source == "mc":
@@ -260,7 +263,10 @@ class MFDiffuser(nn.Module):
                 ret = (batch.rewards * batch.mask).sum(-1)
                 ctx_h = self.context(batch.summaries[:, -1], t0 + self.H)
                 inside = batch.mask[:, :, -1] & (t0 + self.H < self.T).unsqueeze(1)
-                v_end = self.value(s[:, :, -1], ctx_h) * inside if inside.any() else torch.zeros_like(ret)
+                if inside.any():
+                    v_end = self.value(s[:, :, -1], ctx_h) * self.return_scale * inside
+                else:
+                    v_end = torch.zeros_like(ret)
                 centred = ret + v_end - v0
                 if cfg.weighting == "segment":
                     w = valid0.to(centred.dtype)
