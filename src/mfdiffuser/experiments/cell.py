@@ -140,17 +140,20 @@ def run_cell(
                 cache_dir=Path(results_dir) / "refs",
             )
 
-        result = evaluate_policy(
-            lambda n: points[n].make(),
-            policy_for,
-            list(points),
-            [cell.seed],
-            cell.eval_episodes,
-            refs,
-            by="episode",
-            progress=progress,
-            label=cell.id,
-        )
+        result: dict[str, Any] = {"results": {}}
+        for n in points:
+            part = evaluate_policy(
+                lambda m: points[m].make(),
+                policy_for,
+                [n],
+                [cell.seed],
+                cell.episodes_at(n),
+                refs,
+                by="episode",
+                progress=progress,
+                label=cell.id,
+            )
+            result["results"].update(part["results"])
         timings["eval_s"] = time.perf_counter() - t1
         record["metrics"] = result["results"]
         evaluated = [int(n) for n, r in result["results"].items() if r.get("status") == "done"]

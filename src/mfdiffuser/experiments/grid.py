@@ -9,7 +9,7 @@ Schema (every key but ``benchmarks`` and ``methods`` optional)::
     name: main
     seeds: [0, 1, 2]                  # training seeds; statistics are over these
     data: {episodes: 100, ref_episodes: 10, seed: 0, store_agents: null}
-    eval: {episodes: 30}
+    eval: {episodes: 30, episodes_by_n: {10000: 10}}   # also per benchmark (eval_options) and method
     trainer: {steps: 2000, batch_size: 64}       # defaults of every method
     resources: {num_cpus: 1}          # per Ray task
     max_retries: 2                    # Ray retries (worker death and exceptions)
@@ -24,7 +24,7 @@ Schema (every key but ``benchmarks`` and ``methods`` optional)::
         data: {episodes: 200}         # overrides of the defaults above
     methods:
       mf-diffuser: {algo: mf-diffuser, options: {beta: 1.0}, trainer: {steps: 3000}, policy: {},
-                    benchmarks: {ising: {options: {horizon: 4}}}}
+                    eval: {episodes_by_n: {10000: 5}}, benchmarks: {ising: {options: {horizon: 4}}}}
       expert: {behaviour: expert}     # a behaviour policy of the env, evaluated without training
 """
 
@@ -41,13 +41,13 @@ from typing import Any
 import yaml
 
 DATA_DEFAULTS: dict[str, Any] = {"episodes": 100, "ref_episodes": 10, "seed": 0, "store_agents": None}
-EVAL_DEFAULTS: dict[str, Any] = {"episodes": 30}
+EVAL_DEFAULTS: dict[str, Any] = {"episodes": 30, "episodes_by_n": {}}
 TOP_KEYS = {
     "name", "seeds", "data", "eval", "trainer", "resources", "max_retries", "exploitability",
     "benchmarks", "methods", "description", "results", "datasets_dir",
 }  # fmt: skip
 BENCH_KEYS = {"env", "env_args", "train", "eval", "qualities", "data", "eval_options", "exploitability"}
-METHOD_KEYS = {"algo", "behaviour", "options", "trainer", "policy", "benchmarks", "resources"}
+METHOD_KEYS = {"algo", "behaviour", "options", "trainer", "policy", "benchmarks", "resources", "eval"}
 DATASET_QUALITIES = ("expert", "medium", "mixed", "random")
 TRAINER_KEYS = {
     "steps", "batch_size", "lr", "weight_decay", "grad_clip", "ema_decay", "ema_start", "log_every",
@@ -114,6 +114,9 @@ class Cell:
     eval_points: tuple[EnvPoint, ...]
     dataset: DatasetSpec | None
     eval_episodes: int
+    """Evaluation episodes per N (one training seed each)."""
+    eval_episodes_by_n: dict[int, int]
+    """Exceptions to ``eval_episodes`` at some N (planners that are slow at large N)."""
     ref_episodes: int
     """Episodes per reference policy (random, expert) for the normalized score at each N."""
     exploitability: dict[str, Any] = field(default_factory=dict)
@@ -122,6 +125,10 @@ class Cell:
     def id(self) -> str:
         """Stable file-name-safe identity of the cell."""
         return f"{self.benchmark}__{self.quality}__{self.method}__s{self.seed}"
+
+    def episodes_at(self, n_agents: int) -> int:
+        """Evaluation episodes at population size N."""
+        return int(self.eval_episodes_by_n.get(int(n_agents), self.eval_episodes))
 
     @property
     def fingerprint(self) -> str:
@@ -271,8 +278,6 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
                 )
         data = _merge(DATA_DEFAULTS, raw.get("data"), b.get("data"))
         _unknown(data, set(DATA_DEFAULTS), f"{where}.data")
-        ev = _merge(EVAL_DEFAULTS, raw.get("eval"), b.get("eval_options"))
-        _unknown(ev, set(EVAL_DEFAULTS), f"{where}.eval_options")
         expl = _merge(raw.get("exploitability"), b.get("exploitability"))
         _unknown(expl, {"enabled", "episodes"}, f"{where}.exploitability")
         for mname, m in methods.items():
@@ -282,7 +287,9 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
             _unknown(m, METHOD_KEYS, mwhere)
             over = (m.get("benchmarks") or {}).get(bname, {})
             _unknown(
-                over, {"options", "trainer", "policy", "resources", "skip"}, f"{mwhere}.benchmarks.{bname}"
+                over,
+                {"options", "trainer", "policy", "resources", "skip", "eval"},
+                f"{mwhere}.benchmarks.{bname}",
             )
             if over.get("skip"):
                 continue
@@ -290,6 +297,13 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
             if (algo is None) == (behaviour is None):
                 raise ValueError(f"{mwhere}: give exactly one of 'algo' or 'behaviour'")
             trainer = _merge(raw.get("trainer"), m.get("trainer"), over.get("trainer"))
+            ev = _merge(
+                EVAL_DEFAULTS, raw.get("eval"), b.get("eval_options"), m.get("eval"), over.get("eval")
+            )
+            _unknown(ev, set(EVAL_DEFAULTS), f"{mwhere} eval options")
+            by_n = {int(k): int(v) for k, v in (ev["episodes_by_n"] or {}).items()}
+            if int(ev["episodes"]) < 1 or any(v < 1 for v in by_n.values()):
+                raise ValueError(f"{mwhere}: evaluation episodes must be >= 1")
             _unknown(trainer, TRAINER_KEYS, f"{mwhere}.trainer")
             if algo is not None and algo not in ALGOS:
                 raise ValueError(f"{mwhere}: unknown algorithm {algo!r}; choose from {', '.join(ALGOS)}")
@@ -329,6 +343,7 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
                             eval_points=eval_pts,
                             dataset=dataset,
                             eval_episodes=int(ev["episodes"]),
+                            eval_episodes_by_n=by_n,
                             ref_episodes=int(data["ref_episodes"]),
                             exploitability=expl,
                         )
