@@ -88,6 +88,19 @@ def test_encode_layout_and_inpaint():
     assert torch.equal(x[:, :, 0, :S], s0)
 
 
+def test_decode_actions_by_hand():
+    learner = _learner()
+    x0 = torch.zeros(1, 4000, 1, S + A)
+    x0[..., S:] = torch.tensor([-1.0, 0.6, 0.2, -0.5])  # positive channels 1 and 2, heights 3 : 1
+    x0[0, :1000, 0, S:] = torch.tensor([-0.9, -0.2, -0.8, -0.7])  # none positive -> argmax (1)
+    gen = torch.Generator().manual_seed(0)
+    cat = learner.decode_actions(x0, gen, "categorical")[0, :, 0]
+    assert set(cat[:1000].tolist()) == {1}
+    assert (cat[1000:] == 2).float().mean().item() == pytest.approx(0.25, abs=0.03)
+    assert set(cat[1000:].tolist()) == {1, 2}
+    assert set(learner.decode_actions(x0, gen, "argmax")[0, :, 0].tolist()) == {1}
+
+
 def test_loss_invariant_to_duplicating_every_particle():
     learner = _learner()
     batch = _batch()
