@@ -21,14 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-# env -> (module that must exist, optional engine, env args, episodes) at N of about 1,000
-GEN_CASES = {
-    "gaussian-squeeze": ("mfdiffuser.envs.gaussian_squeeze", None, {"n_agents": 1000}, 400),
-    "ising": ("mfdiffuser.envs.ising", None, {"n_agents": 1024}, 40),
-    "crowd": ("mfdiffuser.envs.crowd", None, {"n_agents": 1000}, 60),
-    "crowd-2d": ("mfdiffuser.envs.crowd", None, {"n_agents": 1000}, 60),
-    "battle": ("mfdiffuser.envs.battle", "magent2", {"n_agents": 256, "map_size": 80}, 4),
-}
+# (env, module that must exist, optional engine, env args, episodes) at N of about 1,000 and 10,000
+GEN_CASES = [
+    ("gaussian-squeeze", "mfdiffuser.envs.gaussian_squeeze", None, {"n_agents": 1000}, 400),
+    ("gaussian-squeeze", "mfdiffuser.envs.gaussian_squeeze", None, {"n_agents": 10000}, 100),
+    ("ising", "mfdiffuser.envs.ising", None, {"n_agents": 1024}, 40),
+    ("ising", "mfdiffuser.envs.ising", None, {"n_agents": 10000}, 8),
+    ("crowd", "mfdiffuser.envs.crowd", None, {"n_agents": 1000}, 60),
+    ("crowd", "mfdiffuser.envs.crowd", None, {"n_agents": 10000}, 12),
+    ("crowd-2d", "mfdiffuser.envs.crowd", None, {"n_agents": 1000}, 60),
+    ("crowd-2d", "mfdiffuser.envs.crowd", None, {"n_agents": 10000}, 12),
+    ("battle", "mfdiffuser.envs.battle", "magent2", {"n_agents": 256, "map_size": 80}, 4),
+]
 
 
 def _available(module: str, engine: str | None) -> bool:
@@ -42,7 +46,7 @@ def bench_generation(tmp: Path, quick: bool) -> list[dict]:
     from mfdiffuser.envs import make
 
     rows = []
-    for name, (module, engine, args, episodes) in GEN_CASES.items():
+    for name, module, engine, args, episodes in GEN_CASES:
         if not _available(module, engine):
             print(f"  {name}: skipped (module or engine absent)")
             continue
@@ -57,17 +61,18 @@ def bench_generation(tmp: Path, quick: bool) -> list[dict]:
             i += 1
         raw = steps / (time.perf_counter() - t0)
         res = generate_dataset(GenerateConfig(
-            env=name, env_args=args, out=str(tmp / f"gen-{name}.h5"), quality="medium", episodes=episodes,
+            env=name, env_args=args, out=str(tmp / f"gen-{name}-{env.n_agents}.h5"), quality="medium",
+            episodes=episodes,
             ref_episodes=2, workers=1, progress=False, overwrite=True,
         ))
-        size = (tmp / f"gen-{name}.h5").stat().st_size
+        size = (tmp / f"gen-{name}-{env.n_agents}.h5").stat().st_size
         rows.append({
             "env": name, "N": env.n_agents, "T": env.horizon, "episodes": episodes,
             "rollout_agent_steps_per_s": raw,
             "generate_agent_steps_per_s": res.agent_steps / res.seconds,
             "generate_seconds": res.seconds, "file_MiB": size / 2**20,
         })
-        print(f"  {name:17s} N={env.n_agents:5d} T={env.horizon:4d}: rollout {raw:12,.0f} agent-steps/s, "
+        print(f"  {name:17s} N={env.n_agents:6d} T={env.horizon:4d}: rollout {raw:12,.0f} agent-steps/s, "
               f"end-to-end generate {res.agent_steps / res.seconds:12,.0f} agent-steps/s "
               f"({episodes} episodes + refs in {res.seconds:.1f} s, {size / 2**20:.1f} MiB)")
     return rows

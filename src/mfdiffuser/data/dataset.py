@@ -296,7 +296,7 @@ class OfflineDataset:
         in_memory: bool,
         file_attrs: dict[str, Any],
         arrays: dict[str, np.ndarray] | None = None,
-    ):
+    ) -> None:
         self.path = path
         self.meta = meta
         self.attrs = file_attrs
