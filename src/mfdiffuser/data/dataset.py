@@ -309,7 +309,7 @@ class OfflineDataset:
         self.quality_labels = np.array([q.decode() for q in f["quality"][()]], dtype=object)
         self.env_seeds = f["env_seed"][()].astype(np.uint64)
         self.policy_seeds = f["policy_seed"][()].astype(np.uint64)
-        self.agent_index = f["agent_index"][()].astype(np.int64)
+        self.agent_index = f["agent_index"][()].astype(np.int32)
         self.pop_reward = f["pop_reward"][()].astype(np.float64)
         self._mem: dict[str, np.ndarray] | None = None
         if in_memory:
