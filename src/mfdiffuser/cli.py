@@ -1,8 +1,9 @@
 """The ``mfd`` command line: parses arguments and calls the library. Nothing else lives here.
 
 Each subcommand is a module of :mod:`mfdiffuser.commands` with ``add_parser(subparsers)`` and
-``run(args) -> int``. User errors (:class:`~mfdiffuser.errors.MfdError`, ``ValueError``,
-``FileNotFoundError``) print one line and exit 2; ``MFD_DEBUG=1`` shows the traceback instead.
+``run(args) -> int``. User errors (:class:`~mfdiffuser.errors.MfdError`, ``ValueError`` and
+``OSError``: a missing file, a directory where a file is expected, no permission) print one line and
+exit 2; ``MFD_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -53,19 +54,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_name(args: argparse.Namespace) -> str:
+    """The full subcommand of parsed ``args``, e.g. ``"data generate"`` (used in error messages)."""
+    words = [args.command]
+    words += [str(v) for k, v in sorted(vars(args).items()) if k.endswith("_command") and v]
+    return " ".join(words)
+
+
+def error_message(exc: BaseException) -> str:
+    """One line describing a user-facing error.
+
+    An ``OSError`` raised by the operating system reads ``<path>: <reason>`` (the destination of a
+    rename, not its temporary source); any other error its first line.
+    """
+    if isinstance(exc, OSError) and exc.strerror and (exc.filename2 or exc.filename):
+        return f"{exc.filename2 or exc.filename}: {exc.strerror}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mfd`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe surfaces here, not at interpreter exit
+        return code
     except KeyboardInterrupt:
         sys.stderr.write("mfd: interrupted\n")
         return 130
-    except (MfdError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except BrokenPipeError:
+        # the reader went away (`mfd envs | head -1`): stop quietly, as a shell tool does on SIGPIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except (MfdError, ValueError, OSError) as exc:
         if os.environ.get("MFD_DEBUG"):
             raise
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        sys.stderr.write(f"mfd {args.command}: error: {message}\n")
+        sys.stderr.write(f"mfd {command_name(args)}: error: {error_message(exc)}\n")
         return 2
 
 
