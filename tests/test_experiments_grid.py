@@ -45,6 +45,9 @@ def test_parse_grid_expands_and_validates():
     battle = parse_grid({"benchmarks": {"battle": {"train": "battle-256", "eval": ["battle-64", 1024]}},
                          "methods": {"x": {"behaviour": "random"}}})
     assert [p.env_args["map_size"] for p in battle.cells[0].eval_points][0] == 40
+    per_n = parse_grid({**_spec({"x": {"behaviour": "random", "eval": {"episodes_by_n": {1000: 1}}}}),
+                        "eval": {"episodes": 5}})
+    assert (per_n.cells[0].episodes_at(100), per_n.cells[0].episodes_at(1000)) == (5, 1)
     for bad, msg in [
         ({"methods": {"x": {"algo": "nope"}}}, "unknown algorithm"),
         ({"methods": {"x": {"algo": "bc", "behaviour": "expert"}}}, "exactly one"),
