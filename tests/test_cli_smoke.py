@@ -41,9 +41,19 @@ SMALL = {
     "bc": ["--set", "hidden=32"],
     "rwbc": ["--set", "hidden=32"],
     "mf-iql": ["--set", "hidden=32"],
-    "mf-diffuser": ["--set", "hidden=32", "--set", "n_blocks=1", "--set", "value_hidden=32",
-                    "--set", "m_range=[4, 8]", "--set", "stats_batches=2"],
-}  # fmt: skip
+    "mf-diffuser": [
+        "--set",
+        "hidden=32",
+        "--set",
+        "n_blocks=1",
+        "--set",
+        "value_hidden=32",
+        "--set",
+        "m_range=[4, 8]",
+        "--set",
+        "stats_batches=2",
+    ],
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -76,12 +86,49 @@ def datasets(workdir: Path) -> dict[str, Path]:
     """Tiny datasets of the three cheap benchmarks, generated through the CLI."""
     paths = {"gs": workdir / "gs.h5", "ising": workdir / "ising.h5", "crowd": workdir / "crowd.h5"}
     common = ["--workers", "1", "--quiet", "--ref-episodes", "2"]
-    _mfd("data", "generate", "--env", "gaussian-squeeze", "--n-agents", "100", "--quality", "medium",
-         "--episodes", "4", "--out", str(paths["gs"]), *common)  # fmt: skip
-    _mfd("data", "generate", "--setting", "ising-10x10", "--quality", "mixed", "--episodes", "2",
-         "--out", str(paths["ising"]), *common)  # fmt: skip
-    _mfd("data", "generate", "--env", "crowd", "--n-agents", "100", "--quality", "expert",
-         "--episodes", "2", "--out", str(paths["crowd"]), *common)  # fmt: skip
+    _mfd(
+        "data",
+        "generate",
+        "--env",
+        "gaussian-squeeze",
+        "--n-agents",
+        "100",
+        "--quality",
+        "medium",
+        "--episodes",
+        "4",
+        "--out",
+        str(paths["gs"]),
+        *common,
+    )
+    _mfd(
+        "data",
+        "generate",
+        "--setting",
+        "ising-10x10",
+        "--quality",
+        "mixed",
+        "--episodes",
+        "2",
+        "--out",
+        str(paths["ising"]),
+        *common,
+    )
+    _mfd(
+        "data",
+        "generate",
+        "--env",
+        "crowd",
+        "--n-agents",
+        "100",
+        "--quality",
+        "expert",
+        "--episodes",
+        "2",
+        "--out",
+        str(paths["crowd"]),
+        *common,
+    )
     return paths
 
 
@@ -89,8 +136,21 @@ def datasets(workdir: Path) -> dict[str, Path]:
 def bc_run(workdir: Path, datasets: dict[str, Path]) -> Path:
     """A bc run trained for a few steps on the gaussian-squeeze dataset."""
     out = workdir / "runs" / "bc"
-    _mfd("train", "--algo", "bc", "--dataset", str(datasets["gs"]), "--out", str(out), "--steps", "20",
-         "--batch-size", "8", "--no-progress", *SMALL["bc"])  # fmt: skip
+    _mfd(
+        "train",
+        "--algo",
+        "bc",
+        "--dataset",
+        str(datasets["gs"]),
+        "--out",
+        str(out),
+        "--steps",
+        "20",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        *SMALL["bc"],
+    )
     return out
 
 
@@ -151,8 +211,21 @@ def test_data_info(datasets, capsys):
 @pytest.mark.parametrize("algo", ["bc", "rwbc", "mf-iql", "mf-diffuser"])
 def test_train(algo, workdir, datasets, capsys):
     out = workdir / "runs" / f"train-{algo}"
-    _mfd("train", "--algo", algo, "--dataset", str(datasets["gs"]), "--out", str(out), "--steps", "20",
-         "--batch-size", "8", "--no-progress", *SMALL[algo])  # fmt: skip
+    _mfd(
+        "train",
+        "--algo",
+        algo,
+        "--dataset",
+        str(datasets["gs"]),
+        "--out",
+        str(out),
+        "--steps",
+        "20",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        *SMALL[algo],
+    )
     assert f"trained {algo} for 20 steps" in capsys.readouterr().out
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "done" and record["step"] == 20
@@ -166,15 +239,43 @@ def test_train_list_options(capsys):
 
 
 def test_train_resume_is_a_no_op_when_done(bc_run, datasets, capsys):
-    _mfd("train", "--algo", "bc", "--dataset", str(datasets["gs"]), "--out", str(bc_run), "--steps", "20",
-         "--batch-size", "8", "--no-progress", *SMALL["bc"])  # fmt: skip
+    _mfd(
+        "train",
+        "--algo",
+        "bc",
+        "--dataset",
+        str(datasets["gs"]),
+        "--out",
+        str(bc_run),
+        "--steps",
+        "20",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        *SMALL["bc"],
+    )
     assert "for 20 steps" in capsys.readouterr().out
 
 
 def test_evaluate_run(bc_run, workdir, capsys):
     out = workdir / "eval_bc.json"
-    _mfd("evaluate", "--run", str(bc_run), "--n-agents", "100", "1000", "--episodes", "2", "--seeds", "2",
-         "--ref-episodes", "2", "--no-progress", "--out", str(out))  # fmt: skip
+    _mfd(
+        "evaluate",
+        "--run",
+        str(bc_run),
+        "--n-agents",
+        "100",
+        "1000",
+        "--episodes",
+        "2",
+        "--seeds",
+        "2",
+        "--ref-episodes",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+    )
     assert "1,000" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["env"] == "gaussian-squeeze" and result["source"]["algo"] == "bc"
@@ -187,8 +288,23 @@ def test_evaluate_run(bc_run, workdir, capsys):
 
 def test_evaluate_behaviour_with_exploitability(workdir, capsys):
     out = workdir / "eval_crowd.json"
-    _mfd("evaluate", "--behaviour", "random", "--env", "crowd-100", "--episodes", "2", "--seeds", "2",
-         "--ref-episodes", "2", "--exploitability", "--no-progress", "--out", str(out))  # fmt: skip
+    _mfd(
+        "evaluate",
+        "--behaviour",
+        "random",
+        "--env",
+        "crowd-100",
+        "--episodes",
+        "2",
+        "--seeds",
+        "2",
+        "--ref-episodes",
+        "2",
+        "--exploitability",
+        "--no-progress",
+        "--out",
+        str(out),
+    )
     assert "exploitability (exact)" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["source"] == {"behaviour": "random"}
@@ -197,10 +313,36 @@ def test_evaluate_behaviour_with_exploitability(workdir, capsys):
 
 def test_evaluate_ising_run(workdir, datasets, capsys):
     run = workdir / "runs" / "ising-bc"
-    _mfd("train", "--algo", "bc", "--dataset", str(datasets["ising"]), "--out", str(run), "--steps", "10",
-         "--batch-size", "8", "--no-progress", *SMALL["bc"])  # fmt: skip
-    _mfd("evaluate", "--run", str(run), "--n-agents", "100", "144", "--episodes", "1", "--seeds", "2",
-         "--ref-episodes", "1", "--no-progress")  # fmt: skip
+    _mfd(
+        "train",
+        "--algo",
+        "bc",
+        "--dataset",
+        str(datasets["ising"]),
+        "--out",
+        str(run),
+        "--steps",
+        "10",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        *SMALL["bc"],
+    )
+    _mfd(
+        "evaluate",
+        "--run",
+        str(run),
+        "--n-agents",
+        "100",
+        "144",
+        "--episodes",
+        "1",
+        "--seeds",
+        "2",
+        "--ref-episodes",
+        "1",
+        "--no-progress",
+    )
     out = capsys.readouterr().out
     assert "|m|" in out and "144" in out
 
@@ -237,10 +379,12 @@ def test_report(workdir, capsys):
 def test_bench(workdir, capsys):
     bench = workdir / "benchmarks"
     bench.mkdir()
-    (bench / "bench_tiny.py").write_text(textwrap.dedent("""
+    (bench / "bench_tiny.py").write_text(
+        textwrap.dedent("""
         import sys
         print("tiny figure 42", sys.argv[1:])
-    """))
+    """)
+    )
     _mfd("bench", "--dir", str(bench), "--list")
     listed = capsys.readouterr().out.split()
     assert "tiny" in listed and "envs" in listed
@@ -262,8 +406,11 @@ def test_console_script_entry_point(tmp_path):
     """The real process: ``python -m mfdiffuser.cli`` exits 0 and prints the table."""
     proc = subprocess.run(
         [sys.executable, "-m", "mfdiffuser.cli", "envs", "--settings-only"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "ising-32x32" in proc.stdout and proc.stderr == ""
 
@@ -281,8 +428,13 @@ def test_sweep_and_report_end_to_end(tmp_path):
     assert "3 done" in proc.stdout
     again = subprocess.run(sweep, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert again.returncode == 0 and "3 already finished" in again.stdout
-    rep = subprocess.run([*cmd, "report", str(results), "--out", str(tmp_path / "rep")],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=600)  # fmt: skip
+    rep = subprocess.run(
+        [*cmd, "report", str(results), "--out", str(tmp_path / "rep")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert rep.returncode == 0, rep.stderr
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "bc" in md and "expert" in md
