@@ -14,7 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Roll out a policy at every --n-agents for --episodes episodes per seed and report the "
             "per-agent return, normalized score (reference returns of the random and expert "
             "behaviour at each N), Ising order parameter, battle win rate and kill ratio, act "
-            "latency and memory: mean and 95%% confidence interval over seeds."
+            "latency and memory: mean and 95% confidence interval over seeds."
         ),
     )
     src = p.add_mutually_exclusive_group(required=True)
@@ -27,7 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--env-arg", action="append", default=[], metavar="KEY=VALUE", help="env argument (with --behaviour)"
     )
     p.add_argument(
-        "--n-agents", type=int, nargs="+", default=None, help="population sizes (default: training N)"
+        "--n-agents",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="population sizes (default: training N)",
     )
     p.add_argument("--episodes", type=int, default=20, help="episodes per seed")
     p.add_argument("--seeds", type=int, default=3, help="number of evaluation seeds (0 .. k-1)")

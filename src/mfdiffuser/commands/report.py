@@ -10,7 +10,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "report",
         help="tables (Markdown, LaTeX) and plots (PNG) of a results store",
         description=(
-            "Aggregate the cell records of a results directory over seeds (mean and 95%% CI) into "
+            "Aggregate the cell records of a results directory over seeds (mean and 95% CI) into "
             "report.md, tables.tex and PNG plots; the best method per row is bold."
         ),
     )
