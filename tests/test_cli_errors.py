@@ -678,7 +678,6 @@ def test_bench_passes_dash_options_to_scripts(inputs, capsys):
 
 
 @pytest.mark.parametrize("command", ["evaluate", "report"])
-@pytest.mark.xfail(strict=True, reason="'95%%' in an argparse description (not %-formatted) prints literally")
 def test_help_has_no_doubled_percent(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
