@@ -622,6 +622,56 @@ def test_error_names_the_full_subcommand(inputs, capsys, tmp_path, monkeypatch):
     assert line.startswith("mfd data info: error: ")
 
 
+def test_output_in_a_new_directory_is_created(inputs, capsys, tmp_path, monkeypatch):
+    """A missing parent directory of --out is created (as ``mkdir -p``), not an error."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "generate", *GS, "--out", "new/sub/o.h5"]) == 0
+    assert (tmp_path / "new" / "sub" / "o.h5").is_file()
+    assert sorted(p.name for p in (tmp_path / "new" / "sub").iterdir()) == ["o.h5"]
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path: Path):
+    """A directory no file can be created in: a mode-500 one, or ``/sys`` when running as root."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    target = ro
+    if os.name == "posix" and os.geteuid() == 0:  # root ignores modes; sysfs refuses new files
+        target = Path("/sys")
+    try:
+        (target / "probe.tmp").write_text("x")
+    except OSError:
+        yield target
+    else:
+        (target / "probe.tmp").unlink()
+        pytest.skip("no unwritable directory on this machine")
+    finally:
+        ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("command", ["generate", "train", "evaluate", "report"])
+def test_output_in_an_unwritable_directory(command, unwritable_dir, inputs, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = unwritable_dir / "mfd-test-output"
+    argv = {
+        "generate": ["data", "generate", *GS, "--out", f"{out}.h5"],
+        "train": [a.format(**inputs) for a in TRAIN] + ["--out", str(out)],
+        "evaluate": ["evaluate", "--behaviour", "random", "--env", "gs-100", *EVAL, "--out", f"{out}.json"],
+        "report": ["report", str(Path(inputs["root"]) / "results"), "--out", str(out)],
+    }[command]
+    if command == "report":  # a store with one behaviour cell
+        from mfdiffuser.experiments.cell import run_cell
+        from mfdiffuser.experiments.grid import parse_grid
+
+        grid = _grid(methods={"random": {"behaviour": "random"}})
+        for cell in parse_grid(grid).cells:
+            run_cell(cell, None, Path(inputs["root"]) / "results")
+    refused = "denied|not permitted|Read-only"
+    expect_error(argv, capsys, tmp_path, Path(inputs["root"]) / "benchmarks", refused)
+    assert not out.exists()
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="data/generate.py only checks out.exists(): with --overwrite it rolls "
