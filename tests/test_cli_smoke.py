@@ -187,6 +187,24 @@ def test_envs(capsys):
     assert "crowd-1000" in out and "parameters" not in out
 
 
+def test_envs_names_the_extra_of_a_missing_engine(monkeypatch, capsys):
+    import mfdiffuser.envs as envs
+    from mfdiffuser.errors import MissingExtraError
+
+    real = envs.env_parameters
+
+    def without_magent2(name: str) -> dict:
+        if name == "battle":
+            raise MissingExtraError("magent2", "battle")
+        return real(name)
+
+    monkeypatch.setattr(envs, "env_parameters", without_magent2)
+    _mfd("envs")
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())  # undo the table's wrapping
+    assert "unavailable: the optional dependency 'magent2' is not installed" in out
+    assert "mfdiffuser[battle]" in out
+
+
 def test_data_generate(datasets, capsys):
     from mfdiffuser.data.dataset import load_dataset
 

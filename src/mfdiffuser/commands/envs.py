@@ -13,10 +13,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from mfdiffuser.envs import env_parameters, list_envs, list_settings
 
+    # Cells are escaped: rich would read "[battle]" (an extra's name) or a list default as markup.
     console = Console()
     if not args.settings_only:
         table = Table(title="environments")
@@ -26,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
             try:
                 params = ", ".join(f"{k}={v}" for k, v in env_parameters(name).items())
             except ImportError as exc:  # optional engine missing: say which extra
-                params = f"[unavailable: {exc}]"
-            table.add_row(name, params)
+                params = f"unavailable: {exc}"
+            table.add_row(escape(name), escape(params))
         console.print(table)
     table = Table(title="named settings")
     table.add_column("setting")
@@ -35,6 +37,6 @@ def run(args: argparse.Namespace) -> int:
     table.add_column("arguments")
     for name, spec in list_settings().items():
         env = spec.pop("env")
-        table.add_row(name, env, ", ".join(f"{k}={v}" for k, v in spec.items()))
+        table.add_row(escape(name), escape(env), escape(", ".join(f"{k}={v}" for k, v in spec.items())))
     console.print(table)
     return 0
