@@ -58,13 +58,15 @@ def test_planner_policy_any_n_and_replanning(module):
     calls = []
     plan = learner.plan
 
-    def counting(obs, info, gen):
+    def counting(obs, info, gen, cfg):
         calls.append(len(obs))
-        return plan(obs, info, gen)
+        assert cfg.sample_steps == 3
+        return plan(obs, info, gen, cfg)
 
     learner.plan = counting
     for n in (3, 50):
-        policy = module.make_policy(learner, config, types.SimpleNamespace(**{**vars(ENV), "n_agents": n}))
+        env = types.SimpleNamespace(**{**vars(ENV), "n_agents": n})
+        policy = module.make_policy(learner, config, env, sample_steps=3)
         assert isinstance(policy, PlannerPolicy)
         policy.reset(None, np.random.default_rng(0))
         obs = np.random.default_rng(1).random((n, 2)).astype(np.float32)
@@ -73,6 +75,8 @@ def test_planner_policy_any_n_and_replanning(module):
     assert calls == [3, 3, 50, 50]
     with pytest.raises(ValueError, match="replan_every"):
         module.make_policy(learner, config, ENV, replan_every=3)
+    with pytest.raises(ValueError, match="unknown policy option"):
+        module.make_policy(learner, config, ENV, beam=3)
 
 
 def test_plans_reproducible_from_episode_seed():

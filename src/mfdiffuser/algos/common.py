@@ -6,6 +6,7 @@ An agent's context is ``[phi(mu_t), t/T]``; :class:`AgentwisePolicy` acts for an
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -442,10 +443,11 @@ class DiffusionConfig(WindowConfig):
     """Transformer blocks."""
     n_heads: int = 4
     """Attention heads."""
-    diffusion_steps: int = 50
+    diffusion_steps: int = 20
     """K, steps of the noise schedule."""
-    sample_steps: int = 10
-    """DDIM steps per plan."""
+    sample_steps: int = 20
+    """DDIM steps per plan (K with eta = 1 is DDPM ancestral sampling; fewer steps sample rare
+    actions far too often, which a stage game like gaussian-squeeze punishes hard)."""
     eta: float = 1.0
     """DDIM stochasticity (1: DDPM-like ancestral noise, which keeps agents' plans diverse)."""
     guidance: float = 1.5
@@ -549,18 +551,30 @@ class ReturnDiffuser(nn.Module):
         loss = masked_mean(err, weight)
         return LossOutput(loss, scalars(eps_mse=loss))
 
-    def _guided_eps(self, x: torch.Tensor, k: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
+    def _guided_eps(
+        self, x: torch.Tensor, k: int, cond: torch.Tensor, uncond: torch.Tensor, cfg: DiffusionConfig
+    ) -> torch.Tensor:
         """Classifier-free guided noise estimate, in chunks of agents where agents are independent."""
-        chunk = x.shape[1] if self.net.scope == "joint" else self.config.chunk_size
+        chunk = x.shape[1] if self.net.scope == "joint" else cfg.chunk_size
         out = []
         for xs, cs, us in zip(x.split(chunk, 1), cond.split(chunk, 1), uncond.split(chunk, 1), strict=True):
             e_c, e_u = self.net(torch.cat([xs, xs]), k, torch.cat([cs, us])).chunk(2)
-            out.append(e_u + self.config.guidance * (e_c - e_u))
+            out.append(e_u + cfg.guidance * (e_c - e_u))
         return torch.cat(out, dim=1)
 
     @torch.no_grad()
-    def plan(self, obs: np.ndarray, info: dict[str, Any], generator: torch.Generator) -> np.ndarray:
-        """``[N, H]`` planned actions of every agent for ``obs [N, S]`` (one plan, all agents at once)."""
+    def plan(
+        self,
+        obs: np.ndarray,
+        info: dict[str, Any],
+        generator: torch.Generator,
+        config: DiffusionConfig | None = None,
+    ) -> np.ndarray:
+        """``[N, H]`` planned actions of every agent for ``obs [N, S]`` (one plan, all agents at once).
+
+        ``config`` overrides the learner's sampling options (``sample_steps``, ``eta``, ``guidance``).
+        """
+        cfg = config or self.config
         device = self.target.device
         S, H = self.dims.state_size, self.config.horizon
         s0 = self.state_stats(torch.as_tensor(np.asarray(obs, dtype=np.float32), device=device)).unsqueeze(0)
@@ -571,23 +585,24 @@ class ReturnDiffuser(nn.Module):
         cond = self.condition(s0, ctx, self.target * ones, ones)
         uncond = self.condition(s0, ctx, 0 * ones, 0 * ones)
         x = torch.randn((1, n, H, self.net.dim), generator=generator).to(device)
-        ks = self.schedule.timesteps(self.config.sample_steps)
+        ks = self.schedule.timesteps(cfg.sample_steps)
         for k, k_prev in zip(ks, ks[1:] + [-1], strict=True):
             x[:, :, 0, :S] = s0
-            eps = self._guided_eps(x, k, cond, uncond)
-            x = self.schedule.ddim_step(
-                eps, k, k_prev, x, eta=self.config.eta, generator=generator
-            ).prev_sample
+            eps = self._guided_eps(x, k, cond, uncond, cfg)
+            x = self.schedule.ddim_step(eps, k, k_prev, x, eta=cfg.eta, generator=generator).prev_sample
         return x[0, :, :, S:].argmax(-1).cpu().numpy().astype(np.int64)
 
-    def plan_cost(self, n_agents: int, gflops: float) -> tuple[float, float]:
+    def plan_cost(
+        self, n_agents: int, gflops: float, config: DiffusionConfig | None = None
+    ) -> tuple[float, float]:
         """Estimated ``(GiB, seconds)`` of one plan for N agents at ``gflops`` effective GFLOP/s.
 
         Time: ``sample_steps`` guided forwards (batch 2). Memory: one layer's attention scores if
         materialised plus the token activations of all blocks.
         """
-        net, steps_ = self.net, self.config.sample_steps
-        chunk = n_agents if net.scope == "joint" else min(n_agents, self.config.chunk_size)
+        cfg = config or self.config
+        net, steps_ = self.net, cfg.sample_steps
+        chunk = n_agents if net.scope == "joint" else min(n_agents, cfg.chunk_size)
         seconds = steps_ * net.flops(n_agents, batch=2) / (gflops * 1e9)
         tokens = 2 * chunk * net.horizon
         gib = (net.attention_bytes(chunk, batch=2) + tokens * net.hidden * 4 * 8 * net.n_layers) / 2**30
@@ -597,12 +612,12 @@ class ReturnDiffuser(nn.Module):
 class PlannerPolicy:
     """A population policy that plans ``[N, H]`` actions for all agents and follows them open loop.
 
-    Every ``replan_every`` env steps it calls ``planner.plan(obs, info, generator)``; the generator
-    is seeded from the episode's generator, so an episode is reproducible from its seed.
+    Every ``config.replan_every`` env steps it calls ``planner.plan``; the generator is seeded from
+    the episode's generator, so an episode is reproducible from its seed.
     """
 
-    def __init__(self, planner: ReturnDiffuser, replan_every: int) -> None:
-        self.planner, self.replan_every = planner, int(replan_every)
+    def __init__(self, planner: ReturnDiffuser, config: DiffusionConfig) -> None:
+        self.planner, self.config = planner, config
         self._plan: np.ndarray | None = None
         self._age = 0
         self._gen = torch.Generator()
@@ -612,22 +627,30 @@ class PlannerPolicy:
         self._plan, self._age = None, 0
 
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
-        if self._plan is None or self._age >= self.replan_every or self._plan.shape[0] != len(obs):
-            self._plan, self._age = self.planner.plan(obs, info, self._gen), 0
+        if self._plan is None or self._age >= self.config.replan_every or self._plan.shape[0] != len(obs):
+            self._plan, self._age = self.planner.plan(obs, info, self._gen, self.config), 0
         actions = self._plan[:, self._age]
         self._age += 1
         return actions
 
 
+PLANNING_OPTIONS = ("replan_every", "sample_steps", "eta", "guidance")
+"""Diffusion options that may be changed at acting time (``mfd evaluate --policy-opt``)."""
+
+
+def acting_config(config: DiffusionConfig, options: dict[str, Any]) -> DiffusionConfig:
+    """``config`` with the acting-time overrides in ``options`` (validated like any config)."""
+    unknown = sorted(set(options) - set(PLANNING_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"unknown policy option(s) {', '.join(unknown)}; accepted: {', '.join(PLANNING_OPTIONS)}"
+        )
+    return dataclasses.replace(config, **options)
+
+
 def planner_policy(
     learner: ReturnDiffuser, config: DiffusionConfig, env: PopulationEnv, **options: Any
 ) -> PlannerPolicy:
-    """The planning policy of a diffusion learner for ``env``; ``replan_every`` may be overridden."""
+    """The planning policy of a diffusion learner for ``env``, with acting-time overrides (see above)."""
     check_env(learner.dims, env)
-    unknown = sorted(set(options) - {"replan_every"})
-    if unknown:
-        raise ValueError(f"unknown policy option(s) {', '.join(unknown)}; accepted: replan_every")
-    replan = int(options.get("replan_every", config.replan_every))
-    if not 1 <= replan <= config.horizon:
-        raise ValueError(f"replan_every must lie in [1, {config.horizon}], got {replan}")
-    return PlannerPolicy(learner, replan)
+    return PlannerPolicy(learner, acting_config(config, options))

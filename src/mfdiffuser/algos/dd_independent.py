@@ -34,5 +34,5 @@ def build(config: Config, meta: Any, dataset: Any = None) -> ReturnDiffuser:
 
 
 def make_policy(learner: ReturnDiffuser, config: Config, env: PopulationEnv, **options: Any) -> PlannerPolicy:
-    """Plan for every agent of ``env`` independently; ``replan_every`` may be overridden."""
+    """Plan for every agent of ``env`` independently; options: replan_every, sample_steps, eta, guidance."""
     return planner_policy(learner, config, env, **options)

@@ -47,17 +47,18 @@ def build(config: Config, meta: Any, dataset: Any = None) -> ReturnDiffuser:
 
 def plan_budget(learner: ReturnDiffuser, config: Config, n_agents: int) -> tuple[float, float]:
     """Estimated ``(GiB, seconds)`` of one plan for N agents; raises BudgetExceeded beyond the budget."""
-    gib, seconds = learner.plan_cost(n_agents, config.assumed_gflops)
+    gib, seconds = learner.plan_cost(n_agents, config.assumed_gflops, config)
     if gib > config.max_memory_gib or seconds > config.max_plan_seconds:
         raise BudgetExceeded(gib, seconds, config.max_memory_gib, config.max_plan_seconds)
     return gib, seconds
 
 
 def make_policy(learner: ReturnDiffuser, config: Config, env: PopulationEnv, **options: Any) -> PlannerPolicy:
-    """Plan jointly for all N agents of ``env`` (option: replan_every), if one plan fits the budget.
+    """Plan jointly for all N agents of ``env`` (acting options as dd-independent) within the budget.
 
     Raises:
         BudgetExceeded: one plan for ``env.n_agents`` agents would exceed the memory or time budget.
     """
-    plan_budget(learner, config, env.n_agents)
-    return planner_policy(learner, config, env, **options)
+    policy = planner_policy(learner, config, env, **options)
+    plan_budget(learner, policy.config, env.n_agents)
+    return policy
