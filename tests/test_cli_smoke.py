@@ -456,3 +456,64 @@ def test_sweep_and_report_end_to_end(tmp_path):
     assert rep.returncode == 0, rep.stderr
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "bc" in md and "expert" in md
+
+
+@pytest.mark.xfail(strict=True, reason="write_json (algos/base.py) writes NaN (the CI of one seed): not JSON")
+def test_evaluate_one_seed_writes_strict_json(workdir):
+    out = workdir / "eval_one_seed.json"
+    _mfd(
+        "evaluate",
+        "--behaviour",
+        "random",
+        "--env",
+        "gs-100",
+        "--episodes",
+        "1",
+        "--seeds",
+        "1",
+        "--ref-episodes",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    )
+
+    def reject(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    json.loads(out.read_text(), parse_constant=reject)
+
+
+@pytest.mark.xfail(strict=True, reason="data info passes the path to rich as markup: '[v2]' vanishes")
+def test_data_info_prints_the_path_verbatim(datasets, workdir, capsys):
+    odd = workdir / "gs[v2].h5"
+    odd.write_bytes(datasets["gs"].read_bytes())
+    _mfd("data", "info", str(odd), "--no-verify")
+    assert "gs[v2].h5" in "".join(capsys.readouterr().out.split())  # the title may wrap
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="eval/evaluate.py references() rolls the expert out on seed 0's episode seeds, the very "
+    "episodes the evaluation plays: the expert's seed-0 score is 100 by construction",
+)
+def test_reference_rollouts_are_not_the_evaluated_episodes(workdir):
+    out = workdir / "eval_expert.json"
+    _mfd(
+        "evaluate",
+        "--behaviour",
+        "expert",
+        "--env",
+        "gs-100",
+        "--episodes",
+        "2",
+        "--seeds",
+        "1",
+        "--ref-episodes",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+    )
+    score = json.loads(out.read_text())["results"]["100"]["score"]["values"][0]
+    assert score != pytest.approx(100.0, abs=1e-9)
