@@ -158,7 +158,9 @@ def run_cell(
         record["metrics"] = result["results"]
         evaluated = [int(n) for n, r in result["results"].items() if r.get("status") == "done"]
         if evaluated:
-            record["exploitability"] = _exploitability(cell, policy_for, max(evaluated), timings)
+            max_n = int(cell.exploitability.get("max_n", max(evaluated)))
+            at = [n for n in evaluated if n <= max_n]
+            record["exploitability"] = _exploitability(cell, policy_for, max(at), timings) if at else {}
             record["status"] = "done"
         else:  # the method declined every evaluation N
             reasons = {r.get("reason", "") for r in result["results"].values()}
@@ -172,7 +174,7 @@ def run_cell(
 
 
 def _exploitability(cell: Cell, policy_for: Any, n_agents: int, timings: dict[str, float]) -> dict[str, Any]:
-    """Exploitability at ``n_agents`` (the largest evaluated N) where the env has a measure."""
+    """Exploitability at ``n_agents`` (largest evaluated N up to ``max_n``) where the env has a measure."""
     from mfdiffuser.eval.exploitability import SUPPORTED, exploitability
 
     opts = cell.exploitability

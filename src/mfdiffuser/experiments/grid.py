@@ -13,7 +13,8 @@ Schema (every key but ``benchmarks`` and ``methods`` optional)::
     trainer: {steps: 2000, batch_size: 64}       # defaults of every method
     resources: {num_cpus: 1}          # per Ray task
     max_retries: 2                    # Ray retries (worker death and exceptions)
-    exploitability: {episodes: 4}     # measured at the largest eval N where the env supports it
+    exploitability: {episodes: 4, max_n: 10000}   # at the largest evaluated N <= max_n (envs with a
+                                      # measure); also per benchmark and per method
     benchmarks:
       gaussian-squeeze:
         env: gaussian-squeeze         # env or setting name
@@ -47,7 +48,10 @@ TOP_KEYS = {
     "benchmarks", "methods", "description", "results", "datasets_dir",
 }  # fmt: skip
 BENCH_KEYS = {"env", "env_args", "train", "eval", "qualities", "data", "eval_options", "exploitability"}
-METHOD_KEYS = {"algo", "behaviour", "options", "trainer", "policy", "benchmarks", "resources", "eval"}
+METHOD_KEYS = {
+    "algo", "behaviour", "options", "trainer", "policy", "benchmarks", "resources", "eval", "exploitability",
+}  # fmt: skip
+EXPL_KEYS = {"enabled", "episodes", "max_n"}
 DATASET_QUALITIES = ("expert", "medium", "mixed", "random")
 TRAINER_KEYS = {
     "steps", "batch_size", "lr", "weight_decay", "grad_clip", "ema_decay", "ema_start", "log_every",
@@ -279,7 +283,7 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
         data = _merge(DATA_DEFAULTS, raw.get("data"), b.get("data"))
         _unknown(data, set(DATA_DEFAULTS), f"{where}.data")
         expl = _merge(raw.get("exploitability"), b.get("exploitability"))
-        _unknown(expl, {"enabled", "episodes"}, f"{where}.exploitability")
+        _unknown(expl, EXPL_KEYS, f"{where}.exploitability")
         for mname, m in methods.items():
             mwhere = f"method {mname}"
             if not isinstance(m, dict):
@@ -288,7 +292,7 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
             over = (m.get("benchmarks") or {}).get(bname, {})
             _unknown(
                 over,
-                {"options", "trainer", "policy", "resources", "skip", "eval"},
+                {"options", "trainer", "policy", "resources", "skip", "eval", "exploitability"},
                 f"{mwhere}.benchmarks.{bname}",
             )
             if over.get("skip"):
@@ -297,6 +301,8 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
             if (algo is None) == (behaviour is None):
                 raise ValueError(f"{mwhere}: give exactly one of 'algo' or 'behaviour'")
             trainer = _merge(raw.get("trainer"), m.get("trainer"), over.get("trainer"))
+            cell_expl = _merge(expl, m.get("exploitability"), over.get("exploitability"))
+            _unknown(cell_expl, EXPL_KEYS, f"{mwhere}.exploitability")
             ev = _merge(
                 EVAL_DEFAULTS, raw.get("eval"), b.get("eval_options"), m.get("eval"), over.get("eval")
             )
@@ -345,7 +351,7 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
                             eval_episodes=int(ev["episodes"]),
                             eval_episodes_by_n=by_n,
                             ref_episodes=int(data["ref_episodes"]),
-                            exploitability=expl,
+                            exploitability=cell_expl,
                         )
                     )
     ids = [c.id for c in cells]
