@@ -321,25 +321,21 @@ CASES = [
         ["data", "generate", *GS, "--env-arg", "mu_frac=abc", "--out", "o.h5"],
         "mu_frac",
         id="generate-env-arg-not-a-number",
-        marks=_xfail("TypeError from np.isfinite on a str in envs/base.py (gaussian-squeeze float check)"),
     ),
     pytest.param(
         ["data", "generate", *GS, "--env-arg", "n_actions=abc", "--out", "o.h5"],
         "n_actions",
         id="generate-env-arg-not-an-int",
-        marks=_xfail("gaussian_squeeze.py int() of the value: message does not name the argument"),
     ),
     pytest.param(
         ["data", "generate", *GS, "--env-arg", "horizon=true", "--out", "o.h5"],
         "horizon",
         id="generate-env-arg-bool-as-int",
-        marks=_xfail("gaussian-squeeze accepts horizon=True as 1 (bool passes its int check)"),
     ),
     pytest.param(
         ["data", "generate", *GS[:6], "--episodes", "1", *GS[8:], "--quality", "mixed", "--out", "o.h5"],
         "mixed",
         id="generate-mixed-one-episode",
-        marks=_xfail("mixed with 1 episode writes a random-only dataset without a word"),
     ),
     # data info
     pytest.param(["data", "info", "{root}/missing.h5"], "no such", id="info-missing-file"),
@@ -530,7 +526,6 @@ CASES = [
         ["evaluate", "--behaviour", "expert", "--env", "gs-100", "--env-arg", "mu_frac=abc", *EVAL],
         "mu_frac",
         id="evaluate-env-arg-not-a-number",
-        marks=_xfail("TypeError from np.isfinite on a str in envs/base.py"),
     ),
     pytest.param(
         ["evaluate", "--run", "{run}", *EVAL, "--device", "tpu"],
@@ -672,11 +667,6 @@ def test_output_in_an_unwritable_directory(command, unwritable_dir, inputs, caps
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data/generate.py only checks out.exists(): with --overwrite it rolls "
-    "out every episode, then fails on the rename and leaves <out>.partial/ behind",
-)
 def test_generate_overwrite_onto_a_directory(inputs, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     victim = tmp_path / "victim"

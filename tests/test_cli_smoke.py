@@ -484,7 +484,6 @@ def test_evaluate_one_seed_writes_strict_json(workdir):
     json.loads(out.read_text(), parse_constant=reject)
 
 
-@pytest.mark.xfail(strict=True, reason="data info passes the path to rich as markup: '[v2]' vanishes")
 def test_data_info_prints_the_path_verbatim(datasets, workdir, capsys):
     odd = workdir / "gs[v2].h5"
     odd.write_bytes(datasets["gs"].read_bytes())

@@ -131,6 +131,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     import numpy as np
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from mfdiffuser.data.dataset import load_dataset
@@ -138,7 +139,8 @@ def run_info(args: argparse.Namespace) -> int:
     ds = load_dataset(args.path, verify=not args.no_verify, in_memory=False)
     m = ds.meta
     console = Console()
-    table = Table(title=f"{args.path}", show_header=False)
+    # Paths, env arguments and labels come from the user or the file: never read them as rich markup.
+    table = Table(title=escape(str(args.path)), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     lengths = ds.length
@@ -166,7 +168,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("checksum", f"sha256 {m.checksum[:16]}... " + ("not verified" if args.no_verify else "verified")),
     ]
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(k, escape(v))
     console.print(table)
     rt = Table(title="per-agent episode return by behaviour")
     for col in ("behaviour", "episodes", "mean", "std", "min", "max", "normalized"):
@@ -175,8 +177,8 @@ def run_info(args: argparse.Namespace) -> int:
     groups["all"] = ds.episode_returns
     for q, r in groups.items():
         norm = float(np.mean(ds.normalized_score(r))) if r.size else float("nan")
-        rt.add_row(q, str(r.size), f"{r.mean():.6g}", f"{r.std():.3g}", f"{r.min():.6g}", f"{r.max():.6g}",
-                   f"{norm:.1f}")
+        stats = (f"{r.mean():.6g}", f"{r.std():.3g}", f"{r.min():.6g}", f"{r.max():.6g}", f"{norm:.1f}")
+        rt.add_row(escape(str(q)), str(r.size), *stats)
     console.print(rt)
     ds.close()
     return 0

@@ -8,9 +8,11 @@ Finished episodes land as files in ``<out>.partial/``; finalizing writes the HDF
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -316,10 +318,44 @@ def _validate(cfg: GenerateConfig) -> None:
         raise ValueError(f"--ref-episodes must be a positive integer, got {cfg.ref_episodes!r}")
     if cfg.store_agents is not None and (int(cfg.store_agents) != cfg.store_agents or cfg.store_agents < 1):
         raise ValueError(f"--store-agents must be a positive integer, got {cfg.store_agents!r}")
+    if cfg.quality == "mixed" and cfg.episodes < 2:
+        raise ValueError(
+            f"--quality mixed alternates random and expert episodes: it needs --episodes >= 2, "
+            f"got {cfg.episodes}"
+        )
     if cfg.compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {cfg.compression!r}; choose from {', '.join(COMPRESSIONS)}")
     if not 0 <= cfg.compression_level <= 9:
         raise ValueError(f"compression level must lie in [0, 9], got {cfg.compression_level}")
+
+
+def check_output_path(out: Path, *, overwrite: bool) -> None:
+    """Refuse an output path that can never receive the dataset, before any episode is rolled out.
+
+    Missing parent directories are fine (they are created when writing); the nearest existing one
+    must be a directory in which files can be created, probed with a temporary file.
+
+    Raises:
+        FileExistsError: ``out`` exists and ``overwrite`` is false, or ``out`` is a directory.
+        NotADirectoryError: a parent of ``out`` is a file.
+        OSError: no file can be created in the nearest existing parent directory (e.g. permission
+            denied, read-only file system), naming that directory.
+    """
+    if out.is_dir():
+        raise FileExistsError(f"{out} exists and is a directory; --out must name a file")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent))
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:  # the OS's own reason (permission denied, read-only file system, ...)
+        raise type(exc)(exc.errno, exc.strerror, str(parent)) from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _policy_names(env: Any, quality: str) -> dict[str, str]:
@@ -416,7 +452,8 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
 
     Raises:
         ValueError: bad arguments (unknown env, quality, non-positive counts, K > N).
-        FileExistsError: the output exists and ``overwrite`` is false.
+        FileExistsError: the output exists and ``overwrite`` is false, or is a directory.
+        OSError: no file can be created where the output goes (see :func:`check_output_path`).
         MfdError: ``<out>.partial`` holds an unfinished run with other settings.
     """
     from mfdiffuser import __version__
@@ -424,8 +461,7 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
 
     _validate(cfg)
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    check_output_path(out, overwrite=cfg.overwrite)
     env_name, env_args, env = _resolve(cfg)
     n = env.n_agents
     k = default_stored_agents(n) if cfg.store_agents is None else int(cfg.store_agents)

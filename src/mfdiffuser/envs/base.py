@@ -148,12 +148,77 @@ class PopulationEnv(abc.ABC):
         return f"{type(self).__name__}({args})"
 
 
-def check_positive(name: str, value: float, *, env: str, allow_zero: bool = False) -> None:
-    """Raise ValueError naming the parameter when ``value`` is not positive (or not finite)."""
-    ok = np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{env}: {name} must be {bound}, got {value!r}")
+def check_int(env: str, name: str, value: Any, *, minimum: int | None = None) -> int:
+    """Return ``value`` as an int, or raise ValueError naming ``env`` and the parameter.
+
+    Only true integers pass (Python or NumPy ints): bools, floats (even ``3.0``) and strings are
+    rejected, so ``horizon=true`` or ``n_actions=abc`` from a command line never become numbers.
+
+    Args:
+        env: env name, the message's prefix.
+        name: parameter name.
+        value: the value given.
+        minimum: smallest accepted value (None: no bound).
+    """
+    what = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(
+        minimum, f"an integer >= {minimum}"
+    )
+    is_int = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not is_int or (minimum is not None and value < minimum):
+        raise ValueError(f"{env}: {name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def check_float(
+    env: str,
+    name: str,
+    value: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+) -> float:
+    """Return ``value`` as a float, or raise ValueError naming ``env`` and the parameter.
+
+    Ints and floats (Python or NumPy) pass when finite and within the bounds; bools and strings
+    are rejected.
+
+    Args:
+        env: env name, the message's prefix.
+        name: parameter name.
+        value: the value given.
+        minimum: lower bound (None: none); inclusive unless ``exclusive_minimum``.
+        maximum: inclusive upper bound (None: none).
+        exclusive_minimum: require ``value > minimum`` rather than ``>=``.
+    """
+    parts = []
+    if minimum is not None and maximum is not None and not exclusive_minimum:
+        parts.append(f"in [{minimum:g}, {maximum:g}]")
+    else:
+        if minimum is not None:
+            parts.append(f"{'>' if exclusive_minimum else '>='} {minimum:g}")
+        if maximum is not None:
+            parts.append(f"<= {maximum:g}")
+    what = "a finite number" + (" " + " and ".join(parts) if parts else "")
+    is_number = isinstance(value, (int, float, np.integer, np.floating))
+    if isinstance(value, (bool, np.bool_)) or not is_number or not np.isfinite(value):
+        raise ValueError(f"{env}: {name} must be {what}, got {value!r}")
+    low_ok = minimum is None or (value > minimum if exclusive_minimum else value >= minimum)
+    if not low_ok or (maximum is not None and value > maximum):
+        raise ValueError(f"{env}: {name} must be {what}, got {value!r}")
+    return float(value)
+
+
+def check_bool(env: str, name: str, value: Any) -> bool:
+    """Return ``value`` as a bool if it is one (Python or NumPy), else raise ValueError naming it."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{env}: {name} must be a bool (true or false), got {value!r}")
+    return bool(value)
+
+
+def check_positive(name: str, value: Any, *, env: str, allow_zero: bool = False) -> float:
+    """:func:`check_float` with a lower bound of 0 (inclusive when ``allow_zero``); return the float."""
+    return check_float(env, name, value, minimum=0.0, exclusive_minimum=not allow_zero)
 
 
 class RandomPolicy:

@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy
+from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy, check_bool, check_float, check_int
 from mfdiffuser.envs.battle_policies import (
     ATTACK_BASE,
     ATTACKS,
@@ -148,18 +148,14 @@ class Battle(PopulationEnv):
         """
         super().__init__()
         magent2 = require("magent2", "battle")
-        if int(n_agents) != n_agents or n_agents < 1:
-            raise ValueError(f"{self.name}: n_agents must be a positive integer, got {n_agents!r}")
-        if int(map_size) != map_size or map_size < 12:
-            raise ValueError(f"{self.name}: map_size must be an integer >= 12, got {map_size!r}")
+        n_agents = check_int(self.name, "n_agents", n_agents, minimum=1)
+        map_size = check_int(self.name, "map_size", map_size, minimum=12)
         if opponent not in OPPONENTS:
             raise ValueError(
                 f"{self.name}: unknown opponent {opponent!r}; choose from {', '.join(OPPONENTS)}"
             )
-        if int(horizon) != horizon or horizon < 1:
-            raise ValueError(f"{self.name}: horizon must be a positive integer, got {horizon!r}")
-        if int(summary_grid) != summary_grid or summary_grid < 1:
-            raise ValueError(f"{self.name}: summary_grid must be a positive integer, got {summary_grid!r}")
+        horizon = check_int(self.name, "horizon", horizon, minimum=1)
+        summary_grid = check_int(self.name, "summary_grid", summary_grid, minimum=1)
         if dead_actions not in ("ignore", "strict"):
             raise ValueError(f"{self.name}: dead_actions must be 'ignore' or 'strict', got {dead_actions!r}")
         self.n_agents = int(n_agents)
@@ -167,7 +163,7 @@ class Battle(PopulationEnv):
         self.opponent = opponent
         self.horizon = int(horizon)
         self.summary_grid = int(summary_grid)
-        self.jitter = bool(jitter)
+        self.jitter = check_bool(self.name, "jitter", jitter)
         self.dead_actions = dead_actions
         self._slots = self._formation()  # validates that N fits on the map
 
@@ -181,9 +177,7 @@ class Battle(PopulationEnv):
         }
         for key, value in given.items():
             if value is not None:
-                if not np.isfinite(value):
-                    raise ValueError(f"{self.name}: {key} must be finite, got {value!r}")
-                rewards[key] = float(value)
+                rewards[key] = check_float(self.name, key, value)
         self.rewards = rewards
         self.kill_reward = float(battle_mod.KILL_REWARD)
         cfg = battle_mod.get_config(self.map_size, False, None, **rewards)

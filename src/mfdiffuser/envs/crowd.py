@@ -14,18 +14,19 @@ import gymnasium as gym
 import numpy as np
 
 from mfdiffuser.envs import mean_field as mf
-from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy, RandomPolicy, check_positive
+from mfdiffuser.envs.base import (
+    PopulationEnv,
+    PopulationPolicy,
+    RandomPolicy,
+    check_bool,
+    check_float,
+    check_int,
+)
 
 # Mirror descent iterations for the expert; exploitability after them is below 1e-3 for both
 # default games (1-D: 2.2e-5, 2-D: 1.3e-4), see tests/test_envs_mean_field.py.
 _OMD_ITERATIONS = 1000
 _MEDIUM_SCORE = 50.0
-
-
-def _check_int(env: str, name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{env}: {name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class _CrowdEnv(PopulationEnv):
@@ -253,9 +254,9 @@ class Crowd(_CrowdEnv):
 
     def __init__(self, n_agents: int = 1000, size: int = 10, horizon: int = 10) -> None:
         super().__init__()
-        n_agents = _check_int(self.name, "n_agents", n_agents, 1)
-        self.size = _check_int(self.name, "size", size, 2)
-        _check_int(self.name, "horizon", horizon, 1)
+        n_agents = check_int(self.name, "n_agents", n_agents, minimum=1)
+        self.size = check_int(self.name, "size", size, minimum=2)
+        horizon = check_int(self.name, "horizon", horizon, minimum=1)
         self.game = mf.crowd_game(self.size, int(horizon))
         moves = np.array([-1, 0, 1])
         cells = np.arange(self.size)
@@ -300,20 +301,14 @@ class Crowd2D(_CrowdEnv):
         with_congestion: bool = False,
     ) -> None:
         super().__init__()
-        n_agents = _check_int(self.name, "n_agents", n_agents, 1)
-        self.size = _check_int(self.name, "size", size, 2)
-        _check_int(self.name, "horizon", horizon, 1)
-        if not (isinstance(noise_intensity, (int, float)) and 0.0 <= noise_intensity <= 1.0):
-            raise ValueError(f"{self.name}: noise_intensity must lie in [0, 1], got {noise_intensity!r}")
-        check_positive("crowd_aversion_coef", crowd_aversion_coef, env=self.name, allow_zero=True)
-        flags = {"only_distribution_reward": only_distribution_reward, "with_congestion": with_congestion}
-        for key, val in flags.items():
-            if not isinstance(val, (bool, np.bool_)):
-                raise ValueError(f"{self.name}: {key} must be a bool, got {val!r}")
-        self.noise_intensity = float(noise_intensity)
-        self.crowd_aversion_coef = float(crowd_aversion_coef)
-        self.only_distribution_reward = bool(only_distribution_reward)
-        self.with_congestion = bool(with_congestion)
+        n_agents = check_int(self.name, "n_agents", n_agents, minimum=1)
+        self.size = check_int(self.name, "size", size, minimum=2)
+        horizon = check_int(self.name, "horizon", horizon, minimum=1)
+        name = self.name
+        self.noise_intensity = check_float(name, "noise_intensity", noise_intensity, minimum=0.0, maximum=1.0)
+        self.crowd_aversion_coef = check_float(name, "crowd_aversion_coef", crowd_aversion_coef, minimum=0.0)
+        self.only_distribution_reward = check_bool(name, "only_distribution_reward", only_distribution_reward)
+        self.with_congestion = check_bool(name, "with_congestion", with_congestion)
         self.game = mf.crowd_2d_game(
             self.size,
             int(horizon),

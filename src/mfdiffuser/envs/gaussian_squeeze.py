@@ -14,7 +14,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy, RandomPolicy, check_positive
+from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy, RandomPolicy, check_int, check_positive
 
 
 class GaussianSqueeze(PopulationEnv):
@@ -36,23 +36,17 @@ class GaussianSqueeze(PopulationEnv):
         horizon: int = 1,
     ) -> None:
         super().__init__()
-        if int(n_agents) != n_agents or n_agents < 1:
-            raise ValueError(f"{self.name}: n_agents must be a positive integer, got {n_agents!r}")
-        check_positive("mu_frac", mu_frac, env=self.name)
-        check_positive("sigma_frac", sigma_frac, env=self.name)
-        if int(n_actions) != n_actions or n_actions < 2:
-            raise ValueError(f"{self.name}: n_actions must be an integer >= 2, got {n_actions!r}")
-        if int(horizon) != horizon or horizon < 1:
-            raise ValueError(f"{self.name}: horizon must be a positive integer, got {horizon!r}")
-        self.n_agents = int(n_agents)
-        self.mu_frac, self.sigma_frac = float(mu_frac), float(sigma_frac)
-        self.horizon = int(horizon)
+        self.n_agents = check_int(self.name, "n_agents", n_agents, minimum=1)
+        self.mu_frac = check_positive("mu_frac", mu_frac, env=self.name)
+        self.sigma_frac = check_positive("sigma_frac", sigma_frac, env=self.name)
+        n_actions = check_int(self.name, "n_actions", n_actions, minimum=2)
+        self.horizon = check_int(self.name, "horizon", horizon, minimum=1)
         self.mu = self.mu_frac * self.n_agents
         self.sigma = self.sigma_frac * self.n_agents
         self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32)
-        self.action_space = gym.spaces.Discrete(int(n_actions))
-        self.summary_space = gym.spaces.Box(0.0, 1.0, shape=(int(n_actions),), dtype=np.float32)
-        self._hist = np.zeros(int(n_actions), dtype=np.float32)
+        self.action_space = gym.spaces.Discrete(n_actions)
+        self.summary_space = gym.spaces.Box(0.0, 1.0, shape=(n_actions,), dtype=np.float32)
+        self._hist = np.zeros(n_actions, dtype=np.float32)
 
     def config(self) -> dict[str, Any]:
         return {

@@ -13,7 +13,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy, RandomPolicy
+from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy, RandomPolicy, check_float, check_int
 
 # Neighbour sums are in {-4, -2, 0, 2, 4}: the summary is a histogram over (spin, neighbour sum).
 _N_SUMS = 5
@@ -38,8 +38,7 @@ class Ising(PopulationEnv):
         self, n_agents: int = 1024, coupling: float = 1.0, field: float = 0.0, horizon: int = 20
     ) -> None:
         super().__init__()
-        if isinstance(n_agents, bool) or int(n_agents) != n_agents or n_agents < 1:
-            raise ValueError(f"{self.name}: n_agents must be a positive integer, got {n_agents!r}")
+        n_agents = check_int(self.name, "n_agents", n_agents, minimum=1)
         side = math.isqrt(int(n_agents))
         if side * side != n_agents:
             raise ValueError(
@@ -48,15 +47,11 @@ class Ising(PopulationEnv):
             )
         if side < 3:
             raise ValueError(f"{self.name}: the torus side L must be >= 3 (n_agents >= 9), got {n_agents}")
-        for key, val in (("coupling", coupling), ("field", field)):
-            if not isinstance(val, (int, float)) or not math.isfinite(val):
-                raise ValueError(f"{self.name}: {key} must be a finite number, got {val!r}")
-        if isinstance(horizon, bool) or int(horizon) != horizon or horizon < 1:
-            raise ValueError(f"{self.name}: horizon must be a positive integer, got {horizon!r}")
-        self.n_agents = int(n_agents)
+        self.n_agents = n_agents
         self.side = side
-        self.coupling, self.field = float(coupling), float(field)
-        self.horizon = int(horizon)
+        self.coupling = check_float(self.name, "coupling", coupling)
+        self.field = check_float(self.name, "field", field)
+        self.horizon = check_int(self.name, "horizon", horizon, minimum=1)
         self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(3,), dtype=np.float32)
         self.action_space = gym.spaces.Discrete(2)
         self.summary_space = gym.spaces.Box(0.0, 1.0, shape=(2 * _N_SUMS,), dtype=np.float32)
