@@ -371,49 +371,41 @@ CASES = [
         [*TRAIN, "--out", "r", "--set", "hidden=abc"],
         "hidden",
         id="train-option-not-a-number",
-        marks=_xfail("TypeError comparing str with int in algos/common.py Config.__post_init__"),
     ),
     pytest.param(
         [*TRAIN, "--out", "r", "--set", "hidden=2.5"],
         "hidden",
         id="train-option-float-for-int",
-        marks=_xfail("no type check in config_from_dict: torch TypeError, run dir left behind"),
     ),
     pytest.param(
         [*TRAIN, "--out", "r", "--set", "hidden=true"],
         "hidden",
         id="train-option-bool-for-int",
-        marks=_xfail("no type check in config_from_dict: torch TypeError, run dir left behind"),
     ),
     pytest.param(
         [*TRAIN, "--out", "r", "--set", "m_range=5"],
         "m_range",
         id="train-m-range-scalar",
-        marks=_xfail("TypeError unpacking an int in algos/common.py Config.__post_init__"),
     ),
     pytest.param(
         [*TRAIN, "--out", "r", "--set", "hidden=[1"],
         "hidden",
         id="train-set-bad-yaml",
-        marks=_xfail("yaml.YAMLError escapes commands/train.py parse_options"),
     ),
     pytest.param(
         [*TRAIN, "--out", "r", "--lr", "nan"],
         "lr",
         id="train-nan-lr",
-        marks=_xfail("TrainerConfig accepts lr=nan; torch rejects it after run.json is written"),
     ),
     pytest.param(
         [*TRAIN, "--out", "r", "--seed", "-1"],
         "seed",
         id="train-negative-seed",
-        marks=_xfail("seed not validated: numpy error without the option name, run dir left behind"),
     ),
     pytest.param(
         [*TRAIN, "--out", "r", "--device", "tpu"],
         "device",
         id="train-unknown-device",
-        marks=_xfail("torch RuntimeError from an unknown device string, run dir left behind"),
     ),
     # evaluate
     pytest.param(["evaluate", *EVAL], "--run --behaviour", id="evaluate-no-source"),
@@ -508,19 +500,16 @@ CASES = [
         ["evaluate", "--run", "{mismatch}", *EVAL],
         "checkpoint",
         id="evaluate-checkpoint-mismatch",
-        marks=_xfail("torch RuntimeError from load_state_dict escapes algos/trainer.py load_ema_weights"),
     ),
     pytest.param(
         ["evaluate", "--run", "{run}", *EVAL, "--policy-opt", "temperature=abc"],
         "temperature",
         id="evaluate-policy-option-not-a-number",
-        marks=_xfail("TypeError comparing str with int in algos/common.py policy options"),
     ),
     pytest.param(
         ["evaluate", "--run", "{run}", *EVAL, "--policy-opt", "temperature=["],
         "temperature",
         id="evaluate-policy-option-bad-yaml",
-        marks=_xfail("yaml.YAMLError escapes commands/train.py parse_options"),
     ),
     pytest.param(
         ["evaluate", "--behaviour", "expert", "--env", "gs-100", "--env-arg", "mu_frac=abc", *EVAL],
@@ -531,7 +520,6 @@ CASES = [
         ["evaluate", "--run", "{run}", *EVAL, "--device", "tpu"],
         "device",
         id="evaluate-unknown-device",
-        marks=_xfail("torch RuntimeError from torch.load(map_location='tpu') in load_ema_weights"),
     ),
     # sweep
     pytest.param(["sweep"], "spec", id="sweep-no-spec"),
@@ -684,11 +672,6 @@ def test_generate_overwrite_onto_a_directory(inputs, capsys, tmp_path, monkeypat
         assert (victim / "keep.txt").read_text() == "precious"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="algos/run.py writes run.json before the trainer fails, so the corrected "
-    "command is refused as 'a different run'",
-)
 def test_failed_train_does_not_lock_its_run_dir(inputs, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = [a.format(**inputs) for a in TRAIN] + ["--out", "r"]
@@ -699,9 +682,6 @@ def test_failed_train_does_not_lock_its_run_dir(inputs, capsys, tmp_path, monkey
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a CPU-only torch")
-@pytest.mark.xfail(
-    strict=True, reason="--device cuda without CUDA: torch AssertionError escapes (trainer.py)"
-)
 def test_train_cuda_without_cuda(inputs, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     argv = [a.format(**inputs) for a in TRAIN] + ["--out", "r", "--device", "cuda"]
@@ -767,7 +747,6 @@ def test_process_debug_shows_the_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="yaml.YAMLError escapes commands/train.py parse_options: a traceback")
 def test_process_bad_yaml_option(inputs, tmp_path):
     argv = [a.format(**inputs) for a in TRAIN][1:] + ["--out", "r", "--set", "hidden=[1"]
     _assert_one_line(_cli("train", *argv, cwd=tmp_path), "mfd train: error: ")

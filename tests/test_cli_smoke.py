@@ -458,7 +458,6 @@ def test_sweep_and_report_end_to_end(tmp_path):
     assert "bc" in md and "expert" in md
 
 
-@pytest.mark.xfail(strict=True, reason="write_json (algos/base.py) writes NaN (the CI of one seed): not JSON")
 def test_evaluate_one_seed_writes_strict_json(workdir):
     out = workdir / "eval_one_seed.json"
     _mfd(

@@ -24,6 +24,22 @@ def seed_everything(seed: int) -> None:
         pass
 
 
+def check_device(device: str) -> None:
+    """Raise ValueError for a device name torch does not know or this machine does not have."""
+    if device == "auto":
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda[:i]") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}; use auto, cpu or cuda[:i]")
+
+
 def resolve_device(device: str = "auto") -> str:
     """Map ``"auto"`` to ``"cuda"`` when available, else ``"cpu"``; pass other names through."""
     if device != "auto":
@@ -44,6 +60,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     try:
         yield tmp_path
         os.replace(tmp_path, path)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import math
 import types
+import typing
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -63,25 +65,94 @@ def algo_module(name: str) -> types.ModuleType:
 
 
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Build dataclass ``cls`` from ``values``; unknown keys raise ValueError naming them."""
+    """Build dataclass ``cls`` from ``values``, checking each value against its field's type.
+
+    Unknown keys and values of the wrong type (``hidden="abc"``, ``hidden=2.5``, ``m_range=5``) raise
+    ValueError naming the option, before anything is built or written.
+    """
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"{cls.__qualname__}: unknown option(s) {', '.join(unknown)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in values:
-            v = values[f.name]
-            kwargs[f.name] = tuple(v) if isinstance(v, list) else v
-    return cls(**kwargs)
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: coerce_value(f"{cls.__qualname__}.{name}", v, hints[name]) for name, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a __post_init__ meeting a type the annotations did not pin down
+        raise ValueError(f"{cls.__qualname__}: {exc}") from exc
+
+
+def coerce_value(name: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against annotation ``tp`` (int, float, bool, str, Literal, tuples, optionals).
+
+    Ints are accepted where floats are expected; lists become tuples. Raises ValueError naming ``name``.
+    """
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is typing.Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce_value(name, value, arg)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if errors else f"{name}: got {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{name} must be a list like [a, b], got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce_value(name, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ValueError(f"{name} must have {len(args)} entries, got {value!r}")
+        return tuple(coerce_value(name, v, a) for v, a in zip(value, args, strict=True))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+    """Write strict JSON atomically (temporary file, then rename); NaN and infinities become null."""
     from mfdiffuser.utils import atomic_path
 
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=_json_default, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
+        tmp.write_text(text)
+
+
+def _finite(obj: Any) -> Any:
+    """Replace non-finite floats by None, recursively (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _finite(dataclasses.asdict(obj))
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, tensors
+        return _finite(obj.tolist())
+    return obj
 
 
 def _json_default(o: Any) -> Any:

@@ -14,16 +14,25 @@ import inspect
 import json
 import textwrap
 import types
+import typing
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from torch import nn
 
 from mfdiffuser import __version__
-from mfdiffuser.algos.base import _json_default, algo_module, config_from_dict, read_run, write_json
-from mfdiffuser.algos.trainer import TrainerConfig, fit, load_ema_weights
+from mfdiffuser.algos.base import (
+    _json_default,
+    algo_module,
+    coerce_value,
+    config_from_dict,
+    read_run,
+    write_json,
+)
+from mfdiffuser.algos.trainer import CHECKPOINT, TrainerConfig, fit, load_ema_weights
 from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy
 from mfdiffuser.errors import MfdError
+from mfdiffuser.utils import check_device
 
 
 class LoadedRun(NamedTuple):
@@ -67,7 +76,17 @@ def train(
     }
     # compare in JSON form: tuples in configs come back from run.json as lists
     record = json.loads(json.dumps(record, default=_json_default))
-    if (run_dir / "run.json").exists():
+    # Build everything that can reject the input before anything is written to run_dir.
+    learner = module.build(config, dataset.meta, dataset)
+    sampler = WindowSampler(
+        dataset,
+        horizon=config.horizon,
+        batch_size=trainer.batch_size,
+        m_range=tuple(config.m_range),
+        seed=trainer.seed,
+    )
+    if (run_dir / "run.json").exists() and (run_dir / CHECKPOINT).exists():
+        # a run with trained weights is only ever resumed, never overwritten by another configuration
         old = read_run(run_dir)
         same = all(old.get(k) == record[k] for k in ("algo", "config", "meta")) and {
             k: v for k, v in old["trainer"].items() if k not in ("steps", "progress", "device")
@@ -78,14 +97,6 @@ def train(
                 "choose another --out or delete it"
             )
     write_json(run_dir / "run.json", {**record, "status": "running"})
-    learner = module.build(config, dataset.meta, dataset)
-    sampler = WindowSampler(
-        dataset,
-        horizon=config.horizon,
-        batch_size=trainer.batch_size,
-        m_range=tuple(config.m_range),
-        seed=trainer.seed,
-    )
     result = fit(learner, sampler, run_dir, trainer)
     done = {**record, "status": "done", "step": result.step, "metrics": result.metrics}
     write_json(run_dir / "run.json", done)
@@ -96,12 +107,13 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     """Load a run directory's config and EMA weights (no dataset needed)."""
     from mfdiffuser.data.dataset import DatasetMeta
 
+    check_device(device)
     record = read_run(run_dir)
     module = algo_module(record["algo"])
     config = config_from_dict(module.Config, record["config"])
     meta = DatasetMeta.from_dict(record["meta"])
     learner = module.build(config, meta, None)
-    if not (Path(run_dir) / "checkpoint.pt").exists():
+    if not (Path(run_dir) / CHECKPOINT).exists():
         raise MfdError(f"{run_dir}: no checkpoint yet; train it with `mfd train`")
     step = load_ema_weights(learner, run_dir, device)
     return LoadedRun(record["algo"], module, config, learner.to(device).eval(), meta, step, Path(run_dir))
@@ -111,6 +123,12 @@ def make_policy(run: LoadedRun, env: PopulationEnv, **options: Any) -> Populatio
     """A population policy of a trained run for ``env`` (any N of the same benchmark)."""
     if env.name != run.meta.env:
         raise MfdError(f"run {run.run_dir} was trained on {run.meta.env!r}, not {env.name!r}")
+    # acting options override config fields of the same name: check them against the field's type
+    hints = typing.get_type_hints(type(run.config))
+    options = {
+        k: coerce_value(f"{run.algo} option {k}", v, hints[k]) if k in hints else v
+        for k, v in options.items()
+    }
     return run.module.make_policy(run.learner, run.config, env, **options)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from mfdiffuser.utils import atomic_path, resolve_device
+from mfdiffuser.errors import MfdError
+from mfdiffuser.utils import atomic_path, check_device, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -55,13 +57,24 @@ class TrainerConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "ema_start", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"trainer: {name} must be an integer, got {value!r}")
         for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer: {name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0 or self.ema_start < 0:
+            raise ValueError(f"trainer: seed and ema_start must be >= 0, got {self.seed}, {self.ema_start}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"trainer: ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.lr <= 0:
-            raise ValueError(f"trainer: lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"trainer: lr must be a finite number > 0, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"trainer: weight_decay must be >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"trainer: grad_clip must be >= 0, got {self.grad_clip}")
+        check_device(self.device)
 
 
 class TrainResult(NamedTuple):
@@ -120,7 +133,7 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
     writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
     metrics: dict[str, float] = {}
     progress = _progress(cfg, step)
-    t_start = time.perf_counter()
+    t_start, last_log = time.perf_counter(), step
     try:
         while step < cfg.steps:
             batch = sampler.sample().to(device)
@@ -137,8 +150,8 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
             _update_ema(ema, learner, 0.0 if step <= cfg.ema_start else cfg.ema_decay)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 metrics = {"loss": float(out.loss.detach()), "grad_norm": grad_norm, **out.metrics}
-                metrics["steps_per_s"] = cfg.log_every / max(time.perf_counter() - t_start, 1e-9)
-                t_start = time.perf_counter()
+                metrics["steps_per_s"] = (step - last_log) / max(time.perf_counter() - t_start, 1e-9)
+                t_start, last_log = time.perf_counter(), step
                 for k, v in metrics.items():
                     writer.add_scalar(f"train/{k}", v, step)
                 with open(run_dir / METRICS, "a") as f:
@@ -147,6 +160,10 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
                 save_checkpoint(ckpt_path, learner, ema, optim, sampler, step)
             if progress is not None:
                 progress.update(1, loss=float(out.loss.detach()))
+    except KeyboardInterrupt:
+        # keep what was learned: an interrupted run resumes from here, not from its last checkpoint
+        save_checkpoint(ckpt_path, learner, ema, optim, sampler, step)
+        raise
     finally:
         writer.close()
         if progress is not None:
@@ -172,8 +189,17 @@ def save_checkpoint(
 
 def load_ema_weights(learner: nn.Module, run_dir: str | Path, device: str = "cpu") -> int:
     """Load the EMA weights of a run's checkpoint into ``learner``; return the checkpoint's step."""
-    state = torch.load(Path(run_dir) / CHECKPOINT, map_location=device, weights_only=False)
-    learner.load_state_dict(state["ema"])
+    path = Path(run_dir) / CHECKPOINT
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise MfdError(f"{path}: cannot read the checkpoint ({str(exc).splitlines()[0]})") from exc
+    try:
+        learner.load_state_dict(state["ema"])
+    except (RuntimeError, KeyError) as exc:
+        raise MfdError(
+            f"{path}: the checkpoint does not match the run's configuration (written by another version?)"
+        ) from exc
     return int(state["step"])
 
 

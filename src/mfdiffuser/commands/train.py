@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="gradient steps (default: trainer default)")
     p.add_argument("--batch-size", type=int, default=None, help="B, population segments per batch")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint every this many steps")
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--device", default="auto", help="torch device (auto, cpu, cuda)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -43,7 +44,13 @@ def parse_options(items: list[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"option {item!r} is not KEY=VALUE")
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+        key = key.strip().replace("-", "_")
+        if key in out:
+            raise ValueError(f"option {key!r} given twice")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"option {item!r}: cannot parse the value ({type(exc).__name__})") from None
     return out
 
 
@@ -63,11 +70,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.dataset or not args.out:
         raise ValueError("--dataset and --out are required (or --list-options)")
     trainer_args = {"seed": args.seed, "device": args.device, "progress": not args.no_progress}
-    for name in ("steps", "batch_size", "lr"):
+    for name in ("steps", "batch_size", "lr", "checkpoint_every"):
         if getattr(args, name) is not None:
             trainer_args[name] = getattr(args, name)
     seed_everything(args.seed)
     options = parse_options(args.options)
     result = train(args.algo, args.dataset, args.out, options, TrainerConfig(**trainer_args))
+    if args.steps is not None and result.step > args.steps:
+        print(f"note: {result.run_dir} was already trained for {result.step} > --steps {args.steps} steps")
     print(f"trained {args.algo} for {result.step} steps -> {result.run_dir}")
     return 0
