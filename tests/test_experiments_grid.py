@@ -143,3 +143,19 @@ def test_driver_killed_midway_then_rerun_completes_missing(ray_session, tmp_path
     assert all(recs[k]["written_at"] == v for k, v in before.items())
     for k in before:  # finished cells were not started again
         assert len(Path(results, "attempts", k).read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["main", "demo"])
+def test_shipped_grids_parse_with_valid_options(name, tmp_path, capsys):
+    from mfdiffuser.algos.base import algo_module, config_from_dict
+    from mfdiffuser.cli import main
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml"
+    grid = parse_grid(path)
+    assert grid.name == name
+    for cell in grid.cells:
+        if cell.algo is not None:
+            config_from_dict(algo_module(cell.algo).Config, cell.options)
+    assert main(["sweep", str(path), "--dry-run", "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("todo") == len(grid.cells) and f"{len(grid.cells)} cells" in out
