@@ -4,6 +4,8 @@
 writes its tables and plots.
 """
 
+from pathlib import Path
+
 from mfdiffuser.experiments.grid import Cell, Grid, parse_grid
 from mfdiffuser.experiments.runner import GridSummary, run_grid
 from mfdiffuser.experiments.store import ResultStore
@@ -11,8 +13,11 @@ from mfdiffuser.experiments.store import ResultStore
 __all__ = ["Cell", "Grid", "GridSummary", "ResultStore", "build_report", "parse_grid", "run_grid"]
 
 
-def build_report(results_dir, out_dir):  # noqa: ANN001, ANN201 - re-exported, typed in report.py
-    """Write the Markdown/LaTeX tables and PNG plots of a results store; return the Markdown path."""
+def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the Markdown/LaTeX tables and PNG plots of a results store; return the Markdown path.
+
+    Imported lazily so that running a grid does not load matplotlib.
+    """
     from mfdiffuser.experiments.report import build_report as _build
 
     return _build(results_dir, out_dir)

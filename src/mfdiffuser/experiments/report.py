@@ -36,6 +36,16 @@ METRICS: dict[str, tuple[str, bool, int]] = {
 }
 
 
+# Short axis labels of the plots.
+PLOT_LABELS: dict[str, str] = {
+    "score": "normalized score",
+    "return": "per-agent return",
+    "act_ms_max": "plan latency (ms)",
+    "act_ms": "act latency (ms)",
+    "peak_mem_mb": "peak memory (MiB)",
+}
+
+
 @dataclass(frozen=True)
 class Agg:
     """Seed statistics of one metric of one (benchmark, quality, N, method)."""
@@ -312,14 +322,15 @@ def plot_vs_n(
         for m in res.methods:
             xs, ys, es = _series(res, b, qs, m, metric)
             if xs:
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=m)
+                lower = [min(e, 0.999 * y) if log_y and y > 0 else e for e, y in zip(es, ys, strict=True)]
+                ax.errorbar(xs, ys, yerr=[lower, es], marker="o", capsize=3, label=m)
                 drawn = True
         ax.set_xscale("log")
         if log_y:
             ax.set_yscale("log")
         ax.set_title(f"{b} / {qs[0]}" if per_quality else b, fontsize=9)
         ax.set_xlabel("N")
-        ax.set_ylabel(METRICS[metric][0], fontsize=8)
+        ax.set_ylabel(PLOT_LABELS.get(metric, metric), fontsize=8)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     if not drawn:
@@ -360,7 +371,7 @@ def plot_bars(res: Results, path: Path, *, metric: str | None) -> Path | None:
                 drawn = True
             ax.bar(np.arange(len(qs)) + j * width, ys, width, yerr=es, capsize=2, label=m)
         ax.set_xticks(np.arange(len(qs)) + 0.4 - width / 2, qs)
-        ylabel = "exploitability" if metric is None else METRICS[metric][0]
+        ylabel = "exploitability" if metric is None else PLOT_LABELS.get(metric, metric)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.set_title(b if metric is None else f"{b} (N = {n_max:,})", fontsize=9)
     if not drawn:

@@ -68,7 +68,13 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if address is not None:
-        ray.init(address=address, **kwargs)
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            from mfdiffuser.errors import MfdError
+
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MfdError(f"cannot join the Ray cluster at {address!r}: {first}") from exc
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
     return True
