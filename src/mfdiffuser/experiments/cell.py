@@ -114,7 +114,11 @@ def run_cell(
             run = train(cell.algo, dataset_path, run_dir, dict(cell.options), trainer)
             timings["train_s"] = time.perf_counter() - t0
             record["train"] = {"step": run.step, "run_dir": str(run_dir)}
-            record["dataset_refs"] = dict(run.meta.ref_returns)
+            record["dataset"] = {
+                "path": str(dataset_path),
+                "checksum": run.meta.checksum,
+                "ref_returns": dict(run.meta.ref_returns),
+            }
 
             def policy_for(env: Any) -> Any:
                 return make_policy(run, env, **cell.policy)
