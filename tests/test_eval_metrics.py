@@ -137,3 +137,23 @@ def test_budget_exceeded_skips_only_that_n():
     assert out["results"]["100"]["status"] == "done" and "return" in out["results"]["100"]
     assert out["results"]["1000"] == {"n_agents": 1000, "status": "skipped",
                                       "reason": "skipped: needs 48.6 GiB / 2.5e+03 s (budget 4 GiB / 60 s)"}
+
+
+def test_mfd_evaluate_trained_run_uses_dataset_references(tmp_path):
+    from mfdiffuser.algos.run import train
+    from mfdiffuser.algos.trainer import TrainerConfig
+    from mfdiffuser.data.generate import GenerateConfig, generate_dataset
+
+    data = tmp_path / "gs.h5"
+    generate_dataset(GenerateConfig(env="gaussian-squeeze", out=str(data), env_args={"n_agents": 100},
+                                    quality="medium", episodes=4, ref_episodes=2, progress=False))
+    run = train("bc", data, tmp_path / "run", {},
+                TrainerConfig(steps=5, batch_size=4, log_every=5, checkpoint_every=5, progress=False))
+    out = tmp_path / "ev.json"
+    assert main(["evaluate", "--run", str(tmp_path / "run"), "--n-agents", "100", "400", "--episodes", "2",
+                 "--seeds", "2", "--ref-episodes", "2", "--no-progress", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["source"]["algo"] == "bc" and res["source"]["step"] == 5
+    assert res["results"]["100"]["refs"] == pytest.approx(run.meta.ref_returns)  # the dataset's own, at its N
+    assert res["results"]["400"]["refs"]["expert"] > res["results"]["400"]["refs"]["random"]
+    assert main(["evaluate", "--run", str(tmp_path / "run"), "--env", "crowd"]) == 2
