@@ -159,3 +159,17 @@ def test_shipped_grids_parse_with_valid_options(name, tmp_path, capsys):
     assert main(["sweep", str(path), "--dry-run", "--results", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert out.count("todo") == len(grid.cells) and f"{len(grid.cells)} cells" in out
+
+
+def test_select_cells_keeps_identities_and_rejects_bad_filters():
+    from mfdiffuser.experiments.grid import parse_grid, select_cells
+
+    grid = parse_grid("experiments/main.yaml")
+    subset = select_cells(grid.cells, ["benchmark=gaussian-squeeze", "quality=medium,mixed", "seed=0"])
+    assert {c.benchmark for c in subset} == {"gaussian-squeeze"}
+    assert {c.quality for c in subset} == {"medium", "mixed"} and {c.seed for c in subset} == {0}
+    full = {c.id: c.fingerprint for c in grid.cells}
+    assert all(full[c.id] == c.fingerprint for c in subset)
+    for bad in (["bogus=1"], ["method"], ["method=nope"]):
+        with pytest.raises(ValueError):
+            select_cells(grid.cells, bad)

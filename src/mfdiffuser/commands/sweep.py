@@ -21,6 +21,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--address", default=None, help="Ray cluster to join ('auto' or host:port); default: a local Ray"
     )
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="run a subset: benchmark, quality, method or seed in the values (repeatable, all must match)",
+    )
     p.add_argument("--dry-run", action="store_true", help="list the cells and their status, run nothing")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -29,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mfdiffuser.experiments.grid import parse_grid
+    from mfdiffuser.experiments.grid import parse_grid, select_cells
     from mfdiffuser.experiments.runner import run_grid
     from mfdiffuser.experiments.store import ResultStore
 
@@ -39,13 +46,14 @@ def run(args: argparse.Namespace) -> int:
         grid = parse_grid(args.spec)
         results = Path(args.results or grid.spec.get("results") or Path("results") / grid.name)
         store = ResultStore(results)
-        for cell in grid.cells:
+        cells = select_cells(grid.cells, args.only)
+        for cell in cells:
             rec = store.read(cell.id)
             status = "todo"
             if rec is not None:
                 status = rec["status"] if rec.get("fingerprint") == cell.fingerprint else "stale"
             print(f"{status:8s} {cell.id}")
-        print(f"{len(grid.cells)} cells, {len(grid.datasets())} datasets -> {results}")
+        print(f"{len(cells)} of {len(grid.cells)} cells, {len(grid.datasets())} datasets -> {results}")
         return 0
     summary = run_grid(
         args.spec,
@@ -54,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         data_dir=args.data_dir,
         progress=not args.no_progress,
+        only=args.only,
     )
     print(
         f"grid: {summary.total} cells: {summary.done} done, {summary.skipped} skipped (budget), "

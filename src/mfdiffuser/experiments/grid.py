@@ -150,6 +150,32 @@ class Cell:
         return json.loads(json.dumps(_asdict(self), sort_keys=True, default=str))
 
 
+CELL_KEYS = ("benchmark", "quality", "method", "seed")
+
+
+def select_cells(cells: tuple[Cell, ...], only: list[str] | None) -> tuple[Cell, ...]:
+    """Keep the cells matching every ``KEY=V1,V2`` filter (KEY in benchmark, quality, method, seed).
+
+    A subset of a grid has the same cell identities and fingerprints as the full grid, so running it
+    and later the whole grid into one results store finishes only what is missing.
+    """
+    selected = cells
+    for item in only or []:
+        key, sep, values = item.partition("=")
+        if not sep or key not in CELL_KEYS or not values:
+            raise ValueError(
+                f"--only {item!r}: expected KEY=VALUE[,VALUE...] with KEY in {', '.join(CELL_KEYS)}"
+            )
+        wanted = {v.strip() for v in values.split(",")}
+        known = {str(getattr(c, key)) for c in cells}
+        if not wanted & known:
+            raise ValueError(
+                f"--only {item!r}: no cell has {key} in {sorted(wanted)}; grid has {sorted(known)}"
+            )
+        selected = tuple(c for c in selected if str(getattr(c, key)) in wanted)
+    return selected
+
+
 def _asdict(obj: Any) -> Any:
     if isinstance(obj, Cell | EnvPoint | DatasetSpec):
         return {k: _asdict(v) for k, v in obj.__dict__.items()}

@@ -20,7 +20,7 @@ import yaml
 
 from mfdiffuser.algos.base import write_json
 from mfdiffuser.experiments.cell import failed_record, prepare_dataset, run_cell
-from mfdiffuser.experiments.grid import Cell, Grid, parse_grid
+from mfdiffuser.experiments.grid import Cell, Grid, parse_grid, select_cells
 from mfdiffuser.experiments.store import ResultStore
 
 CellHook = Callable[[Cell, str], None]
@@ -89,6 +89,7 @@ def run_grid(
     data_dir: str | Path | None = None,
     progress: bool = True,
     hook: CellHook | None = None,
+    only: list[str] | None = None,
 ) -> GridSummary:
     """Run every unfinished cell of a grid on Ray and store one record per cell.
 
@@ -100,6 +101,7 @@ def run_grid(
         data_dir: where datasets live; default the spec's ``datasets_dir`` or ``<results>/datasets``.
         progress: show a progress bar over cells.
         hook: called in the worker before each cell (fault injection in tests, custom logging).
+        only: filters ``KEY=V1,V2`` (benchmark, quality, method, seed) that select a subset of cells.
 
     Returns:
         Counts of finished, skipped and failed cells.
@@ -113,9 +115,10 @@ def run_grid(
     store = ResultStore(results)
     results.mkdir(parents=True, exist_ok=True)
     (results / "grid.yaml").write_text(yaml.safe_dump(grid.spec, sort_keys=False))
-    summary = GridSummary(results, len(grid.cells))
-    todo = [c for c in grid.cells if not store.is_finished(c.id, c.fingerprint)]
-    summary.skipped_existing = len(grid.cells) - len(todo)
+    cells = select_cells(grid.cells, only)
+    summary = GridSummary(results, len(cells))
+    todo = [c for c in cells if not store.is_finished(c.id, c.fingerprint)]
+    summary.skipped_existing = len(cells) - len(todo)
     if not todo:
         summary.seconds = time.perf_counter() - t0
         write_json(results / "summary.json", summary.as_dict())
