@@ -490,11 +490,6 @@ def test_data_info_prints_the_path_verbatim(datasets, workdir, capsys):
     assert "gs[v2].h5" in "".join(capsys.readouterr().out.split())  # the title may wrap
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eval/evaluate.py references() rolls the expert out on seed 0's episode seeds, the very "
-    "episodes the evaluation plays: the expert's seed-0 score is 100 by construction",
-)
 def test_reference_rollouts_are_not_the_evaluated_episodes(workdir):
     out = workdir / "eval_expert.json"
     _mfd(

@@ -51,6 +51,30 @@ def test_order_parameter_and_battle_outcome():
     assert battle_outcome(_ep(0, 0, 0.0)) is None
 
 
+def test_battle_draw_counts_half_a_win():
+    # battle's final info on a draw: win=False, draw=True (as floats after _scalars)
+    draw = _ep(0, 0, 0.0, win=0.0, draw=1.0, kill_ratio=1.0)
+    won = _ep(1, 0, 0.0, win=1.0, draw=0.0, kill_ratio=4.0)
+    lost = _ep(2, 0, 0.0, win=0.0, draw=0.0, kill_ratio=0.5)
+    assert battle_outcome(draw) == (0.5, 1.0)
+    assert battle_outcome(won) == (1.0, 4.0)
+    assert battle_outcome(lost) == (0.0, 0.5)
+    out = summarize(RolloutResult(10, (draw, won, lost), 0.0, 0.0))
+    assert out["win_rate"]["values"] == pytest.approx([0.5, 1.0, 0.0])
+    assert out["win_rate"]["mean"] == pytest.approx(0.5)
+
+
+def test_reference_episodes_are_disjoint_from_evaluation_episodes():
+    from mfdiffuser.eval.rollout import REFERENCE_STREAM, episode_seeds
+
+    evaluated = {episode_seeds(s, e)[0] for s in range(5) for e in range(20)}
+    reference = {episode_seeds(s, e, REFERENCE_STREAM)[0] for s in range(5) for e in range(20)}
+    assert len(evaluated) == len(reference) == 100 and not evaluated & reference
+    assert episode_seeds(3, 1)[0] == episode_seeds(3, 1)[0]  # deterministic
+    with pytest.raises(ValueError, match="stream"):
+        episode_seeds(0, 0, -1)
+
+
 def test_rollout_gaussian_squeeze_expert_scores_near_100():
     def make_env(n):
         return envs.make("gaussian-squeeze", n_agents=n)
@@ -157,3 +181,18 @@ def test_mfd_evaluate_trained_run_uses_dataset_references(tmp_path):
     assert res["results"]["100"]["refs"] == pytest.approx(run.meta.ref_returns)  # the dataset's own, at its N
     assert res["results"]["400"]["refs"]["expert"] > res["results"]["400"]["refs"]["random"]
     assert main(["evaluate", "--run", str(tmp_path / "run"), "--env", "crowd"]) == 2
+
+
+def test_peak_memory_of_each_n_is_measured_after_a_larger_n():
+    # Memory freed by the larger N before must not hide the O(N) arrays of the smaller N after it.
+    def make_env(n):
+        return envs.make("crowd", n_agents=n)
+
+    big, small, again = rollout(
+        make_env, lambda e: e.behaviour_policy("expert"), [400_000, 100_000, 400_000], [0], 1, progress=False
+    )
+    if math.isnan(big.peak_mem_mb):
+        pytest.skip("this platform cannot reset the resident-memory high-water mark")
+    assert big.peak_mem_mb > 20.0
+    assert small.peak_mem_mb > 0.1 * big.peak_mem_mb
+    assert again.peak_mem_mb > 0.5 * big.peak_mem_mb

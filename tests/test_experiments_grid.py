@@ -150,7 +150,8 @@ def test_shipped_grids_parse_with_valid_options(name, tmp_path, capsys):
     from mfdiffuser.algos.base import algo_module, config_from_dict
     from mfdiffuser.cli import main
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.yaml"
+    root = Path(__file__).resolve().parents[1]
+    path = root / "experiments" / "main.yaml" if name == "main" else root / "src/mfdiffuser/presets/demo.yaml"
     grid = parse_grid(path)
     assert grid.name == name
     for cell in grid.cells:

@@ -56,7 +56,13 @@ def references(
         stored: ``(N_data, ref_returns)`` of a dataset; used as is when ``N_data == n_agents``.
         episodes: episodes per reference policy when they must be computed.
         cache_dir: directory of a JSON cache of computed references (keyed by env, arguments, N).
+
+    Computed references are rolled out on episode seeds disjoint from the evaluation's (seed 0 of
+    :data:`~mfdiffuser.eval.rollout.REFERENCE_STREAM`), so an evaluated expert is not scored on the
+    very episodes that define its 100.
     """
+    from mfdiffuser.eval.rollout import REFERENCE_STREAM
+
     if stored is not None and int(stored[0]) == int(n_agents):
         return {k: float(stored[1][k]) for k in ("random", "expert")}
     args = env_args_at(env, env_args, n_agents)
@@ -64,7 +70,7 @@ def references(
     if cache_dir is not None:
         from mfdiffuser.experiments.grid import fingerprint
 
-        key = fingerprint({"env": env, "args": args, "episodes": episodes})[:16]
+        key = fingerprint({"env": env, "args": args, "episodes": episodes, "stream": REFERENCE_STREAM})[:16]
         path = Path(cache_dir) / f"{env}-n{n_agents}-{key}.json"
         if path.is_file():
             return json.loads(path.read_text())["refs"]

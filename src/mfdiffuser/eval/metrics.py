@@ -46,14 +46,18 @@ def order_parameter(ep: EpisodeResult) -> float | None:
 def battle_outcome(ep: EpisodeResult) -> tuple[float, float] | None:
     """``(win, kill_ratio)`` of a battle episode from its final ``info``, or None for other envs.
 
-    ``win`` is 1 when our team ends with more survivors than the opponent (0.5 for a draw) unless
-    the env reports ``win`` itself; ``kill_ratio`` is opponents killed over our agents lost (kills
-    over max(losses, 1), so a flawless win stays finite).
+    ``win`` is 1 for a win, 0 for a loss and 0.5 for a draw, so the win rate counts a draw as half a
+    win. The env's ``win``/``draw`` flags are used when present (battle reports ``win=False`` with
+    ``draw=True`` on equal survivors); otherwise the survivor counts decide (more survivors of ours
+    is a win, equal is a draw). ``kill_ratio`` is opponents killed over our agents lost (kills over
+    max(losses, 1), so a flawless win stays finite).
     """
     info = ep.info_final
     if "kills" not in info and "win" not in info and "alive_ours" not in info:
         return None
-    if "win" in info:
+    if info.get("draw"):
+        win = 0.5
+    elif "win" in info:
         win = float(info["win"])
     elif "alive_ours" in info and "alive_opponent" in info:
         diff = info["alive_ours"] - info["alive_opponent"]
@@ -139,9 +143,11 @@ def summarize(
 def reference_returns(make_env: Any, n_agents: int, seeds: Sequence[int], episodes: int) -> dict[str, float]:
     """Mean per-agent returns of the env's ``random`` and ``expert`` behaviour policies at N.
 
-    Used for the normalized score at an N where the dataset's stored references do not apply.
+    Used for the normalized score at an N where the dataset's stored references do not apply. The
+    episodes are drawn from :data:`~mfdiffuser.eval.rollout.REFERENCE_STREAM`, disjoint from the
+    evaluation's episode seeds, so the expert is not scored on the very episodes that define 100.
     """
-    from mfdiffuser.eval.rollout import rollout
+    from mfdiffuser.eval.rollout import REFERENCE_STREAM, rollout
 
     refs: dict[str, float] = {}
     for quality in ("random", "expert"):
@@ -152,6 +158,7 @@ def reference_returns(make_env: Any, n_agents: int, seeds: Sequence[int], episod
             seeds,
             episodes,
             progress=False,
+            stream=REFERENCE_STREAM,
         )[0]
         refs[quality] = float(np.mean([e.mean_return for e in res.episodes]))
     return refs

@@ -8,6 +8,8 @@ averaged over the episode), the latency of every ``policy.act`` call and the pro
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,17 +57,35 @@ class RolloutResult:
     n_agents: int
     episodes: tuple[EpisodeResult, ...]
     peak_mem_mb: float
-    """Peak resident memory while rolling out at this N, above the resident memory before it (MiB)."""
+    """Peak resident memory of building the env and policy at this N and playing its episodes, above
+    the resident memory before it (MiB; see :func:`peak_memory`)."""
     wall_s: float
     """Wall time of all episodes at this N."""
 
 
-def episode_seeds(seed: int, episode: int) -> tuple[int, np.random.Generator]:
+EVALUATION_STREAM = 0
+"""Episode seeds of evaluation rollouts."""
+REFERENCE_STREAM = 1
+"""Episode seeds of reference rollouts (random/expert returns of the normalized score)."""
+
+
+def episode_seeds(
+    seed: int, episode: int, stream: int = EVALUATION_STREAM
+) -> tuple[int, np.random.Generator]:
     """The env seed and the policy generator of episode ``episode`` of evaluation seed ``seed``.
 
     Every method sees the same env seeds (common random numbers), which narrows method differences.
+    ``stream`` selects a disjoint branch of seeds: evaluation episodes use ``SeedSequence([seed,
+    episode])``; any other stream uses the same entropy with ``spawn_key=(2**32 - stream,)``, a
+    branch the evaluation's own spawned children (keys ``(0,)``) never reach. Reference returns are
+    rolled out on :data:`REFERENCE_STREAM`, so they never replay the evaluated episodes.
     """
-    ss = np.random.SeedSequence([int(seed), int(episode)])
+    if stream == EVALUATION_STREAM:
+        ss = np.random.SeedSequence([int(seed), int(episode)])
+    elif 0 < int(stream) < 2**32:
+        ss = np.random.SeedSequence([int(seed), int(episode)], spawn_key=(2**32 - int(stream),))
+    else:
+        raise ValueError(f"stream must lie in [0, 2**32), got {stream}")
     env_seed = int(ss.generate_state(1, dtype=np.uint32)[0])
     return env_seed, np.random.default_rng(ss.spawn(1)[0])
 
@@ -82,9 +102,14 @@ def _scalars(info: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def run_episode(env: PopulationEnv, policy: PopulationPolicy, *, seed: int, episode: int) -> EpisodeResult:
-    """Play one episode of ``policy`` in ``env``; agents are batched, time is the only loop."""
-    env_seed, rng = episode_seeds(seed, episode)
+def run_episode(
+    env: PopulationEnv, policy: PopulationPolicy, *, seed: int, episode: int, stream: int = EVALUATION_STREAM
+) -> EpisodeResult:
+    """Play one episode of ``policy`` in ``env``; agents are batched, time is the only loop.
+
+    ``stream`` picks the branch of episode seeds (see :func:`episode_seeds`).
+    """
+    env_seed, rng = episode_seeds(seed, episode, stream)
     obs, info = env.reset(seed=env_seed)
     policy.reset(env, rng)
     total = np.zeros(env.n_agents, dtype=np.float64)
@@ -124,14 +149,34 @@ def _rss_kib(field_name: str) -> int | None:
     return None
 
 
+def _release_free_memory() -> None:
+    """Collect garbage and hand the allocator's free pages back to the OS (glibc ``malloc_trim``).
+
+    Without this, memory freed by an earlier block (e.g. the previous, larger N) stays resident, a
+    later block reuses it without raising the resident set, and its peak reads near 0.
+    """
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: the baseline keeps whatever the allocator holds
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+
+
 @contextlib.contextmanager
 def peak_memory() -> Iterator[dict[str, float]]:
     """Measure the peak resident memory of the block above the resident memory before it (MiB).
 
-    On Linux the kernel's high-water mark is reset first (``/proc/self/clear_refs``), so the figure
-    belongs to the block. Where that is impossible the value is NaN rather than a misleading number.
+    Before the baseline is read, garbage is collected and free allocator pages are returned to the
+    OS (see :func:`_release_free_memory`), so memory left behind by earlier work is not reused
+    silently; then the kernel's high-water mark is reset (``/proc/self/clear_refs``) so the peak
+    belongs to the block. The figure covers every allocation of the process (Python, NumPy, torch,
+    the battle engine). Where the reset is impossible the value is NaN rather than a misleading number.
     """
     out: dict[str, float] = {"peak_mem_mb": float("nan")}
+    _release_free_memory()
     base = _rss_kib("VmRSS")
     reset = False
     try:
@@ -156,6 +201,7 @@ def rollout(
     *,
     progress: bool = True,
     label: str = "evaluate",
+    stream: int = EVALUATION_STREAM,
 ) -> list[RolloutResult]:
     """Roll out a policy at every N of ``n_agents`` for ``episodes`` episodes per seed.
 
@@ -167,6 +213,8 @@ def rollout(
         episodes: episodes per seed (>= 1).
         progress: show a rich progress bar over all episodes.
         label: text in front of the progress bar.
+        stream: branch of episode seeds (see :func:`episode_seeds`); references use
+            :data:`REFERENCE_STREAM`.
 
     Returns:
         One :class:`RolloutResult` per N, in the order given.
@@ -182,24 +230,24 @@ def rollout(
     results: list[RolloutResult] = []
     try:
         for n in n_agents:
-            env = make_env(int(n))
-            try:
-                policy = make_policy(env)
-                eps: list[EpisodeResult] = []
-                t0 = time.perf_counter()
-                with peak_memory() as mem:
+            with peak_memory() as mem:
+                env = make_env(int(n))
+                try:
+                    policy = make_policy(env)
+                    eps: list[EpisodeResult] = []
+                    t0 = time.perf_counter()
                     for seed in seeds:
                         for e in range(episodes):
                             if bar is not None:
                                 bar.describe(f"{label} N={n} seed={seed}")
-                            eps.append(run_episode(env, policy, seed=seed, episode=e))
+                            eps.append(run_episode(env, policy, seed=seed, episode=e, stream=stream))
                             if bar is not None:
                                 bar.advance()
-                results.append(
-                    RolloutResult(int(n), tuple(eps), mem["peak_mem_mb"], time.perf_counter() - t0)
-                )
-            finally:
-                env.close()
+                    wall = time.perf_counter() - t0
+                finally:
+                    env.close()
+                del policy, env
+            results.append(RolloutResult(int(n), tuple(eps), mem["peak_mem_mb"], wall))
     finally:
         if bar is not None:
             bar.close()
