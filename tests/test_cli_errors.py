@@ -524,6 +524,7 @@ CASES = [
     # sweep
     pytest.param(["sweep"], "spec", id="sweep-no-spec"),
     pytest.param(["sweep", "{root}/missing.yaml", "--dry-run"], "not found", id="sweep-missing-spec"),
+    pytest.param(["sweep", "{dir}", "--dry-run"], "adir is a directory", id="sweep-spec-is-a-directory"),
     pytest.param(["sweep", "{text}", "--dry-run"], "mapping", id="sweep-spec-not-a-mapping"),
     pytest.param(["sweep", "{grid_bad_yaml}", "--dry-run"], "not valid YAML", id="sweep-bad-yaml"),
     pytest.param(["sweep", "{grid_list}", "--dry-run"], "mapping", id="sweep-spec-is-a-list"),
@@ -543,19 +544,16 @@ CASES = [
         ["sweep", "{gs}", "--dry-run"],
         "gs.h5",
         id="sweep-spec-is-binary",
-        marks=_xfail("UnicodeDecodeError text without the file name (experiments/grid.py load_spec)"),
     ),
     pytest.param(
         ["sweep", "{grid_ising_not_square}", "--dry-run"],
         "perfect square",
         id="sweep-ising-not-square",
-        marks=_xfail("grid.py env_point never builds the env: the cell fails after training"),
     ),
     pytest.param(
         ["sweep", "{grid_data_episodes_zero}", "--dry-run"],
         "episodes",
         id="sweep-zero-data-episodes",
-        marks=_xfail("grid.py does not validate data: counts; each cell fails at run time"),
     ),
     pytest.param(
         ["sweep", "{grid_eval_episodes_negative}", "--dry-run"], "episodes", id="sweep-negative-eval-episodes"
@@ -564,19 +562,16 @@ CASES = [
         ["sweep", "{grid_trainer_steps_zero}", "--dry-run"],
         "steps",
         id="sweep-zero-trainer-steps",
-        marks=_xfail("grid.py does not build TrainerConfig; each cell fails at run time"),
     ),
     pytest.param(
         ["sweep", "{grid_unknown_option}", "--dry-run"],
         "foo",
         id="sweep-unknown-option",
-        marks=_xfail("grid.py does not build the algorithm Config; cells fail (and retry) at run time"),
     ),
     pytest.param(
         ["sweep", "{grid_option_wrong_type}", "--dry-run"],
         "hidden",
         id="sweep-option-wrong-type",
-        marks=_xfail("grid.py does not build the algorithm Config; cells fail (and retry) at run time"),
     ),
     # report
     pytest.param(["report"], "results", id="report-no-results"),

@@ -207,16 +207,30 @@ class Grid:
 
 
 def load_spec(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
-    """Read a grid spec from a YAML path, or copy a dict."""
+    """Read a grid spec from a YAML path, or copy a dict.
+
+    Raises:
+        FileNotFoundError: no file at ``spec``.
+        ValueError: a directory, an unreadable or non-text file, invalid YAML, or not a mapping.
+    """
     if isinstance(spec, Mapping):
         return copy.deepcopy(dict(spec))
     path = Path(spec)
+    if path.is_dir():
+        raise ValueError(f"grid spec {path} is a directory, not a YAML file")
     if not path.is_file():
         raise FileNotFoundError(f"grid spec {path} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"grid spec {path} is not a UTF-8 text (YAML) file") from None
+    except OSError as exc:
+        raise ValueError(f"grid spec {path} cannot be read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+        message = " ".join(str(exc).split())
+        raise ValueError(f"{path}: not valid YAML ({message})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a grid spec must be a mapping")
     data.setdefault("name", path.stem)
@@ -255,6 +269,84 @@ def env_point(env: str, env_args: Mapping[str, Any], entry: Any, where: str) -> 
     return EnvPoint(int(args["n_agents"]), name, dict(args))
 
 
+def _count(value: Any, minimum: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_data(data: Mapping[str, Any], qualities: list[str], where: str) -> None:
+    """Check a benchmark's merged ``data`` options (counts, seed, stored agents) for its qualities.
+
+    Raises:
+        ValueError: naming ``where`` and the key.
+    """
+    least = 2 if "mixed" in qualities else 1  # a mixed dataset holds random and expert episodes
+    _count(data["episodes"], least, f"{where}.data: episodes" + (" (mixed needs 2)" if least == 2 else ""))
+    _count(data["ref_episodes"], 1, f"{where}.data: ref_episodes")
+    _count(data["seed"], 0, f"{where}.data: seed")
+    if data["store_agents"] is not None:
+        _count(data["store_agents"], 1, f"{where}.data: store_agents")
+
+
+def check_trainer(trainer: Mapping[str, Any], where: str) -> None:
+    """Build the trainer config of merged ``trainer`` options to check names, types and ranges.
+
+    The device name is checked for syntax only: the cells may run on Ray workers with devices
+    (CUDA) that the machine parsing the grid does not have.
+
+    Raises:
+        ValueError: naming ``where`` and the option.
+    """
+    from mfdiffuser.algos.base import config_from_dict
+    from mfdiffuser.algos.trainer import TrainerConfig
+
+    options = {**trainer, "device": "auto", "progress": False}
+    try:
+        config_from_dict(TrainerConfig, options)
+    except ValueError as exc:
+        raise ValueError(f"{where}.trainer: {exc}") from None
+    device = trainer.get("device", "auto")
+    if not isinstance(device, str):
+        raise ValueError(f"{where}.trainer: device must be a string, got {device!r}")
+    if device != "auto":
+        import torch
+
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError):
+            kind = None
+        if kind not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"{where}.trainer: unknown device {device!r}; use auto, cpu or cuda[:i]")
+
+
+def check_options(algo: str, options: Mapping[str, Any], where: str) -> None:
+    """Build algorithm ``algo``'s Config from ``options`` to check their names and types.
+
+    Raises:
+        ValueError: naming ``where`` and the option.
+    """
+    from mfdiffuser.algos.base import algo_module, config_from_dict
+
+    try:
+        config_from_dict(algo_module(algo).Config, dict(options))
+    except ValueError as exc:
+        raise ValueError(f"{where}.options: {exc}") from None
+
+
+def check_env_point(point: EnvPoint, where: str) -> None:
+    """Build (and close) the env of ``point`` so that its own checks run (e.g. ising's square N).
+
+    Raises:
+        ValueError: naming ``where`` and the env's complaint.
+    """
+    try:
+        env = point.make()
+    except ValueError as exc:
+        raise ValueError(f"{where}: N={point.n_agents}: {exc}") from None
+    env.close()
+
+
 def _merge(*dicts: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for d in dicts:
@@ -265,8 +357,13 @@ def _merge(*dicts: Mapping[str, Any] | None) -> dict[str, Any]:
 def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
     """Validate a grid spec and expand it into cells (benchmark x quality x method x seed).
 
+    Everything a cell needs is checked here, before any work starts: the keys, every method's
+    algorithm options (its Config is built) and trainer options (a TrainerConfig is built), the data
+    counts, and every env point (its env is built, so that its parameter checks run).
+
     Raises:
-        ValueError: unknown keys, algorithms, qualities, settings, or empty lists.
+        ValueError: naming the benchmark or method and the key at fault.
+        MfdError: an optional package an env needs is missing.
     """
     from mfdiffuser.algos.base import ALGOS
 
@@ -282,10 +379,9 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
         raise ValueError("grid: 'benchmarks' must be a non-empty mapping")
     if not isinstance(methods, dict) or not methods:
         raise ValueError("grid: 'methods' must be a non-empty mapping")
-    max_retries = int(raw.get("max_retries", 2))
-    if max_retries < 0:
-        raise ValueError(f"grid: max_retries must be >= 0, got {max_retries}")
+    max_retries = _count(raw.get("max_retries", 2), 0, "grid: max_retries")
     cells: list[Cell] = []
+    checked: set[str] = set()  # fingerprints of env points and options already validated
     for bname, b in benches.items():
         where = f"benchmark {bname}"
         if not isinstance(b, dict):
@@ -301,6 +397,8 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
             raise ValueError(f"{where}: 'eval' must list at least one N")
         eval_pts = tuple(env_point(env, env_args, e, f"{where}.eval") for e in evals)
         qualities = b.get("qualities", list(DATASET_QUALITIES))
+        if not isinstance(qualities, list) or not qualities:
+            raise ValueError(f"{where}: qualities must be a non-empty list, got {qualities!r}")
         for q in qualities:
             if q not in DATASET_QUALITIES:
                 raise ValueError(
@@ -308,6 +406,12 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
                 )
         data = _merge(DATA_DEFAULTS, raw.get("data"), b.get("data"))
         _unknown(data, set(DATA_DEFAULTS), f"{where}.data")
+        check_data(data, qualities, where)
+        for label, point in [("train", train_pt)] + [("eval", p) for p in eval_pts]:
+            key = fingerprint({"env": point.env, "args": point.env_args})
+            if key not in checked:
+                check_env_point(point, f"{where}.{label}")
+                checked.add(key)
         expl = _merge(raw.get("exploitability"), b.get("exploitability"))
         _unknown(expl, EXPL_KEYS, f"{where}.exploitability")
         for mname, m in methods.items():
@@ -341,6 +445,14 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
                 raise ValueError(f"{mwhere}: unknown algorithm {algo!r}; choose from {', '.join(ALGOS)}")
             if behaviour is not None and behaviour not in (*DATASET_QUALITIES, "dataset"):
                 raise ValueError(f"{mwhere}: behaviour must be a quality or 'dataset', got {behaviour!r}")
+            options = _merge(m.get("options"), over.get("options"))
+            if algo is not None:
+                owhere = f"{mwhere} on benchmark {bname}"
+                key = fingerprint({"algo": algo, "options": options, "trainer": trainer})
+                if key not in checked:
+                    check_options(algo, options, owhere)
+                    check_trainer(trainer, owhere)
+                    checked.add(key)
             for q in qualities:
                 dataset = None
                 if algo is not None:
@@ -362,7 +474,7 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
                             seed=int(seed),
                             algo=algo,
                             behaviour=behaviour,
-                            options=_merge(m.get("options"), over.get("options")),
+                            options=options,
                             trainer=trainer,
                             policy=_merge(m.get("policy"), over.get("policy")),
                             resources=_merge(

@@ -1,0 +1,73 @@
+"""Grid specs are checked in full by ``parse_grid``, before any dataset, run or Ray session starts."""
+
+import copy
+
+import pytest
+
+from mfdiffuser.experiments.grid import load_spec, parse_grid
+
+BASE = {
+    "name": "checks",
+    "seeds": [0],
+    "trainer": {"steps": 2},
+    "benchmarks": {"gs": {"env": "gaussian-squeeze", "train": 100, "eval": [100], "qualities": ["medium"]}},
+    "methods": {"bc": {"algo": "bc"}},
+}
+
+
+def _spec(**changes):
+    spec = copy.deepcopy(BASE)
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        node = spec
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"methods__bc__options": {"foo": 1}}, r"method bc on benchmark gs\.options: .*foo"),
+        ({"methods__bc__options": {"hidden": 2.5}}, r"method bc.*hidden"),
+        ({"methods__bc__benchmarks": {"gs": {"options": {"hidden": "x"}}}}, r"benchmark gs.*hidden"),
+        ({"trainer": {"steps": 0}}, r"method bc.*trainer.*steps"),
+        ({"trainer": {"lr": "fast"}}, r"trainer.*lr"),
+        ({"trainer": {"device": "tpu"}}, r"trainer: unknown device 'tpu'"),
+        ({"data": {"episodes": 0}}, r"benchmark gs\.data: episodes must be an integer >= 1"),
+        ({"data": {"episodes": 1}, "benchmarks__gs__qualities": ["mixed"]}, r"episodes .*mixed needs 2"),
+        ({"data": {"ref_episodes": 0}}, r"benchmark gs\.data: ref_episodes"),
+        ({"data": {"episodes": True}}, r"episodes must be an integer"),
+        ({"benchmarks__gs__env": "ising", "benchmarks__gs__eval": [100, 1000]}, r"eval: N=1000: .*square"),
+        ({"benchmarks__gs__env": "ising", "benchmarks__gs__train": 99}, r"gs\.train: N=99: .*square"),
+        ({"max_retries": "two"}, r"max_retries"),
+        ({"benchmarks__gs__qualities": []}, r"qualities"),
+    ],
+)
+def test_bad_specs_fail_at_parse_time(changes, match):
+    with pytest.raises(ValueError, match=match):
+        parse_grid(_spec(**changes))
+
+
+def test_good_spec_parses_and_a_cuda_device_is_left_to_the_workers():
+    grid = parse_grid(_spec(trainer={"steps": 2, "device": "cuda"}, methods__bc__options={"hidden": 32}))
+    (cell,) = grid.cells
+    assert cell.options == {"hidden": 32} and cell.trainer == {"steps": 2, "device": "cuda"}
+
+
+def test_skipped_benchmark_options_are_not_checked():
+    spec = _spec(methods__bc__benchmarks={"gs": {"skip": True, "options": {"foo": 1}}})
+    spec["methods"]["mlp"] = {"algo": "bc"}
+    assert [c.method for c in parse_grid(spec).cells] == ["mlp"]
+
+
+def test_load_spec_names_the_path(tmp_path):
+    binary = tmp_path / "data.h5"
+    binary.write_bytes(b"\x89HDF\r\n\x1a\n\xff\xfe\x00")
+    with pytest.raises(ValueError, match=r"data\.h5 is not a UTF-8 text"):
+        load_spec(binary)
+    with pytest.raises(ValueError, match=f"{tmp_path} is a directory"):
+        load_spec(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nope.yaml not found"):
+        load_spec(tmp_path / "nope.yaml")
