@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     print("plan latency, representatives mode (crowd, H = 4, hidden 96, K = 20), CPU s per plan")
     for label, lv in (("M_L = 64 (16/64, 10/10)", LevelSchedule((16, 64), (10, 10))),
-                      ("default 16/128/1024, 8/6/6", mfd.Config().level_schedule)):
+                      ("default 16/128/1024, 6/6/8", mfd.Config().level_schedule)):
         lat = plan_latency(lv)
         results[f"latency {label}"] = lat
         cells = "  ".join(f"N={n}: {s * 1000:.0f} ms" for n, s in lat.items())

@@ -68,7 +68,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="value_source"):
         mfd.Config(value_source="oracle")
     with pytest.raises(ValueError, match="diffusion_steps"):
-        mfd.Config(diffusion_steps=10)  # 8 + 6 + 6 steps per level
+        mfd.Config(diffusion_steps=10)  # 6 + 6 + 8 steps per level
     with pytest.raises(ValueError, match="replan_every"):
         mfd.Config(horizon=2, replan_every=3)
     with pytest.raises(ValueError, match="increasing"):
