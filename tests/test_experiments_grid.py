@@ -80,13 +80,21 @@ def test_grid_retries_records_failures_and_reruns_only_missing(ray_session, tmp_
             raise RuntimeError("boom in cell")
         if cell.method == "expert" and cell.seed == 1:
             raise BudgetExceeded(12.0, 300.0, 8.0, 60.0)
+        if cell.method == "random":  # user errors fail the same way every time: never retried
+            from mfdiffuser.errors import MfdError
 
-    spec = _spec({"bc": {"algo": "bc"}, "expert": {"behaviour": "expert"}})
+            raise ValueError("bad input in cell") if cell.seed == 0 else MfdError("missing thing")
+
+    spec = _spec({"bc": {"algo": "bc"}, "expert": {"behaviour": "expert"}, "random": {"behaviour": "random"}})
     summary = run_grid(spec, results, progress=False, hook=hook)
-    assert (summary.done, summary.skipped, summary.failed) == (2, 1, 1)
+    assert (summary.done, summary.skipped, summary.failed) == (2, 1, 3)
     store = ResultStore(results)
     recs = {r["id"]: r for r in store.records()}
-    assert len(recs) == 4
+    assert len(recs) == 6
+    user0, user1 = recs["gaussian-squeeze__medium__random__s0"], recs["gaussian-squeeze__medium__random__s1"]
+    assert user0["status"] == "failed" and user0["error"] == "ValueError: bad input in cell"
+    assert user0["attempt"] == 1 and user1["attempt"] == 1 and "missing thing" in user1["error"]
+    assert len((results / "attempts" / user0["id"]).read_text().splitlines()) == 1
     bc0, bc1 = recs["gaussian-squeeze__medium__bc__s0"], recs["gaussian-squeeze__medium__bc__s1"]
     assert bc0["status"] == bc1["status"] == "done"
     assert bc1["attempt"] == 2 and (results / "killed-once").exists()  # retried after the worker died
@@ -100,7 +108,7 @@ def test_grid_retries_records_failures_and_reruns_only_missing(ray_session, tmp_
 
     before = {k: (r["written_at"], r["pid"]) for k, r in recs.items() if r["status"] != "failed"}
     again = run_grid(spec, results, progress=False)  # no fault this time: only the failed cell reruns
-    assert (again.skipped_existing, again.done, again.failed) == (3, 1, 0)
+    assert (again.skipped_existing, again.done, again.failed) == (3, 3, 0)
     after = {r["id"]: r for r in store.records()}
     assert all((after[k]["written_at"], after[k]["pid"]) == v for k, v in before.items())
     assert after["gaussian-squeeze__medium__expert__s0"]["status"] == "done"

@@ -71,3 +71,18 @@ def test_load_spec_names_the_path(tmp_path):
         load_spec(tmp_path)
     with pytest.raises(FileNotFoundError, match="nope.yaml not found"):
         load_spec(tmp_path / "nope.yaml")
+
+
+def test_rejected_dataset_fails_its_cells_without_retry(tmp_path):
+    from dataclasses import replace
+
+    from mfdiffuser.experiments.runner import DatasetFailure, _remote_cell, _remote_dataset
+    from mfdiffuser.experiments.store import ResultStore
+
+    (cell,) = parse_grid(BASE).cells
+    bad = replace(cell.dataset, env_args={**cell.dataset.env_args, "n_agents": 0})
+    failure = _remote_dataset(bad, str(tmp_path / "data"))
+    assert isinstance(failure, DatasetFailure) and "n_agents" in failure.error
+    rec = _remote_cell(cell, failure, str(tmp_path / "res"), None)
+    assert rec["status"] == "failed" and rec["attempt"] == 1 and bad.key in rec["error"]
+    assert [r["id"] for r in ResultStore(tmp_path / "res").records()] == [cell.id]

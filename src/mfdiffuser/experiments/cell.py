@@ -62,13 +62,14 @@ def _base_record(cell: Cell, attempt: int) -> dict[str, Any]:
 def failed_record(cell: Cell, error: BaseException | str, attempts: int | None = None) -> dict[str, Any]:
     """The record of a cell whose every attempt failed."""
     rec = _base_record(cell, attempts or 0)
-    rec.update(status="failed", error=_one_line(error), metrics={}, timings={})
+    rec.update(status="failed", error=one_line(error), metrics={}, timings={})
     if isinstance(error, BaseException):
         rec["traceback"] = "".join(traceback.format_exception(error))[-4000:]
     return rec
 
 
-def _one_line(error: BaseException | str) -> str:
+def one_line(error: BaseException | str) -> str:
+    """``Type: first line`` of an exception (or the last line of an error text), for records."""
     if isinstance(error, str):
         return error.strip().splitlines()[-1] if error.strip() else "unknown error"
     text = str(error).strip()
@@ -87,7 +88,8 @@ def run_cell(
     """Train (unless a behaviour method), evaluate at every N and store the cell's record.
 
     ``BudgetExceeded`` raised by a method is stored as ``skipped`` with its message; other
-    exceptions propagate (the runner retries them, then stores ``failed``). ``hook(cell, results_dir)``
+    exceptions propagate (the runner records user errors as ``failed`` at once, and retries the
+    others before storing ``failed``). ``hook(cell, results_dir)``
     runs first, once the attempt is counted.
     """
     import torch

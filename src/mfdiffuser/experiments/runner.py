@@ -3,8 +3,9 @@
 A local Ray is started by default (``num_cpus`` from the machine, no dashboard); ``address`` joins a
 cluster (``"auto"`` or ``host:port``). Cells that already have a finished record with the current
 fingerprint are skipped, so a killed grid resumes where it stopped. Each task has
-``max_retries`` retries, used both when its worker dies and when it raises; a cell whose attempts
-all fail is recorded as ``failed`` with its error and the grid goes on.
+``max_retries`` retries, used when its worker dies or it raises an unexpected exception; a user error
+(``ValueError``, ``MfdError``: bad input that fails the same way every time) is recorded at once,
+without retries. A cell whose attempts all fail is recorded as ``failed`` and the grid goes on.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any
 import yaml
 
 from mfdiffuser.algos.base import write_json
-from mfdiffuser.experiments.cell import failed_record, prepare_dataset, run_cell
-from mfdiffuser.experiments.grid import Cell, Grid, parse_grid, select_cells
+from mfdiffuser.errors import MfdError
+from mfdiffuser.experiments.cell import failed_record, one_line, prepare_dataset, run_cell
+from mfdiffuser.experiments.grid import Cell, DatasetSpec, Grid, parse_grid, select_cells
 from mfdiffuser.experiments.store import ResultStore
 
 CellHook = Callable[[Cell, str], None]
@@ -55,8 +57,42 @@ class GridSummary:
         }
 
 
-def _remote_cell(cell: Cell, dataset_path: str | None, results_dir: str, hook: CellHook | None) -> dict:
-    return run_cell(cell, dataset_path, results_dir, hook=hook)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, MfdError)
+"""Deterministic errors of bad input: retrying them would fail the same way, so they are not retried."""
+
+
+@dataclass(frozen=True)
+class DatasetFailure:
+    """What a dataset task returns instead of a path when its input is rejected (a user error)."""
+
+    key: str
+    error: str
+
+
+def _remote_dataset(spec: DatasetSpec, data_dir: str) -> str | DatasetFailure:
+    """Generate a dataset; a user error is returned (not raised) so that Ray does not retry it."""
+    try:
+        return prepare_dataset(spec, data_dir)
+    except USER_ERRORS as exc:
+        return DatasetFailure(spec.key, one_line(exc))
+
+
+def _remote_cell(
+    cell: Cell, dataset_path: str | DatasetFailure | None, results_dir: str, hook: CellHook | None
+) -> dict:
+    """Run a cell; a user error is recorded as ``failed`` and returned (not raised: no Ray retry)."""
+    store = ResultStore(results_dir)
+    if isinstance(dataset_path, DatasetFailure):
+        attempts = store.start_attempt(cell.id)
+        rec = failed_record(cell, f"dataset {dataset_path.key}: {dataset_path.error}", attempts=attempts)
+        store.write(rec)
+        return rec
+    try:
+        return run_cell(cell, dataset_path, results_dir, hook=hook)
+    except USER_ERRORS as exc:
+        rec = failed_record(cell, exc, attempts=_attempts(Path(results_dir), cell.id))
+        store.write(rec)
+        return rec
 
 
 def _init_ray(address: str | None, num_cpus: int | None) -> bool:
@@ -130,7 +166,7 @@ def run_grid(
     try:
         retries = grid.max_retries
         # Datasets first: one task each, which every cell that needs it waits for (Ray dependency).
-        data_task = ray.remote(max_retries=retries, retry_exceptions=True)(prepare_dataset)
+        data_task = ray.remote(max_retries=retries, retry_exceptions=True)(_remote_dataset)
         datasets: dict[str, Any] = {}
         for cell in todo:
             if cell.dataset is None or cell.dataset.key in datasets:
@@ -165,7 +201,10 @@ def run_grid(
                     summary.failed += 1
                     summary.failures[cell.id] = rec["error"]
                 else:
-                    if rec.get("status") == "skipped":
+                    if rec.get("status") == "failed":  # a user error, recorded by the task
+                        summary.failed += 1
+                        summary.failures[cell.id] = rec["error"]
+                    elif rec.get("status") == "skipped":
                         summary.skipped += 1
                     else:
                         summary.done += 1
