@@ -683,13 +683,11 @@ def test_train_cuda_without_cuda(inputs, capsys, tmp_path, monkeypatch):
     expect_error(argv, capsys, tmp_path, Path(inputs["root"]), "cuda|CUDA")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="--arg takes one value, so argparse reads a dash-led script option "
-    "(--arg --quick) as an mfd option; only --arg=--quick works (commands/bench.py)",
-)
-def test_bench_passes_dash_options_to_scripts(inputs, capsys):
+def test_bench_passes_dash_options_to_scripts(inputs, capfd):
     assert main(["bench", "tiny", "--dir", inputs["bench"], "--arg", "--quick"]) == 0
+    assert "['--quick']" in capfd.readouterr().out
+    assert main(["bench", "--dir", inputs["bench"], "tiny", "--arg=-v", "--", "--quick", "--dir", "x"]) == 0
+    assert "['-v', '--quick', '--dir', 'x']" in capfd.readouterr().out
 
 
 @pytest.mark.parametrize("command", ["evaluate", "report"])

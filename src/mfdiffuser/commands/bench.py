@@ -1,11 +1,17 @@
-"""``mfd bench``: run the performance scripts of ``benchmarks/`` (all, or the ones named)."""
+"""``mfd bench``: run the performance scripts of ``benchmarks/`` (all, or the ones named).
+
+Options for the scripts follow ``--`` (``mfd bench planner -- --quick``) or are given one by one with
+``--arg VALUE`` (dash-led values too: ``--arg --quick``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 KNOWN: tuple[str, ...] = ("envs", "battle", "data", "planner")
@@ -16,11 +22,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="run the performance benchmarks (benchmarks/bench_*.py)",
+        usage="mfd bench [-h] [--dir DIR] [--list] [--arg ARG] [names ...] [-- SCRIPT_ARG ...]",
         description=(
             "Run each benchmark script as its own process and print its figures, then a summary. "
-            "A missing script is reported, not fatal; the exit code is 1 if any script failed or is missing."
+            "A missing script is reported, not fatal; the exit code is 1 if any script failed or is missing. "
+            "Everything after -- is passed to every script (mfd bench planner -- --quick)."
         ),
     )
+    # argparse cannot hand a dash-led word to an option, and drops or misplaces a bare "--" inside a
+    # subcommand: the script's arguments are taken out before this parser sees them.
+    p.parse_known_args = functools.partial(_split_script_args, p.parse_known_args)  # type: ignore[method-assign]
     p.add_argument("names", nargs="*", help=f"benchmarks to run (default: all; known: {', '.join(KNOWN)})")
     p.add_argument(
         "--dir", default=None, help="benchmarks directory (default: ./benchmarks or the source tree's)"
@@ -31,9 +42,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="ARG",
-        help="argument passed to every script (repeatable)",
+        help="argument passed to every script, dash-led ones too (repeatable)",
     )
     p.set_defaults(func=run)
+
+
+def _split_script_args(
+    parse: Callable[..., tuple[argparse.Namespace, list[str]]],
+    args: Sequence[str] | None = None,
+    namespace: argparse.Namespace | None = None,
+) -> tuple[argparse.Namespace, list[str]]:
+    """Parse the words before the first ``--``; the words after it become ``script_args``.
+
+    ``--arg WORD`` is read as ``--arg=WORD`` so that a dash-led WORD (``--arg --quick``) is a value.
+    """
+    words = list(sys.argv[1:] if args is None else args)
+    script: list[str] = []
+    if "--" in words:
+        cut = words.index("--")
+        words, script = words[:cut], words[cut + 1 :]
+    joined: list[str] = []
+    i = 0
+    while i < len(words):
+        if words[i] == "--arg" and i + 1 < len(words):
+            joined.append(f"--arg={words[i + 1]}")
+            i += 2
+        else:
+            joined.append(words[i])
+            i += 1
+    ns, extra = parse(joined, namespace)
+    ns.script_args = script
+    return ns, extra
 
 
 def find_dir(explicit: str | None) -> Path:
@@ -72,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         print(f"== {name}: {script}", flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(script), *args.arg], check=False)
+        script_args = [*args.arg, *getattr(args, "script_args", [])]
+        proc = subprocess.run([sys.executable, str(script), *script_args], check=False)
         seconds = time.perf_counter() - t0
         results.append((name, "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})", seconds))
     print("\nbenchmark summary")
