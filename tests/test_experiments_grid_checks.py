@@ -43,6 +43,8 @@ def _spec(**changes):
         ({"benchmarks__gs__env": "ising", "benchmarks__gs__train": 99}, r"gs\.train: N=99: .*square"),
         ({"max_retries": "two"}, r"max_retries"),
         ({"benchmarks__gs__qualities": []}, r"qualities"),
+        ({"exploitability": {"episodes": 0}}, r"method bc on benchmark gs\.exploitability: episodes"),
+        ({"methods__bc__exploitability": {"enabled": "yes"}}, r"exploitability: enabled"),
     ],
 )
 def test_bad_specs_fail_at_parse_time(changes, match):

@@ -12,7 +12,7 @@ Schema (every key but ``benchmarks`` and ``methods`` optional)::
     eval: {episodes: 30, episodes_by_n: {10000: 10}}   # also per benchmark (eval_options) and method
     trainer: {steps: 2000, batch_size: 64}       # defaults of every method
     resources: {num_cpus: 1}          # per Ray task
-    max_retries: 2                    # Ray retries (worker death and exceptions)
+    max_retries: 2                    # Ray retries (worker death, unexpected errors; never ValueError)
     exploitability: {episodes: 4, max_n: 10000}   # at the largest evaluated N <= max_n (envs with a
                                       # measure); also per benchmark and per method
     benchmarks:
@@ -289,6 +289,19 @@ def check_data(data: Mapping[str, Any], qualities: list[str], where: str) -> Non
         _count(data["store_agents"], 1, f"{where}.data: store_agents")
 
 
+def check_exploitability(options: Mapping[str, Any], where: str) -> None:
+    """Check merged exploitability options (``enabled`` a bool, ``episodes`` and ``max_n`` >= 1).
+
+    Raises:
+        ValueError: naming ``where`` and the key.
+    """
+    if "enabled" in options and not isinstance(options["enabled"], bool):
+        raise ValueError(f"{where}.exploitability: enabled must be true or false, got {options['enabled']!r}")
+    for key in ("episodes", "max_n"):
+        if key in options:
+            _count(options[key], 1, f"{where}.exploitability: {key}")
+
+
 def check_trainer(trainer: Mapping[str, Any], where: str) -> None:
     """Build the trainer config of merged ``trainer`` options to check names, types and ranges.
 
@@ -433,6 +446,7 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
             trainer = _merge(raw.get("trainer"), m.get("trainer"), over.get("trainer"))
             cell_expl = _merge(expl, m.get("exploitability"), over.get("exploitability"))
             _unknown(cell_expl, EXPL_KEYS, f"{mwhere}.exploitability")
+            check_exploitability(cell_expl, f"{mwhere} on benchmark {bname}")
             ev = _merge(
                 EVAL_DEFAULTS, raw.get("eval"), b.get("eval_options"), m.get("eval"), over.get("eval")
             )
