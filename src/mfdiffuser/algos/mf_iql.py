@@ -3,7 +3,8 @@
 Per agent: ``Q(s_i, a, c)`` (twin heads, Polyak target), an expectile value ``V(s_i, c)`` of the
 target Q at the data's actions, and a policy extracted by advantage-weighted regression
 ``exp(beta (Q - V))``, with ``c = [phi(mu_t), t/T]``. Rewards are divided by the standard deviation
-of the data's returns-to-go (a buffer), so that ``beta`` is in units of that spread.
+of the data's returns-to-go (a buffer), so that ``beta`` is in units of that spread (optionally in
+units of the batch's advantage spread instead).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class Config(TDConfig):
     """Inverse temperature of advantage-weighted policy extraction."""
     w_max: float = 100.0
     """Upper clip of the unnormalised policy weights."""
+    normalize_advantage: bool = False
+    """Divide advantages by their batch standard deviation before weighting (beta becomes scale-free:
+    per-step advantages of a long episode are small against the return's spread)."""
 
 
 class MFIQL(PerAgentLearner):
@@ -65,7 +69,10 @@ class MFIQL(PerAgentLearner):
         q1, q2 = self.q(st.states, st.context)
         td = (taken(q1, st.actions) - target).pow(2) + (taken(q2, st.actions) - target).pow(2)
         q_loss = masked_mean(td, st.mask)
-        w, metrics = exp_weights(q_data - v.detach(), cfg.beta, cfg.w_max, st.mask)
+        adv = q_data - v.detach()
+        if cfg.normalize_advantage:
+            adv = adv / adv[st.mask].std().clamp_min(1e-6)
+        w, metrics = exp_weights(adv, cfg.beta, cfg.w_max, st.mask)
         pi_loss = policy_loss(self.policy, st, w)
         metrics.update(scalars(value_loss=v_loss, q_loss=q_loss, weighted_nll=pi_loss))
         return LossOutput(v_loss + q_loss + pi_loss, metrics)
