@@ -333,15 +333,7 @@ def plot_vs_n(
         ax.set_ylabel(PLOT_LABELS.get(metric, metric), fontsize=8)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    if not drawn:
-        plt.close(fig)
-        return None
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, axes, path, drawn, legend_height=0.06)
 
 
 def plot_bars(res: Results, path: Path, *, metric: str | None) -> Path | None:
@@ -374,12 +366,17 @@ def plot_bars(res: Results, path: Path, *, metric: str | None) -> Path | None:
         ylabel = "exploitability" if metric is None else PLOT_LABELS.get(metric, metric)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.set_title(b if metric is None else f"{b} (N = {n_max:,})", fontsize=9)
+    return _finish(plt, fig, axes, path, drawn, legend_height=0.1)
+
+
+def _finish(plt: Any, fig: Any, axes: Any, path: Path, drawn: bool, legend_height: float) -> Path | None:
+    """Add the shared legend below the panels and save the figure; None (and no file) if nothing was drawn."""
     if not drawn:
         plt.close(fig)
         return None
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, legend_height, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
