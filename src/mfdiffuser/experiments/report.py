@@ -323,7 +323,7 @@ def plot_vs_n(
             xs, ys, es = _series(res, b, qs, m, metric)
             if xs:
                 lower = [min(e, 0.999 * y) if log_y and y > 0 else e for e, y in zip(es, ys, strict=True)]
-                ax.errorbar(xs, ys, yerr=[lower, es], marker="o", capsize=3, label=m)
+                ax.errorbar(xs, ys, yerr=[lower, es], marker="o", capsize=3, label=m, color=_color(res, m))
                 drawn = True
         ax.set_xscale("log")
         if log_y:
@@ -361,7 +361,9 @@ def plot_bars(res: Results, path: Path, *, metric: str | None) -> Path | None:
                 es.append(0.0 if np.isnan(hw) else hw)
             if not np.all(np.isnan(ys)):
                 drawn = True
-            ax.bar(np.arange(len(qs)) + j * width, ys, width, yerr=es, capsize=2, label=m)
+            ax.bar(
+                np.arange(len(qs)) + j * width, ys, width, yerr=es, capsize=2, label=m, color=_color(res, m)
+            )
         ax.set_xticks(np.arange(len(qs)) + 0.4 - width / 2, qs)
         ylabel = "exploitability" if metric is None else PLOT_LABELS.get(metric, metric)
         ax.set_ylabel(ylabel, fontsize=8)
@@ -369,13 +371,24 @@ def plot_bars(res: Results, path: Path, *, metric: str | None) -> Path | None:
     return _finish(plt, fig, axes, path, drawn, legend_height=0.1)
 
 
+def _color(res: Results, method: str) -> str:
+    """One fixed colour per method across every panel and plot."""
+    return f"C{res.methods.index(method) % 10}"
+
+
 def _finish(plt: Any, fig: Any, axes: Any, path: Path, drawn: bool, legend_height: float) -> Path | None:
     """Add the shared legend below the panels and save the figure; None (and no file) if nothing was drawn."""
     if not drawn:
         plt.close(fig)
         return None
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8)
+    by_label: dict[str, Any] = {}  # a method may be missing from some panels: gather from all of them
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            by_label.setdefault(label, handle)
+    labels = sorted(by_label)
+    fig.legend(
+        [by_label[k] for k in labels], labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8
+    )
     fig.tight_layout(rect=(0, legend_height, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
