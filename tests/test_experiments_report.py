@@ -84,3 +84,26 @@ def test_mfd_bench_runs_scripts_and_reports_missing(tmp_path, capsys):
     assert main(["bench", "--list", "--dir", str(tmp_path)]) == 0
     listed = capsys.readouterr().out.split()
     assert {"envs", "fast", "broken"} <= set(listed)
+
+
+def test_plot_colours_are_fixed_per_method_across_panels(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mfdiffuser.experiments.report import plot_vs_n
+
+    recs = [_rec(m, 0, 50.0, 1.0) for m in ("a", "b")]
+    # a second benchmark without method "a": its line for "b" must keep b's colour
+    recs.append({**_rec("b", 0, 40.0, 0.5), "benchmark": "other", "id": "other__medium__b__s0"})
+    res = Results(recs)
+    figures = []
+    monkeypatch.setattr(plt.Figure, "savefig", lambda self, *a, **k: figures.append(self))
+    plot_vs_n(res, "score", tmp_path / "x.png", per_quality=False)
+    (fig,) = figures
+    colours = {  # errorbar containers carry the label; their first line carries the colour
+        (ax.get_title(), c.get_label()): c.lines[0].get_color() for ax in fig.axes for c in ax.containers
+    }
+    assert colours[("gs", "b")] == colours[("other", "b")] != colours[("gs", "a")]
+    assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == ["a", "b"]
