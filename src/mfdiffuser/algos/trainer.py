@@ -13,6 +13,7 @@ import copy
 import json
 import math
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,6 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from mfdiffuser.algos.base import coerce_value
 from mfdiffuser.errors import MfdError
 from mfdiffuser.utils import atomic_path, check_device, resolve_device
 
@@ -57,10 +59,9 @@ class TrainerConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "ema_start", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"trainer: {name} must be an integer, got {value!r}")
+        # the same typed check that algorithm options get (ints not bools, finite floats, ...)
+        for name, tp in typing.get_type_hints(TrainerConfig).items():
+            setattr(self, name, coerce_value(f"trainer: {name}", getattr(self, name), tp))
         for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer: {name} must be >= 1, got {getattr(self, name)}")
