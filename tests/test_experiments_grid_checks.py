@@ -88,3 +88,17 @@ def test_rejected_dataset_fails_its_cells_without_retry(tmp_path):
     rec = _remote_cell(cell, failure, str(tmp_path / "res"), None)
     assert rec["status"] == "failed" and rec["attempt"] == 1 and bad.key in rec["error"]
     assert [r["id"] for r in ResultStore(tmp_path / "res").records()] == [cell.id]
+
+
+def test_versions_name_the_source_commit_of_a_checkout():
+    import subprocess
+    from pathlib import Path
+
+    from mfdiffuser.experiments.store import versions
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert versions()["commit"].split("+")[0] == head

@@ -48,7 +48,31 @@ def versions() -> dict[str, str]:
         out["ray"] = ray.__version__
     except ImportError:  # pragma: no cover - ray is an optional extra
         pass
+    commit = source_commit()
+    if commit is not None:
+        out["commit"] = commit
     return out
+
+
+def source_commit() -> str | None:
+    """Git commit of the checkout the package runs from (with ``+dirty`` for local edits), else None."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "src"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 class ResultStore:
