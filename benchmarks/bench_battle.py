@@ -64,6 +64,15 @@ def _time_wrapper(env, actions: np.ndarray, steps: int, *, opponent_views: bool 
     return (time.process_time() - t0) / steps
 
 
+def _time_pettingzoo(env, pool: np.ndarray, steps: int) -> float:
+    """MAgent2's own ``battle_v4`` parallel env: per-agent dicts in and out (the alternative to ours)."""
+    t0 = time.process_time()
+    for k in range(steps):
+        row = pool[k % len(pool)]
+        env.step({agent: int(row[i]) for i, agent in enumerate(env.agents)})
+    return (time.process_time() - t0) / steps
+
+
 def bench_overhead(n: int, steps: int, repeats: int) -> dict[str, float]:
     """Median seconds per step of the raw engine and of the wrapper at N per side."""
     env = make(SETTINGS[n], opponent="random", horizon=10**9)
@@ -72,17 +81,25 @@ def bench_overhead(n: int, steps: int, repeats: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     pool = rng.integers(0, env.n_actions, size=(2, steps, n), dtype=np.int32)
     ours = pool[0].astype(np.int64)
-    raw, wrapped, forced = [], [], []
+    from magent2.environments import battle_v4
+
+    pz = battle_v4.parallel_env(map_size=env.map_size, max_cycles=10**9, **env.rewards)
+    pz.reset(seed=0)  # battle_v4 places map_size^2 / 25 agents per side: N at our settings' map sizes
+    pz_pool = rng.integers(0, env.n_actions, size=(steps, 2 * n))
+    raw, wrapped, forced, pettingzoo = [], [], [], []
     _time_raw(gw, handles, pool, min(steps, 10))  # warm-up
     _time_wrapper(env, ours, min(steps, 10))
     for _ in range(repeats):
         raw.append(_time_raw(gw, handles, pool, steps))
         wrapped.append(_time_wrapper(env, ours, steps))
         forced.append(_time_wrapper(env, ours, steps, opponent_views=True))
+        pettingzoo.append(_time_pettingzoo(pz, pz_pool, steps))
+    pz.close()
     out = {
         "raw": float(np.median(raw)),
         "wrapper": float(np.median(wrapped)),
         "forced": float(np.median(forced)),
+        "pettingzoo": float(np.median(pettingzoo)),
     }
     # cost of one call of each team script at full army size (the opponent's share of a step)
     team = env.team_view(1)
@@ -130,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     print("battle: wrapper step vs raw MAgent2 engine step (both sides random; median of blocks)")
     print(
         f"{'N/side':>7} {'raw ms':>8} {'wrap ms':>8} {'ratio':>6} {'+opp view':>9} {'ratio':>6} "
-        f"{'agent-steps/s':>14} {'hold ms':>8} {'att-near ms':>11} {'expert ms':>9}"
+        f"{'agent-steps/s':>14} {'battle_v4 ms':>12} {'speedup':>7} "
+        f"{'hold ms':>8} {'att-near ms':>11} {'expert ms':>9}"
     )
     for n in args.sizes:
         r = bench_overhead(n, args.steps, args.repeats)
@@ -138,12 +156,14 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{n:>7} {r['raw'] * 1e3:>8.3f} {r['wrapper'] * 1e3:>8.3f} {ratio:>6.2f} "
             f"{r['forced'] * 1e3:>9.3f} {r['forced'] / r['raw']:>6.2f} "
-            f"{2 * n / r['wrapper']:>14,.0f} {r['hold'] * 1e3:>8.3f} {r['attack-nearest'] * 1e3:>11.3f} "
+            f"{2 * n / r['wrapper']:>14,.0f} {r['pettingzoo'] * 1e3:>12.3f} "
+            f"{r['pettingzoo'] / r['wrapper']:>7.1f} {r['hold'] * 1e3:>8.3f} {r['attack-nearest'] * 1e3:>11.3f} "
             f"{r['expert'] * 1e3:>9.3f}"
         )
     print("ratio = wrapper / raw (target <= 1.25 at 1024 per side). The wrapper skips the engine's view of")
     print("the opponent team unless asked for it; '+opp view' forces it every step (same work as raw).")
-    print("agent-steps/s: both sides, default wrapper;")
+    print("agent-steps/s: both sides, default wrapper; battle_v4: MAgent2's own PettingZoo parallel env at")
+    print("the same map size and army size (per-agent dicts), speedup = battle_v4 / wrapper;")
     print("hold / att-near / expert: one call of that team script at full army size (policy cost, extra)")
 
     for n in args.winrate_sizes if args.winrate_episodes else []:
