@@ -157,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{n:>7} {r['raw'] * 1e3:>8.3f} {r['wrapper'] * 1e3:>8.3f} {ratio:>6.2f} "
             f"{r['forced'] * 1e3:>9.3f} {r['forced'] / r['raw']:>6.2f} "
             f"{2 * n / r['wrapper']:>14,.0f} {r['pettingzoo'] * 1e3:>12.3f} "
-            f"{r['pettingzoo'] / r['wrapper']:>7.1f} {r['hold'] * 1e3:>8.3f} {r['attack-nearest'] * 1e3:>11.3f} "
-            f"{r['expert'] * 1e3:>9.3f}"
+            f"{r['pettingzoo'] / r['wrapper']:>7.1f} {r['hold'] * 1e3:>8.3f} "
+            f"{r['attack-nearest'] * 1e3:>11.3f} {r['expert'] * 1e3:>9.3f}"
         )
     print("ratio = wrapper / raw (target <= 1.25 at 1024 per side). The wrapper skips the engine's view of")
     print("the opponent team unless asked for it; '+opp view' forces it every step (same work as raw).")
