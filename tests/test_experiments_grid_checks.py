@@ -102,3 +102,21 @@ def test_versions_name_the_source_commit_of_a_checkout():
     head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
                           capture_output=True, text=True, check=True).stdout.strip()
     assert versions()["commit"].split("+")[0] == head
+
+
+def test_unreachable_cluster_address_fails_in_one_line_at_once(tmp_path, capsys):
+    import socket
+
+    import yaml
+
+    from mfdiffuser.cli import main
+
+    with socket.socket() as s:  # a port that nothing listens on once the socket is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(yaml.safe_dump(BASE))
+    code = main(["sweep", str(spec), "--results", str(tmp_path / "res"), "--address", f"127.0.0.1:{port}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"cannot join the Ray cluster at '127.0.0.1:{port}': nothing answers there" in err

@@ -95,6 +95,29 @@ def _remote_cell(
         return rec
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast with one line if a ``host:port`` (or ``ray://host:port``) address does not answer.
+
+    Ray itself retries an unreachable address for minutes before it gives up; ``auto`` and other
+    forms are left to Ray.
+    """
+    import socket
+
+    from mfdiffuser.errors import MfdError
+
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        msg = f"cannot join the Ray cluster at {address!r}: nothing answers there ({reason})"
+        raise MfdError(msg) from exc
+
+
 def _init_ray(address: str | None, num_cpus: int | None) -> bool:
     """Start or join Ray; return True if this call started it (and must shut it down)."""
     from mfdiffuser.errors import require
@@ -104,6 +127,7 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     if address is not None:
+        _check_reachable(address)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
