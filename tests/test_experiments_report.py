@@ -49,6 +49,17 @@ def test_best_flags_bold_ties_within_one_standard_error(store):
     assert "| 10.0 ± 0.0 |" in row and "skipped" in row and "failed" in row
 
 
+def test_behaviour_columns_are_references_never_bold(store):
+    for seed in range(3):  # the data's behaviour scores above every trained method
+        rec = _rec("behaviour", seed, 90.0, 9.0)
+        rec["config"]["behaviour"] = "dataset"
+        store.write(rec)
+    res = Results(store.records())
+    assert res.references == {"behaviour"}
+    row = next(line for line in markdown_table(res, "score").splitlines() if "| 100 |" in line)
+    assert "| 90.0 ± 0.0 |" in row and "**52.0 ± 5.0**" in row and "**51.5 ± 0.0**" in row
+
+
 def test_build_report_writes_tables_and_plots(store, tmp_path):
     out = tmp_path / "rep"
     path = build_report(store.root, out)

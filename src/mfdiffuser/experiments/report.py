@@ -76,6 +76,13 @@ class Results:
             self.by_key[(rec["benchmark"], rec["quality"], rec["method"])].append(rec)
         self.benchmarks = list(dict.fromkeys(r["benchmark"] for r in self.records))
         self.methods = list(dict.fromkeys(r["method"] for r in self.records))
+        # behaviour policies evaluated without training: reference columns, never bold
+        self.references = {r["method"] for r in self.records if r.get("config", {}).get("behaviour")}
+
+    def best_flags(self, cells: Sequence[Agg | None], higher: bool) -> list[bool]:
+        """:func:`best_flags` over the trained methods of a row (``cells`` in :attr:`methods` order)."""
+        trained = [None if m in self.references else c for m, c in zip(self.methods, cells, strict=True)]
+        return best_flags(trained, higher)
 
     def qualities(self, bench: str) -> list[str]:
         qs = {r["quality"] for r in self.records if r["benchmark"] == bench}
@@ -188,7 +195,7 @@ def markdown_table(res: Results, metric: str) -> str:
     sep = "|---|---|---:|" + "---:|" * len(res.methods)
     lines = [head, sep]
     for b, q, n, cells in rows:
-        flags = best_flags(cells, higher)
+        flags = res.best_flags(cells, higher)
         entries = [_entry(c, dec, f, latex=False) for c, f in zip(cells, flags, strict=True)]
         lines.append(f"| {b} | {q} | {n:,} | " + " | ".join(entries) + " |")
     return "\n".join(lines)
@@ -216,7 +223,7 @@ def latex_table(res: Results, metric: str) -> str:
         r"\midrule",
     ]
     for b, q, n, cells in rows:
-        flags = best_flags(cells, higher)
+        flags = res.best_flags(cells, higher)
         entries = [_entry(c, dec, f, latex=True) for c, f in zip(cells, flags, strict=True)]
         lines.append(f"{_tex(b)} & {q} & {n:,} & " + " & ".join(entries) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
@@ -231,7 +238,7 @@ def exploitability_table(res: Results) -> str:
             cells = [res.exploitability(b, q, m) for m in res.methods]
             if not any(c is not None for c in cells):
                 continue
-            flags = best_flags(cells, higher=False)
+            flags = res.best_flags(cells, higher=False)
             entries = [_entry(c, 4, f, latex=False) for c, f in zip(cells, flags, strict=True)]
             n = next(
                 r["exploitability"].get("n_agents")
@@ -434,7 +441,13 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
         "Bold: the best mean in the row and every mean within one standard error of it "
         "(lower is better for exploitability, latency and memory). `*`: some seeds failed or were skipped. "
         "Normalized score = 100 (R − R_random) / (R_expert − R_random), with the references rolled out "
-        "at each N.",
+        "at each N."
+        + (
+            f" Behaviour policies evaluated without training ({', '.join(sorted(res.references))}) are "
+            "references: never bold."
+            if res.references
+            else ""
+        ),
         "",
         "## Cells",
         "",
