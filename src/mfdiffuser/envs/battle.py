@@ -112,6 +112,11 @@ class Battle(PopulationEnv):
     The opening formation is battle_v4's two blocks of agents spaced two cells apart, facing each other
     across the map centre; on every reset each agent is placed in a random slot of its block and
     jittered by 0 or 1 cell per axis (``jitter=False`` keeps battle_v4's exact grid), so episodes vary.
+
+    Behaviour policies (measured, 30 episodes per cell, ``benchmarks/bench_battle.py``): ``expert``
+    wins 100% against every opponent at 64, 256 and 1,024 per side (kill ratio against
+    ``attack-nearest`` 1.55 / 1.34 / 1.18); ``medium`` wins 0% against ``attack-nearest`` and 100%
+    against ``random`` and ``hold``; ``random`` wins 0% against ``attack-nearest`` and ``hold``.
     """
 
     name = "battle"
