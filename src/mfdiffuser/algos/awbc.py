@@ -37,6 +37,8 @@ class Config(WeightedConfig):
 class AWBC(PerAgentLearner):
     """A per-agent policy weighted by Monte-Carlo advantages over a learned value baseline."""
 
+    config: Config
+
     def __init__(self, config: Config, dims: Dims) -> None:
         super().__init__(config, dims)
         self.value = ValueNet(dims.state_size, dims.context_size, config.hidden)

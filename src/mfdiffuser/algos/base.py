@@ -13,11 +13,14 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, cast
 
 import torch
 
 from mfdiffuser.errors import MfdError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # name -> module implementing it (imported lazily by ``algo_module``).
 ALGOS: dict[str, str] = {
@@ -157,7 +160,7 @@ def _finite(obj: Any) -> Any:
 
 def _json_default(o: Any) -> Any:
     if dataclasses.is_dataclass(o):
-        return dataclasses.asdict(o)
+        return dataclasses.asdict(cast("DataclassInstance", o))
     if isinstance(o, Path):
         return str(o)
     if hasattr(o, "tolist"):

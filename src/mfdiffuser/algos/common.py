@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.envs.base import PopulationEnv
 from mfdiffuser.models.blocks import masked_mean
 from mfdiffuser.models.policy import PolicyNet
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 ACTING_MODES = ("sample", "greedy")
 
@@ -250,6 +253,9 @@ class Standardizer(nn.Module):
         shape: shape of one value: ``()`` for a scalar, ``(S,)`` for per-feature statistics.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, shape: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(shape))
@@ -333,7 +339,7 @@ def sample_categorical(logits: np.ndarray, rng: np.random.Generator) -> np.ndarr
 
 
 def make_agentwise_policy(
-    learner: nn.Module, config: AgentConfig, env: PopulationEnv, **options: Any
+    learner: PerAgentLearner, config: AgentConfig, env: PopulationEnv, **options: Any
 ) -> AgentwisePolicy:
     """The population policy of a per-agent learner (``learner.scores`` and ``learner.dims``) for ``env``.
 
@@ -370,7 +376,7 @@ def check_env(dims: Dims, env: PopulationEnv) -> None:
 
 def sampled_values(
     dataset: Any,
-    config: AgentConfig,
+    config: WindowConfig,
     quantity: Callable[[TrajBatch], torch.Tensor],
     n_batches: int = 16,
     batch_size: int = 256,
@@ -416,7 +422,7 @@ class PerAgentLearner(nn.Module):
         self.returns = Standardizer()
 
     @classmethod
-    def create(cls, config: AgentConfig, meta: Any, dataset: Any = None) -> PerAgentLearner:
+    def create(cls, config: AgentConfig, meta: Any, dataset: Any = None) -> Self:
         """The learner for the sizes in ``meta``; with a dataset, its return statistics fitted."""
         learner = cls(config, dims_from_meta(meta))
         if dataset is not None:
@@ -487,6 +493,8 @@ class ReturnDiffuser(nn.Module):
         scope: ``time`` (agents denoised independently) or ``joint`` (full attention over agents).
         population_return: condition on the population's return (else on each agent's own).
     """
+
+    target: torch.Tensor
 
     def __init__(self, config: DiffusionConfig, dims: Dims, scope: str, population_return: bool) -> None:
         super().__init__()

@@ -10,7 +10,7 @@ the plan's memory and time are estimated from N; a plan beyond the configured bu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from mfdiffuser.algos.common import (
     DiffusionConfig,
@@ -60,5 +60,5 @@ def make_policy(learner: ReturnDiffuser, config: Config, env: PopulationEnv, **o
         BudgetExceeded: one plan for ``env.n_agents`` agents would exceed the memory or time budget.
     """
     policy = planner_policy(learner, config, env, **options)
-    plan_budget(learner, policy.config, env.n_agents)
+    plan_budget(learner, cast(Config, policy.config), env.n_agents)
     return policy

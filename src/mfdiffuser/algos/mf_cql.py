@@ -43,6 +43,8 @@ class Config(TDConfig):
 class MFCQL(PerAgentLearner):
     """Conservative twin Q-learning over per-agent mean-field inputs (its policy head is unused)."""
 
+    config: Config
+
     def __init__(self, config: Config, dims: Dims) -> None:
         super().__init__(config, dims)
         self.q = TwinQNet(dims.state_size, dims.context_size, dims.n_actions, config.hidden)

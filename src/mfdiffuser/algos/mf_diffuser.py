@@ -140,6 +140,16 @@ class MFDiffuser(nn.Module):
     inpainted (fixed) both in training and sampling.
     """
 
+    state_mean: torch.Tensor
+    state_std: torch.Tensor
+    summary_mean: torch.Tensor
+    summary_std: torch.Tensor
+    action_hist: torch.Tensor
+    return_scale: torch.Tensor
+    value_var: torch.Tensor
+    value_var_ready: torch.Tensor
+    channel_mask: torch.Tensor
+
     def __init__(self, config: Config, state_size: int, n_actions: int, summary_size: int, episode_len: int):
         super().__init__()
         self.config = config
@@ -436,7 +446,7 @@ class MFDiffuserPolicy:
         action_decode: str | None = None,
         population_cap: int | None = None,
     ) -> None:
-        over = {
+        over: dict[str, Any] = {
             "mode": mode,
             "levels": levels,
             "steps_per_level": steps_per_level,

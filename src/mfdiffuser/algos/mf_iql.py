@@ -51,6 +51,8 @@ class Config(TDConfig):
 class MFIQL(PerAgentLearner):
     """Twin Q, expectile V and an AWR policy over per-agent mean-field inputs."""
 
+    config: Config
+
     def __init__(self, config: Config, dims: Dims) -> None:
         super().__init__(config, dims)
         S, C, A, h = dims.state_size, dims.context_size, dims.n_actions, config.hidden

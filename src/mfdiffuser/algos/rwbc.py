@@ -37,6 +37,8 @@ class Config(WeightedConfig):
 class RWBC(PerAgentLearner):
     """A shared per-agent policy fitted by return-weighted maximum likelihood."""
 
+    config: Config
+
     def return_values(self, batch: TrajBatch) -> torch.Tensor:
         """``[B]`` the population return each segment is weighted by."""
         return batch.pop_rtg if self.config.weight_by == "segment" else batch.episode_return

@@ -16,12 +16,12 @@ import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
 
-from mfdiffuser.algos.base import coerce_value
+from mfdiffuser.algos.base import Learner, coerce_value
 from mfdiffuser.errors import MfdError
 from mfdiffuser.utils import atomic_path, check_device, resolve_device
 
@@ -138,7 +138,7 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
     try:
         while step < cfg.steps:
             batch = sampler.sample().to(device)
-            out = learner.loss(batch)
+            out = cast(Learner, learner).loss(batch)
             optim.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = (
@@ -146,7 +146,7 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
             )
             optim.step()
             if hasattr(learner, "after_step"):
-                learner.after_step()
+                cast(Any, learner).after_step()
             step += 1
             _update_ema(ema, learner, 0.0 if step <= cfg.ema_start else cfg.ema_decay)
             if step % cfg.log_every == 0 or step == cfg.steps:
@@ -230,7 +230,7 @@ class _Bar:
         self._task = self._p.add_task("train", total=total, completed=done, loss=float("nan"))
         self._p.start()
 
-    def update(self, n: int, **fields: float) -> None:
+    def update(self, n: int, **fields: Any) -> None:
         self._p.update(self._task, advance=n, **fields)
 
     def close(self) -> None:

@@ -8,6 +8,8 @@ weight shape, so the two baselines differ only in who attends to whom.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -82,8 +84,8 @@ class AgentTimeTransformer(nn.Module):
         self.cond = MLP(cond_size, hidden, hidden, n_layers=2)
         self.blocks = nn.ModuleList(AttentionBlock(hidden, n_heads) for _ in range(n_layers))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, dim))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        nn.init.zeros_(cast(nn.Linear, self.out[-1]).weight)
+        nn.init.zeros_(cast(nn.Linear, self.out[-1]).bias)
 
     def forward(self, x: torch.Tensor, k: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
         b, m, h_len, d = x.shape

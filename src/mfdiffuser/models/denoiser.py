@@ -10,6 +10,7 @@ the current states ``s_t [B, M, S]`` of the M agents and the population summary 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -19,6 +20,8 @@ from mfdiffuser.models.blocks import MLP
 
 class SinusoidalEmbedding(nn.Module):
     """Sinusoidal features of an integer step ``[B] -> [B, dim]`` (Vaswani et al. 2017)."""
+
+    freqs: torch.Tensor
 
     def __init__(self, dim: int, max_period: float = 1000.0) -> None:
         super().__init__()
@@ -141,8 +144,8 @@ class MeanFieldDenoiser(nn.Module):
             nn.ModuleList(MeanFieldInteraction(hidden) for _ in range(n_blocks)) if interaction else None
         )
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, self.dim))
-        nn.init.zeros_(self.out[-1].weight)
-        nn.init.zeros_(self.out[-1].bias)
+        nn.init.zeros_(cast(nn.Linear, self.out[-1]).weight)
+        nn.init.zeros_(cast(nn.Linear, self.out[-1]).bias)
 
     def forward(
         self, x: torch.Tensor, k: torch.Tensor | int, states: torch.Tensor, summary: torch.Tensor
