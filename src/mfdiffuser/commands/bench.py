@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     # argparse cannot hand a dash-led word to an option, and drops or misplaces a bare "--" inside a
     # subcommand: the script's arguments are taken out before this parser sees them.
-    p.parse_known_args = functools.partial(_split_script_args, p.parse_known_args)  # type: ignore[method-assign]
+    p.parse_known_args = functools.partial(_split_script_args, p.parse_known_args)
     p.add_argument("names", nargs="*", help=f"benchmarks to run (default: all; known: {', '.join(KNOWN)})")
     p.add_argument(
         "--dir", default=None, help="benchmarks directory (default: ./benchmarks or the source tree's)"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import yaml
 
@@ -64,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     if args.list_options:
         docs = field_docs(module.Config)
         for f in dataclasses.fields(module.Config):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            factory = cast(Callable[[], Any], f.default_factory)
+            default = f.default if f.default is not dataclasses.MISSING else factory()
             print(f"{f.name} = {default!r}\n    {docs.get(f.name, '')}")
         return 0
     if not args.dataset or not args.out:

@@ -601,7 +601,7 @@ def write_dataset(
 
     shapes = expected_shapes(meta)
     ce, ct = chunk_episodes_and_steps(meta, chunk_bytes)
-    dtypes = {
+    dtypes: dict[str, Any] = {
         "states": np.float32,
         "actions": action_dtype(meta.n_actions),
         "rewards": np.float32,

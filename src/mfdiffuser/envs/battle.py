@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -262,6 +262,8 @@ class Battle(PopulationEnv):
 
     def _init_view_geometry(self) -> None:
         r = self.view_radius
+        dx: np.ndarray
+        dy: np.ndarray
         dy, dx = np.meshgrid(np.arange(-r, r + 1), np.arange(-r, r + 1), indexing="ij")
         dx, dy = dx.ravel(), dy.ravel()  # flat view cell j = (row dy + r, column dx + r)
         d2 = dx * dx + dy * dy
@@ -399,7 +401,7 @@ class Battle(PopulationEnv):
         """Build ``obs[N, S]`` for our team from the engine's views in two passes over the buffer."""
         obs = np.zeros((self.n_agents, len(OBS_FIELDS)), dtype=np.float32)
         obs[:, -1] = t / self.horizon
-        rows, view = self._rows[0], self._views[0]
+        rows, view = self._rows[0], cast(np.ndarray, self._views[0])
         n = rows.size
         if n == 0:
             return obs
@@ -531,7 +533,8 @@ class Battle(PopulationEnv):
         if from_views if from_views is not None else self._views[side] is not None:
             self._fetch_views(side)
             c = self.view_radius
-            block = self._views[side][:, c - 1 : c + 2, c - 1 : c + 2, 4].reshape(len(rows), 9)
+            views = cast(np.ndarray, self._views[side])
+            block = views[:, c - 1 : c + 2, c - 1 : c + 2, 4].reshape(len(rows), 9)
             out[rows] = block[:, [0, 1, 2, 3, 5, 6, 7, 8]]  # row-major (dy, dx) without the centre
             return out
         other = 1 - side

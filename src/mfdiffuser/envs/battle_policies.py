@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from mfdiffuser.errors import require
 
 if TYPE_CHECKING:  # pragma: no cover
+    from mfdiffuser.envs.base import PopulationEnv
     from mfdiffuser.envs.battle import Battle
 
 # MAgent2's move table for an agent of speed 2 (the 13 cells with |dx| + |dy| <= 2), action id -> (dx, dy),
@@ -116,7 +117,7 @@ def attack_choice(
         ``(can_attack[N] bool, attack_action[N] int64)``.
     """
     present = team.adjacent_enemy
-    can = present.any(axis=1)
+    can = cast(np.ndarray, present.any(axis=1))
     noise = rng.random(present.shape) * 1e-3
     if weakest:
         score = np.where(present, 2.0 - team.adjacent_enemy_hp + noise, -np.inf)
@@ -138,7 +139,7 @@ def move_toward(
     diff = target[:, None, :] - new
     dist = np.sqrt((diff * diff).sum(axis=2)) + rng.random(diff.shape[:2]) * 1e-3
     lo, hi = 1, team.map_size - 2
-    blocked = (new < lo).any(axis=2) | (new > hi).any(axis=2)
+    blocked = cast(np.ndarray, (new < lo).any(axis=2) | (new > hi).any(axis=2))
     if occupied is not None:
         cx = np.clip(new[..., 0], 0, team.map_size - 1)
         cy = np.clip(new[..., 1], 0, team.map_size - 1)
@@ -221,9 +222,9 @@ class ScriptedPolicy:
     def __init__(self, script: ScriptFn) -> None:
         self.script = script
 
-    def reset(self, env: Battle, rng: np.random.Generator) -> None:  # type: ignore[override]
-        self._env, self._rng = env, rng
-        self._dead = dead_rows_action(env)
+    def reset(self, env: PopulationEnv, rng: np.random.Generator) -> None:
+        self._env, self._rng = cast("Battle", env), rng
+        self._dead = dead_rows_action(self._env)
 
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         team = self._env.team_view(0)
@@ -242,9 +243,9 @@ class MixedScriptPolicy:
             raise ValueError(f"mixing probability must lie in [0, 1], got {p!r}")
         self.script, self.p = script, float(p)
 
-    def reset(self, env: Battle, rng: np.random.Generator) -> None:  # type: ignore[override]
-        self._env, self._rng = env, rng
-        self._dead = dead_rows_action(env)
+    def reset(self, env: PopulationEnv, rng: np.random.Generator) -> None:
+        self._env, self._rng = cast("Battle", env), rng
+        self._dead = dead_rows_action(self._env)
         self._scripted = rng.random(env.n_agents) < self.p
 
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:

@@ -8,7 +8,7 @@ the N agents. The exact mean-field limit of the same game is :mod:`mfdiffuser.en
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -43,6 +43,12 @@ class _CrowdEnv(PopulationEnv):
 
     game: mf.CrowdGame
     stochastic_transitions = True
+
+    if TYPE_CHECKING:
+
+        def cells_from_obs(self, obs: np.ndarray) -> np.ndarray:
+            """Cell index ``[N]`` of each agent from ``obs[N, S]`` (every subclass defines it)."""
+            ...
 
     def _setup(
         self, n_agents: int, dest: np.ndarray, noise_probs: np.ndarray, obs_table: np.ndarray

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from mfdiffuser.utils import atomic_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from mfdiffuser.envs.base import PopulationPolicy
     from mfdiffuser.envs.battle import Battle
@@ -35,7 +36,7 @@ def snapshot(env: Battle) -> Frame:
     alive = (env.alive(), env.opponent_alive())
     pos = tuple(env.positions(s)[alive[s]] for s in range(2))
     hp = tuple(env.health(s)[alive[s]] for s in range(2))
-    return Frame(env.t, pos, hp)  # type: ignore[arg-type]
+    return Frame(env.t, pos, hp)
 
 
 def draw_frame(ax: Axes, frame: Frame, map_size: int, *, title: str | None = None) -> None:
@@ -127,7 +128,7 @@ def save_gif(
         for frame in frames:
             draw_frame(ax, frame, map_size, title=title)
             fig.canvas.draw()
-            rgba = np.asarray(fig.canvas.buffer_rgba())
+            rgba = np.asarray(cast("FigureCanvasAgg", fig.canvas).buffer_rgba())
             images.append(Image.fromarray(rgba[..., :3].copy()))
     finally:
         plt.close(fig)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -147,13 +147,13 @@ def reference_returns(make_env: Any, n_agents: int, seeds: Sequence[int], episod
     episodes are drawn from :data:`~mfdiffuser.eval.rollout.REFERENCE_STREAM`, disjoint from the
     evaluation's episode seeds, so the expert is not scored on the very episodes that define 100.
     """
-    from mfdiffuser.eval.rollout import REFERENCE_STREAM, rollout
+    from mfdiffuser.eval.rollout import REFERENCE_STREAM, PolicyFactory, rollout
 
     refs: dict[str, float] = {}
     for quality in ("random", "expert"):
         res = rollout(
             make_env,
-            lambda env, q=quality: env.behaviour_policy(q),
+            cast(PolicyFactory, lambda env, q=quality: env.behaviour_policy(q)),
             [n_agents],
             seeds,
             episodes,

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -314,11 +314,14 @@ def plot_vs_n(
 ) -> Path | None:
     """Lines of ``metric`` against N per method: a subplot per benchmark (x quality if asked)."""
     plt = _plt()
-    panels = [
-        (b, [q]) if per_quality else (b, res.qualities(b))
-        for b in res.benchmarks
-        for q in (res.qualities(b) if per_quality else [None])
-    ]
+    panels = cast(
+        "list[tuple[str, list[str]]]",
+        [
+            (b, [q]) if per_quality else (b, res.qualities(b))
+            for b in res.benchmarks
+            for q in (res.qualities(b) if per_quality else [None])
+        ],
+    )
     if not panels:
         return None
     cols = min(4, len(panels))
