@@ -19,6 +19,7 @@ install: $(VENV)/.installed
 
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src/mfdiffuser
 	$(PY) -m pytest -q
 
 test-slow: install
@@ -34,4 +35,4 @@ bench: install
 	$(VENV)/bin/mfd bench
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache
