@@ -13,6 +13,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from mfdiffuser import __version__
 from mfdiffuser.errors import MfdError
@@ -33,7 +34,7 @@ COMMANDS: dict[str, str] = {
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error and exit code 2 (argparse's usual code for usage errors)."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(2)
 
