@@ -118,3 +118,18 @@ def test_plot_colours_are_fixed_per_method_across_panels(tmp_path, monkeypatch):
     }
     assert colours[("gs", "b")] == colours[("other", "b")] != colours[("gs", "a")]
     assert sorted(t.get_text() for t in fig.legends[0].get_texts()) == ["a", "b"]
+
+
+def test_columns_follow_the_grid_spec_with_references_first(store):
+    import yaml
+
+    rec = _rec("behaviour", 0, 50.0, 1.0)
+    rec["config"]["behaviour"] = "dataset"
+    store.write(rec)
+    spec = {"methods": {"c": {}, "behaviour": {}, "a": {}}}
+    (store.root / "grid.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert Results(store.records()).methods[:2] == ["behaviour", "a"]  # no spec: references, then as met
+    build_report(store.root, store.root / "rep")
+    head = next(line for line in (store.root / "rep" / "report.md").read_text().splitlines()
+                if line.startswith("| benchmark | quality | N |"))
+    assert head.startswith("| benchmark | quality | N | behaviour | c | a | b |")

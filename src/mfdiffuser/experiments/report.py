@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+import yaml
 
 from mfdiffuser.eval.stats import MeanCI, mean_ci
 from mfdiffuser.experiments.store import ResultStore
@@ -66,18 +67,33 @@ def _value(rec: dict[str, Any], n: str, metric: str) -> float | None:
     return float(v)
 
 
+def _ordered(names: Iterable[str], order: Iterable[str]) -> list[str]:
+    """The distinct ``names``: those listed in ``order`` first, in that order, then the others as met."""
+    present = list(dict.fromkeys(names))
+    first = [n for n in order if n in present]
+    return first + [n for n in present if n not in first]
+
+
 class Results:
     """The records of a results store, indexed for tables and plots."""
 
-    def __init__(self, records: Sequence[dict[str, Any]]) -> None:
+    def __init__(self, records: Sequence[dict[str, Any]], spec: Mapping[str, Any] | None = None) -> None:
+        """Index ``records``; benchmarks and methods follow the order of the grid ``spec`` if given.
+
+        Reference columns (behaviour policies, evaluated without training) come first.
+        """
         self.records = list(records)
         self.by_key: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
         for rec in self.records:
             self.by_key[(rec["benchmark"], rec["quality"], rec["method"])].append(rec)
-        self.benchmarks = list(dict.fromkeys(r["benchmark"] for r in self.records))
-        self.methods = list(dict.fromkeys(r["method"] for r in self.records))
+        spec = spec or {}
+        self.benchmarks = _ordered((r["benchmark"] for r in self.records), spec.get("benchmarks") or {})
+        methods = _ordered((r["method"] for r in self.records), spec.get("methods") or {})
         # behaviour policies evaluated without training: reference columns, never bold
         self.references = {r["method"] for r in self.records if r.get("config", {}).get("behaviour")}
+        self.methods = [m for m in methods if m in self.references] + [
+            m for m in methods if m not in self.references
+        ]
 
     def best_flags(self, cells: Sequence[Agg | None], higher: bool) -> list[bool]:
         """:func:`best_flags` over the trained methods of a row (``cells`` in :attr:`methods` order)."""
@@ -419,7 +435,9 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
     records = store.records()
     if not records:
         raise FileNotFoundError(f"{results_dir}: no cell records (run `mfd sweep` first)")
-    res = Results(records)
+    spec_path = Path(results_dir) / "grid.yaml"
+    spec = yaml.safe_load(spec_path.read_text()) if spec_path.is_file() else None
+    res = Results(records, spec if isinstance(spec, dict) else None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
