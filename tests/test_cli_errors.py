@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from grid_specs import with_changes
 from mfdiffuser.cli import main
 
 GS = [
@@ -64,14 +65,7 @@ GRID = {
 
 
 def _grid(**changes: object) -> dict:
-    grid = json.loads(json.dumps(GRID))
-    for path, value in changes.items():
-        *parents, leaf = path.split("__")
-        node = grid
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    return grid
+    return with_changes(GRID, **changes)
 
 
 GRIDS = {

@@ -1,9 +1,9 @@
 """Grid specs are checked in full by ``parse_grid``, before any dataset, run or Ray session starts."""
 
-import copy
 
 import pytest
 
+from grid_specs import with_changes
 from mfdiffuser.experiments.grid import load_spec, parse_grid
 
 BASE = {
@@ -16,14 +16,7 @@ BASE = {
 
 
 def _spec(**changes):
-    spec = copy.deepcopy(BASE)
-    for path, value in changes.items():
-        *parents, leaf = path.split("__")
-        node = spec
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    return spec
+    return with_changes(BASE, **changes)
 
 
 @pytest.mark.parametrize(
