@@ -121,6 +121,24 @@ def test_branching_counts_and_keeps_the_mean():
     assert torch.equal(branch(x0, parent_index(4, 8), -1, sched), x0[:, parent_index(4, 8)])
 
 
+def test_branching_keep_interpolates_between_renoising_and_copying():
+    sched = NoiseSchedule(20)
+    gen = torch.Generator().manual_seed(2)
+    x0, x_k = torch.randn(1, 8, 2, 3, generator=gen), torch.randn(1, 8, 2, 3, generator=gen)
+    parents = parent_index(8, 64)
+    # rho = 1 copies each parent's current sample
+    assert torch.allclose(branch(x0, parents, 9, sched, gen, x_k, keep=1.0), x_k[:, parents], atol=1e-5)
+    # in between, each family's mean moves from sqrt(abar) x0 towards the parent's sample
+    ab = float(sched.abar(9))
+    kids = branch(x0, parents, 9, sched, gen, x_k, keep=0.4)
+    fam = torch.zeros_like(x0).index_add_(1, parents, kids) / 8
+    assert torch.allclose(fam, 0.6 * math.sqrt(ab) * x0 + 0.4 * x_k, atol=1e-5)
+    with pytest.raises(ValueError, match="keep"):
+        branch(x0, parents, 9, sched, gen, None, keep=0.5)
+    with pytest.raises(ValueError, match="keep"):
+        branch(x0, parents, 9, sched, gen, x_k, keep=1.5)
+
+
 def test_grouping_blocks_nested_and_histogram_preserving():
     rng = np.random.default_rng(0)
     states = rng.integers(0, 3, size=(1000, 2)).astype(np.float32)

@@ -80,6 +80,8 @@ class Config:
     """Coarse-to-fine particle counts M_0 < ... < M_L of the planner."""
     steps_per_level: tuple[int, ...] = (6, 6, 8)
     """Denoising steps at each level (sum at most K); 8/6/6 is cheaper, later branching samples better."""
+    branch_keep: float = 0.0
+    """Correlation of a child's noise with its parent's at a branch (0: fresh noise, 1: copy the parent)."""
     mode: str = "representatives"
     """Planner mode: representatives (final level M_L, plan cost flat in N) or population (final level N)."""
     population_cap: int = 4096
@@ -113,6 +115,8 @@ class Config:
                 )
         if self.beta < 0 or self.w_max < 1:
             raise ValueError(f"mf-diffuser: need beta >= 0 and w_max >= 1, got {self.beta}, {self.w_max}")
+        if not 0.0 <= self.branch_keep <= 1.0:
+            raise ValueError(f"mf-diffuser: branch_keep must lie in [0, 1], got {self.branch_keep}")
         if not 0 < self.expectile < 1:
             raise ValueError(f"mf-diffuser: expectile must lie in (0, 1), got {self.expectile}")
         if not 1 <= self.replan_every <= self.horizon:
@@ -362,6 +366,7 @@ def sample_plan(
     generator: torch.Generator | None = None,
     eta: float = 1.0,
     action_decode: str = "categorical",
+    branch_keep: float = 0.0,
 ) -> PlanOutput:
     """Sample one plan for N agents by coarse-to-fine denoising, and lift it to every agent.
 
@@ -380,6 +385,7 @@ def sample_plan(
         generator: torch generator of the diffusion noise.
         eta: DDIM eta.
         action_decode: ``categorical`` or ``argmax``.
+        branch_keep: correlation of a child's noise with its parent's (see :func:`branch`).
     """
     n = states.shape[0]
     levels = levels.capped(n)
@@ -409,7 +415,7 @@ def sample_plan(
         if j + 1 < len(levels.sizes):
             m_next = levels.sizes[j + 1]
             s0 = all_s0[torch.as_tensor(representatives(order, m_next), device=device)][None]
-            x = branch(x0, parent_index(m, m_next), k_prev, sched, generator)
+            x = branch(x0, parent_index(m, m_next), k_prev, sched, generator, x, branch_keep)
             m = m_next
     x0 = learner.inpaint(x0, s0)
     actions = learner.decode_actions(x0, generator, action_decode)[0].cpu().numpy().astype(np.int64)
@@ -432,6 +438,7 @@ class MFDiffuserPolicy:
         eta: override of DDIM eta.
         action_decode: override of the action decoding.
         population_cap: override of the population mode's cap.
+        branch_keep: override of the branching noise correlation.
     """
 
     def __init__(
@@ -445,6 +452,7 @@ class MFDiffuserPolicy:
         eta: float | None = None,
         action_decode: str | None = None,
         population_cap: int | None = None,
+        branch_keep: float | None = None,
     ) -> None:
         over: dict[str, Any] = {
             "mode": mode,
@@ -454,6 +462,7 @@ class MFDiffuserPolicy:
             "eta": eta,
             "action_decode": action_decode,
             "population_cap": population_cap,
+            "branch_keep": branch_keep,
         }
         self.config = dataclasses.replace(config, **{k: v for k, v in over.items() if v is not None})
         self.learner = learner.eval()
@@ -494,6 +503,7 @@ class MFDiffuserPolicy:
                 self._gen,
                 self.config.eta,
                 self.config.action_decode,
+                self.config.branch_keep,
             )
             self._cursor = 0
         actions = self.last_plan.actions[:, self._cursor]
@@ -501,9 +511,16 @@ class MFDiffuserPolicy:
         return actions
 
 
+PLAN_OPTIONS = (
+    "mode", "levels", "steps_per_level", "replan_every", "eta",
+    "action_decode", "population_cap", "branch_keep",
+)
+"""Config fields a planner option may override at evaluation time."""
+
+
 def make_policy(learner: MFDiffuser, config: Config, env: PopulationEnv, **options: Any) -> MFDiffuserPolicy:
     """The receding-horizon planner of a trained learner for ``env`` (any N); options override the config."""
-    allowed = {"mode", "levels", "steps_per_level", "replan_every", "eta", "action_decode", "population_cap"}
+    allowed = set(PLAN_OPTIONS)
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ValueError(

@@ -94,6 +94,8 @@ def branch(
     k: int,
     schedule: NoiseSchedule,
     generator: torch.Generator | None = None,
+    x_k: torch.Tensor | None = None,
+    keep: float = 0.0,
 ) -> torch.Tensor:
     """Branch particles by re-noising their predicted clean samples to noise level ``k``.
 
@@ -102,16 +104,28 @@ def branch(
     exactly ``sqrt(abar_k) x0`` of the parent, and the particles' mean is kept, while siblings are
     decorrelated. Single children get plain fresh noise.
 
+    With ``keep = rho > 0`` and the parents' current samples ``x_k``, each child's noise is
+    ``rho eps_parent + sqrt(1 - rho^2) z`` where ``eps_parent`` is the noise the parent carries
+    (``x_k = sqrt(abar_k) x0 + sqrt(1 - abar_k) eps_parent``): the family mean becomes
+    ``(1 - rho) sqrt(abar_k) x0 + rho x_k``, and ``rho = 1`` copies the parent. Re-noising from the
+    posterior mean ``x0`` alone drops the spread of x0 given ``x_k`` that the parent's noise encodes.
+
     Args:
         x0: ``[B, M, H, D]`` predicted clean samples of the M parents.
         parents: ``[M']`` parent index of each child (see :func:`parent_index`).
         k: noise level to re-noise to (``-1`` returns the clean children).
         schedule: the noise schedule.
         generator: source of the fresh noise.
+        x_k: ``[B, M, H, D]`` the parents' samples at level ``k`` (needed when ``keep > 0``).
+        keep: correlation rho in [0, 1] of each child's noise with its parent's.
 
     Returns:
         ``[B, M', H, D]`` children at noise level ``k``.
     """
+    if not 0.0 <= keep <= 1.0:
+        raise ValueError(f"branching: keep must lie in [0, 1], got {keep}")
+    if keep > 0 and x_k is None:
+        raise ValueError("branching: keep > 0 needs the parents' samples x_k")
     parents = parents.to(x0.device)
     m = x0.shape[1]
     children = x0[:, parents]
@@ -125,6 +139,10 @@ def branch(
     scale = torch.where(n_c > 1, (n_c / (n_c - 1).clamp_min(1)).sqrt(), torch.ones_like(n_c))
     centred = torch.where(n_c > 1, (z - family_mean) * scale, z)
     ab = float(schedule.abar(k))
+    if keep > 0:
+        assert x_k is not None
+        eps_parent = (x_k - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+        centred = keep * eps_parent[:, parents] + math.sqrt(1 - keep**2) * centred
     return math.sqrt(ab) * children + math.sqrt(1 - ab) * centred
 
 
