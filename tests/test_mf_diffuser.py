@@ -344,3 +344,29 @@ def test_resume_after_kill_continues_the_same_loss_curve(tmp_path):
     resumed, straight = _metrics(tmp_path / "killed"), _metrics(tmp_path / "straight")
     assert len(straight) == steps // 5
     assert resumed == straight
+
+
+def test_finished_run_resumes_under_other_planner_options_but_not_other_weights(tmp_path):
+    from mfdiffuser.algos.run import train
+    from mfdiffuser.errors import MfdError
+
+    _gs_dataset(tmp_path / "gs.h5", n_agents=20, episodes=4)
+    opts = {"horizon": 1, "m_range": [2, 4], "hidden": 8, "n_blocks": 1, "value_hidden": 8,
+            "replan_every": 1, "stats_batches": 2}
+    trainer = TrainerConfig(steps=5, batch_size=4, ema_start=1, progress=False)
+    run_dir = tmp_path / "run"
+    train("mf-diffuser", tmp_path / "gs.h5", run_dir, opts, trainer)
+    # a run.json written before a config field existed: the field takes its default
+    record = json.loads((run_dir / "run.json").read_text())
+    del record["config"]["branch_keep"]
+    (run_dir / "run.json").write_text(json.dumps(record))
+    # planner-only fields may change: the trained weights are reused (no training step runs)
+    ckpt = (run_dir / "checkpoint.pt").stat().st_mtime_ns
+    again = train("mf-diffuser", tmp_path / "gs.h5", run_dir, {**opts, "steps_per_level": [10, 5, 5]},
+                  trainer)
+    assert (run_dir / "checkpoint.pt").stat().st_mtime_ns == ckpt
+    assert again.step == 5 and again.config.steps_per_level == (10, 5, 5)
+    assert json.loads((run_dir / "run.json").read_text())["config"]["steps_per_level"] == [10, 5, 5]
+    # a field that shapes the weights may not
+    with pytest.raises(MfdError, match="different run"):
+        train("mf-diffuser", tmp_path / "gs.h5", run_dir, {**opts, "hidden": 16}, trainer)

@@ -88,9 +88,14 @@ def train(
     if (run_dir / "run.json").exists() and (run_dir / CHECKPOINT).exists():
         # a run with trained weights is only ever resumed, never overwritten by another configuration
         old = read_run(run_dir)
-        same = all(old.get(k) == record[k] for k in ("algo", "config", "meta")) and {
-            k: v for k, v in old["trainer"].items() if k not in ("steps", "progress", "device")
-        } == {k: v for k, v in record["trainer"].items() if k not in ("steps", "progress", "device")}
+        def trainer_key(values: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in values.items() if k not in ("steps", "progress", "device")}
+
+        same = (
+            all(old.get(k) == record[k] for k in ("algo", "meta"))
+            and _weights_config(module, old.get("config", {})) == _weights_config(module, record["config"])
+            and trainer_key(old["trainer"]) == trainer_key(record["trainer"])
+        )
         if not same:
             raise MfdError(
                 f"{run_dir} holds a different run (algorithm, options or dataset differ); "
@@ -101,6 +106,20 @@ def train(
     done = {**record, "status": "done", "step": result.step, "metrics": result.metrics}
     write_json(run_dir / "run.json", done)
     return LoadedRun(algo, module, config, result.ema.eval(), dataset.meta, result.step, run_dir)
+
+
+def _weights_config(module: types.ModuleType, values: dict[str, Any]) -> dict[str, Any] | None:
+    """The config fields that shape the trained weights, in JSON form (None if ``values`` is invalid).
+
+    Fields added since a run was written take their defaults; planner-only fields (the module's
+    ``PLAN_OPTIONS``) are left out, so changing how a trained model acts never orphans its weights.
+    """
+    try:
+        full = dataclasses.asdict(config_from_dict(module.Config, values))
+    except ValueError:
+        return None
+    acting = set(getattr(module, "PLAN_OPTIONS", ()))
+    return json.loads(json.dumps({k: v for k, v in full.items() if k not in acting}, default=_json_default))
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
