@@ -133,3 +133,29 @@ def test_columns_follow_the_grid_spec_with_references_first(store):
     head = next(line for line in (store.root / "rep" / "report.md").read_text().splitlines()
                 if line.startswith("| benchmark | quality | N |"))
     assert head.startswith("| benchmark | quality | N | behaviour | c | a | b |")
+
+
+def test_report_leaves_out_records_whose_configuration_changed(tmp_path):
+    import yaml
+
+    from mfdiffuser.experiments import parse_grid
+
+    spec = {
+        "name": "tiny", "seeds": [0, 1],
+        "benchmarks": {"gaussian-squeeze": {"train": 100, "eval": [100], "qualities": ["medium"]}},
+        "methods": {"bc": {"algo": "bc"}, "expert": {"behaviour": "expert"}},
+    }
+    s = ResultStore(tmp_path / "res")
+    (tmp_path / "res").mkdir(exist_ok=True)
+    (tmp_path / "res" / "grid.yaml").write_text(yaml.safe_dump(spec))
+    for cell in parse_grid(spec).cells:
+        rec = _rec(cell.method, cell.seed, 40.0 + cell.seed, 1.0)
+        rec.update(id=cell.id, benchmark=cell.benchmark, fingerprint=cell.fingerprint)
+        if cell.id == "gaussian-squeeze__medium__bc__s1":
+            rec.update(fingerprint="older", metrics={"100": {"score": {"mean": 99.0}}})
+        s.write(rec)
+    report = build_report(tmp_path / "res", tmp_path / "out").read_text()
+    assert "1 record left out" in report and "gaussian-squeeze__medium__bc__s1" in report
+    assert "99.0" not in report  # the stale record's score is in no table
+    row = next(line for line in report.splitlines() if line.startswith("| gaussian-squeeze | medium | 100 |"))
+    assert "40.0" in row and "40.5" in row  # bc from seed 0 alone; expert from both seeds

@@ -19,6 +19,7 @@ from typing import Any, cast
 import numpy as np
 import yaml
 
+from mfdiffuser.errors import MfdError
 from mfdiffuser.eval.stats import MeanCI, mean_ci
 from mfdiffuser.experiments.store import ResultStore
 
@@ -422,6 +423,35 @@ def _finish(plt: Any, fig: Any, axes: Any, path: Path, drawn: bool, legend_heigh
 
 
 # -------------------------------------------------------------------------------------- report
+def _drop_stale(
+    records: list[dict[str, Any]], spec: dict[str, Any] | None
+) -> tuple[list[dict[str, Any]], str]:
+    """Records whose cell is in the grid ``spec`` with the same fingerprint, and a note on the rest.
+
+    A record made before its cell's configuration changed (or of a cell no longer in the grid) would
+    mix two configurations in one table; ``mfd sweep`` reruns such cells, the report leaves them out.
+    """
+    if spec is None:
+        return records, ""
+    from mfdiffuser.experiments.grid import parse_grid
+
+    try:
+        current = {c.id: c.fingerprint for c in parse_grid(spec).cells}
+    except (ValueError, MfdError) as exc:
+        return records, f"Records not checked against `grid.yaml`: it does not expand here ({exc})."
+    stale = sorted(r["id"] for r in records if current.get(r["id"]) != r.get("fingerprint"))
+    if not stale:
+        return records, ""
+    shown = ", ".join(stale[:12]) + (f" and {len(stale) - 12} more" if len(stale) > 12 else "")
+    plural = "s" if len(stale) > 1 else ""
+    note = (
+        f"{len(stale)} record{plural} left out: the configuration differs from `grid.yaml` or the cell "
+        f"is no longer in it (`mfd sweep` reruns such cells): {shown}."
+    )
+    dropped = set(stale)
+    return [r for r in records if r["id"] not in dropped], note
+
+
 def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
     """Write ``report.md``, ``tables.tex`` and PNG plots of a results store into ``out_dir``.
 
@@ -437,7 +467,9 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
         raise FileNotFoundError(f"{results_dir}: no cell records (run `mfd sweep` first)")
     spec_path = Path(results_dir) / "grid.yaml"
     spec = yaml.safe_load(spec_path.read_text()) if spec_path.is_file() else None
-    res = Results(records, spec if isinstance(spec, dict) else None)
+    spec = spec if isinstance(spec, dict) else None
+    records, stale_note = _drop_stale(records, spec)
+    res = Results(records, spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -469,6 +501,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
             if res.references
             else ""
         ),
+        *(["", stale_note] if stale_note else []),
         "",
         "## Cells",
         "",
