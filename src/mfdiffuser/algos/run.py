@@ -88,13 +88,10 @@ def train(
     if (run_dir / "run.json").exists() and (run_dir / CHECKPOINT).exists():
         # a run with trained weights is only ever resumed, never overwritten by another configuration
         old = read_run(run_dir)
-        def trainer_key(values: dict[str, Any]) -> dict[str, Any]:
-            return {k: v for k, v in values.items() if k not in ("steps", "progress", "device")}
-
         same = (
             all(old.get(k) == record[k] for k in ("algo", "meta"))
             and _weights_config(module, old.get("config", {})) == _weights_config(module, record["config"])
-            and trainer_key(old["trainer"]) == trainer_key(record["trainer"])
+            and _trainer_key(old["trainer"]) == _trainer_key(record["trainer"])
         )
         if not same:
             raise MfdError(
@@ -106,6 +103,11 @@ def train(
     done = {**record, "status": "done", "step": result.step, "metrics": result.metrics}
     write_json(run_dir / "run.json", done)
     return LoadedRun(algo, module, config, result.ema.eval(), dataset.meta, result.step, run_dir)
+
+
+def _trainer_key(values: dict[str, Any]) -> dict[str, Any]:
+    """Trainer fields that shape the trained weights (not the step budget, progress bar or device)."""
+    return {k: v for k, v in values.items() if k not in ("steps", "progress", "device")}
 
 
 def _weights_config(module: types.ModuleType, values: dict[str, Any]) -> dict[str, Any] | None:
