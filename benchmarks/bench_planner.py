@@ -33,6 +33,7 @@ from mfdiffuser.envs import make  # noqa: E402
 SIZES = (100, 1000, 10000)
 SCHEDULES = {
     "single 1000 x 20": LevelSchedule((1000,), (20,)),
+    "128/256/1000, 12/4/4": LevelSchedule((128, 256, 1000), (12, 4, 4)),
     "16/128/1000, 8/7/5": LevelSchedule((16, 128, 1000), (8, 7, 5)),
     "16/128/1000, 6/6/8": LevelSchedule((16, 128, 1000), (6, 6, 8)),
 }
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     print("plan latency, representatives mode (crowd, H = 4, hidden 96, K = 20), CPU s per plan")
     for label, lv in (("M_L = 64 (16/64, 10/10)", LevelSchedule((16, 64), (10, 10))),
-                      ("default 16/128/1024, 8/7/5", mfd.Config().level_schedule)):
+                      ("default 128/256/1024, 12/4/4", mfd.Config().level_schedule)):
         lat = plan_latency(lv)
         results[f"latency {label}"] = lat
         cells = "  ".join(f"N={n}: {s * 1000:.0f} ms" for n, s in lat.items())

@@ -76,10 +76,10 @@ class Config:
     """Momentum of the running estimate of the value's standard deviation (the weights' scale)."""
     stats_batches: int = 16
     """Batches drawn at build time to estimate state/summary normalisation and the action histogram."""
-    levels: tuple[int, ...] = (16, 128, 1024)
-    """Coarse-to-fine particle counts M_0 < ... < M_L of the planner."""
-    steps_per_level: tuple[int, ...] = (8, 7, 5)
-    """Denoising steps at each level (sum at most K); 8/7/5 costs 0.3x of one level of 1,000 particles."""
+    levels: tuple[int, ...] = (128, 256, 1024)
+    """Coarse-to-fine particle counts M_0 < ... < M_L of the planner (M_0 >= 128 keeps plans coherent)."""
+    steps_per_level: tuple[int, ...] = (12, 4, 4)
+    """Denoising steps at each level (sum at most K); 12/4/4 costs 0.33x of one level of 1,000 particles."""
     branch_keep: float = 0.0
     """Correlation of a child's noise with its parent's at a branch (0: fresh noise, 1: copy the parent)."""
     mode: str = "representatives"
