@@ -86,8 +86,8 @@ class Config:
     """Planner mode: representatives (final level M_L, plan cost flat in N) or population (final level N)."""
     population_cap: int = 4096
     """Largest final level of the population mode."""
-    replan_every: int = 2
-    """Environment steps between plans (at most H)."""
+    replan_every: int = 1
+    """Environment steps between plans (at most H); every step, as plans go stale fast (docs/design.md)."""
     eta: float = 1.0
     """DDIM eta of the planner (0 deterministic, 1 ancestral)."""
     action_decode: str = "categorical"
