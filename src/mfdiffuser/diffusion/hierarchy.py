@@ -124,8 +124,6 @@ def branch(
     """
     if not 0.0 <= keep <= 1.0:
         raise ValueError(f"branching: keep must lie in [0, 1], got {keep}")
-    if keep > 0 and x_k is None:
-        raise ValueError("branching: keep > 0 needs the parents' samples x_k")
     parents = parents.to(x0.device)
     m = x0.shape[1]
     children = x0[:, parents]
@@ -140,7 +138,8 @@ def branch(
     centred = torch.where(n_c > 1, (z - family_mean) * scale, z)
     ab = float(schedule.abar(k))
     if keep > 0:
-        assert x_k is not None
+        if x_k is None:
+            raise ValueError("branching: keep > 0 needs the parents' samples x_k")
         eps_parent = (x_k - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
         centred = keep * eps_parent[:, parents] + math.sqrt(1 - keep**2) * centred
     return math.sqrt(ab) * children + math.sqrt(1 - ab) * centred
