@@ -10,6 +10,7 @@ agents by coarse-to-fine denoising (:func:`sample_plan`) and lifts them to every
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -511,11 +512,8 @@ class MFDiffuserPolicy:
         return actions
 
 
-PLAN_OPTIONS = (
-    "mode", "levels", "steps_per_level", "replan_every", "eta",
-    "action_decode", "population_cap", "branch_keep",
-)
-"""Config fields a planner option may override at evaluation time."""
+PLAN_OPTIONS = tuple(inspect.signature(MFDiffuserPolicy.__init__).parameters)[3:]
+"""Config fields a planner option may override at evaluation time (the policy's keyword overrides)."""
 
 
 def make_policy(learner: MFDiffuser, config: Config, env: PopulationEnv, **options: Any) -> MFDiffuserPolicy:
