@@ -69,3 +69,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def save_figure(fig: object, path: str | os.PathLike[str], **savefig_kwargs: object) -> Path:
+    """Save a Matplotlib figure as a PNG at ``path``, written atomically; return the path."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", **savefig_kwargs)  # type: ignore[attr-defined]
+    return Path(path)

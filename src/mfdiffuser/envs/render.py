@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 
-from mfdiffuser.utils import atomic_path
+from mfdiffuser.utils import atomic_path, save_figure
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -80,11 +80,9 @@ def render_frame(env: Battle, path: str | os.PathLike[str], *, title: str | None
     try:
         draw_frame(ax, snapshot(env), env.map_size, title=title)
         fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
-    return Path(path)
 
 
 def record_episode(env: Battle, policy: PopulationPolicy, *, seed: int = 0, every: int = 1) -> list[Frame]:
@@ -165,8 +163,6 @@ def render_episode(
             draw_frame(ax, frames[i], env.map_size)
         fig.suptitle(f"battle, {env.n_agents} per side, {title}", fontsize=10)
         fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
-    return Path(path)

@@ -22,6 +22,7 @@ import yaml
 from mfdiffuser.errors import MfdError
 from mfdiffuser.eval.stats import MeanCI, mean_ci
 from mfdiffuser.experiments.store import ResultStore
+from mfdiffuser.utils import save_figure
 
 QUALITY_ORDER = ("expert", "medium", "mixed", "random")
 
@@ -417,9 +418,10 @@ def _finish(plt: Any, fig: Any, axes: Any, path: Path, drawn: bool, legend_heigh
         [by_label[k] for k in labels], labels, loc="lower center", ncol=min(len(labels), 8), fontsize=8
     )
     fig.tight_layout(rect=(0, legend_height, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 # -------------------------------------------------------------------------------------- report
