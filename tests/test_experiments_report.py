@@ -2,7 +2,7 @@ import pytest
 
 from mfdiffuser.cli import main
 from mfdiffuser.experiments import build_report
-from mfdiffuser.experiments.report import Results, best_flags, markdown_table
+from mfdiffuser.experiments.report import Results, best_flags, markdown_table, summary_table
 from mfdiffuser.experiments.store import ResultStore
 
 
@@ -159,3 +159,26 @@ def test_report_leaves_out_records_whose_configuration_changed(tmp_path):
     assert "99.0" not in report  # the stale record's score is in no table
     row = next(line for line in report.splitlines() if line.startswith("| gaussian-squeeze | medium | 100 |"))
     assert "40.0" in row and "40.5" in row  # bc from seed 0 alone; expert from both seeds
+
+
+def test_head_to_head_summary_counts_bold_rows_and_gaps_to_the_best_other(store):
+    for seed in range(3):  # a reference above everyone: never the "best other"
+        rec = _rec("behaviour", seed, 90.0, 9.0)
+        rec["config"]["behaviour"] = "dataset"
+        store.write(rec)
+    table = summary_table(Results(store.records()), "score")
+    lines = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    # two rows (N = 100, 1,000), each: a 52.0, b 51.5 (within a's s.e.), c 10.0; d and e have no entry
+    assert set(lines) == {"a", "b", "c"}
+    assert "| a | 2 | 2 (100%) | +0.5 (2) | +0.5 (2) |" in lines["a"]
+    assert "| b | 2 | 2 (100%) | -0.5 (2) | -0.5 (2) |" in lines["b"]
+    assert "| c | 2 | 0 (0%) | -42.0 (2) | -42.0 (2) |" in lines["c"]
+    # lower is better: the sign turns, so ahead is still positive (c acts in 0.5 ms, a and b in 1.0 / 1.5)
+    for seed in range(3):
+        rec = _rec("c", seed, 10.0, 0.5)
+        for at_n in rec["metrics"].values():
+            at_n["act_ms"]["mean"] = 0.5
+        store.write(rec)
+    lines = summary_table(Results(store.records()), "act_ms").splitlines()
+    assert "| c | 2 | 2 (100%) | +0.75 (2) | +0.75 (2) |" in lines
+    assert "| a | 2 | 0 (0%) | -0.75 (2) | -0.75 (2) |" in lines

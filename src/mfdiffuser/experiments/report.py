@@ -278,6 +278,55 @@ def exploitability_table(res: Results) -> str:
     return "\n".join([head, sep, *lines])
 
 
+def summary_table(res: Results, metric: str = "score") -> str:
+    """Head to head on ``metric``, per trained method, over the rows where it and another method have entries.
+
+    Columns: those rows; the rows where the method is bold (best, or within one s.e. of the best);
+    the mean over those rows of its mean minus the best other trained method's mean (positive: ahead),
+    over all rows and over the ``medium``/``mixed`` rows.
+    """
+    _, higher, dec = METRICS[metric]
+    sign = 1.0 if higher else -1.0
+    rows = metric_rows(res, metric)
+    trained = [m for m in res.methods if m not in res.references]
+    if len(trained) < 2 or not rows:
+        return ""
+    lines = [
+        "| method | rows | best or within one s.e. | ahead of the best other (all rows) "
+        "| ahead of the best other (medium, mixed) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for i, m in enumerate(res.methods):
+        if m not in trained:
+            continue
+        n_best, gaps, gaps_mm = 0, [], []
+        for _, q, _, cells in rows:
+            own = cells[i]
+            others = [
+                c.stats.mean
+                for k, c in zip(res.methods, cells, strict=True)
+                if k in trained and k != m and c is not None and c.stats is not None
+            ]
+            if own is None or own.stats is None or not others:
+                continue
+            n_best += res.best_flags(cells, higher)[i]
+            gap = sign * (own.stats.mean - sign * max(sign * o for o in others))
+            gaps.append(gap)
+            if q in ("medium", "mixed"):
+                gaps_mm.append(gap)
+        if not gaps:
+            continue
+
+        def mean_gap(values: list[float]) -> str:
+            return f"{np.mean(values):+.{dec}f} ({len(values)})" if values else "–"
+
+        lines.append(
+            f"| {m} | {len(gaps)} | {n_best} ({100 * n_best / len(gaps):.0f}%) | {mean_gap(gaps)} "
+            f"| {mean_gap(gaps_mm)} |"
+        )
+    return "\n".join(lines)
+
+
 def status_table(res: Results) -> str:
     """Counts of done / skipped / failed cells per method, and the reasons of the others."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -509,6 +558,18 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
         "",
         status_table(res),
     ]
+    summary = summary_table(res, "score")
+    if summary:
+        md += [
+            "",
+            "## Head to head (normalized score)",
+            "",
+            "Per trained method, over the rows (benchmark x quality x N) of the score table where it and "
+            "at least one other trained method have entries: how often it is bold, and its mean minus the "
+            "best other trained method's mean in the row, averaged over the rows (in brackets: how many).",
+            "",
+            summary,
+        ]
     tex = []
     for metric, (title, _, _) in METRICS.items():
         table = markdown_table(res, metric)
