@@ -286,7 +286,6 @@ def summary_table(res: Results, metric: str = "score") -> str:
     over all rows and over the ``medium``/``mixed`` rows.
     """
     _, higher, dec = METRICS[metric]
-    sign = 1.0 if higher else -1.0
     rows = metric_rows(res, metric)
     trained = [m for m in res.methods if m not in res.references]
     if len(trained) < 2 or not rows:
@@ -310,19 +309,18 @@ def summary_table(res: Results, metric: str = "score") -> str:
             if own is None or own.stats is None or not others:
                 continue
             n_best += res.best_flags(cells, higher)[i]
-            gap = sign * (own.stats.mean - sign * max(sign * o for o in others))
+            best_other = max(others) if higher else min(others)
+            gap = own.stats.mean - best_other if higher else best_other - own.stats.mean
             gaps.append(gap)
             if q in ("medium", "mixed"):
                 gaps_mm.append(gap)
         if not gaps:
             continue
-
-        def mean_gap(values: list[float]) -> str:
-            return f"{np.mean(values):+.{dec}f} ({len(values)})" if values else "–"
-
+        mean_gaps = [f"{np.mean(g):+.{dec}f} ({len(g)})" if g else "–" for g in (gaps, gaps_mm)]
         lines.append(
-            f"| {m} | {len(gaps)} | {n_best} ({100 * n_best / len(gaps):.0f}%) | {mean_gap(gaps)} "
-            f"| {mean_gap(gaps_mm)} |"
+            f"| {m} | {len(gaps)} | {n_best} ({100 * n_best / len(gaps):.0f}%) | "
+            + " | ".join(mean_gaps)
+            + " |"
         )
     return "\n".join(lines)
 
