@@ -541,7 +541,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
         f"{len(records)} cells from `{results_dir}`. Entries are mean ± 95% confidence interval "
         "(Student t) over training seeds; each seed's value is the mean over its evaluation episodes. "
         "Bold: the best mean in the row and every mean within one standard error of it "
-        "(lower is better for exploitability, latency and memory). `*`: some seeds failed or were skipped. "
+        "(lower is better for exploitability, latency and memory). `*`: some seeds failed or were skipped; "
+        "an entry without ± has one seed. "
         "Normalized score = 100 (R − R_random) / (R_expert − R_random), with the references rolled out "
         "at each N."
         + (
