@@ -295,11 +295,12 @@ def summary_table(res: Results, metric: str = "score") -> str:
         "| ahead of the best other (medium, mixed) |",
         "|---|---:|---:|---:|---:|",
     ]
+    flags = [res.best_flags(cells, higher) for _, _, _, cells in rows]
     for i, m in enumerate(res.methods):
         if m not in trained:
             continue
         n_best, gaps, gaps_mm = 0, [], []
-        for _, q, _, cells in rows:
+        for (_, q, _, cells), bold in zip(rows, flags, strict=True):
             own = cells[i]
             others = [
                 c.stats.mean
@@ -308,7 +309,7 @@ def summary_table(res: Results, metric: str = "score") -> str:
             ]
             if own is None or own.stats is None or not others:
                 continue
-            n_best += res.best_flags(cells, higher)[i]
+            n_best += bold[i]
             best_other = max(others) if higher else min(others)
             gap = own.stats.mean - best_other if higher else best_other - own.stats.mean
             gaps.append(gap)
