@@ -2,7 +2,7 @@ import pytest
 
 from mfdiffuser.cli import main
 from mfdiffuser.experiments import build_report
-from mfdiffuser.experiments.report import Results, best_flags, markdown_table, summary_table
+from mfdiffuser.experiments.report import Results, best_flags, cost_table, markdown_table, summary_table
 from mfdiffuser.experiments.store import ResultStore
 
 
@@ -182,3 +182,21 @@ def test_head_to_head_summary_counts_bold_rows_and_gaps_to_the_best_other(store)
     lines = summary_table(Results(store.records()), "act_ms").splitlines()
     assert "| c | 2 | 2 (100%) | +0.75 (2) | +0.75 (2) |" in lines
     assert "| a | 2 | 0 (0%) | -0.75 (2) | -0.75 (2) |" in lines
+
+
+def test_cost_table_averages_minutes_per_cell_and_sums_core_hours(tmp_path):
+    s = ResultStore(tmp_path / "res")
+    for seed, (train, total) in enumerate([(60.0, 360.0), (180.0, 480.0)]):
+        s.write(_rec("a", seed, 50.0, 1.0, timings={"train_s": train, "eval_s": 300.0, "total_s": total},
+                     config={"resources": {"num_cpus": 2}, "eval_points": [{"n_agents": 100}]}))
+    s.write(_rec("b", 0, 40.0, 1.0, timings={"eval_s": 36.0, "total_s": 36.0}))  # no training
+    s.write(_rec("c", 0, 40.0, 1.0))  # no timings: not counted
+    table, total = cost_table(Results(s.records()))
+    lines = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
+    # a: train 2 min on average, the rest 5 min; (360 + 480) s x 2 cpus = 0.47 core-hours
+    assert lines["a"] == "| a | 2.0 + 5.0 (2) | 0.47 |"
+    assert lines["b"] == "| b | 0.0 + 0.6 (1) | 0.01 |"
+    assert "c" not in lines
+    assert total == pytest.approx((360 + 480) * 2 / 3600 + 36 / 3600)
+    assert lines["total"].endswith(f"| {total:.2f} |")
+    assert cost_table(Results([_rec("c", 0, 40.0, 1.0)])) == ("", 0.0)

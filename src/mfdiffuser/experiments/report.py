@@ -326,6 +326,50 @@ def summary_table(res: Results, metric: str = "score") -> str:
     return "\n".join(lines)
 
 
+def cost_table(res: Results) -> tuple[str, float]:
+    """Compute cost from the records' timings: mean minutes per cell, per method x benchmark.
+
+    Entries are ``train + evaluation`` minutes (evaluation includes exploitability), averaged over the
+    method's cells on the benchmark; the last column sums them in core-hours (each cell's time times its
+    ``num_cpus``). Training time is that of the attempt that wrote the record: a cell whose training had
+    already finished in an earlier attempt counts only loading it.
+
+    Returns:
+        The Markdown table ("" if no record has timings) and the total core-hours.
+    """
+    minutes: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    core_h: dict[str, float] = defaultdict(float)
+    for r in res.records:
+        t = r.get("timings") or {}
+        if "total_s" not in t:
+            continue
+        train = float(t.get("train_s", 0.0))
+        minutes[(r["method"], r["benchmark"])].append((train / 60, (float(t["total_s"]) - train) / 60))
+        cpus = float((r.get("config") or {}).get("resources", {}).get("num_cpus", 1))
+        core_h[r["method"]] += float(t["total_s"]) * cpus / 3600
+    if not minutes:
+        return "", 0.0
+    lines = [
+        "| method | " + " | ".join(res.benchmarks) + " | core-hours |",
+        "|---|" + "---:|" * (len(res.benchmarks) + 1),
+    ]
+    for m in res.methods:
+        if m not in core_h:
+            continue
+        entries = []
+        for b in res.benchmarks:
+            cells = minutes.get((m, b))
+            if not cells:
+                entries.append("–")
+                continue
+            train, rest = np.mean(cells, axis=0)
+            entries.append(f"{train:.1f} + {rest:.1f} ({len(cells)})")
+        lines.append(f"| {m} | " + " | ".join(entries) + f" | {core_h[m]:.2f} |")
+    total = sum(core_h.values())
+    lines.append("| total | " + " | ".join("" for _ in res.benchmarks) + f" | {total:.2f} |")
+    return "\n".join(lines), total
+
+
 def status_table(res: Results) -> str:
     """Counts of done / skipped / failed cells per method, and the reasons of the others."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -586,6 +630,19 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
             "`mfdiffuser.eval.exploitability`.",
             "",
             expl,
+        ]
+    cost, core_hours = cost_table(res)
+    if cost:
+        md += [
+            "",
+            "## Compute",
+            "",
+            "Minutes per cell, `train + evaluation` (evaluation includes exploitability; in brackets: "
+            f"cells), and core-hours per method: {core_hours:.1f} core-hours in all. Training time is "
+            "that of the attempt that wrote the record: a cell whose training had finished in an earlier "
+            "attempt (re-evaluated, or resumed) counts only loading it.",
+            "",
+            cost,
         ]
     md += ["", "## Plots", ""]
     for title, path in plots:
