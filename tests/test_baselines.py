@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import types
 
 import numpy as np
@@ -17,7 +18,7 @@ from mfdiffuser.algos.common import (
     sample_categorical,
     steps,
 )
-from mfdiffuser.algos.trainer import TrainerConfig, fit
+from mfdiffuser.algos.trainer import TrainerConfig, fit, logged_train_seconds
 from mfdiffuser.data.batch import TrajBatch
 
 A = 4  # actions of the probe
@@ -223,3 +224,15 @@ def test_agentwise_policy_any_n_and_chunks():
         bc.make_policy(
             learner, bc.Config(), types.SimpleNamespace(state_size=2, n_actions=A, summary_size=2), beam=3
         )
+
+
+def test_logged_train_seconds_sums_intervals_across_attempts(tmp_path):
+    assert logged_train_seconds(tmp_path) == 0.0  # nothing logged yet
+    lines = [
+        {"step": 100, "steps_per_s": 10.0},  # older logs: 100 steps at 10 steps/s
+        {"step": 200, "steps_per_s": 20.0},
+        {"step": 250, "steps_per_s": 25.0, "interval_s": 2.0},  # a resumed attempt's first line
+        {"step": 300, "steps_per_s": 10.0, "interval_s": 5.0},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert logged_train_seconds(tmp_path) == pytest.approx(10.0 + 5.0 + 2.0 + 5.0)

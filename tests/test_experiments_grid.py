@@ -99,6 +99,7 @@ def test_grid_retries_records_failures_and_reruns_only_missing(ray_session, tmp_
     assert bc0["status"] == bc1["status"] == "done"
     assert bc1["attempt"] == 2 and (results / "killed-once").exists()  # retried after the worker died
     assert bc0["train"]["step"] == 10 and set(bc0["metrics"]) == {"100", "1000"}
+    assert 0 < bc0["timings"]["train_run_s"] <= bc0["timings"]["train_s"]  # trained in this attempt
     assert "score" in bc0["metrics"]["1000"] and bc0["versions"]["ray"] == ray.__version__
     assert bc0["exploitability"]["kind"] == "exact"
     failed = recs["gaussian-squeeze__medium__expert__s0"]

@@ -191,12 +191,19 @@ def test_cost_table_averages_minutes_per_cell_and_sums_core_hours(tmp_path):
                      config={"resources": {"num_cpus": 2}, "eval_points": [{"n_agents": 100}]}))
     s.write(_rec("b", 0, 40.0, 1.0, timings={"eval_s": 36.0, "total_s": 36.0}))  # no training
     s.write(_rec("c", 0, 40.0, 1.0))  # no timings: not counted
-    table, total = cost_table(Results(s.records()))
+    # d: trained by an earlier attempt (this one only loaded it in 6 s); the run's log says 240 s
+    s.write(_rec("d", 0, 40.0, 1.0, timings={"train_s": 6.0, "train_run_s": 240.0, "total_s": 66.0},
+                 train={"step": 10}))
+    table, total, attempt_only = cost_table(Results(s.records()))
     lines = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
     # a: train 2 min on average, the rest 5 min; (360 + 480) s x 2 cpus = 0.47 core-hours
     assert lines["a"] == "| a | 2.0 + 5.0 (2) | 0.47 |"
     assert lines["b"] == "| b | 0.0 + 0.6 (1) | 0.01 |"
+    assert lines["d"] == "| d | 4.0 + 1.0 (1) | 0.08 |"  # (240 + 60) s
     assert "c" not in lines
-    assert total == pytest.approx((360 + 480) * 2 / 3600 + 36 / 3600)
+    assert total == pytest.approx((360 + 480) * 2 / 3600 + 36 / 3600 + 300 / 3600)
     assert lines["total"].endswith(f"| {total:.2f} |")
-    assert cost_table(Results([_rec("c", 0, 40.0, 1.0)])) == ("", 0.0)
+    assert attempt_only == 0  # a has no "train" entry in this fixture, d has the run's own time
+    s.write(_rec("e", 0, 40.0, 1.0, timings={"train_s": 6.0, "total_s": 66.0}, train={"step": 10}))
+    assert cost_table(Results(s.records()))[2] == 1
+    assert cost_table(Results([_rec("c", 0, 40.0, 1.0)])) == ("", 0.0, 0)

@@ -309,7 +309,7 @@ _TRAIN_SCRIPT = textwrap.dedent(
 def _metrics(run_dir):
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     for r in rows:
-        r.pop("steps_per_s")
+        r.pop("steps_per_s"), r.pop("interval_s")
     return rows
 
 

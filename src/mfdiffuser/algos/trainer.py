@@ -151,12 +151,13 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
             _update_ema(ema, learner, 0.0 if step <= cfg.ema_start else cfg.ema_decay)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 metrics = {"loss": float(out.loss.detach()), "grad_norm": grad_norm, **out.metrics}
-                metrics["steps_per_s"] = (step - last_log) / max(time.perf_counter() - t_start, 1e-9)
+                interval = max(time.perf_counter() - t_start, 1e-9)
+                metrics["steps_per_s"] = (step - last_log) / interval
                 t_start, last_log = time.perf_counter(), step
                 for k, v in metrics.items():
                     writer.add_scalar(f"train/{k}", v, step)
                 with open(run_dir / METRICS, "a") as f:
-                    f.write(json.dumps({"step": step, **metrics}) + "\n")
+                    f.write(json.dumps({"step": step, **metrics, "interval_s": interval}) + "\n")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save_checkpoint(ckpt_path, learner, ema, optim, sampler, step)
             if progress is not None:
@@ -202,6 +203,31 @@ def load_ema_weights(learner: nn.Module, run_dir: str | Path, device: str = "cpu
             f"{path}: the checkpoint does not match the run's configuration (written by another version?)"
         ) from exc
     return int(state["step"])
+
+
+def logged_train_seconds(run_dir: str | Path) -> float:
+    """Seconds a run spent in its training loop, over all its attempts, from ``metrics.jsonl``.
+
+    Each logged line holds the seconds since the previous line or since its attempt started
+    (``interval_s``; logs written before that field existed give the steps since the previous line
+    over ``steps_per_s``). Steps done after the last line of an interrupted attempt, and loading, are
+    not counted. 0 when nothing is logged.
+    """
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return 0.0
+    seconds, last = 0.0, 0
+    for line in path.read_text().splitlines():
+        if not line:
+            continue
+        entry = json.loads(line)
+        rate = float(entry.get("steps_per_s", 0.0))
+        if "interval_s" in entry:
+            seconds += float(entry["interval_s"])
+        elif rate > 0:
+            seconds += (int(entry["step"]) - last) / rate
+        last = int(entry["step"])
+    return seconds
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

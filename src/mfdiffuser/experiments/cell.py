@@ -107,7 +107,7 @@ def run_cell(
             hook(cell, str(results_dir))
         if cell.algo is not None:
             from mfdiffuser.algos.run import make_policy, train
-            from mfdiffuser.algos.trainer import TrainerConfig
+            from mfdiffuser.algos.trainer import TrainerConfig, logged_train_seconds
 
             if dataset_path is None:
                 raise ValueError(f"cell {cell.id} needs a dataset")
@@ -115,6 +115,8 @@ def run_cell(
             run_dir = store.run_dir(cell.id, cell.train_fingerprint)
             run = train(cell.algo, dataset_path, run_dir, dict(cell.options), trainer)
             timings["train_s"] = time.perf_counter() - t0
+            # the run's own training time, also when an earlier attempt trained it
+            timings["train_run_s"] = logged_train_seconds(run_dir)
             record["train"] = {"step": run.step, "run_dir": str(run_dir)}
             record["dataset"] = {
                 "path": str(dataset_path),

@@ -326,29 +326,35 @@ def summary_table(res: Results, metric: str = "score") -> str:
     return "\n".join(lines)
 
 
-def cost_table(res: Results) -> tuple[str, float]:
+def cost_table(res: Results) -> tuple[str, float, int]:
     """Compute cost from the records' timings: mean minutes per cell, per method x benchmark.
 
     Entries are ``train + evaluation`` minutes (evaluation includes exploitability), averaged over the
     method's cells on the benchmark; the last column sums them in core-hours (each cell's time times its
-    ``num_cpus``). Training time is that of the attempt that wrote the record: a cell whose training had
-    already finished in an earlier attempt counts only loading it.
+    ``num_cpus``). Training time is the run's own (``train_run_s``, from its training log, whichever
+    attempt trained it); records without it give that of the attempt that wrote them, which counts
+    only loading a run an earlier attempt had trained.
 
     Returns:
-        The Markdown table ("" if no record has timings) and the total core-hours.
+        The Markdown table ("" if no record has timings), the total core-hours and the number of
+        trained cells whose records lack the run's own training time.
     """
     minutes: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
     core_h: dict[str, float] = defaultdict(float)
+    attempt_only = 0
     for r in res.records:
         t = r.get("timings") or {}
         if "total_s" not in t:
             continue
-        train = float(t.get("train_s", 0.0))
-        minutes[(r["method"], r["benchmark"])].append((train / 60, (float(t["total_s"]) - train) / 60))
+        attempt_train = float(t.get("train_s", 0.0))
+        rest = float(t["total_s"]) - attempt_train
+        train = float(t.get("train_run_s", attempt_train))
+        attempt_only += "train" in r and "train_run_s" not in t
+        minutes[(r["method"], r["benchmark"])].append((train / 60, rest / 60))
         cpus = float((r.get("config") or {}).get("resources", {}).get("num_cpus", 1))
-        core_h[r["method"]] += float(t["total_s"]) * cpus / 3600
+        core_h[r["method"]] += (train + rest) * cpus / 3600
     if not minutes:
-        return "", 0.0
+        return "", 0.0, 0
     lines = [
         "| method | " + " | ".join(res.benchmarks) + " | core-hours |",
         "|---|" + "---:|" * (len(res.benchmarks) + 1),
@@ -367,7 +373,7 @@ def cost_table(res: Results) -> tuple[str, float]:
         lines.append(f"| {m} | " + " | ".join(entries) + f" | {core_h[m]:.2f} |")
     total = sum(core_h.values())
     lines.append("| total | " + " | ".join("" for _ in res.benchmarks) + f" | {total:.2f} |")
-    return "\n".join(lines), total
+    return "\n".join(lines), total, attempt_only
 
 
 def status_table(res: Results) -> str:
@@ -631,16 +637,22 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
             "",
             expl,
         ]
-    cost, core_hours = cost_table(res)
+    cost, core_hours, attempt_only = cost_table(res)
     if cost:
+        caveat = (
+            f" {attempt_only} records predate that log entry: for them it is the training done in the "
+            "attempt that wrote the record, only loading the run where an earlier attempt had trained "
+            "it (re-evaluated or resumed cells), so their method's figures are too low."
+            if attempt_only
+            else ""
+        )
         md += [
             "",
             "## Compute",
             "",
             "Minutes per cell, `train + evaluation` (evaluation includes exploitability; in brackets: "
             f"cells), and core-hours per method: {core_hours:.1f} core-hours in all. Training time is "
-            "that of the attempt that wrote the record: a cell whose training had finished in an earlier "
-            "attempt (re-evaluated, or resumed) counts only loading it.",
+            f"the run's own, from its training log, whichever attempt trained it.{caveat}",
             "",
             cost,
         ]
