@@ -183,3 +183,22 @@ def test_select_cells_keeps_identities_and_rejects_bad_filters():
     for bad in (["bogus=1"], ["method"], ["method=nope"]):
         with pytest.raises(ValueError):
             select_cells(grid.cells, bad)
+
+
+def test_fill_train_times_adds_the_runs_own_training_time_once(tmp_path):
+    store = ResultStore(tmp_path / "res")
+    run = store.root / "runs" / "c__s0-abcd1234"  # found under the store though the record's path moved
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "steps_per_s": 2.0, "interval_s": 5.0}) + "\n")
+    timings = {"train_s": 0.5, "total_s": 9.0}
+    done = {"status": "done", "timings": timings}
+    store.write({"id": "c__s0", **done, "train": {"run_dir": f"/gone/{run.name}"}})
+    store.write({"id": "d__s0", **done, "train": {"run_dir": "/gone/d"}})  # its run is gone
+    store.write({"id": "e__s0", "status": "done", "timings": {"total_s": 1.0}})  # nothing trained
+    before = {r["id"]: r for r in store.records()}
+    assert store.fill_train_times() == 1
+    after = {r["id"]: r for r in store.records()}
+    assert after["c__s0"]["timings"] == {**timings, "train_run_s": 5.0}
+    assert after["c__s0"]["written_at"] == before["c__s0"]["written_at"]
+    assert after["d__s0"] == before["d__s0"] and after["e__s0"] == before["e__s0"]
+    assert store.fill_train_times() == 0

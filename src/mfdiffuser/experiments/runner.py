@@ -174,6 +174,7 @@ def run_grid(
     data = Path(data_dir or grid.spec.get("datasets_dir") or results / "datasets")
     store = ResultStore(results)
     results.mkdir(parents=True, exist_ok=True)
+    store.fill_train_times()
     (results / "grid.yaml").write_text(yaml.safe_dump(grid.spec, sort_keys=False))
     cells = select_cells(grid.cells, only)
     summary = GridSummary(results, len(cells))

@@ -12,7 +12,8 @@ Layout of a results directory::
 
 A record's ``status`` is ``done``, ``skipped`` (the method declined the cell within its budget, e.g.
 MADiff at large N) or ``failed`` (with the error); a rerun skips ``done`` and ``skipped`` cells whose
-fingerprint matches the current spec and runs the others again.
+fingerprint matches the current spec and runs the others again. A rerun also adds the run's own
+training time to records written before they carried it (``ResultStore.fill_train_times``).
 """
 
 from __future__ import annotations
@@ -128,6 +129,29 @@ class ResultStore:
         finally:
             os.close(fd)
         return len(path.read_text().splitlines())
+
+    def fill_train_times(self) -> int:
+        """Add the run's own training time to records written before they carried it; return how many.
+
+        ``timings.train_run_s`` comes from the run's training log (see
+        :func:`~mfdiffuser.algos.trainer.logged_train_seconds`), found at the record's ``run_dir`` or
+        under this store's ``runs/``; records whose run is gone stay as they are.
+        """
+        from mfdiffuser.algos.trainer import METRICS, logged_train_seconds
+
+        filled = 0
+        for rec in self.records():
+            timings = rec.get("timings") or {}
+            if "train" not in rec or "total_s" not in timings or "train_run_s" in timings:
+                continue
+            run = Path(rec["train"].get("run_dir", ""))
+            run = run if (run / METRICS).is_file() else self.root / "runs" / run.name
+            if not (run / METRICS).is_file():
+                continue
+            rec["timings"] = {**timings, "train_run_s": logged_train_seconds(run)}
+            write_json(self.record_path(rec["id"]), rec)  # keeps written_at: the cell did not rerun
+            filled += 1
+        return filled
 
     def records(self) -> list[dict[str, Any]]:
         """All readable records, sorted by cell id."""
