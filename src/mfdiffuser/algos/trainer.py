@@ -221,11 +221,10 @@ def logged_train_seconds(run_dir: str | Path) -> float:
         if not line:
             continue
         entry = json.loads(line)
-        rate = float(entry.get("steps_per_s", 0.0))
         if "interval_s" in entry:
             seconds += float(entry["interval_s"])
-        elif rate > 0:
-            seconds += (int(entry["step"]) - last) / rate
+        elif float(entry.get("steps_per_s", 0.0)) > 0:
+            seconds += (int(entry["step"]) - last) / float(entry["steps_per_s"])
         last = int(entry["step"])
     return seconds
 
