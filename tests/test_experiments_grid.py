@@ -115,6 +115,27 @@ def test_grid_retries_records_failures_and_reruns_only_missing(ray_session, tmp_
     assert after["gaussian-squeeze__medium__expert__s0"]["status"] == "done"
     # One dataset, generated once for both bc seeds.
     assert len(list((results / "datasets").glob("*.h5"))) == 1
+    # One sweep-log line per call that ran cells, with the wall time and the cluster's CPUs.
+    run_grid(spec, results, progress=False)  # nothing left to run: no line
+    first, second = store.sweeps()
+    assert (first["done"], first["skipped"], first["failed"], first["skipped_existing"]) == (2, 1, 3, 0)
+    assert (second["done"], second["skipped_existing"]) == (3, 3)
+    assert first["cpus"] == 2.0 and 0 < first["seconds"] and not first["interrupted"]
+    assert first["started_at"] <= second["started_at"]
+
+
+def test_interrupted_sweep_is_logged_with_its_wall_time(ray_session, tmp_path, monkeypatch):
+    results = tmp_path / "res"
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray, "wait", stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(_spec({"expert": {"behaviour": "expert"}}), results, progress=False)
+    (entry,) = ResultStore(results).sweeps()
+    assert entry["interrupted"] and entry["done"] == 0 and entry["seconds"] > 0
+    assert json.loads((results / "summary.json").read_text())["interrupted"]
 
 
 DRIVER = """

@@ -1,8 +1,17 @@
+import json
+
 import pytest
 
 from mfdiffuser.cli import main
 from mfdiffuser.experiments import build_report
-from mfdiffuser.experiments.report import Results, best_flags, cost_table, markdown_table, summary_table
+from mfdiffuser.experiments.report import (
+    Results,
+    best_flags,
+    cost_table,
+    markdown_table,
+    summary_table,
+    sweep_table,
+)
 from mfdiffuser.experiments.store import ResultStore
 
 
@@ -207,3 +216,29 @@ def test_cost_table_averages_minutes_per_cell_and_sums_core_hours(tmp_path):
     s.write(_rec("e", 0, 40.0, 1.0, timings={"train_s": 6.0, "total_s": 66.0}, train={"step": 10}))
     assert cost_table(Results(s.records()))[2] == 1
     assert cost_table(Results([_rec("c", 0, 40.0, 1.0)])) == ("", 0.0, 0)
+
+
+def test_sweep_log_gives_the_wall_time_table(tmp_path):
+    s = ResultStore(tmp_path / "res")
+    assert s.sweeps() == [] and sweep_table([]) == ("", 0.0)
+    # A store from before the sweep log: its last sweep, from summary.json, when it ran cells.
+    (s.root / "summary.json").parent.mkdir(parents=True)
+    (s.root / "summary.json").write_text(json.dumps({"done": 0, "skipped_existing": 4, "seconds": 1.0}))
+    assert s.sweeps() == []
+    (s.root / "summary.json").write_text(json.dumps({"done": 4, "total": 4, "seconds": 7200.0}))
+    assert [sw["seconds"] for sw in s.sweeps()] == [7200.0]
+    s.log_sweep({"started_at": "2026-01-01T00:00:00Z", "seconds": 5400.0, "cpus": 2.0, "done": 3,
+                 "skipped": 1, "failed": 0, "skipped_existing": 0, "interrupted": True})
+    (s.root / "sweeps.jsonl").open("a").write("not json\n")
+    s.log_sweep({"started_at": "2026-01-01T02:00:00Z", "seconds": 1800.0, "cpus": 2.0, "done": 2,
+                 "skipped": 0, "failed": 1, "skipped_existing": 4, "interrupted": False})
+    sweeps = s.sweeps()  # the log wins over summary.json; the unreadable line is left out
+    assert [sw["seconds"] for sw in sweeps] == [5400.0, 1800.0]
+    table, hours = sweep_table(sweeps)
+    assert hours == pytest.approx(2.0)
+    rows = table.splitlines()[2:]
+    assert rows[0] == "| 2026-01-01T00:00:00Z | 1.50 | 2 | 3 / 1 / 0 | 0 | interrupted |"
+    assert rows[1] == "| 2026-01-01T02:00:00Z | 0.50 | 2 | 2 / 0 / 1 | 4 |  |"
+    s.write(_rec("a", 0, 50.0, 1.0, timings={"eval_s": 60.0, "total_s": 60.0}))
+    md = build_report(s.root, tmp_path / "rep").read_text()
+    assert "took 2.00 h in all" in md and rows[0] in md

@@ -376,6 +376,32 @@ def cost_table(res: Results) -> tuple[str, float, int]:
     return "\n".join(lines), total, attempt_only
 
 
+def sweep_table(sweeps: Sequence[Mapping[str, Any]]) -> tuple[str, float]:
+    """The sweeps that ran cells: start, wall hours, CPUs, cells run; and their wall hours in all.
+
+    Returns:
+        The Markdown table ("" without sweeps) and the sum of the sweeps' wall hours.
+    """
+    if not sweeps:
+        return "", 0.0
+    lines = [
+        "| started (UTC) | wall (h) | CPUs | cells run: done / skipped / failed | already finished | |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    hours = 0.0
+    for sw in sweeps:
+        h = float(sw.get("seconds", 0.0)) / 3600
+        hours += h
+        cpus = sw.get("cpus")
+        counts = " / ".join(str(int(sw.get(k, 0))) for k in ("done", "skipped", "failed"))
+        note = "interrupted" if sw.get("interrupted") else ""
+        lines.append(
+            f"| {sw.get('started_at') or '–'} | {h:.2f} | {f'{float(cpus):g}' if cpus else '–'} | "
+            f"{counts} | {int(sw.get('skipped_existing', 0))} | {note} |"
+        )
+    return "\n".join(lines), hours
+
+
 def status_table(res: Results) -> str:
     """Counts of done / skipped / failed cells per method, and the reasons of the others."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -656,6 +682,15 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
             "",
             cost,
         ]
+        sweeps, wall_h = sweep_table(store.sweeps())
+        if sweeps:
+            md += [
+                "",
+                f"Wall time: the sweeps that ran cells in this store took {wall_h:.2f} h in all (datasets, "
+                "references and cells, including cells whose records were later replaced).",
+                "",
+                sweeps,
+            ]
     md += ["", "## Plots", ""]
     for title, path in plots:
         if path is not None:

@@ -43,6 +43,12 @@ class GridSummary:
     failed: int = 0
     seconds: float = 0.0
     failures: dict[str, str] = field(default_factory=dict)
+    started_at: str = ""
+    """UTC time the call started."""
+    cpus: float | None = None
+    """CPUs of the Ray cluster the cells ran on (None if no cell ran)."""
+    interrupted: bool = False
+    """The call was stopped before its cells were all finished."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +60,9 @@ class GridSummary:
             "failed": self.failed,
             "seconds": self.seconds,
             "failures": self.failures,
+            "started_at": self.started_at,
+            "cpus": self.cpus,
+            "interrupted": self.interrupted,
         }
 
 
@@ -169,6 +178,7 @@ def run_grid(
     import ray
 
     t0 = time.perf_counter()
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     grid: Grid = parse_grid(spec)
     results = Path(results_dir or grid.spec.get("results") or Path("results") / grid.name)
     data = Path(data_dir or grid.spec.get("datasets_dir") or results / "datasets")
@@ -177,7 +187,7 @@ def run_grid(
     store.fill_train_times()
     (results / "grid.yaml").write_text(yaml.safe_dump(grid.spec, sort_keys=False))
     cells = select_cells(grid.cells, only)
-    summary = GridSummary(results, len(cells))
+    summary = GridSummary(results, len(cells), started_at=started_at)
     todo = [c for c in cells if not store.is_finished(c.id, c.fingerprint)]
     summary.skipped_existing = len(cells) - len(todo)
     if not todo:
@@ -186,6 +196,7 @@ def run_grid(
         return summary
 
     started = _init_ray(address, num_cpus)
+    summary.cpus = float(ray.cluster_resources().get("CPU", 0.0))
     bar = _Bar(len(todo), grid.name) if progress else None
     pending: dict[Any, Cell] = {}
     try:
@@ -238,14 +249,16 @@ def run_grid(
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
+        summary.interrupted = True
         raise
     finally:
         if bar is not None:
             bar.close()
         if started:
             ray.shutdown()
-    summary.seconds = time.perf_counter() - t0
-    write_json(results / "summary.json", summary.as_dict())
+        summary.seconds = time.perf_counter() - t0
+        write_json(results / "summary.json", summary.as_dict())
+        store.log_sweep({k: v for k, v in summary.as_dict().items() if k not in ("failures", "results_dir")})
     return summary
 
 

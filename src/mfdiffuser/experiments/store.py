@@ -9,6 +9,7 @@ Layout of a results directory::
     refs/                  cached reference returns at evaluation N
     datasets/              datasets (unless the spec names another directory)
     summary.json           counts of the last ``run_grid`` call
+    sweeps.jsonl           one line per ``run_grid`` call that ran cells: start, wall time, CPUs, counts
 
 A record's ``status`` is ``done``, ``skipped`` (the method declined the cell within its budget, e.g.
 MADiff at large N) or ``failed`` (with the error); a rerun skips ``done`` and ``skipped`` cells whose
@@ -28,6 +29,7 @@ from typing import Any
 from mfdiffuser.algos.base import write_json
 
 FINISHED = ("done", "skipped")
+SWEEPS = "sweeps.jsonl"
 
 
 def versions() -> dict[str, str]:
@@ -129,6 +131,40 @@ class ResultStore:
         finally:
             os.close(fd)
         return len(path.read_text().splitlines())
+
+    def log_sweep(self, entry: dict[str, Any]) -> None:
+        """Append one line to the store's sweep log (``sweeps.jsonl``)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(entry, sort_keys=True) + "\n"
+        fd = os.open(self.root / SWEEPS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    def sweeps(self) -> list[dict[str, Any]]:
+        """The sweeps that ran cells in this store, oldest first.
+
+        Stores written before the sweep log existed give their last sweep from ``summary.json``, when
+        it ran cells; unreadable lines are left out.
+        """
+        path = self.root / SWEEPS
+        if path.is_file():
+            out = []
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(entry, dict):
+                    out.append(entry)
+            return out
+        try:
+            last = json.loads((self.root / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return []
+        ran = sum(int(last.get(k, 0)) for k in ("done", "skipped", "failed"))
+        return [last] if isinstance(last, dict) and ran else []
 
     def fill_train_times(self) -> int:
         """Add the run's own training time to records written before they carried it; return how many.
