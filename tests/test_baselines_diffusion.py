@@ -107,6 +107,21 @@ def test_madiff_budget_quadratic_and_skipped():
     assert exc.value.needs_gib > 1.0
 
 
+def test_dd_independent_budget_is_off_by_default_and_linear_in_n():
+    big = types.SimpleNamespace(**{**vars(ENV), "n_agents": 100_000})
+    learner = dd_independent.build(small(dd_independent), META, None)
+    dd_independent.make_policy(learner, small(dd_independent), big)  # no budget: any N is planned
+    config = small(dd_independent, max_plan_seconds=0.1)
+    _, seconds = learner.plan_cost(100_000, config.assumed_gflops)
+    n_fits = int(50 * 0.1 / learner.plan_cost(50, config.assumed_gflops)[1])  # the largest N within 0.1 s
+    assert seconds > 0.1 and 50 < n_fits < 100_000
+    dd_independent.make_policy(learner, config, types.SimpleNamespace(**{**vars(ENV), "n_agents": n_fits}))
+    with pytest.raises(BudgetExceeded) as exc:
+        dd_independent.make_policy(learner, config, big)
+    assert exc.value.needs_seconds == pytest.approx(seconds)
+    assert exc.value.record.endswith("(budget inf GiB / 0.1 s)")
+
+
 def fit_probe(module, tmp_path, steps, **kw):
     torch.manual_seed(0)
     config = module.Config(horizon=1, hidden=64, n_layers=2, diffusion_steps=20, sample_steps=5, **kw)

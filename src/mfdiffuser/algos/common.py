@@ -18,6 +18,7 @@ from torch import nn
 from mfdiffuser.algos.base import LossOutput
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.envs.base import PopulationEnv
+from mfdiffuser.errors import BudgetExceeded
 from mfdiffuser.models.blocks import masked_mean
 from mfdiffuser.models.policy import PolicyNet
 
@@ -91,9 +92,9 @@ class WindowConfig:
         if not 1 <= lo <= hi:
             raise ValueError(f"m_range must satisfy 1 <= lo <= hi, got {self.m_range}")
         for name, (low, high, low_in, high_in) in BOUNDS.items():
-            if not hasattr(self, name):
+            v = getattr(self, name, None)
+            if v is None:  # not an option of this config, or an optional one left unset
                 continue
-            v = getattr(self, name)
             ok = (v >= low if low_in else v > low) and (v <= high if high_in else v < high)
             if not ok:
                 interval = f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
@@ -475,6 +476,30 @@ class DiffusionConfig(WindowConfig):
             )
         if not 1 <= self.replan_every <= self.horizon:
             raise ValueError(f"replan_every must lie in [1, horizon={self.horizon}], got {self.replan_every}")
+
+
+@dataclass
+class BudgetedDiffusionConfig(DiffusionConfig):
+    """Diffusion options plus a budget per plan, estimated from N before acting (None: no limit)."""
+
+    max_memory_gib: float | None = None
+    """Memory budget of one plan; larger populations are skipped with BudgetExceeded."""
+    max_plan_seconds: float | None = None
+    """Time budget of one plan; larger populations are skipped with BudgetExceeded."""
+    assumed_gflops: float = 40.0
+    """Effective GFLOP/s used to estimate plan time."""
+
+
+def plan_budget(
+    learner: ReturnDiffuser, config: BudgetedDiffusionConfig, n_agents: int
+) -> tuple[float, float]:
+    """Estimated ``(GiB, seconds)`` of one plan for N agents; raises BudgetExceeded beyond the budget."""
+    gib, seconds = learner.plan_cost(n_agents, config.assumed_gflops, config)
+    max_gib = float("inf") if config.max_memory_gib is None else config.max_memory_gib
+    max_s = float("inf") if config.max_plan_seconds is None else config.max_plan_seconds
+    if gib > max_gib or seconds > max_s:
+        raise BudgetExceeded(gib, seconds, max_gib, max_s)
+    return gib, seconds
 
 
 class ReturnDiffuser(nn.Module):

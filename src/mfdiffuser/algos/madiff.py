@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from mfdiffuser.algos.common import (
-    DiffusionConfig,
+    BudgetedDiffusionConfig,
     PlannerPolicy,
     ReturnDiffuser,
     dims_from_meta,
+    plan_budget,
     planner_policy,
 )
 from mfdiffuser.envs.base import PopulationEnv
@@ -26,12 +27,12 @@ __all__ = ["BudgetExceeded", "Config", "build", "make_policy", "plan_budget"]
 
 
 @dataclass
-class Config(DiffusionConfig):
+class Config(BudgetedDiffusionConfig):
     """Joint (full-attention) return-conditioned diffusion options."""
 
-    max_memory_gib: float = 4.0
+    max_memory_gib: float | None = 4.0
     """Memory budget of one plan; larger populations are skipped with BudgetExceeded."""
-    max_plan_seconds: float = 60.0
+    max_plan_seconds: float | None = 60.0
     """Time budget of one plan; larger populations are skipped with BudgetExceeded."""
     assumed_gflops: float = 20.0
     """Effective GFLOP/s used to estimate plan time (attention on 2 CPU threads)."""
@@ -43,14 +44,6 @@ def build(config: Config, meta: Any, dataset: Any = None) -> ReturnDiffuser:
     if dataset is not None:
         learner.fit_statistics(dataset)
     return learner
-
-
-def plan_budget(learner: ReturnDiffuser, config: Config, n_agents: int) -> tuple[float, float]:
-    """Estimated ``(GiB, seconds)`` of one plan for N agents; raises BudgetExceeded beyond the budget."""
-    gib, seconds = learner.plan_cost(n_agents, config.assumed_gflops, config)
-    if gib > config.max_memory_gib or seconds > config.max_plan_seconds:
-        raise BudgetExceeded(gib, seconds, config.max_memory_gib, config.max_plan_seconds)
-    return gib, seconds
 
 
 def make_policy(learner: ReturnDiffuser, config: Config, env: PopulationEnv, **options: Any) -> PlannerPolicy:
