@@ -33,14 +33,14 @@ class BudgetExceeded(MfdError):
     """A run would exceed its configured memory or time budget, so it is skipped rather than started.
 
     ``record`` is the one-line reason that evaluation grids store, e.g.
-    ``"skipped: needs 12.5 GiB / 340 s (budget 8 GiB / 120 s)"``.
+    ``"skipped: needs 12.5 GiB / 340 s (budget 8 GiB / 120 s)"``; a limit that is infinite is left out.
     """
 
     def __init__(self, needs_gib: float, needs_seconds: float, max_gib: float, max_seconds: float) -> None:
         self.needs_gib = float(needs_gib)
         self.needs_seconds = float(needs_seconds)
+        limits = [f"{v:.3g} {u}" for v, u in ((max_gib, "GiB"), (max_seconds, "s")) if v != float("inf")]
         self.record = (
-            f"skipped: needs {needs_gib:.3g} GiB / {needs_seconds:.3g} s "
-            f"(budget {max_gib:.3g} GiB / {max_seconds:.3g} s)"
+            f"skipped: needs {needs_gib:.3g} GiB / {needs_seconds:.3g} s (budget {' / '.join(limits)})"
         )
         super().__init__(self.record)
