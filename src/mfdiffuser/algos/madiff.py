@@ -28,14 +28,14 @@ __all__ = ["BudgetExceeded", "Config", "build", "make_policy", "plan_budget"]
 
 @dataclass
 class Config(BudgetedDiffusionConfig):
-    """Joint (full-attention) return-conditioned diffusion options."""
+    """Joint (full-attention) return-conditioned diffusion options.
+
+    Budgeted by default: 4 GiB and 60 s per plan, estimated at 20 GFLOP/s (attention on 2 CPU threads).
+    """
 
     max_memory_gib: float | None = 4.0
-    """Memory budget of one plan; larger populations are skipped with BudgetExceeded."""
     max_plan_seconds: float | None = 60.0
-    """Time budget of one plan; larger populations are skipped with BudgetExceeded."""
     assumed_gflops: float = 20.0
-    """Effective GFLOP/s used to estimate plan time (attention on 2 CPU threads)."""
 
 
 def build(config: Config, meta: Any, dataset: Any = None) -> ReturnDiffuser:

@@ -78,6 +78,16 @@ def source_commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
+def _append_line(path: Path, line: str) -> None:
+    """Append one line to ``path`` (created with its directory); a short O_APPEND write is atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
 class ResultStore:
     """Reads and writes the per-cell records of a results directory."""
 
@@ -123,24 +133,12 @@ class ResultStore:
     def start_attempt(self, cell_id: str) -> int:
         """Note that an attempt of the cell starts; return its number (1 for the first)."""
         path = self.root / "attempts" / cell_id
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # O_APPEND writes of one short line are atomic, so concurrent attempts never lose a count.
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, f"{time.time():.3f} pid={os.getpid()}\n".encode())
-        finally:
-            os.close(fd)
+        _append_line(path, f"{time.time():.3f} pid={os.getpid()}")  # concurrent attempts lose no count
         return len(path.read_text().splitlines())
 
     def log_sweep(self, entry: dict[str, Any]) -> None:
         """Append one line to the store's sweep log (``sweeps.jsonl``)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(entry, sort_keys=True) + "\n"
-        fd = os.open(self.root / SWEEPS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+        _append_line(self.root / SWEEPS, json.dumps(entry, sort_keys=True))
 
     def sweeps(self) -> list[dict[str, Any]]:
         """The sweeps that ran cells in this store, oldest first.
