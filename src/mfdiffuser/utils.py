@@ -6,10 +6,16 @@ import contextlib
 import os
 import random
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+
+def utc_timestamp() -> str:
+    """The current UTC time as ``YYYY-MM-DDTHH:MM:SSZ`` (the stamp records and datasets carry)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def seed_everything(seed: int) -> None:

@@ -31,6 +31,7 @@ from mfdiffuser.data.dataset import (
     write_dataset,
 )
 from mfdiffuser.errors import MfdError
+from mfdiffuser.utils import utc_timestamp
 
 DEFAULT_MAX_STORED_AGENTS = 2048
 """Without ``store_agents``, all N agents are stored up to this N, and this many otherwise."""
@@ -552,7 +553,7 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
         checksum = write_dataset(
             tmp, meta, rows(), compression_level=cfg.compression_level,
             compression=None if cfg.compression == "none" else cfg.compression,
-            extra_attrs={"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+            extra_attrs={"created": utc_timestamp()},
         )
     shutil.rmtree(workdir, ignore_errors=True)
     return GenerateResult(

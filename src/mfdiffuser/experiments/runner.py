@@ -24,6 +24,7 @@ from mfdiffuser.errors import MfdError
 from mfdiffuser.experiments.cell import failed_record, one_line, prepare_dataset, run_cell
 from mfdiffuser.experiments.grid import Cell, DatasetSpec, Grid, parse_grid, select_cells
 from mfdiffuser.experiments.store import ResultStore
+from mfdiffuser.utils import utc_timestamp
 
 CellHook = Callable[[Cell, str], None]
 """Called in the worker before a cell runs, with the cell and the results directory."""
@@ -178,7 +179,7 @@ def run_grid(
     import ray
 
     t0 = time.perf_counter()
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    started_at = utc_timestamp()
     grid: Grid = parse_grid(spec)
     results = Path(results_dir or grid.spec.get("results") or Path("results") / grid.name)
     data = Path(data_dir or grid.spec.get("datasets_dir") or results / "datasets")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mfdiffuser.algos.base import write_json
+from mfdiffuser.utils import utc_timestamp
 
 FINISHED = ("done", "skipped")
 SWEEPS = "sweeps.jsonl"
@@ -125,7 +126,7 @@ class ResultStore:
         """Write a record atomically (a reader never sees half a file)."""
         if "id" not in record or "status" not in record:
             raise ValueError("a record needs 'id' and 'status'")
-        record = {**record, "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = {**record, "written_at": utc_timestamp()}
         path = self.record_path(record["id"])
         write_json(path, record)
         return path
