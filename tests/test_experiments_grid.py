@@ -122,6 +122,8 @@ def test_grid_retries_records_failures_and_reruns_only_missing(ray_session, tmp_
     assert (second["done"], second["skipped_existing"]) == (3, 3)
     assert first["cpus"] == 2.0 and 0 < first["seconds"] and not first["interrupted"]
     assert first["started_at"] <= second["started_at"]
+    lines = [json.loads(x) for x in (results / "sweeps.jsonl").read_text().splitlines()]
+    assert [x.get("state") for x in lines] == ["started", None, "started", None]  # a start and an end each
 
 
 def test_interrupted_sweep_is_logged_with_its_wall_time(ray_session, tmp_path, monkeypatch):

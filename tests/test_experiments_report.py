@@ -242,3 +242,36 @@ def test_sweep_log_gives_the_wall_time_table(tmp_path):
     s.write(_rec("a", 0, 50.0, 1.0, timings={"eval_s": 60.0, "total_s": 60.0}))
     md = build_report(s.root, tmp_path / "rep").read_text()
     assert "took 2.00 h in all" in md and rows[0] in md
+
+
+def test_sweep_killed_before_its_end_line_is_measured_from_its_records(tmp_path):
+    from mfdiffuser.algos.base import write_json
+
+    s = ResultStore(tmp_path / "res")
+
+    def record(name, status, written_at):
+        rec = {**_rec(name, 0, 50.0, 1.0, status=status), "written_at": written_at}
+        write_json(s.record_path(rec["id"]), rec)
+
+    start = {"state": "started", "cpus": 2.0, "total": 9, "skipped_existing": 0}
+    s.log_sweep({**start, "started_at": "2026-01-01T00:00:00Z"})  # killed: no end line
+    record("a", "done", "2026-01-01T00:30:00Z")
+    record("b", "skipped", "2026-01-01T01:15:00Z")
+    record("old", "done", "2025-12-31T23:00:00Z")  # before it: not its work
+    s.log_sweep({**start, "started_at": "2026-01-01T02:00:00Z", "skipped_existing": 2})
+    record("c", "failed", "2026-01-01T02:10:00Z")  # the next sweep's
+    s.log_sweep({"started_at": "2026-01-01T02:00:00Z", "seconds": 1800.0, "cpus": 2.0, "done": 0,
+                 "skipped": 0, "failed": 1, "skipped_existing": 2, "interrupted": False})
+    killed, resumed = s.sweeps()  # the resumed sweep's start line is paired with its end line
+    assert killed["ended"] is False and killed["seconds"] == 4500.0  # to its last record, 01:15
+    assert (killed["done"], killed["skipped"], killed["failed"], killed["cpus"]) == (1, 1, 0, 2.0)
+    assert "state" not in killed and "ended" not in resumed and resumed["seconds"] == 1800.0
+    table, hours = sweep_table([killed, resumed])
+    assert hours == pytest.approx(1.75)
+    assert table.splitlines()[2] == (
+        "| 2026-01-01T00:00:00Z | 1.25 | 2 | 1 / 1 / 0 | 0 | "
+        "no end logged (killed, or still running): wall time to its last record |"
+    )
+    # Still running, nothing written yet: zero hours so far.
+    s.log_sweep({**start, "started_at": "2026-01-01T03:00:00Z"})
+    assert s.sweeps()[-1]["seconds"] == 0.0 and s.sweeps()[-1]["done"] == 0

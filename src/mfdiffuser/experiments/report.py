@@ -379,6 +379,8 @@ def cost_table(res: Results) -> tuple[str, float, int]:
 def sweep_table(sweeps: Sequence[Mapping[str, Any]]) -> tuple[str, float]:
     """The sweeps that ran cells: start, wall hours, CPUs, cells run; and their wall hours in all.
 
+    A sweep with no end line (see :meth:`ResultStore.sweeps`) is counted to its last record.
+
     Returns:
         The Markdown table ("" without sweeps) and the sum of the sweeps' wall hours.
     """
@@ -395,6 +397,8 @@ def sweep_table(sweeps: Sequence[Mapping[str, Any]]) -> tuple[str, float]:
         cpus = sw.get("cpus")
         counts = " / ".join(str(int(sw.get(k, 0))) for k in ("done", "skipped", "failed"))
         note = "interrupted" if sw.get("interrupted") else ""
+        if sw.get("ended") is False:
+            note = "no end logged (killed, or still running): wall time to its last record"
         lines.append(
             f"| {sw.get('started_at') or '–'} | {h:.2f} | {f'{float(cpus):g}' if cpus else '–'} | "
             f"{counts} | {int(sw.get('skipped_existing', 0))} | {note} |"

@@ -23,7 +23,7 @@ from mfdiffuser.algos.base import write_json
 from mfdiffuser.errors import MfdError
 from mfdiffuser.experiments.cell import failed_record, one_line, prepare_dataset, run_cell
 from mfdiffuser.experiments.grid import Cell, DatasetSpec, Grid, parse_grid, select_cells
-from mfdiffuser.experiments.store import ResultStore
+from mfdiffuser.experiments.store import STARTED, ResultStore
 from mfdiffuser.utils import utc_timestamp
 
 CellHook = Callable[[Cell, str], None]
@@ -198,6 +198,16 @@ def run_grid(
 
     started = _init_ray(address, num_cpus)
     summary.cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    # A first line now, so that a sweep killed with its machine still shows in the log.
+    store.log_sweep(
+        {
+            "started_at": started_at,
+            "state": STARTED,
+            "total": summary.total,
+            "skipped_existing": summary.skipped_existing,
+            "cpus": summary.cpus,
+        }
+    )
     bar = _Bar(len(todo), grid.name) if progress else None
     pending: dict[Any, Cell] = {}
     try:

@@ -9,7 +9,8 @@ Layout of a results directory::
     refs/                  cached reference returns at evaluation N
     datasets/              datasets (unless the spec names another directory)
     summary.json           counts of the last ``run_grid`` call
-    sweeps.jsonl           one line per ``run_grid`` call that ran cells: start, wall time, CPUs, counts
+    sweeps.jsonl           per ``run_grid`` call that ran cells: a line when its cells start, and one
+                           when it ends with its wall time, CPUs and counts
 
 A record's ``status`` is ``done``, ``skipped`` (the method declined the cell within its budget, e.g.
 MADiff at large N) or ``failed`` (with the error); a rerun skips ``done`` and ``skipped`` cells whose
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ from mfdiffuser.utils import utc_timestamp
 
 FINISHED = ("done", "skipped")
 SWEEPS = "sweeps.jsonl"
+STARTED = "started"
+"""``state`` of the sweep-log line written when a sweep's cells start (its end line has no ``state``)."""
 
 
 def versions() -> dict[str, str]:
@@ -89,6 +93,24 @@ def _append_line(path: Path, line: str) -> None:
         os.close(fd)
 
 
+def _measured_from_records(
+    start: dict[str, Any], starts: list[str], records: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A sweep with no end line, from the records written between its start and the next sweep's."""
+    since = str(start["started_at"])
+    until = next((s for s in starts if s > since), None)
+    written = [
+        r
+        for r in records
+        if since <= str(r.get("written_at", "")) and (until is None or str(r["written_at"]) < until)
+    ]
+    last = max((str(r["written_at"]) for r in written), default=since)
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    seconds = (datetime.strptime(last, fmt) - datetime.strptime(since, fmt)).total_seconds()
+    counts = {k: sum(r.get("status") == k for r in written) for k in ("done", "skipped", "failed")}
+    return {**{k: v for k, v in start.items() if k != "state"}, **counts, "seconds": seconds, "ended": False}
+
+
 class ResultStore:
     """Reads and writes the per-cell records of a results directory."""
 
@@ -144,26 +166,36 @@ class ResultStore:
     def sweeps(self) -> list[dict[str, Any]]:
         """The sweeps that ran cells in this store, oldest first.
 
+        A sweep whose end was never logged (killed with its machine, or still running) is measured from
+        the records written after it started and before the next sweep started: its ``seconds`` run to
+        the last of them (work in flight when it stopped is not counted) and it carries ``ended: False``.
         Stores written before the sweep log existed give their last sweep from ``summary.json``, when
         it ran cells; unreadable lines are left out.
         """
         path = self.root / SWEEPS
-        if path.is_file():
-            out = []
-            for line in path.read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(entry, dict):
-                    out.append(entry)
-            return out
-        try:
-            last = json.loads((self.root / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return []
-        ran = sum(int(last.get(k, 0)) for k in ("done", "skipped", "failed"))
-        return [last] if isinstance(last, dict) and ran else []
+        if not path.is_file():
+            try:
+                last = json.loads((self.root / "summary.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                return []
+            ran = sum(int(last.get(k, 0)) for k in ("done", "skipped", "failed"))
+            return [last] if isinstance(last, dict) and ran else []
+        entries = []
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        ends = [e for e in entries if e.get("state") != STARTED]
+        ended = {e.get("started_at") for e in ends}
+        unended = [e for e in entries if e.get("state") == STARTED and e.get("started_at") not in ended]
+        if unended:
+            starts = sorted(str(e.get("started_at")) for e in entries if e.get("started_at"))
+            records = self.records()
+            ends += [_measured_from_records(e, starts, records) for e in unended]
+        return sorted(ends, key=lambda e: str(e.get("started_at") or ""))
 
     def fill_train_times(self) -> int:
         """Add the run's own training time to records written before they carried it; return how many.
