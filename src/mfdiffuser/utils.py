@@ -12,10 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+"""Format of :func:`utc_timestamp` (``datetime.strptime`` reads a stamp back with it)."""
+
 
 def utc_timestamp() -> str:
     """The current UTC time as ``YYYY-MM-DDTHH:MM:SSZ`` (the stamp records and datasets carry)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return time.strftime(UTC_FORMAT, time.gmtime())
 
 
 def seed_everything(seed: int) -> None:

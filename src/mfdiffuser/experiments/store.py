@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mfdiffuser.algos.base import write_json
-from mfdiffuser.utils import utc_timestamp
+from mfdiffuser.utils import UTC_FORMAT, utc_timestamp
 
 FINISHED = ("done", "skipped")
 SWEEPS = "sweeps.jsonl"
@@ -105,8 +105,7 @@ def _measured_from_records(
         if since <= str(r.get("written_at", "")) and (until is None or str(r["written_at"]) < until)
     ]
     last = max((str(r["written_at"]) for r in written), default=since)
-    fmt = "%Y-%m-%dT%H:%M:%SZ"
-    seconds = (datetime.strptime(last, fmt) - datetime.strptime(since, fmt)).total_seconds()
+    seconds = (datetime.strptime(last, UTC_FORMAT) - datetime.strptime(since, UTC_FORMAT)).total_seconds()
     counts = {k: sum(r.get("status") == k for r in written) for k in ("done", "skipped", "failed")}
     return {**{k: v for k, v in start.items() if k != "state"}, **counts, "seconds": seconds, "ended": False}
 
