@@ -1,3 +1,4 @@
+import hashlib
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from mfdiffuser.cli import main
 from mfdiffuser.data import DatasetError, DatasetMeta, load_dataset
 from mfdiffuser.data.dataset import SCHEMA_VERSION, EpisodeRecord, write_dataset
 from mfdiffuser.errors import MfdError
+from mfdiffuser.integrity import HEADER_SIZE, seal_file
 
 T, K, N = 4, 3, 6
 
@@ -103,11 +105,84 @@ def _corrupt_chunk_byte(path, name="states"):
         fh.write(bytes([b[0] ^ 0xFF]))
 
 
+def _reseal(path):
+    """Write a new file digest over a tampered file, so that the checks behind the digest are reached."""
+    with pytest.raises(DatasetError, match="digest mismatch"):
+        load_dataset(path)  # the digest alone refuses the file
+    seal_file(path, "dataset")
+
+
+def test_file_digest_header(tmp_path):
+    write(tmp_path / "d.h5")
+    data = (tmp_path / "d.h5").read_bytes()
+    head = data[:HEADER_SIZE].rstrip(b"\0").decode()
+    lines = head.splitlines()
+    assert lines[0] == "mfdiffuser dataset 1"
+    assert lines[1] == "sha256 " + hashlib.sha256(data[HEADER_SIZE:]).hexdigest()
+    assert lines[2] == f"bytes {len(data) - HEADER_SIZE}"
+    with load_dataset(tmp_path / "d.h5") as ds:
+        assert ds.verified and ds.file_digest == lines[1].split()[1]
+    with load_dataset(tmp_path / "d.h5", verify=False) as ds:  # read, not checked
+        assert not ds.verified and ds.file_digest == lines[1].split()[1]
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        (0, "header is damaged"),  # the header's first line
+        (HEADER_SIZE - 1, "header is damaged"),  # its NUL padding
+        (HEADER_SIZE, "digest mismatch"),  # the HDF5 superblock signature
+        (HEADER_SIZE + 40, "digest mismatch"),  # superblock addresses
+        (-1, "digest mismatch"),  # the last byte
+    ],
+)
+def test_any_flipped_byte_is_refused_before_hdf5(tmp_path, where, message):
+    write(tmp_path / "d.h5")
+    data = bytearray((tmp_path / "d.h5").read_bytes())
+    data[where] ^= 0x01
+    (tmp_path / "d.h5").write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(tmp_path / "d.h5")
+
+
+def test_length_and_digest_fields_are_checked(tmp_path):
+    write(tmp_path / "d.h5")
+    path = tmp_path / "d.h5"
+    data = path.read_bytes()
+    path.write_bytes(data + b"\0")
+    with pytest.raises(DatasetError, match="truncated or extended"):
+        load_dataset(path)
+    path.write_bytes(data[:HEADER_SIZE - 7])
+    with pytest.raises(DatasetError, match="too short"):
+        load_dataset(path)
+    path.write_bytes(b"")
+    with pytest.raises(DatasetError, match="0 bytes, too short"):
+        load_dataset(path)
+
+
+def test_dataset_without_digest(tmp_path, capsys):
+    # a dataset written before file digests: the same HDF5 file without the user block
+    write(tmp_path / "d.h5")
+    with h5py.File(tmp_path / "d.h5", "r") as src, h5py.File(tmp_path / "old.h5", "w") as dst:
+        for name in src:
+            src.copy(src[name], dst, name=name)
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+    assert (tmp_path / "old.h5").read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
+    with pytest.raises(DatasetError, match="has no file digest.*--no-verify"):
+        load_dataset(tmp_path / "old.h5")
+    with load_dataset(tmp_path / "old.h5", verify=False) as ds:
+        assert ds.file_digest is None and ds.meta.n_episodes == 5
+    assert main(["data", "info", "--no-verify", str(tmp_path / "old.h5")]) == 0
+    assert "none (written before datasets carried one)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", ["states", "actions", "pop_reward", "agent_index"])
 def test_one_corrupted_byte(tmp_path, name):
     write(tmp_path / "d.h5")
     _corrupt_chunk_byte(tmp_path / "d.h5", name)
-    with pytest.raises(DatasetError, match=f"'{name}'"):
+    _reseal(tmp_path / "d.h5")
+    with pytest.raises(DatasetError, match=f"'{name}'"):  # behind the digest, fletcher32 names the array
         load_dataset(tmp_path / "d.h5")
 
 
@@ -115,6 +190,7 @@ def test_corrupted_byte_uncompressed_caught_by_checksum(tmp_path):
     # without compression, fletcher32 still guards the chunk; either way a clear error
     write(tmp_path / "d.h5", compression=None)
     _corrupt_chunk_byte(tmp_path / "d.h5", "rewards")
+    _reseal(tmp_path / "d.h5")
     with pytest.raises(DatasetError, match="rewards"):
         load_dataset(tmp_path / "d.h5")
 
@@ -123,6 +199,7 @@ def test_checksum_detects_a_rewritten_value(tmp_path):
     write(tmp_path / "d.h5")
     with h5py.File(tmp_path / "d.h5", "a") as f:  # a valid HDF5 write that bypasses the format
         f["rewards"][0, 0, 0] += 1.0
+    _reseal(tmp_path / "d.h5")
     with pytest.raises(DatasetError, match="checksum mismatch in array 'rewards'"):
         load_dataset(tmp_path / "d.h5")
     load_dataset(tmp_path / "d.h5", verify=False)  # opt-out of the full pass still opens it
@@ -132,14 +209,17 @@ def test_truncated_file(tmp_path):
     write(tmp_path / "d.h5")
     data = (tmp_path / "d.h5").read_bytes()
     (tmp_path / "d.h5").write_bytes(data[: len(data) // 2])
-    with pytest.raises(DatasetError, match="truncated or corrupted"):
+    with pytest.raises(DatasetError, match="truncated or extended"):
         load_dataset(tmp_path / "d.h5")
+    with pytest.raises(DatasetError, match="truncated or corrupted"):  # unchecked, HDF5 refuses it
+        load_dataset(tmp_path / "d.h5", verify=False)
 
 
 def test_wrong_schema_version(tmp_path):
     write(tmp_path / "d.h5")
     with h5py.File(tmp_path / "d.h5", "a") as f:
         f.attrs["schema_version"] = SCHEMA_VERSION + 1
+    _reseal(tmp_path / "d.h5")
     with pytest.raises(DatasetError, match=f"schema version {SCHEMA_VERSION + 1} is not supported"):
         load_dataset(tmp_path / "d.h5")
 
@@ -156,11 +236,13 @@ def test_wrong_shape_and_missing_array(tmp_path):
         m = json.loads(f.attrs["meta"])
         m["stored_agents"] = K + 1
         f.attrs["meta"] = json.dumps(m)
+    _reseal(tmp_path / "d.h5")
     with pytest.raises(DatasetError, match="'states' has shape"):
         load_dataset(tmp_path / "d.h5")
     write(tmp_path / "e.h5")
     with h5py.File(tmp_path / "e.h5", "a") as f:
         del f["alive"]
+    _reseal(tmp_path / "e.h5")
     with pytest.raises(DatasetError, match="'alive' is missing"):
         load_dataset(tmp_path / "e.h5")
 
@@ -170,8 +252,13 @@ def test_not_a_dataset(tmp_path):
         load_dataset(tmp_path / "nope.h5")
     with h5py.File(tmp_path / "other.h5", "w") as f:
         f["x"] = np.zeros(3)
-    with pytest.raises(DatasetError, match="not an mfdiffuser dataset"):
+    with pytest.raises(DatasetError, match="has no file digest"):
         load_dataset(tmp_path / "other.h5")
+    with pytest.raises(DatasetError, match="not an mfdiffuser dataset"):
+        load_dataset(tmp_path / "other.h5", verify=False)
+    (tmp_path / "text.h5").write_text("x" * 1000)
+    with pytest.raises(DatasetError, match="not an mfdiffuser dataset, or its header is damaged"):
+        load_dataset(tmp_path / "text.h5")
     (tmp_path / "run.h5.partial").mkdir()
     (tmp_path / "run.h5.partial" / "manifest.json").write_text("{}")
     with pytest.raises(DatasetError, match="unfinished generation"):

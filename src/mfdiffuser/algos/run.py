@@ -53,8 +53,13 @@ def train(
     run_dir: str | Path,
     options: dict[str, Any] | None = None,
     trainer: TrainerConfig | None = None,
+    *,
+    verify: bool = True,
 ) -> LoadedRun:
     """Train ``algo`` on the dataset at ``dataset_path``; resume if ``run_dir`` holds the same run.
+
+    ``verify=False`` loads the dataset without checking its file digest and checksums (see
+    :func:`~mfdiffuser.data.load_dataset`).
 
     Raises:
         MfdError: ``run_dir`` holds a different run (other algorithm, options or dataset).
@@ -65,7 +70,7 @@ def train(
     run_dir = Path(run_dir)
     module = algo_module(algo)
     config = config_from_dict(module.Config, options or {})
-    dataset = load_dataset(dataset_path)
+    dataset = load_dataset(dataset_path, verify=verify)
     record = {
         "algo": algo,
         "config": dataclasses.asdict(config),

@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--device", default="auto", help="torch device (auto, cpu, cuda)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-verify", action="store_true",
+                   help="load the dataset without checking its digest and checksums (trusted files only)")
     p.set_defaults(func=run)
 
 
@@ -77,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
             trainer_args[name] = getattr(args, name)
     seed_everything(args.seed)
     options = parse_options(args.options)
-    result = train(args.algo, args.dataset, args.out, options, TrainerConfig(**trainer_args))
+    result = train(
+        args.algo, args.dataset, args.out, options, TrainerConfig(**trainer_args), verify=not args.no_verify
+    )
     if args.steps is not None and result.step > args.steps:
         print(f"note: {result.run_dir} was already trained for {result.step} > --steps {args.steps} steps")
     print(f"trained {args.algo} for {result.step} steps -> {result.run_dir}")

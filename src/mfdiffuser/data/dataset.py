@@ -2,8 +2,10 @@
 
 One file holds E episodes of one env at one population size N, with K stored agents per episode.
 Step arrays are ``[E, T+1, K, S]``-style blocks chunked along episodes; the layout, attributes and
-checksum are documented in ``docs/datasets.md``. :func:`load_dataset` checks everything and raises
-:class:`DatasetError` with a one-line message on any problem.
+checksum are documented in ``docs/datasets.md``. The file starts with a digest of all its other
+bytes (in the HDF5 user block, :mod:`mfdiffuser.integrity`), which :func:`load_dataset` checks
+before HDF5 reads anything; it then checks everything else and raises :class:`DatasetError` with a
+one-line message on any problem.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mfdiffuser.errors import MfdError
+from mfdiffuser.integrity import HEADER_SIZE, IntegrityError, read_seal, seal_file, verify_file
 
 FORMAT = "mfdiffuser-dataset"
 """Value of the root attribute ``format`` of every finished dataset file."""
@@ -28,6 +31,11 @@ SCHEMA_VERSION = 1
 DATASET_QUALITIES: tuple[str, ...] = ("expert", "medium", "random", "mixed")
 """Qualities a dataset can be generated at (``mixed`` = alternating random and expert episodes)."""
 CHECKSUM_ALGORITHM = "sha256"
+DIGEST_KIND = "dataset"
+"""Kind named in the digest header of a dataset file (see :mod:`mfdiffuser.integrity`)."""
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+"""First bytes of an HDF5 file without a user block: a dataset written before file digests."""
+_RECOVER = "regenerate it with `mfd data generate`"
 DEFAULT_MEMORY_LIMIT = 1 << 30
 """Datasets whose step arrays (plus returns-to-go) fit in this many bytes are loaded into memory."""
 
@@ -296,10 +304,16 @@ class OfflineDataset:
         in_memory: bool,
         file_attrs: dict[str, Any],
         arrays: dict[str, np.ndarray] | None = None,
+        file_digest: str | None = None,
+        verified: bool = False,
     ) -> None:
         self.path = path
         self.meta = meta
         self.attrs = file_attrs
+        self.file_digest = file_digest
+        """sha256 of the file's bytes after its header (None: written before file digests)."""
+        self.verified = verified
+        """Whether the file digest, array checksums and finiteness were checked when loading."""
         self._f = f
         self.in_memory = in_memory
         self.chunk_episodes = int(f["states"].chunks[0])
@@ -456,6 +470,32 @@ def _verify(
         raise DatasetError(f"{path}: checksum mismatch (file corrupted or modified)")
 
 
+def check_file_digest(path: str | Path) -> str:
+    """Stream the dataset file at ``path`` and compare it with the digest in its header.
+
+    Returns:
+        The verified sha256 of the file's bytes after its header.
+
+    Raises:
+        DatasetError: the file has no digest (written before file digests), or its header, length or
+            bytes do not match.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(HDF5_SIGNATURE))
+        if head == HDF5_SIGNATURE:
+            raise DatasetError(
+                f"{path}: has no file digest (written before datasets carried one); "
+                f"{_RECOVER}, or load it unchecked with --no-verify (verify=False)"
+            )
+        return verify_file(path, DIGEST_KIND, "dataset", _RECOVER).sha256
+    except IntegrityError as exc:
+        raise DatasetError(str(exc)) from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+
+
 def load_dataset(
     path: str | Path,
     *,
@@ -467,15 +507,19 @@ def load_dataset(
 
     Args:
         path: the ``.h5`` file.
-        verify: read every array once to check the checksums and that floats are finite (a full
-            pass over the file); shapes, dtypes, schema version and metadata are always checked.
+        verify: stream the file's bytes through sha256 and compare with the digest in its header
+            before HDF5 opens it (a file without a digest is refused), then read every array once
+            to check the per-array checksums and that floats are finite. Shapes, dtypes, schema
+            version and metadata are always checked. ``False`` skips both passes: only for files
+            you trust (HDF5 parses them unchecked).
         in_memory: load step arrays into memory (True), keep them in the file (False), or decide by
             size (None: in memory when step arrays plus returns-to-go fit in ``memory_limit`` bytes).
         memory_limit: byte threshold of the automatic choice.
 
     Raises:
-        DatasetError: missing or unreadable file, unfinished generation, wrong schema version, bad
-            metadata, wrong shapes or dtypes, a checksum mismatch or non-finite values.
+        DatasetError: missing or unreadable file, unfinished generation, no or wrong file digest,
+            wrong schema version, bad metadata, wrong shapes or dtypes, a checksum mismatch or
+            non-finite values.
     """
     import h5py
 
@@ -489,6 +533,14 @@ def load_dataset(
         raise DatasetError(f"{path}: is a directory, not a dataset file")
     if not path.exists():
         raise DatasetError(f"{path}: no such dataset file")
+    if verify:
+        digest: str | None = check_file_digest(path)
+    else:
+        try:
+            seal = read_seal(path)
+        except OSError as exc:
+            raise DatasetError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+        digest = seal.sha256 if seal is not None and seal.kind == DIGEST_KIND else None
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
@@ -513,7 +565,7 @@ def load_dataset(
         elif keep is not None:
             for name in STEP_ARRAYS:
                 f[name].read_direct(keep[name])
-        return OfflineDataset(path, f, meta, bool(in_memory), attrs, keep)
+        return OfflineDataset(path, f, meta, bool(in_memory), attrs, keep, digest, verify)
     except DatasetError:
         f.close()
         raise
@@ -581,7 +633,8 @@ def write_dataset(
 
     Episodes are buffered one chunk row at a time, so memory stays at one chunk row of episodes.
     Writes to ``path`` directly: callers wanting atomicity pass a temporary path and rename it. The
-    ``format`` attribute is written last, so a file cut short never loads.
+    ``format`` attribute is written last, and the file digest (in the user block) after the HDF5
+    file is closed, so a file cut short never loads.
 
     Args:
         path: file to write.
@@ -622,7 +675,7 @@ def write_dataset(
         filters.update(compression=compression, shuffle=True)
         if compression == "gzip":
             filters["compression_opts"] = compression_level
-    with h5py.File(path, "w") as f:
+    with h5py.File(path, "w", userblock_size=HEADER_SIZE) as f:
         dsets = {
             name: f.create_dataset(
                 name, shape=shapes[name], dtype=dtypes[name],
@@ -662,4 +715,5 @@ def write_dataset(
         f.attrs["checksum"] = checksum
         f.attrs["schema_version"] = SCHEMA_VERSION
         f.attrs["format"] = FORMAT
+    seal_file(path, DIGEST_KIND)
     return checksum
