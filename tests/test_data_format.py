@@ -129,7 +129,8 @@ def test_file_digest_header(tmp_path):
 @pytest.mark.parametrize(
     ("where", "message"),
     [
-        (0, "header is damaged"),  # the header's first line
+        (0, "neither an HDF5 file nor one with a digest header"),  # the header's first byte
+        (12, "header is damaged"),  # its first line
         (HEADER_SIZE - 1, "header is damaged"),  # its NUL padding
         (HEADER_SIZE, "digest mismatch"),  # the HDF5 superblock signature
         (HEADER_SIZE + 40, "digest mismatch"),  # superblock addresses
@@ -257,7 +258,7 @@ def test_not_a_dataset(tmp_path):
     with pytest.raises(DatasetError, match="not an mfdiffuser dataset"):
         load_dataset(tmp_path / "other.h5", verify=False)
     (tmp_path / "text.h5").write_text("x" * 1000)
-    with pytest.raises(DatasetError, match="not an mfdiffuser dataset, or its header is damaged"):
+    with pytest.raises(DatasetError, match="not an mfdiffuser dataset: neither an HDF5 file"):
         load_dataset(tmp_path / "text.h5")
     (tmp_path / "run.h5.partial").mkdir()
     (tmp_path / "run.h5.partial" / "manifest.json").write_text("{}")

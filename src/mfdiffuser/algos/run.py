@@ -29,7 +29,7 @@ from mfdiffuser.algos.base import (
     read_run,
     write_json,
 )
-from mfdiffuser.algos.trainer import CHECKPOINT, TrainerConfig, fit, load_ema_weights
+from mfdiffuser.algos.trainer import CHECKPOINT, TrainerConfig, TrainingInterrupted, fit, load_ema_weights
 from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy
 from mfdiffuser.errors import MfdError
 from mfdiffuser.utils import check_device
@@ -104,10 +104,23 @@ def train(
                 "choose another --out or delete it"
             )
     write_json(run_dir / "run.json", {**record, "status": "running"})
-    result = fit(learner, sampler, run_dir, trainer)
+    try:
+        result = fit(learner, sampler, run_dir, trainer)
+    except TrainingInterrupted as exc:
+        # resumable: rerunning the same command continues from the saved step
+        write_json(run_dir / "run.json", {**record, "status": "interrupted", "step": exc.step})
+        raise
+    except Exception as exc:
+        write_json(run_dir / "run.json", {**record, "status": "failed", "error": _one_line(exc)})
+        raise
     done = {**record, "status": "done", "step": result.step, "metrics": result.metrics}
     write_json(run_dir / "run.json", done)
     return LoadedRun(algo, module, config, result.ema.eval(), dataset.meta, result.step, run_dir)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _trainer_key(values: dict[str, Any]) -> dict[str, Any]:

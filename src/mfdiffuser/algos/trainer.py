@@ -5,17 +5,30 @@ optional ``after_step()`` (target networks), keeps an exponential moving average
 weights used for acting: without it, scores swing wildly between checkpoints), logs scalars to
 TensorBoard and ``metrics.jsonl``, and writes ``checkpoint.pt`` atomically. A run killed at any point
 resumes from its last checkpoint with the same RNG states, so the loss curve continues unchanged.
+
+Checkpoints are sealed (a sha256 header, :mod:`mfdiffuser.integrity`) and hold only tensors and plain
+Python values, so they are checked before ``torch.load`` parses them and load with
+``weights_only=True`` (a checkpoint from a shared directory cannot run code). SIGINT and SIGTERM
+during :func:`fit` finish the step in progress, save it and raise :class:`TrainingInterrupted`: a
+checkpoint is never taken part-way through a step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import math
+import pickle
+import signal
+import threading
 import time
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, NamedTuple, cast
 
 import torch
@@ -23,10 +36,21 @@ from torch import nn
 
 from mfdiffuser.algos.base import Learner, coerce_value
 from mfdiffuser.errors import MfdError
+from mfdiffuser.integrity import IntegrityError, sealed_bytes, unseal_bytes
 from mfdiffuser.utils import atomic_path, check_device, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+CHECKPOINT_KIND = "checkpoint"
+"""Kind named in a checkpoint's digest header."""
+CHECKPOINT_KEYS = ("learner", "ema", "optim", "torch_rng", "sampler_rng", "step")
+"""Entries every checkpoint holds (``cuda_rng``, the CUDA generators' states, when CUDA was used)."""
+_RECOVER = "delete it to start the run over (or put back a good copy)"
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# what torch.load raises on a payload that is not a weights-only checkpoint of this layout
+_LOAD_ERRORS = (
+    RuntimeError, EOFError, ValueError, TypeError, KeyError, AttributeError, pickle.UnpicklingError
+)
 
 
 @dataclass
@@ -86,6 +110,52 @@ class TrainResult(NamedTuple):
     ema: nn.Module
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT or SIGTERM; the checkpoint on disk holds ``step`` completed steps.
+
+    ``step`` is None when no checkpoint exists (interrupted before the first one). ``signum`` is the
+    signal received (a second SIGINT, or a ``KeyboardInterrupt`` raised in the loop, stops at once
+    without saving: the last checkpoint written stays the one to resume from).
+    """
+
+    def __init__(self, step: int | None, total: int, signum: int, path: Path) -> None:
+        self.step = step
+        self.total = total
+        self.signum = signum
+        self.path = path
+        saved = f"checkpoint at step {step} of {total}" if step is not None else "no checkpoint yet"
+        super().__init__(f"training interrupted by {signal.Signals(signum).name}; {saved} ({path})")
+
+
+class _StopOnSignal:
+    """While active, SIGINT and SIGTERM only record a stop request, which the loop honours between steps.
+
+    A second signal raises ``KeyboardInterrupt`` at once. Handlers can only be set in the main
+    thread; elsewhere (a thread pool) signals keep their handlers and a ``KeyboardInterrupt`` stops
+    training without saving.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[_StopOnSignal]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handle) for s in _STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
 def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     with torch.no_grad():
         for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
@@ -106,6 +176,11 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
 
     Returns:
         The final step, the last logged metrics and the EMA module (the weights to act with).
+
+    Raises:
+        MfdError: ``checkpoint.pt`` is damaged, has no digest, or does not fit this run;
+            ``metrics.jsonl`` is damaged before its last line.
+        TrainingInterrupted: SIGINT or SIGTERM arrived; the last completed step was saved first.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -119,14 +194,22 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
     step = 0
 
     ckpt_path = run_dir / CHECKPOINT
+    saved: int | None = None  # the step of the checkpoint on disk
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        learner.load_state_dict(state["learner"])
-        ema.load_state_dict(state["ema"])
-        optim.load_state_dict(state["optim"])
-        torch.set_rng_state(state["torch_rng"])
-        sampler.rng.bit_generator.state = state["sampler_rng"]
-        step = int(state["step"])
+        state = read_checkpoint(ckpt_path, device)
+        try:
+            learner.load_state_dict(state["learner"])
+            ema.load_state_dict(state["ema"])
+            optim.load_state_dict(state["optim"])
+            torch.set_rng_state(state["torch_rng"])
+            sampler.rng.bit_generator.state = state["sampler_rng"]
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise MfdError(
+                f"{ckpt_path}: the checkpoint does not match this run ({_first_line(exc)}); {_RECOVER}"
+            ) from None
+        if "cuda_rng" in state and device.type == "cuda":
+            torch.cuda.set_rng_state_all(list(state["cuda_rng"])[: torch.cuda.device_count()])
+        step = saved = int(state["step"])
     _truncate_metrics(run_dir / METRICS, step)
 
     from torch.utils.tensorboard import SummaryWriter
@@ -135,37 +218,49 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
     metrics: dict[str, float] = {}
     progress = _progress(cfg, step)
     t_start, last_log = time.perf_counter(), step
+    stop = _StopOnSignal()
     try:
-        while step < cfg.steps:
-            batch = sampler.sample().to(device)
-            out = cast(Learner, learner).loss(batch)
-            optim.zero_grad(set_to_none=True)
-            out.loss.backward()
-            grad_norm = (
-                float(nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip > 0 else float("nan")
-            )
-            optim.step()
-            if hasattr(learner, "after_step"):
-                cast(Any, learner).after_step()
-            step += 1
-            _update_ema(ema, learner, 0.0 if step <= cfg.ema_start else cfg.ema_decay)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                metrics = {"loss": float(out.loss.detach()), "grad_norm": grad_norm, **out.metrics}
-                interval = max(time.perf_counter() - t_start, 1e-9)
-                metrics["steps_per_s"] = (step - last_log) / interval
-                t_start, last_log = time.perf_counter(), step
-                for k, v in metrics.items():
-                    writer.add_scalar(f"train/{k}", v, step)
-                with open(run_dir / METRICS, "a") as f:
-                    f.write(json.dumps({"step": step, **metrics, "interval_s": interval}) + "\n")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_checkpoint(ckpt_path, learner, ema, optim, sampler, step)
-            if progress is not None:
-                progress.update(1, loss=float(out.loss.detach()))
-    except KeyboardInterrupt:
-        # keep what was learned: an interrupted run resumes from here, not from its last checkpoint
-        save_checkpoint(ckpt_path, learner, ema, optim, sampler, step)
+        with stop.active():
+            # A signal only sets stop.signum; the loop ends between steps, so what is saved below is
+            # the state after the last completed step (RNGs, buffers and optimizer all at one step).
+            while step < cfg.steps and stop.signum is None:
+                batch = sampler.sample().to(device)
+                out = cast(Learner, learner).loss(batch)
+                optim.zero_grad(set_to_none=True)
+                out.loss.backward()
+                grad_norm = (
+                    float(nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip > 0 else math.nan
+                )
+                optim.step()
+                if hasattr(learner, "after_step"):
+                    cast(Any, learner).after_step()
+                step += 1
+                _update_ema(ema, learner, 0.0 if step <= cfg.ema_start else cfg.ema_decay)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    metrics = {"loss": float(out.loss.detach()), "grad_norm": grad_norm, **out.metrics}
+                    interval = max(time.perf_counter() - t_start, 1e-9)
+                    metrics["steps_per_s"] = (step - last_log) / interval
+                    t_start, last_log = time.perf_counter(), step
+                    for k, v in metrics.items():
+                        writer.add_scalar(f"train/{k}", v, step)
+                    with open(run_dir / METRICS, "a") as f:
+                        f.write(json.dumps({"step": step, **metrics, "interval_s": interval}) + "\n")
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    save_checkpoint(ckpt_path, learner, ema, optim, sampler, step)
+                    saved = step
+                if progress is not None:
+                    progress.update(1, loss=float(out.loss.detach()))
+            if stop.signum is not None:
+                if saved != step:
+                    save_checkpoint(ckpt_path, learner, ema, optim, sampler, step)
+                    saved = step
+                raise TrainingInterrupted(saved, cfg.steps, stop.signum, ckpt_path)
+    except TrainingInterrupted:
         raise
+    except KeyboardInterrupt:
+        # raised part-way through a step (a second signal, or no handler in this thread): the state
+        # in memory is not a completed step, so nothing is saved; the last checkpoint stays
+        raise TrainingInterrupted(saved, cfg.steps, signal.SIGINT, ckpt_path) from None
     finally:
         writer.close()
         if progress is not None:
@@ -176,33 +271,83 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
 def save_checkpoint(
     path: Path, learner: nn.Module, ema: nn.Module, optim: torch.optim.Optimizer, sampler: Any, step: int
 ) -> None:
-    """Write the whole training state atomically."""
-    state = {
+    """Write the whole training state atomically, sealed with its digest (see :func:`read_checkpoint`).
+
+    Everything in it is a tensor or a plain Python value (dicts, lists, ints, floats, strings), so it
+    loads with ``weights_only=True``. The CUDA generators' states are stored when CUDA is in use, so
+    a GPU run resumes exactly too.
+    """
+    state: dict[str, Any] = {
         "learner": learner.state_dict(),
         "ema": ema.state_dict(),
         "optim": optim.state_dict(),
         "torch_rng": torch.get_rng_state(),
         "sampler_rng": sampler.rng.bit_generator.state,
-        "step": step,
+        "step": int(step),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(sealed_bytes(CHECKPOINT_KIND, buffer.getvalue()))
+
+
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Check a checkpoint's digest, then load it with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: the ``checkpoint.pt`` file.
+        device: where tensors go (``map_location``).
+
+    Returns:
+        The state :func:`save_checkpoint` wrote: ``learner``, ``ema``, ``optim``, ``torch_rng``,
+        ``sampler_rng``, ``step`` and, for CUDA runs, ``cuda_rng``.
+
+    Raises:
+        MfdError: the file is unreadable, empty, truncated, corrupted, has no digest (written
+            before checkpoints carried one) or lacks an entry; the message names the file and says
+            to delete it to start over.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MfdError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
+    if data[:4] == b"PK\x03\x04":  # a bare torch.save zip: written before checkpoints were sealed
+        raise MfdError(
+            f"{path}: a checkpoint without a digest (written before checkpoints carried one); {_RECOVER}"
+        )
+    try:
+        payload = unseal_bytes(data, path, CHECKPOINT_KIND, "checkpoint", _RECOVER)
+    except IntegrityError as exc:
+        raise MfdError(str(exc)) from None
+    try:
+        state = torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
+    except _LOAD_ERRORS as exc:
+        raise MfdError(f"{path}: unreadable checkpoint ({_first_line(exc)}); {_RECOVER}") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise MfdError(f"{path}: the checkpoint lacks {', '.join(missing)}; {_RECOVER}")
+    return cast(dict[str, Any], state)
 
 
 def load_ema_weights(learner: nn.Module, run_dir: str | Path, device: str = "cpu") -> int:
     """Load the EMA weights of a run's checkpoint into ``learner``; return the checkpoint's step."""
     path = Path(run_dir) / CHECKPOINT
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise MfdError(f"{path}: cannot read the checkpoint ({str(exc).splitlines()[0]})") from exc
+    state = read_checkpoint(path, device)
     try:
         learner.load_state_dict(state["ema"])
-    except (RuntimeError, KeyError) as exc:
+    except (RuntimeError, KeyError, TypeError) as exc:
         raise MfdError(
             f"{path}: the checkpoint does not match the run's configuration (written by another version?)"
         ) from exc
     return int(state["step"])
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def logged_train_seconds(run_dir: str | Path) -> float:
@@ -217,10 +362,7 @@ def logged_train_seconds(run_dir: str | Path) -> float:
     if not path.exists():
         return 0.0
     seconds, last = 0.0, 0
-    for line in path.read_text().splitlines():
-        if not line:
-            continue
-        entry = json.loads(line)
+    for _, entry in read_metrics(path):
         if "interval_s" in entry:
             seconds += float(entry["interval_s"])
         elif float(entry.get("steps_per_s", 0.0)) > 0:
@@ -229,11 +371,54 @@ def logged_train_seconds(run_dir: str | Path) -> float:
     return seconds
 
 
+def read_metrics(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """The lines of a ``metrics.jsonl`` as ``(text, entry)`` pairs, in order.
+
+    A last line cut short (no final newline and not valid JSON) is dropped: it can only be the write
+    a killed run was making, of a step after its last checkpoint (metrics are logged before the
+    checkpoint of the same step), which the resumed run logs again. Any other line that is not a
+    JSON object with an integer ``step`` is damage a resume cannot repair.
+
+    Raises:
+        MfdError: a damaged line; the message names the file and the line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise MfdError(f"{path}: not UTF-8 text (damaged log); delete it to resume") from None
+    lines = text.split("\n")
+    torn = lines.pop()  # "" when the file ends with a newline
+    out = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            out.append((line, _metrics_entry(line, path, number)))
+    if torn.strip():
+        try:
+            out.append((torn, _metrics_entry(torn, path, len(lines) + 1)))
+        except MfdError:
+            pass  # a torn final write (see above)
+    return out
+
+
+def _metrics_entry(line: str, path: Path, number: int) -> dict[str, Any]:
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        entry = None
+    if not isinstance(entry, dict) or type(entry.get("step")) is not int:
+        raise MfdError(
+            f"{path}: line {number} is not a metrics record (damaged log); delete that line, or the "
+            "file, to resume"
+        )
+    return entry
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop logged lines past ``step`` (written after the checkpoint a resumed run restarts from)."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    lines = [text for text, entry in read_metrics(path) if entry["step"] <= step]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(ln + "\n" for ln in lines))
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import yaml
@@ -57,10 +60,19 @@ def parse_options(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _command() -> str:
+    """The command line that started this process, as ``mfd ...`` when it was the ``mfd`` script."""
+    if Path(sys.argv[0]).name == "mfd":
+        return shlex.join(["mfd", *sys.argv[1:]])
+    if Path(sys.argv[0]).parts[-2:] == ("mfdiffuser", "cli.py"):
+        return shlex.join(["python", "-m", "mfdiffuser.cli", *sys.argv[1:]])
+    return "`mfd train` with the same arguments"
+
+
 def run(args: argparse.Namespace) -> int:
     from mfdiffuser.algos.base import algo_module
     from mfdiffuser.algos.run import field_docs, train
-    from mfdiffuser.algos.trainer import TrainerConfig
+    from mfdiffuser.algos.trainer import TrainerConfig, TrainingInterrupted
     from mfdiffuser.utils import seed_everything
 
     module = algo_module(args.algo)
@@ -79,9 +91,14 @@ def run(args: argparse.Namespace) -> int:
             trainer_args[name] = getattr(args, name)
     seed_everything(args.seed)
     options = parse_options(args.options)
-    result = train(
-        args.algo, args.dataset, args.out, options, TrainerConfig(**trainer_args), verify=not args.no_verify
-    )
+    trainer = TrainerConfig(**trainer_args)
+    try:
+        result = train(args.algo, args.dataset, args.out, options, trainer, verify=not args.no_verify)
+    except TrainingInterrupted as exc:
+        saved = f"saved step {exc.step} of {exc.total}" if exc.step is not None else "no checkpoint yet"
+        sys.stderr.write(f"mfd train: interrupted ({saved}); resume with the same command: {_command()}\n")
+        return 128 + exc.signum
+
     if args.steps is not None and result.step > args.steps:
         print(f"note: {result.run_dir} was already trained for {result.step} > --steps {args.steps} steps")
     print(f"trained {args.algo} for {result.step} steps -> {result.run_dir}")

@@ -484,6 +484,11 @@ def check_file_digest(path: str | Path) -> str:
     try:
         with open(path, "rb") as fh:
             head = fh.read(len(HDF5_SIGNATURE))
+        if head and not b"mfdiffuser ".startswith(head) and head != HDF5_SIGNATURE:
+            raise DatasetError(
+                f"{path}: not an mfdiffuser dataset: neither an HDF5 file nor one with a digest header "
+                "(damaged?)"
+            )
         if head == HDF5_SIGNATURE:
             raise DatasetError(
                 f"{path}: has no file digest (written before datasets carried one); "
