@@ -260,7 +260,7 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
     except KeyboardInterrupt:
         # raised part-way through a step (a second signal, or no handler in this thread): the state
         # in memory is not a completed step, so nothing is saved; the last checkpoint stays
-        raise TrainingInterrupted(saved, cfg.steps, signal.SIGINT, ckpt_path) from None
+        raise TrainingInterrupted(saved, cfg.steps, stop.signum or signal.SIGINT, ckpt_path) from None
     finally:
         writer.close()
         if progress is not None:
