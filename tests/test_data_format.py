@@ -161,14 +161,18 @@ def test_length_and_digest_fields_are_checked(tmp_path):
         load_dataset(path)
 
 
-def test_dataset_without_digest(tmp_path, capsys):
-    # a dataset written before file digests: the same HDF5 file without the user block
-    write(tmp_path / "d.h5")
-    with h5py.File(tmp_path / "d.h5", "r") as src, h5py.File(tmp_path / "old.h5", "w") as dst:
+def _without_digest(src_path, dst_path):
+    """The dataset as written before file digests: the same HDF5 content without the user block."""
+    with h5py.File(src_path, "r") as src, h5py.File(dst_path, "w") as dst:
         for name in src:
             src.copy(src[name], dst, name=name)
         for key, value in src.attrs.items():
             dst.attrs[key] = value
+
+
+def test_dataset_without_digest(tmp_path, capsys):
+    write(tmp_path / "d.h5")
+    _without_digest(tmp_path / "d.h5", tmp_path / "old.h5")
     assert (tmp_path / "old.h5").read_bytes()[:8] == b"\x89HDF\r\n\x1a\n"
     with pytest.raises(DatasetError, match="has no file digest.*--no-verify"):
         load_dataset(tmp_path / "old.h5")
@@ -293,3 +297,19 @@ def test_cli_info_prints_metadata_and_returns(tmp_path, capsys):
     out = capsys.readouterr().out
     for text in ("gaussian-squeeze", "mixed", "expert", "random", "verified", "uncompressed"):
         assert text in out
+
+
+def test_train_refuses_a_dataset_without_digest_unless_told(tmp_path, capsys):
+    from mfdiffuser.data import GenerateConfig, generate_dataset
+
+    generate_dataset(GenerateConfig(env="gaussian-squeeze", out=str(tmp_path / "d.h5"),
+                                    env_args={"n_agents": 6}, quality="random", episodes=2, ref_episodes=1,
+                                    progress=False))
+    _without_digest(tmp_path / "d.h5", tmp_path / "old.h5")
+    argv = ["train", "--algo", "bc", "--dataset", str(tmp_path / "old.h5"), "--out", str(tmp_path / "run"),
+            "--steps", "1", "--batch-size", "2", "--no-progress", "--set", "hidden=8"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no file digest" in err[0] and "--no-verify" in err[0]
+    assert not (tmp_path / "run").exists()
+    assert main([*argv, "--no-verify"]) == 0
