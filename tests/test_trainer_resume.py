@@ -367,3 +367,14 @@ def test_save_checkpoint_without_cuda_has_no_cuda_state(tmp_path):
 
     save_checkpoint(tmp_path / CHECKPOINT, learner, learner, optim, Sampler(), 3)
     assert "cuda_rng" not in read_checkpoint(tmp_path / CHECKPOINT)
+
+
+def test_ignored_signals_stay_ignored(dataset, tmp_path, monkeypatch):
+    # a run started with SIGTERM ignored (as `nohup` does for SIGHUP) keeps ignoring it while training
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        _interrupt_sampler_at(monkeypatch, 3, lambda: signal.raise_signal(signal.SIGTERM))
+        assert _train(dataset, tmp_path / "run", steps=5).step == 5
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)

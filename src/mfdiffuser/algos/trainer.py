@@ -132,7 +132,8 @@ class _StopOnSignal:
 
     A second signal raises ``KeyboardInterrupt`` at once. Handlers can only be set in the main
     thread; elsewhere (a thread pool) signals keep their handlers and a ``KeyboardInterrupt`` stops
-    training without saving.
+    training without saving. A signal that is ignored (``SIG_IGN``, e.g. SIGINT of a background
+    job) or handled outside Python stays as it is.
     """
 
     def __init__(self) -> None:
@@ -148,7 +149,11 @@ class _StopOnSignal:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = {s: signal.signal(s, self._handle) for s in _STOP_SIGNALS}
+        previous = {
+            s: signal.signal(s, self._handle)
+            for s in _STOP_SIGNALS
+            if signal.getsignal(s) not in (signal.SIG_IGN, None)
+        }
         try:
             yield self
         finally:
