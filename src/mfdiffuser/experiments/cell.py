@@ -37,6 +37,7 @@ def prepare_dataset(spec: DatasetSpec, data_dir: str | Path) -> str:
         seed=spec.seed,
         store_agents=spec.store_agents,
         ref_episodes=spec.ref_episodes,
+        split=spec.split,
         progress=False,
     )
     generate_dataset(cfg)
@@ -51,6 +52,7 @@ def _base_record(cell: Cell, attempt: int) -> dict[str, Any]:
         "quality": cell.quality,
         "method": cell.method,
         "seed": cell.seed,
+        "split": cell.split,
         "config": cell.to_dict(),
         "attempt": attempt,
         "host": socket.gethostname(),
@@ -87,6 +89,11 @@ def run_cell(
 ) -> dict:
     """Train (unless a behaviour method), evaluate at every N and store the cell's record.
 
+    Every random draw derives from the cell's seed: the global generators (Python, NumPy, torch) are
+    reset to it first, so a cell gives the same record whatever ran before it in the process (a Ray
+    worker's earlier cells). Evaluation episode ``i`` at an N is episode ``i`` of the split's stream,
+    the same for every method and training seed; each N's metrics carry their ``episode_seeds``.
+
     ``BudgetExceeded`` raised by a method is stored as ``skipped`` with its message; other
     exceptions propagate (the runner records user errors as ``failed`` at once, and retries the
     others before storing ``failed``). ``hook(cell, results_dir)``
@@ -95,10 +102,12 @@ def run_cell(
     import torch
 
     from mfdiffuser.eval.evaluate import DatasetBehaviourPolicy, evaluate_policy, references
+    from mfdiffuser.utils import seed_everything
 
     store = ResultStore(results_dir)
     attempt = store.start_attempt(cell.id)
     torch.set_num_threads(max(int(cell.resources.get("num_cpus", 1)), 1))
+    seed_everything(cell.seed)
     record = _base_record(cell, attempt)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -154,8 +163,8 @@ def run_cell(
                 lambda m: points[m].make(),
                 policy_for,
                 [n],
-                [cell.seed],
-                cell.episodes_at(n),
+                cell.episode_seeds_at(n),
+                1,
                 refs,
                 by="episode",
                 progress=progress,
@@ -184,6 +193,7 @@ def run_cell(
 def _exploitability(cell: Cell, policy_for: Any, n_agents: int, timings: dict[str, float]) -> dict[str, Any]:
     """Exploitability at ``n_agents`` (largest evaluated N up to ``max_n``) where the env has a measure."""
     from mfdiffuser.eval.exploitability import SUPPORTED, exploitability
+    from mfdiffuser.splits import episode_seeds
 
     opts = cell.exploitability
     if not opts.get("enabled", True) or cell.train_point.env not in SUPPORTED:
@@ -193,7 +203,7 @@ def _exploitability(cell: Cell, policy_for: Any, n_agents: int, timings: dict[st
     env = point.make()
     try:
         episodes = int(opts.get("episodes", 4))
-        res = exploitability(env, policy_for(env), [1000 * cell.seed + i for i in range(episodes)])
+        res = exploitability(env, policy_for(env), episode_seeds(cell.split, episodes))
     finally:
         env.close()
     timings["exploitability_s"] = time.perf_counter() - t0

@@ -7,8 +7,10 @@ env/arguments/quality/N/episodes/seed and shared by all methods and seeds of a b
 Schema (every key but ``benchmarks`` and ``methods`` optional)::
 
     name: main
+    split: test                       # test (reported tables) or validation (every choice; default)
     seeds: [0, 1, 2]                  # training seeds; statistics are over these
-    data: {episodes: 100, ref_episodes: 10, seed: 0, store_agents: null}
+    data: {episodes: 100, ref_episodes: 10, seed: 0, store_agents: null}   # seed: offset in the
+                                      # split's own range of dataset seeds (mfdiffuser.splits)
     eval: {episodes: 30, episodes_by_n: {10000: 10}}   # also per benchmark (eval_options) and method
     trainer: {steps: 2000, batch_size: 64}       # defaults of every method
     resources: {num_cpus: 1}          # per Ray task
@@ -27,12 +29,15 @@ Schema (every key but ``benchmarks`` and ``methods`` optional)::
       mf-diffuser: {algo: mf-diffuser, options: {beta: 1.0}, trainer: {steps: 3000}, policy: {},
                     eval: {episodes_by_n: {10000: 5}}, benchmarks: {ising: {options: {horizon: 4}}}}
       expert: {behaviour: expert}     # a behaviour policy of the env, evaluated without training
+
+Evaluation episode ``i`` at an N is episode ``i`` of the split's stream for every method and training
+seed (:func:`mfdiffuser.splits.episode_seeds`), so rows compare paired on shared episodes. A key of a
+method's ``benchmarks`` that names no benchmark of the grid is an error.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,11 +46,14 @@ from typing import Any
 
 import yaml
 
+from mfdiffuser.splits import STREAM_SIZE, check_split, data_seed
+from mfdiffuser.utils import fingerprint, plain
+
 DATA_DEFAULTS: dict[str, Any] = {"episodes": 100, "ref_episodes": 10, "seed": 0, "store_agents": None}
 EVAL_DEFAULTS: dict[str, Any] = {"episodes": 30, "episodes_by_n": {}}
 TOP_KEYS = {
     "name", "seeds", "data", "eval", "trainer", "resources", "max_retries", "exploitability",
-    "benchmarks", "methods", "description", "results", "datasets_dir",
+    "benchmarks", "methods", "description", "results", "datasets_dir", "split",
 }  # fmt: skip
 BENCH_KEYS = {"env", "env_args", "train", "eval", "qualities", "data", "eval_options", "exploitability"}
 METHOD_KEYS = {
@@ -84,7 +92,10 @@ class DatasetSpec:
     episodes: int
     ref_episodes: int
     seed: int
+    """Master seed: in the split's own range (:func:`mfdiffuser.splits.data_seed`)."""
     store_agents: int | None
+    split: str = "validation"
+    """The split the dataset belongs to (recorded in its metadata)."""
 
     @property
     def key(self) -> str:
@@ -124,6 +135,8 @@ class Cell:
     ref_episodes: int
     """Episodes per reference policy (random, expert) for the normalized score at each N."""
     exploitability: dict[str, Any] = field(default_factory=dict)
+    split: str = "validation"
+    """Split of the cell's dataset and evaluation episodes (``test`` or ``validation``)."""
 
     @property
     def id(self) -> str:
@@ -133,6 +146,12 @@ class Cell:
     def episodes_at(self, n_agents: int) -> int:
         """Evaluation episodes at population size N."""
         return int(self.eval_episodes_by_n.get(int(n_agents), self.eval_episodes))
+
+    def episode_seeds_at(self, n_agents: int) -> list[int]:
+        """Evaluation seeds of the episodes at N: the first of the split's stream, shared by all methods."""
+        from mfdiffuser.splits import episode_seeds
+
+        return episode_seeds(self.split, self.episodes_at(n_agents))
 
     @property
     def fingerprint(self) -> str:
@@ -147,7 +166,7 @@ class Cell:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly description (stored in the cell's record)."""
-        return json.loads(json.dumps(_asdict(self), sort_keys=True, default=str))
+        return json.loads(json.dumps(plain(self), sort_keys=True, default=str))
 
 
 CELL_KEYS = ("benchmark", "quality", "method", "seed")
@@ -176,22 +195,6 @@ def select_cells(cells: tuple[Cell, ...], only: list[str] | None) -> tuple[Cell,
     return selected
 
 
-def _asdict(obj: Any) -> Any:
-    if isinstance(obj, Cell | EnvPoint | DatasetSpec):
-        return {k: _asdict(v) for k, v in obj.__dict__.items()}
-    if isinstance(obj, tuple | list):
-        return [_asdict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _asdict(v) for k, v in obj.items()}
-    return obj
-
-
-def fingerprint(obj: Any) -> str:
-    """sha256 of the canonical JSON of ``obj``."""
-    text = json.dumps(_asdict(obj), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Grid:
     """A parsed grid: its name, raw spec and cells in a deterministic order."""
@@ -200,6 +203,8 @@ class Grid:
     spec: dict[str, Any]
     cells: tuple[Cell, ...]
     max_retries: int
+    split: str = "validation"
+    """The split of every cell (``test`` or ``validation``)."""
 
     def datasets(self) -> dict[str, DatasetSpec]:
         """Distinct datasets the cells need, by key."""
@@ -285,6 +290,8 @@ def check_data(data: Mapping[str, Any], qualities: list[str], where: str) -> Non
     _count(data["episodes"], least, f"{where}.data: episodes" + (" (mixed needs 2)" if least == 2 else ""))
     _count(data["ref_episodes"], 1, f"{where}.data: ref_episodes")
     _count(data["seed"], 0, f"{where}.data: seed")
+    if data["seed"] >= STREAM_SIZE:
+        raise ValueError(f"{where}.data: seed must be below {STREAM_SIZE:,} (an offset in the split's range)")
     if data["store_agents"] is not None:
         _count(data["store_agents"], 1, f"{where}.data: store_agents")
 
@@ -360,6 +367,28 @@ def check_env_point(point: EnvPoint, where: str) -> None:
     env.close()
 
 
+def check_overrides(methods: Mapping[str, Any], benchmarks: list[str]) -> None:
+    """Refuse a method's ``benchmarks`` override whose key names no benchmark of the grid.
+
+    Raises:
+        ValueError: naming the method, the key and the grid's benchmarks.
+    """
+    for mname, m in methods.items():
+        over = m.get("benchmarks") if isinstance(m, dict) else None
+        if over is None:
+            continue
+        if not isinstance(over, dict):
+            raise ValueError(f"method {mname}.benchmarks: must be a mapping of benchmark names")
+        for key in over:
+            if key not in benchmarks:
+                raise ValueError(
+                    f"method {mname}.benchmarks: {key!r} names no benchmark of the grid; "
+                    f"benchmarks: {', '.join(benchmarks)}"
+                )
+            if not isinstance(over[key], dict):
+                raise ValueError(f"method {mname}.benchmarks.{key}: must be a mapping")
+
+
 def _merge(*dicts: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for d in dicts:
@@ -383,6 +412,10 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
     raw = load_spec(spec)
     _unknown(raw, TOP_KEYS, "grid")
     name = str(raw.get("name", "grid"))
+    try:
+        split = check_split(raw.get("split", "validation"))
+    except ValueError as exc:
+        raise ValueError(f"grid: {exc}") from None
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise ValueError(f"grid: seeds must be a non-empty list of non-negative integers, got {seeds!r}")
@@ -393,6 +426,7 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
     if not isinstance(methods, dict) or not methods:
         raise ValueError("grid: 'methods' must be a non-empty mapping")
     max_retries = _count(raw.get("max_retries", 2), 0, "grid: max_retries")
+    check_overrides(methods, list(benches))
     cells: list[Cell] = []
     checked: set[str] = set()  # fingerprints of env points and options already validated
     for bname, b in benches.items():
@@ -454,6 +488,8 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
             by_n = {int(k): int(v) for k, v in (ev["episodes_by_n"] or {}).items()}
             if int(ev["episodes"]) < 1 or any(v < 1 for v in by_n.values()):
                 raise ValueError(f"{mwhere}: evaluation episodes must be >= 1")
+            if max([int(ev["episodes"]), *by_n.values()]) > STREAM_SIZE:
+                raise ValueError(f"{mwhere}: at most {STREAM_SIZE:,} evaluation episodes per N")
             _unknown(trainer, TRAINER_KEYS, f"{mwhere}.trainer")
             if algo is not None and algo not in ALGOS:
                 raise ValueError(f"{mwhere}: unknown algorithm {algo!r}; choose from {', '.join(ALGOS)}")
@@ -476,8 +512,9 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
                         quality=q,
                         episodes=int(data["episodes"]),
                         ref_episodes=int(data["ref_episodes"]),
-                        seed=int(data["seed"]),
+                        seed=data_seed(split, int(data["seed"])),
                         store_agents=data["store_agents"],
+                        split=split,
                     )
                 for seed in seeds:
                     cells.append(
@@ -504,9 +541,10 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
                             eval_episodes_by_n=by_n,
                             ref_episodes=int(data["ref_episodes"]),
                             exploitability=cell_expl,
+                            split=split,
                         )
                     )
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise ValueError("grid: duplicate cells (benchmark, quality, method and seed must be unique)")
-    return Grid(name, raw, tuple(cells), max_retries)
+    return Grid(name, raw, tuple(cells), max_retries, split)
