@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         store = ResultStore(results)
         cells = select_cells(grid.cells, args.only)
         for cell in cells:
-            rec = store.read(cell.id)
+            rec = store.read(cell.record_ids[-1])  # the last budget's record, if any
             status = "todo"
             if rec is not None:
                 status = rec["status"] if rec.get("fingerprint") == cell.fingerprint else "stale"
