@@ -104,7 +104,7 @@ def test_budgets_come_from_one_run_and_selection_feeds_a_grid(tmp_path):
     run_cell(bc0, data, res)
     assert {r["id"]: r["written_at"] for r in store.records()} == stamps
 
-    # Selection: fake scores make the choice known; c1 at 2 steps is within c1@4's interval.
+    # Selection: scores set by hand make the choice known; c1 at 2 steps lies within c1@4's interval.
     def set_scores(rid, values):
         rec = json.loads(store.record_path(rid).read_text())
         from mfdiffuser.eval.stats import mean_ci
@@ -115,25 +115,28 @@ def test_budgets_come_from_one_run_and_selection_feeds_a_grid(tmp_path):
     set_scores(bc0.id + "__b2", [10.0, 12.0])
     set_scores(bc0.id + "__b4", [20.0, 22.0])
     c1 = "gaussian-squeeze__medium__bc__c1__s0"
-    set_scores(c1 + "__b2", [40.0, 60.0])  # one value per record and N: mean 50 (n=1 per record)
+    set_scores(c1 + "__b2", [40.0, 60.0])
     set_scores(c1 + "__b4", [50.0, 54.0])
     (choice,) = select(store.records())
+    # best: c1 at 4 steps, 52 +- t(0.975, 1) * 2 = 52 +- 25.4; c1 at 2 steps (50) lies inside it
     assert (choice.best.config, choice.best.budget) == ("c1", 4) and choice.best.score.mean == 52.0
-    assert (choice.chosen.config, choice.chosen.budget) == ("c1", 4)  # n=1: no interval, best wins
-    assert choice.settings == {"trainer": {"lr": 3.0e-3, "steps": 4}}
-    assert "validation score 52.0 (n=1) for c1 at 4 steps" in choice.reason
+    assert choice.best.score.half_width == pytest.approx(12.7062 * 2.0, rel=1e-4)
+    assert (choice.chosen.config, choice.chosen.budget) == ("c1", 2)
+    assert choice.settings == {"trainer": {"lr": 3.0e-3, "steps": 2}}
+    assert choice.reason.startswith("validation score 50.0 ± 127.1 (n=2) for c1 at 2 steps; best mean 52.0")
 
     out = tmp_path / "grids" / "selected.yaml"
-    assert main(["select", str(res), "--out", str(out)]) == 0
+    assert main(["select", str(res), "--out", str(out), "--plot", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     written = yaml.safe_load(out.read_text())
-    assert written["methods"]["bc"]["gaussian-squeeze"]["trainer"] == {"lr": 3.0e-3, "steps": 4}
-    assert written["methods"]["bc"]["gaussian-squeeze"]["reason"].startswith("validation score 52.0")
+    assert written["methods"]["bc"]["gaussian-squeeze"]["trainer"] == {"lr": 3.0e-3, "steps": 2}
+    assert written["methods"]["bc"]["gaussian-squeeze"]["reason"].startswith("validation score 50.0")
     # A test grid names the file; its cells train with the selected settings.
     test_spec = _spec(split="test", selected="selected.yaml", methods={"bc": {"algo": "bc"}})
     test_spec.pop("budgets")
     (out.parent / "test.yaml").write_text(yaml.safe_dump(test_spec))
     (cell,) = parse_grid(out.parent / "test.yaml").cells
-    assert (cell.trainer["lr"], cell.trainer["steps"], cell.split) == (3.0e-3, 4, "test")
+    assert (cell.trainer["lr"], cell.trainer["steps"], cell.split) == (3.0e-3, 2, "test")
     with pytest.raises(ValueError, match="not found"):
         parse_grid({**test_spec, "selected": str(tmp_path / "nope.yaml")})
 

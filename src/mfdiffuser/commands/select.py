@@ -19,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("results", help="results directory of a validation grid, e.g. results/tune")
     p.add_argument("--out", default="experiments/selected.yaml", help="selection file to write")
+    p.add_argument("--plot", default=None, help="also write the learning curves as a PNG here")
     p.set_defaults(func=run)
 
 
@@ -29,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from mfdiffuser.experiments.store import ResultStore
-    from mfdiffuser.experiments.tune import select, write_selection
+    from mfdiffuser.experiments.tune import plot_learning_curves, select, write_selection
 
     root = Path(args.results)
     if not root.is_dir():
@@ -54,4 +55,6 @@ def run(args: argparse.Namespace) -> int:
     Console().print(table)
     path = write_selection(choices, args.out, {"results": str(root), "records": len(records)})
     print(f"selected settings (* in the table): {path}")
+    if args.plot:
+        print(f"learning curves: {plot_learning_curves(choices, args.plot)}")
     return 0

@@ -30,7 +30,7 @@ class Candidate:
     budget: int
     """Training steps."""
     score: MeanCI
-    """Mean normalized score over the records' (quality, training seed, N) values, 95% interval."""
+    """Mean normalized score over the records' episodes (qualities, training seeds, N), 95% interval."""
     settings: dict[str, Any] = field(default_factory=dict)
     """The configuration's own settings (options, trainer, policy)."""
 
@@ -78,22 +78,26 @@ def _fmt(score: MeanCI) -> str:
 
 
 def record_score(record: Mapping[str, Any]) -> list[float]:
-    """The mean normalized score at each evaluated N of a finished record (empty if none)."""
+    """The normalized scores of a finished record: every evaluation episode at every N (empty if none).
+
+    A metric stored without its values contributes its mean.
+    """
     if record.get("status") != "done":
         return []
-    out = []
+    out: list[float] = []
     for metrics in (record.get("metrics") or {}).values():
         score = metrics.get("score") if isinstance(metrics, dict) else None
-        if score and math.isfinite(float(score["mean"])):
-            out.append(float(score["mean"]))
+        if score:
+            values = score.get("values") or [score["mean"]]
+            out.extend(float(v) for v in values if math.isfinite(float(v)))
     return out
 
 
 def select(records: Iterable[Mapping[str, Any]]) -> list[Choice]:
     """Choose a configuration and a training budget per method and benchmark from validation records.
 
-    Records without training (behaviour methods) are left out. Every value of a candidate (one per
-    record and evaluated N: qualities, training seeds, N) weighs the same.
+    Records without training (behaviour methods) are left out. Every evaluation episode of a
+    candidate (over its qualities, training seeds and N) weighs the same.
 
     Raises:
         ValueError: a record of the test split (nothing is chosen on test episodes), or no record
@@ -156,3 +160,49 @@ def write_selection(choices: list[Choice], out: str | Path, source: Mapping[str,
     with atomic_path(path) as tmp:
         tmp.write_text(header + body)
     return path
+
+
+def plot_learning_curves(choices: list[Choice], path: str | Path) -> Path:
+    """Write the learning curves as a PNG at ``path``: validation score against training steps.
+
+    One panel per benchmark, a line per method and configuration (the selected one solid with its
+    95% interval, the others dashed), the chosen budget starred.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mfdiffuser.utils import save_figure
+
+    benches = sorted({c.benchmark for c in choices})
+    fig, axes = plt.subplots(1, len(benches), figsize=(4.2 * len(benches), 3.6), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    methods = sorted({c.method for c in choices})
+    for ax, bench in zip(axes[0], benches, strict=True):
+        for ch in (c for c in choices if c.benchmark == bench):
+            colour = colours(methods.index(ch.method) % 10)
+            for config in sorted({x.config for x in ch.candidates}):
+                pts = sorted((x for x in ch.candidates if x.config == config), key=lambda x: x.budget)
+                xs = [x.budget for x in pts]
+                ys = [x.score.mean for x in pts]
+                half = [0.0 if math.isnan(x.score.half_width) else x.score.half_width for x in pts]
+                chosen = config == ch.chosen.config
+                label = ch.method + (f" {config}" if config else "") if chosen else None
+                ax.plot(xs, ys, "-" if chosen else "--", color=colour, alpha=1.0 if chosen else 0.4,
+                        marker="o", label=label)
+                if chosen:
+                    lo = [y - h for y, h in zip(ys, half, strict=True)]
+                    hi = [y + h for y, h in zip(ys, half, strict=True)]
+                    ax.fill_between(xs, lo, hi, color=colour, alpha=0.12)
+            ax.plot([ch.chosen.budget], [ch.chosen.score.mean], "*", color=colour, markersize=12)
+        ax.set_xscale("log")
+        ax.set_title(bench)
+        ax.set_xlabel("training steps")
+        ax.set_ylabel("validation normalized score")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    out = save_figure(fig, path, dpi=120)
+    plt.close(fig)
+    return out
