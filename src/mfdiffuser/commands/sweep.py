@@ -53,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
             if rec is not None:
                 status = rec["status"] if rec.get("fingerprint") == cell.fingerprint else "stale"
             print(f"{status:8s} {cell.id}")
-        print(f"{len(cells)} of {len(grid.cells)} cells, {len(grid.datasets())} datasets -> {results}")
+        print(
+            f"{len(cells)} of {len(grid.cells)} cells, {len(grid.datasets())} datasets, "
+            f"{grid.split} split -> {results}"
+        )
         return 0
     summary = run_grid(
         args.spec,
