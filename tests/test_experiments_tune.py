@@ -89,6 +89,12 @@ def test_budgets_come_from_one_run_and_selection_feeds_a_grid(tmp_path):
     b2, b4 = recs[bc0.id + "__b2"], recs[bc0.id + "__b4"]
     assert (b2["budget"], b2["train"]["step"], b4["budget"], b4["train"]["step"]) == (2, 2, 4, 4)
     assert b2["train"]["run_dir"] == b4["train"]["run_dir"]  # one run, resumed from 2 to 4 steps
+    from mfdiffuser.algos.trainer import logged_train_seconds
+
+    # each budget's record counts its own stretch of training: together, the run's time
+    total = logged_train_seconds(b4["train"]["run_dir"])
+    assert 0 < b2["timings"]["train_run_s"] < total
+    assert b2["timings"]["train_run_s"] + b4["timings"]["train_run_s"] == pytest.approx(total)
     assert b4["tuning"] == {"config": "c0", "settings": {"trainer": {"lr": 1.0e-3}}}
     # Resuming at a budget gives what one straight run to it gives.
     straight = parse_grid({**_spec(budgets=[4])}).cells[0]

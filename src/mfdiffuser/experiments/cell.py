@@ -117,14 +117,16 @@ def run_cell(
     torch.set_num_threads(max(int(cell.resources.get("num_cpus", 1)), 1))
     budgets: list[int | None] = list(cell.budgets) or [None]
     record: dict[str, Any] = {}
+    trained_s = 0.0  # the run's training time counted by earlier budgets' records
     for budget in budgets:
         if budget is not None and store.is_finished(cell.record_id(budget), cell.fingerprint):
             record = store.read(cell.record_id(budget)) or {}
-            continue
-        seed_everything(cell.seed)
-        record = _run_budget(cell, dataset_path, results_dir, attempt, budget, progress, hook)
-        hook = None  # once per attempt
-        store.write(record)
+        else:
+            seed_everything(cell.seed)
+            record = _run_budget(cell, dataset_path, results_dir, attempt, budget, progress, hook, trained_s)
+            hook = None  # once per attempt
+            store.write(record)
+        trained_s += float((record.get("timings") or {}).get("train_run_s", 0.0))
     return record
 
 
@@ -136,8 +138,13 @@ def _run_budget(
     budget: int | None,
     progress: bool,
     hook: Callable[[Cell, str], None] | None,
+    trained_s: float = 0.0,
 ) -> dict[str, Any]:
-    """One record of a cell: trained to ``budget`` steps (None: ``trainer.steps``) and evaluated."""
+    """One record of a cell: trained to ``budget`` steps (None: ``trainer.steps``) and evaluated.
+
+    ``trained_s``: the run's training seconds already counted by the records of earlier budgets;
+    this record's ``train_run_s`` is the rest, so a store's records add up to the run's time.
+    """
     from mfdiffuser.eval.evaluate import DatasetBehaviourPolicy, evaluate_policy, references
 
     store = ResultStore(results_dir)
@@ -166,7 +173,7 @@ def _run_budget(
                 )
             timings["train_s"] = time.perf_counter() - t0
             # the run's own training time, also when an earlier attempt trained it
-            timings["train_run_s"] = logged_train_seconds(run_dir)
+            timings["train_run_s"] = max(logged_train_seconds(run_dir) - trained_s, 0.0)
             record["train"] = {"step": run.step, "run_dir": str(run_dir)}
             record["dataset"] = {
                 "path": str(dataset_path),
