@@ -11,9 +11,11 @@ from mfdiffuser.eval.stats import (
     common_runs,
     compare,
     improvement_probability,
+    iqm,
     performance_profiles,
     probability_of_improvement,
     row_winners,
+    score_distribution,
 )
 
 # ------------------------------------------------------------------------------ per-row intervals
@@ -141,6 +143,16 @@ def test_stratified_bootstrap_of_iqm_matches_a_direct_numpy_computation():
     state = np.random.get_state()[1].copy()
     aggregates({"m": x}, reps=10, seed=3)
     assert np.array_equal(np.random.get_state()[1], state)  # the global generator is left as it was
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (4, 7), (5, 12)])
+def test_fast_iqm_and_profile_equal_rliables(shape):
+    from rliable import library, metrics
+
+    x = np.random.default_rng(shape[1]).normal(50.0, 30.0, size=shape).round()  # rounded: ties
+    assert iqm(x) == pytest.approx(metrics.aggregate_iqm(x))
+    taus = np.linspace(-20.0, 120.0, 15)
+    assert score_distribution(x, taus) == pytest.approx(library.score_distributions(x, taus))
 
 
 def test_probability_of_improvement_on_hand_made_cases():

@@ -170,8 +170,9 @@ def _floored(lo: float, hi: float, floor: float | None) -> tuple[float, float]:
 
 
 def _counts(rng: np.random.Generator, n: int, reps: int) -> np.ndarray:
-    """``[reps, n]`` multiplicities of a resample with replacement of ``n`` items (rows sum to ``n``)."""
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=reps)
+    """``[reps, n]`` multiplicities of ``reps`` resamples with replacement of ``n`` items."""
+    idx = rng.integers(0, n, size=(reps, n))
+    return (idx[:, :, None] == np.arange(n)).sum(axis=1)
 
 
 def bootstrap_mean(
@@ -212,7 +213,7 @@ def bootstrap_mean(
     slot_means = np.empty((reps, n_s))
     for s, g in enumerate(gs):
         # every slot gets its own episode resample of seed s; keep those of the slots that drew s
-        ep_means = _counts(rng, g.size, reps * n_s).reshape(reps, n_s, g.size) @ g / g.size
+        ep_means = g[rng.integers(0, g.size, size=(reps, n_s, g.size))].mean(axis=2)
         np.copyto(slot_means, ep_means, where=pick == s)
     lo, hi = _floored(*_percentile(slot_means.mean(axis=1), confidence), floor)
     return Interval(mean, lo, hi, n_s, n_e)
@@ -267,7 +268,13 @@ class Comparison(NamedTuple):
 
 
 def compare(
-    a: Samples, b: Samples, *, reps: int = BOOT_REPS, confidence: float = CONFIDENCE, seed: int = 0
+    a: Samples,
+    b: Samples,
+    *,
+    reps: int = BOOT_REPS,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+    intervals: tuple[Interval, Interval] | None = None,
 ) -> Comparison:
     """Compare two methods at one row: paired on shared evaluation episodes where the records allow.
 
@@ -277,12 +284,13 @@ def compare(
     training seeds independently with replacement; the statistic is the difference of the two means
     over drawn seeds x drawn episodes. ``a`` and ``b`` differ if the percentile interval of the
     difference excludes 0. Unpaired (no episode seeds, or fewer than 2 shared): they differ if their
-    :func:`bootstrap_mean` intervals do not overlap.
+    intervals do not overlap: ``intervals`` if given (those a report shows), else :func:`bootstrap_mean`'s.
     """
     shared = _on_shared_episodes(a, b)
     if shared is None:
-        ia, ib = a.interval(reps=reps, confidence=confidence, seed=seed), b.interval(
-            reps=reps, confidence=confidence, seed=seed + 1
+        ia, ib = intervals or (
+            a.interval(reps=reps, confidence=confidence, seed=seed),
+            b.interval(reps=reps, confidence=confidence, seed=seed),
         )
         return Comparison(ia.mean - ib.mean, math.nan, math.nan, False, 0, not ia.overlaps(ib))
     ma, mb = shared
@@ -308,12 +316,18 @@ class RowVerdict(NamedTuple):
 
 
 def row_winners(
-    cells: Sequence[Samples | None], *, higher: bool, reps: int = BOOT_REPS, seed: int = 0
+    cells: Sequence[Samples | None],
+    *,
+    higher: bool,
+    reps: int = BOOT_REPS,
+    seed: int = 0,
+    intervals: Sequence[Interval | None] | None = None,
 ) -> RowVerdict:
     """Winners of a row of methods (``None``: a method without values here).
 
     The best is the highest mean (the lowest if not ``higher``); each other method is compared with it
-    by :func:`compare` and is a winner too unless the comparison resolves it as worse.
+    by :func:`compare` and is a winner too unless the comparison resolves it as worse. ``intervals``
+    (per method, aligned with ``cells``) are those the unpaired fallback compares, if given.
     """
     means = [None if c is None else float(np.mean([np.mean(v) for v in c.values])) for c in cells]
     valid = [(i, m) for i, m in enumerate(means) if m is not None]
@@ -325,7 +339,10 @@ def row_winners(
     for i, c in enumerate(cells):
         if c is None or i == best:
             continue
-        cmp = compare(c, cast(Samples, cells[best]), reps=reps, seed=seed + i)
+        pair = None
+        if intervals is not None and intervals[i] is not None and intervals[best] is not None:
+            pair = (cast(Interval, intervals[i]), cast(Interval, intervals[best]))
+        cmp = compare(c, cast(Samples, cells[best]), reps=reps, seed=seed, intervals=pair)
         winners[i], paired[i] = not cmp.resolved, cmp.paired
     return RowVerdict(best, winners, paired)
 
@@ -373,7 +390,7 @@ def aggregates(
     from rliable import metrics as rm
 
     def both(x: np.ndarray) -> np.ndarray:
-        return np.array([rm.aggregate_iqm(x), rm.aggregate_mean(x)])
+        return np.array([iqm(x), rm.aggregate_mean(x)])
 
     out = {}
     for name, x in scores.items():
@@ -382,12 +399,23 @@ def aggregates(
             point, ci = rly.get_interval_estimates(
                 {name: x}, both, reps=reps, confidence_interval_size=confidence
             )
-        (iqm, mean), ((iqm_lo, mean_lo), (iqm_hi, mean_hi)) = point[name], ci[name]
+        (p_iqm, p_mean), ((iqm_lo, mean_lo), (iqm_hi, mean_hi)) = point[name], ci[name]
         out[name] = Aggregate(
-            Interval(float(iqm), float(iqm_lo), float(iqm_hi), x.shape[0], x.size),
-            Interval(float(mean), float(mean_lo), float(mean_hi), x.shape[0], x.size),
+            Interval(float(p_iqm), float(iqm_lo), float(iqm_hi), x.shape[0], x.size),
+            Interval(float(p_mean), float(mean_lo), float(mean_hi), x.shape[0], x.size),
         )
     return out
+
+
+def iqm(x: np.ndarray) -> float:
+    """Interquartile mean of all entries: ``int(n / 4)`` cut at each end of the ``n`` sorted values.
+
+    rliable's ``aggregate_iqm`` (SciPy's ``trim_mean(x, 0.25)``), without SciPy's per-call overhead,
+    which dominated the bootstrap.
+    """
+    v = np.sort(np.asarray(x, dtype=np.float64).ravel())
+    k = int(0.25 * v.size)
+    return float(v[k : v.size - k].mean())
 
 
 def _score_matrix(x: np.ndarray) -> np.ndarray:
@@ -442,6 +470,15 @@ def probability_of_improvement(
     return Interval(float(point["xy"]), float(lo), float(hi), min(x.shape[0], y.shape[0]), x.shape[1])
 
 
+def score_distribution(scores: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """``[K]`` fraction of all entries of ``scores`` above each threshold of ``taus`` ``[K]``.
+
+    rliable's default profile (``score_distributions``), vectorized: rliable's evaluates one threshold
+    per Python call, some 100x slower inside a bootstrap.
+    """
+    return (np.asarray(scores)[..., None] > np.asarray(taus)).reshape(-1, len(taus)).mean(axis=0)
+
+
 class Profile(NamedTuple):
     """A performance profile: the fraction of runs x rows scoring above each threshold, with its band."""
 
@@ -477,7 +514,9 @@ def performance_profiles(
     mats = {k: _score_matrix(v) for k, v in scores.items()}
     taus = np.asarray(taus, dtype=np.float64)
     with _seeded_global_numpy(seed):
-        prof, cis = rly.create_performance_profile(mats, taus, reps=reps, confidence_interval_size=confidence)
+        prof, cis = rly.create_performance_profile(
+            mats, taus, custom_profile_func=score_distribution, reps=reps, confidence_interval_size=confidence
+        )
     return {
         k: Profile(taus, np.asarray(prof[k], dtype=np.float64), *np.asarray(cis[k], dtype=np.float64))
         for k in mats
