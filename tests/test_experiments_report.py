@@ -149,10 +149,11 @@ def test_build_report_writes_aggregates_first_then_tables_and_plots(store, tmp_p
 def test_probability_of_improvement_table(tmp_path):
     s = ResultStore(tmp_path / "res")
     for seed in range(3):
-        s.write(_rec("mf-diffuser", seed, 60.0 + seed, 1.0))
-        s.write(_rec("worse", seed, 20.0 + seed, 1.0))
-        s.write(_rec("same", seed, 60.0 + seed, 1.0))
+        s.write(_rec("mf-diffuser", seed, 60.0 + seed, 1.0, split="test"))
+        s.write(_rec("worse", seed, 20.0 + seed, 1.0, split="test"))
+        s.write(_rec("same", seed, 60.0 + seed, 1.0, split="test"))
     md = build_report(s.root, tmp_path / "rep").read_text()
+    assert "Split: test." in md and "different splits" not in md
     table = md.split("### Probability of improvement of mf-diffuser")[1]
     assert "| worse | 1 | 1.00 [1.00, 1.00] | 2 | 1.00 [1.00, 1.00] |" in table
     assert "| same | 1 | 0.50 [" in table

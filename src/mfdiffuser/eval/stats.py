@@ -171,8 +171,8 @@ def _floored(lo: float, hi: float, floor: float | None) -> tuple[float, float]:
 
 def _counts(rng: np.random.Generator, n: int, reps: int) -> np.ndarray:
     """``[reps, n]`` multiplicities of ``reps`` resamples with replacement of ``n`` items."""
-    idx = rng.integers(0, n, size=(reps, n))
-    return (idx[:, :, None] == np.arange(n)).sum(axis=1)
+    idx = rng.integers(0, n, size=(reps, n)) + n * np.arange(reps)[:, None]  # row r: bins r n .. r n + n - 1
+    return np.bincount(idx.ravel(), minlength=reps * n).reshape(reps, n)
 
 
 def bootstrap_mean(

@@ -824,12 +824,11 @@ def _drop_stale(
     return [r for r in records if r["id"] not in dropped], note
 
 
-def unreadable_message(where: Path, unreadable: Sequence[Unreadable], shown: int = 8) -> str:
-    """One line naming the unreadable record files of a store and why each is unreadable."""
-    named = [f"{u.path.name} ({u.reason})" for u in unreadable[:shown]]
-    more = f" and {len(unreadable) - shown} more" if len(unreadable) > shown else ""
+def unreadable_message(where: Path, unreadable: Sequence[Unreadable]) -> str:
+    """One line naming every unreadable record file of a store and why it is unreadable."""
+    named = ", ".join(f"{u.path.name} ({u.reason})" for u in unreadable)
     plural = "s" if len(unreadable) > 1 else ""
-    return f"{where}: {len(unreadable)} unreadable record{plural}: {', '.join(named)}{more}"
+    return f"{where}: {len(unreadable)} unreadable record{plural}: {named}"
 
 
 def _protocol_note(res: Results) -> str:
@@ -844,6 +843,8 @@ def _protocol_note(res: Results) -> str:
     parts = []
     if splits:
         parts.append(f"Split: {', '.join(splits)}" + (f" ({unsplit} records name none)." if unsplit else "."))
+        if len(splits) > 1 or unsplit:
+            parts.append("Records of different splits are mixed in these tables.")
     else:
         parts.append(
             "The records name no split (written before validation and test episodes were kept apart)."
@@ -915,7 +916,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path, *, skip_unreadabl
     skipped_note = (
         [
             "",
-            f"Left out: {unreadable_message(store.cells_dir, scan.unreadable, shown=len(scan.unreadable))}.",
+            f"Left out: {unreadable_message(store.cells_dir, scan.unreadable)}.",
         ]
         if scan.unreadable
         else []
