@@ -849,17 +849,18 @@ def _protocol_note(res: Results) -> str:
         parts.append(
             "The records name no split (written before validation and test episodes were kept apart)."
         )
-    seeds = [len(recs) for recs in res.by_key.values()]
-    if seeds and min(seeds) < 5:
-        parts.append(
-            f"Training seeds per (benchmark, quality, method): {min(seeds)} to {max(seeds)}; a bootstrap "
-            "over fewer than 5 seeds understates the spread between seeds, so read narrow intervals "
-            "with care."
-        )
     if not named:
         parts.append(
-            "They name no evaluation episodes either, so no comparison is paired: every row's winners are "
+            f"{'They' if not splits else 'The records'} name no evaluation episodes"
+            f"{' either' if not splits else ''}, so no comparison is paired: every row's winners are "
             "decided by overlapping intervals (column `winners by`)."
+        )
+    seeds = [len(recs) for recs in res.by_key.values()]
+    if seeds and min(seeds) < 5:
+        span = f"{min(seeds)}" if min(seeds) == max(seeds) else f"{min(seeds)} to {max(seeds)}"
+        parts.append(
+            f"Training seeds per (benchmark, quality, method): {span}; a bootstrap over fewer than 5 "
+            "seeds understates the spread between seeds, so read narrow intervals with care."
         )
     return " ".join(parts)
 
