@@ -90,6 +90,27 @@ def test_paired_comparison_on_shared_episodes_decides_the_winners(tmp_path):
     assert _row(markdown_table(res, "score"), "1,000").endswith("| intervals |")
 
 
+def test_episode_values_take_the_metrics_own_episode_seeds():
+    from mfdiffuser.experiments.report import episode_values
+
+    at_n = {
+        "episode_seeds": [7, 8, 9],
+        "score": {"mean": 2.0, "values": [1.0, 2.0, 3.0]},
+        "kill_ratio": {"mean": 0.5, "values": [0.4, float("nan")], "episode_seeds": [7, 9]},
+        "return": {"mean": 1.0},  # no per-episode values: the mean, no episodes
+        "peak_mem_mb": 3.0,
+    }
+    vals, eps = episode_values(at_n, "score")
+    assert vals.tolist() == [1.0, 2.0, 3.0] and eps.tolist() == [7, 8, 9]
+    vals, eps = episode_values(at_n, "kill_ratio")  # its own seeds; the NaN episode left out
+    assert vals.tolist() == [0.4] and eps.tolist() == [7]
+    assert episode_values(at_n, "return")[0].tolist() == [1.0] and episode_values(at_n, "return")[1] is None
+    assert episode_values(at_n, "peak_mem_mb")[0].tolist() == [3.0]
+    assert episode_values(at_n, "win_rate") is None
+    bad = {"score": {"values": [1.0, 2.0]}, "episode_seeds": [1, 2, 3]}  # misaligned: not paired
+    assert episode_values(bad, "score")[1] is None
+
+
 def test_behaviour_columns_are_references_never_bold(store):
     for seed in range(3):  # the data's behaviour scores above every trained method
         rec = _rec("behaviour", seed, 90.0, 9.0)

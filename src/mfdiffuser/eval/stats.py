@@ -124,8 +124,9 @@ CONFIDENCE = 0.95
 class Interval(NamedTuple):
     """A point estimate with a two-sided percentile bootstrap interval ``[lo, hi]``.
 
-    ``seeds`` and ``episodes`` say what was resampled: training seeds, and evaluation episodes in all
-    (an interval from a single value is NaN).
+    ``mean`` is the point estimate (a mean, an IQM or a probability of improvement). ``seeds`` and
+    ``episodes`` say what was resampled: training seeds, and values in all (evaluation episodes, or
+    seeds x rows for aggregates); an interval from a single value is NaN.
     """
 
     mean: float

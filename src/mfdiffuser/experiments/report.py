@@ -88,15 +88,16 @@ def episode_values(at_n: Mapping[str, Any], metric: str) -> tuple[np.ndarray, np
     """One record's values of ``metric`` at one N: ``([E] values, [E] episode seeds or None)``.
 
     Per-episode ``values`` where the record has them, else its single mean (or plain number); episode
-    seeds where the record names them, aligned with the values. Non-finite values are left out; None
-    if nothing is left.
+    seeds where the record names them, aligned with the values: the metric's own ``episode_seeds`` (a
+    metric that some episodes do not report lists only its own), else those of the N. Non-finite
+    values are left out; None if nothing is left.
     """
     entry = at_n.get(metric)
     seeds: Any = None
     if isinstance(entry, dict):
         vals = entry.get("values")
         if isinstance(vals, list) and vals:
-            seeds = at_n.get("episode_seeds")
+            seeds = entry.get("episode_seeds", at_n.get("episode_seeds"))
         else:
             vals = [entry.get("mean")]
     else:
