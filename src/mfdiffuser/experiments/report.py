@@ -829,7 +829,7 @@ def unreadable_message(where: Path, unreadable: Sequence[Unreadable]) -> str:
     """One line naming every unreadable record file of a store and why it is unreadable."""
     named = ", ".join(f"{u.path.name} ({u.reason})" for u in unreadable)
     plural = "s" if len(unreadable) > 1 else ""
-    return f"{where}: {len(unreadable)} unreadable record{plural}: {named}"
+    return f"{len(unreadable)} unreadable record{plural} in {where}: {named}"
 
 
 def _protocol_note(res: Results) -> str:
