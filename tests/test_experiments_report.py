@@ -178,6 +178,7 @@ def test_probability_of_improvement_table(tmp_path):
     table = md.split("### Probability of improvement of mf-diffuser")[1]
     assert "| worse | 1 | 1.00 [1.00, 1.00] | 2 | 1.00 [1.00, 1.00] |" in table
     assert "| same | 1 | 0.50 [" in table
+    assert "by IQM (of those aggregated): same (51.0 [50.0, 52.0]); P(mf-diffuser > same) = 0.50 [" in table
 
 
 def test_mfd_report_cli(store, tmp_path, capsys):

@@ -27,6 +27,7 @@ import yaml
 
 from mfdiffuser.errors import MfdError
 from mfdiffuser.eval.stats import (
+    Aggregate,
     Interval,
     RowVerdict,
     Samples,
@@ -150,6 +151,8 @@ class Results:
         self.trained = [m for m in self.methods if m not in self.references]
         self._aggs: dict[tuple[str, str, int, str, str], Agg | None] = {}
         self._verdicts: dict[tuple[str, str, int, str], RowVerdict] = {}
+        self.cache: dict[tuple[str, ...], object] = {}
+        """Aggregates across rows, computed once per report (see :func:`set_aggregates`)."""
 
     @property
     def diffuser(self) -> str | None:
@@ -470,14 +473,34 @@ def _label(res: Results, method: str) -> str:
     return f"{method} (reference)" if method in res.references else method
 
 
+def set_aggregates(res: Results, rowset: RowSet) -> tuple[ScoreMatrices, dict[str, Aggregate]]:
+    """The score matrices of ``rowset`` and their IQM and mean per method (computed once per report)."""
+    key = ("aggregates", rowset.title)
+    if key not in res.cache:
+        mats = score_matrices(res, rowset.rows, res.methods)
+        res.cache[key] = (mats, aggregates(mats.scores) if mats.scores else {})
+    return cast("tuple[ScoreMatrices, dict[str, Aggregate]]", res.cache[key])
+
+
+def improvement(res: Results, rowset: RowSet, method: str) -> tuple[int, Interval | None]:
+    """P(MF-Diffuser > ``method``) over the rows of ``rowset`` both have entries on, and how many rows."""
+    key = ("improvement", rowset.title, method)
+    if key not in res.cache:
+        ours = cast(str, res.diffuser)
+        rows = [r for r in rowset.rows if res.seed_scores(r, method) and res.seed_scores(r, ours)]
+        mats = score_matrices(res, rows, [ours, method]).scores
+        poi = probability_of_improvement(mats[ours], mats[method]) if rows and len(mats) == 2 else None
+        res.cache[key] = (len(rows), poi)
+    return cast("tuple[int, Interval | None]", res.cache[key])
+
+
 def aggregate_table(res: Results, rowset: RowSet) -> str:
     """IQM and mean of normalized score over ``rowset`` per method, with stratified bootstrap intervals."""
     if not rowset.rows:
         return ""
-    mats = score_matrices(res, rowset.rows, res.methods)
-    if not mats.scores:
+    mats, aggs = set_aggregates(res, rowset)
+    if not aggs:
         return ""
-    aggs = aggregates(mats.scores)
     lines = ["| method | seeds x rows | IQM [95% CI] | mean [95% CI] |", "|---|---:|---:|---:|"]
     for m, agg in aggs.items():
         r, t = mats.scores[m].shape
@@ -501,14 +524,30 @@ def improvement_table(res: Results, sets: Sequence[RowSet]) -> str:
             continue
         entries = []
         for rs in sets:
-            rows = [r for r in rs.rows if res.seed_scores(r, m) and res.seed_scores(r, ours)]
-            mats = score_matrices(res, rows, [ours, m]).scores
-            if not rows or len(mats) < 2:
-                entries += [str(len(rows)), "–"]
-                continue
-            entries += [str(len(rows)), _fmt(probability_of_improvement(mats[ours], mats[m]), 2, False)]
+            n_rows, poi = improvement(res, rs, m)
+            entries += [str(n_rows), "–" if poi is None else _fmt(poi, 2, False)]
         lines.append(f"| {_label(res, m)} | " + " | ".join(entries) + " |")
     return "\n".join(lines)
+
+
+def best_baseline_line(res: Results, rowset: RowSet) -> str:
+    """The trained baseline with the highest IQM on ``rowset`` and MF-Diffuser's improvement over it."""
+    ours = res.diffuser
+    if ours is None or not rowset.rows:
+        return ""
+    _, aggs = set_aggregates(res, rowset)
+    baselines = {m: a for m, a in aggs.items() if m in res.trained and m != ours}
+    if not baselines:
+        return ""
+    best = max(baselines, key=lambda m: baselines[m].iqm.mean)
+    n_rows, poi = improvement(res, rowset, best)
+    if poi is None:
+        return ""
+    return (
+        f"Best baseline on {rowset.title} by IQM (of those aggregated): {best} "
+        f"({_fmt(baselines[best].iqm, 1, False)}); P({ours} > {best}) = {_fmt(poi, 2, False)} "
+        f"over {n_rows} rows."
+    )
 
 
 def not_evaluated_table(res: Results) -> str:
@@ -964,6 +1003,9 @@ def build_report(results_dir: str | Path, out_dir: str | Path, *, skip_unreadabl
             "",
             poi,
         ]
+        best_line = best_baseline_line(res, sets[0])
+        if best_line:
+            md += ["", best_line]
     if profile is not None:
         md += [
             "",
