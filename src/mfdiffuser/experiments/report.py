@@ -1018,6 +1018,15 @@ def build_report(results_dir: str | Path, out_dir: str | Path, *, skip_unreadabl
         ]
     md += [
         "",
+        "## Cells",
+        "",
+        status_table(res),
+    ]
+    not_evaluated = not_evaluated_table(res)
+    if not_evaluated:
+        md += ["", "Not evaluated (`all`: the whole cell; `cells`: how many records):", "", not_evaluated]
+    md += [
+        "",
         "## Per row",
         "",
         "Entries: mean over training seeds [95% interval]. The interval redraws the training seeds with "
@@ -1028,14 +1037,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path, *, skip_unreadabl
         "methods, training seeds drawn apart; separated if the interval of the difference excludes 0), "
         "or `intervals`, where the records share no episodes (separated if the two intervals do not "
         "overlap). `*`: some seeds failed or were skipped; an entry without an interval has one value.",
-        "",
-        "## Cells",
-        "",
-        status_table(res),
     ]
-    not_evaluated = not_evaluated_table(res)
-    if not_evaluated:
-        md += ["", "Not evaluated (`all`: the whole cell; `cells`: how many records):", "", not_evaluated]
     summary = summary_table(res, "score")
     if summary:
         md += [
