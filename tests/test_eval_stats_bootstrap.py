@@ -116,6 +116,11 @@ def test_row_winners_bold_the_best_and_what_the_data_do_not_separate():
     low = row_winners([worse, None, good, tied], higher=False)  # lower is better: the worse one wins
     assert low.best == 0 and low.winners == [True, False, False, False]
     assert row_winners([None, None], higher=True) == (None, [False, False], [None, None])
+    # the best mean over all its episodes, but behind on the two episodes it shares with the other:
+    # the other is resolved ahead there, so it is a winner too
+    best = Samples([np.array([0.0, 0.0, 100.0])], [np.array([1, 2, 3])])
+    other = Samples([np.array([1.0, 1.0])], [np.array([1, 2])])
+    assert row_winners([best, other], higher=True).winners == [True, True]
 
 
 # ------------------------------------------------------------------------- aggregates across rows

@@ -344,7 +344,10 @@ def row_winners(
         if intervals is not None and intervals[i] is not None and intervals[best] is not None:
             pair = (cast(Interval, intervals[i]), cast(Interval, intervals[best]))
         cmp = compare(c, cast(Samples, cells[best]), reps=reps, seed=seed, intervals=pair)
-        winners[i], paired[i] = not cmp.resolved, cmp.paired
+        # worse only if resolved below the best (above, where lower is better); on the shared episodes
+        # alone a method can come out ahead of the best mean over all episodes: then it wins too
+        worse = cmp.resolved and (cmp.diff < 0.0 if higher else cmp.diff > 0.0)
+        winners[i], paired[i] = not worse, cmp.paired
     return RowVerdict(best, winners, paired)
 
 
