@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from grid_specs import with_changes
+from grid_specs import TINY_GRID, with_changes
 from mfdiffuser.cli import main
 
 GS = [
@@ -54,14 +54,7 @@ TRAIN = [
 
 EVAL = ["--episodes", "1", "--seeds", "1", "--ref-episodes", "1", "--no-progress"]
 
-GRID = {
-    "seeds": [0],
-    "data": {"episodes": 2, "ref_episodes": 1},
-    "eval": {"episodes": 1},
-    "trainer": {"steps": 2},
-    "benchmarks": {"gs": {"env": "gaussian-squeeze", "train": 100, "eval": [100], "qualities": ["medium"]}},
-    "methods": {"bc": {"algo": "bc"}},
-}
+GRID = TINY_GRID
 
 
 def _grid(**changes: object) -> dict:

@@ -1,10 +1,12 @@
-"""Small shared helpers: seeding, device selection, atomic file writes."""
+"""Small shared helpers: seeding, device selection, atomic file writes, child processes."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+import signal
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -85,3 +87,29 @@ def save_figure(fig: object, path: str | os.PathLike[str], **savefig_kwargs: obj
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", **savefig_kwargs)  # type: ignore[attr-defined]
     return Path(path)
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> bool:
+    """Make this (child) process get SIGKILL when its parent dies, even by ``kill -9``.
+
+    Uses Linux's parent-death signal (``prctl(PR_SET_PDEATHSIG)``), then checks that the parent is
+    still ``parent_pid``: a parent that died before the call would otherwise leave this process
+    orphaned for good. Used as the initializer of worker processes, so that a killed command leaves
+    no worker behind. Elsewhere than Linux nothing is set and False is returned.
+
+    Args:
+        parent_pid: ``os.getpid()`` of the parent, taken before it started this process.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True

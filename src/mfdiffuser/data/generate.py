@@ -31,7 +31,7 @@ from mfdiffuser.data.dataset import (
     write_dataset,
 )
 from mfdiffuser.errors import MfdError
-from mfdiffuser.utils import utc_timestamp
+from mfdiffuser.utils import die_with_parent, utc_timestamp
 
 DEFAULT_MAX_STORED_AGENTS = 2048
 """Without ``store_agents``, all N agents are stored up to this N, and this many otherwise."""
@@ -410,11 +410,10 @@ def _execute(
 ) -> None:
     workdir = Path(job.workdir)
     if cfg.use_ray:
-        from mfdiffuser.errors import require
+        from mfdiffuser.experiments.runner import init_ray
 
-        ray = require("ray", "ray")
-        if not ray.is_initialized():
-            ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False)
+        init_ray(cfg.ray_address)  # names the missing extra when Ray is not installed
+        import ray
         remote = ray.remote(_ray_compute)
         in_flight: list[Any] = []
         pending = list(tasks)
@@ -436,7 +435,12 @@ def _execute(
 
     # spawn, not fork: the parent may hold threads (progress bar) and torch state.
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(cfg.workers, len(tasks)), mp_context=ctx) as pool:
+    # Workers get SIGKILL when this process dies, even by kill -9; the resource tracker then exits too
+    # (it ends when the last process holding its pipe is gone).
+    with ProcessPoolExecutor(
+        max_workers=min(cfg.workers, len(tasks)), mp_context=ctx,
+        initializer=die_with_parent, initargs=(os.getpid(),),
+    ) as pool:
         futures = [pool.submit(_run_and_save, job, t) for t in tasks]
         try:
             for fut in as_completed(futures):
