@@ -2,8 +2,8 @@
 
 Each subcommand is a module of :mod:`mfdiffuser.commands` with ``add_parser(subparsers)`` and
 ``run(args) -> int``. User errors (:class:`~mfdiffuser.errors.MfdError`, ``ValueError`` and
-``OSError``: a missing file, a directory where a file is expected, no permission) print one line and
-exit 2; ``MFD_DEBUG=1`` (or ``true``, ``yes``) shows the traceback instead.
+``OSError``: a missing file, a directory where a file is expected, no permission) and running out of
+memory print one line and exit 2; ``MFD_DEBUG=1`` (or ``true``, ``yes``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -103,6 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug_enabled():
             raise
         sys.stderr.write(f"mfd {command_name(args)}: error: {error_message(exc)}\n")
+        return 2
+    except MemoryError as exc:  # past the cost estimates (pass --force, or an estimate too low)
+        if debug_enabled():
+            raise
+        why = error_message(exc) if str(exc).strip() else "an allocation failed"
+        sys.stderr.write(f"mfd {command_name(args)}: error: out of memory: {why}\n")
         return 2
 
 

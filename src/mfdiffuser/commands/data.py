@@ -49,6 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ray", action="store_true", help="run episodes as Ray tasks (needs mfdiffuser[ray])")
     g.add_argument("--ray-address", help="Ray cluster address (default: local Ray)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--force", action="store_true",
+                   help="start even when the estimated memory exceeds what the machine has available")
     g.set_defaults(func=run_generate)
 
     i = dsub.add_parser("info", help="validate a dataset and print its metadata, sizes and returns")
@@ -111,6 +113,7 @@ def run_generate(args: argparse.Namespace) -> int:
         seed=args.seed, store_agents=args.store_agents, ref_episodes=args.ref_episodes,
         workers=args.workers, use_ray=args.ray, ray_address=args.ray_address,
         overwrite=args.overwrite, progress=not args.quiet, compression=args.compression,
+        force=args.force,
     )
     res = generate_dataset(cfg)
     size = os.path.getsize(res.path)

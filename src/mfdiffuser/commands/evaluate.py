@@ -50,6 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device of the learned policy")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--force", action="store_true", help="start even when the estimated memory exceeds what is available"
+    )
     p.set_defaults(func=run)
 
 
@@ -106,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
     def refs(n: int) -> dict[str, float]:
         return references(env_name, env_args, n, stored=stored, episodes=args.ref_episodes)
 
+    from mfdiffuser.cost import check_evaluation
+
+    check_evaluation(make_env, policy_for, n_list, episodes=args.episodes, seeds=args.seeds, force=args.force)
     result = evaluate_policy(
         make_env, policy_for, n_list, seeds, args.episodes, refs, by="seed", progress=not args.no_progress
     )

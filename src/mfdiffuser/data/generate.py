@@ -16,12 +16,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mfdiffuser.cost import CostEstimate
 from mfdiffuser.data.dataset import (
     DATASET_QUALITIES,
     SCHEMA_VERSION,
@@ -73,6 +75,8 @@ class GenerateConfig:
     """gzip level of the HDF5 chunks."""
     progress: bool = True
     """Show a progress bar."""
+    force: bool = False
+    """Start even when the estimated memory exceeds what the machine has available."""
 
 
 @dataclass(frozen=True)
@@ -330,6 +334,58 @@ def _validate(cfg: GenerateConfig) -> None:
         raise ValueError(f"compression level must lie in [0, 9], got {cfg.compression_level}")
 
 
+def estimate_cost(cfg: GenerateConfig) -> CostEstimate | None:
+    """Estimate the memory and time of ``cfg`` and refuse it when the machine lacks the memory.
+
+    Populations up to the larger probe size are not checked (None). Above it, the env and the
+    behaviour policies it runs are probed at small N (see :func:`mfdiffuser.cost.probe_agent_cost`)
+    and the stored episodes are counted from K, T and the env's sizes.
+
+    Raises:
+        MfdError: the estimate exceeds the memory available and ``cfg.force`` is false.
+    """
+    from mfdiffuser.cost import (
+        PROBE_SIZES,
+        check_memory,
+        episode_record_bytes,
+        generation_cost,
+        probe_agent_cost,
+    )
+    from mfdiffuser.envs import make, resolve
+
+    env_name, args = resolve(cfg.env, **cfg.env_args)
+    n = int(args.get("n_agents") or 0)
+    if n <= PROBE_SIZES[1]:
+        return None
+
+    def make_at(size: int) -> Any:
+        return make(env_name, **{**args, "n_agents": size})
+
+    try:
+        probe = make_at(PROBE_SIZES[0])
+    except (ValueError, MfdError):
+        return None  # the env cannot run at the probe size; building it at N reports its own error
+    qualities = sorted({episode_quality(cfg.quality, i) for i in range(min(cfg.episodes, 2))}
+                       | set(REFERENCE_QUALITIES))
+    try:
+        dims = (probe.horizon, probe.state_size, probe.n_actions, probe.summary_size)
+    finally:
+        probe.close()
+    horizon, state_size, n_actions, summary_size = dims
+    agent = probe_agent_cost(
+        make_at, lambda env: [env.behaviour_policy(q) for q in qualities], state_size, n_actions
+    )
+    k = default_stored_agents(n) if cfg.store_agents is None else min(int(cfg.store_agents), n)
+    episode_bytes = episode_record_bytes(k, horizon, state_size, n_actions, summary_size)
+    estimate = generation_cost(
+        agent, n_agents=n, horizon=horizon, episode_bytes=episode_bytes,
+        shard_episodes=shard_size(cfg.episodes, k, state_size, horizon), episodes=cfg.episodes,
+        ref_episodes=cfg.ref_episodes, processes=max(1, cfg.workers),
+    )
+    check_memory(estimate, force=cfg.force)
+    return estimate
+
+
 def check_output_path(out: Path, *, overwrite: bool) -> None:
     """Refuse an output path that can never receive the dataset, before any episode is rolled out.
 
@@ -446,6 +502,13 @@ def _execute(
             for fut in as_completed(futures):
                 task, steps = fut.result()
                 on_done(task, steps)
+        except BrokenProcessPool as exc:
+            for fut in futures:
+                fut.cancel()
+            raise MfdError(
+                "a worker process died (killed by a signal, e.g. by the system when memory ran out); "
+                "finished episodes are kept: rerun the same command to resume"
+            ) from exc
         except BaseException:
             for fut in futures:
                 fut.cancel()
@@ -467,6 +530,7 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
     _validate(cfg)
     out = Path(cfg.out)
     check_output_path(out, overwrite=cfg.overwrite)
+    estimate_cost(cfg)  # before the env is built at N: a lattice env allocates its N spins at once
     env_name, env_args, env = _resolve(cfg)
     n = env.n_agents
     k = default_stored_agents(n) if cfg.store_agents is None else int(cfg.store_agents)
