@@ -9,6 +9,8 @@ from typing import Any, cast
 
 import yaml
 
+THREADS_HELP = "torch threads (default: OMP_NUM_THREADS or MKL_NUM_THREADS, else the idle share of the cores)"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -35,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--device", default="auto", help="torch device (auto, cpu, cuda)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.set_defaults(func=run)
 
 
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from mfdiffuser.algos.base import algo_module
     from mfdiffuser.algos.run import field_docs, train
     from mfdiffuser.algos.trainer import TrainerConfig
-    from mfdiffuser.utils import seed_everything
+    from mfdiffuser.utils import seed_everything, set_threads
 
     module = algo_module(args.algo)
     if args.list_options:
@@ -77,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             trainer_args[name] = getattr(args, name)
     seed_everything(args.seed)
     options = parse_options(args.options)
+    print(set_threads(args.threads).describe())
     result = train(args.algo, args.dataset, args.out, options, TrainerConfig(**trainer_args))
     if args.steps is not None and result.step > args.steps:
         print(f"note: {result.run_dir} was already trained for {result.step} > --steps {args.steps} steps")

@@ -337,34 +337,37 @@ def _validate(cfg: GenerateConfig) -> None:
 def estimate_cost(cfg: GenerateConfig) -> CostEstimate | None:
     """Estimate the memory and time of ``cfg`` and refuse it when the machine lacks the memory.
 
-    Populations up to the larger probe size are not checked (None). Above it, the env and the
-    behaviour policies it runs are probed at small N (see :func:`mfdiffuser.cost.probe_agent_cost`)
-    and the stored episodes are counted from K, T and the env's sizes.
+    The stored episodes are counted from K, T and the env's sizes. Above the larger probe size the
+    env and the behaviour policies it runs are probed at small N (see
+    :func:`mfdiffuser.cost.probe_agent_cost`); below it they count as the arrays an env step returns,
+    and the time is not estimated. None when the env cannot be built (its own error comes later).
 
     Raises:
         MfdError: the estimate exceeds the memory available and ``cfg.force`` is false.
     """
     from mfdiffuser.cost import (
         PROBE_SIZES,
+        AgentCost,
         check_memory,
         episode_record_bytes,
         generation_cost,
         probe_agent_cost,
+        step_array_bytes,
     )
     from mfdiffuser.envs import make, resolve
 
     env_name, args = resolve(cfg.env, **cfg.env_args)
     n = int(args.get("n_agents") or 0)
-    if n <= PROBE_SIZES[1]:
-        return None
+    big = n > PROBE_SIZES[1]
 
     def make_at(size: int) -> Any:
         return make(env_name, **{**args, "n_agents": size})
 
-    try:
-        probe = make_at(PROBE_SIZES[0])
+    try:  # a small population is built as it is (cheap); a large one at the probe size first
+        probe = make_at(PROBE_SIZES[0]) if big else make(env_name, **args)
     except (ValueError, MfdError):
         return None  # the env cannot run at the probe size; building it at N reports its own error
+    n = probe.n_agents if not big else n
     qualities = sorted({episode_quality(cfg.quality, i) for i in range(min(cfg.episodes, 2))}
                        | set(REFERENCE_QUALITIES))
     try:
@@ -372,9 +375,12 @@ def estimate_cost(cfg: GenerateConfig) -> CostEstimate | None:
     finally:
         probe.close()
     horizon, state_size, n_actions, summary_size = dims
-    agent = probe_agent_cost(
-        make_at, lambda env: [env.behaviour_policy(q) for q in qualities], state_size, n_actions
-    )
+    if big:
+        agent = probe_agent_cost(
+            make_at, lambda env: [env.behaviour_policy(q) for q in qualities], state_size, n_actions
+        )
+    else:
+        agent = AgentCost(0.0, float(step_array_bytes(state_size, n_actions)), 0.0, 0.0, measured=False)
     k = default_stored_agents(n) if cfg.store_agents is None else min(int(cfg.store_agents), n)
     episode_bytes = episode_record_bytes(k, horizon, state_size, n_actions, summary_size)
     estimate = generation_cost(
@@ -549,6 +555,7 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
         "schema_version": SCHEMA_VERSION,
         "library_version": __version__,
     }
+    fresh = not workdir.exists()
     _prepare_workdir(workdir, manifest, cfg.overwrite)
     _cleanup_tmp(out, workdir)
     job = _Job(env_name, env_args, k, str(workdir))
@@ -592,7 +599,12 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
             rate = steps_done / max(time.perf_counter() - start, 1e-9)
             bar.update(bar_id, advance=task.n_episodes, rate=f"{rate:,.0f} agent-steps/s")
 
-        _execute(job, todo, cfg, on_done)
+        try:
+            _execute(job, todo, cfg, on_done)
+        except BaseException:
+            if fresh and not any(workdir.glob("[er]*-*")):  # nothing finished: nothing to resume
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
 
     refs: dict[str, float] = {}
     for q in REFERENCE_QUALITIES:
