@@ -11,27 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from mfdiffuser.watchdog import descendants, is_running
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """``(state, ppid)`` of a process, or None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[1])
-
-
 def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            st = _stat(int(entry.name))
-            if st is not None and st[1] == pid and st[0] != "Z":
-                out.append(int(entry.name))
-    return out
+    return [k for k in descendants(pid) if is_running(k)]
 
 
 def _cmdline(pid: int) -> str:
@@ -39,11 +25,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    st = _stat(pid)
-    return st is not None and st[0] != "Z"  # a zombie has exited; only its parent's wait is missing
 
 
 def test_kill_9_of_generate_leaves_no_child(tmp_path):
@@ -72,9 +53,9 @@ def test_kill_9_of_generate_leaves_no_child(tmp_path):
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         deadline = time.time() + 10
-        while time.time() < deadline and any(_alive(k) for k in kids):
+        while time.time() < deadline and any(is_running(k) for k in kids):
             time.sleep(0.05)
-        left = {k: _cmdline(k) for k in kids if _alive(k)}
+        left = {k: _cmdline(k) for k in kids if is_running(k)}
         assert not left, f"processes left after kill -9 of their parent: {left}"
     finally:
         if proc.poll() is None:

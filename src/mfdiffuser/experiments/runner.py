@@ -206,6 +206,28 @@ def _join_ray(ray: Any, address: str, kwargs: dict[str, Any], timeout: float) ->
     raise exc
 
 
+_watchdogs: list[Any] = []
+
+
+def _start_watchdog() -> None:
+    """Start :mod:`mfdiffuser.watchdog` on this process: it kills our descendants once we are gone.
+
+    Ray's GCS server and raylet die with the driver (parent-death signal), but its workers and agents
+    only notice that the raylet is gone after tens of seconds.
+    """
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mfdiffuser.watchdog", str(os.getpid())],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    _watchdogs.append(proc)  # its pipe must stay open as long as this process lives
+
+
 def init_ray(
     address: str | None, num_cpus: int | None = None, *, timeout: float = RAY_CONNECT_TIMEOUT_S
 ) -> bool:
@@ -216,8 +238,9 @@ def init_ray(
     when nothing answers at once, or the cluster does not answer within ``timeout`` seconds.
 
     A local Ray shares the fate of this process: Ray starts its GCS server and raylet with Linux's
-    parent-death signal, and its workers and agents exit once the raylet is gone (the agents check
-    every 0.4 s but take up to about a minute to give up), so a ``kill -9`` leaves nothing running.
+    parent-death signal, and its workers and agents exit once the raylet is gone, which they take
+    tens of seconds to notice; a watchdog (:func:`_start_watchdog`) ends them within about a second
+    of a ``kill -9``.
     """
     from mfdiffuser.errors import require
 
@@ -231,6 +254,7 @@ def init_ray(
         _join_ray(ray, target, kwargs, timeout)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        _start_watchdog()
     return True
 
 
