@@ -1,9 +1,19 @@
-"""Shared helper of the grid tests: a copy of a grid spec with some nested entries replaced."""
+"""Shared helpers of the grid tests: a tiny valid grid, and a copy of a spec with nested entries replaced."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
+
+TINY_GRID: dict[str, Any] = {
+    "seeds": [0],
+    "data": {"episodes": 2, "ref_episodes": 1},
+    "eval": {"episodes": 1},
+    "trainer": {"steps": 2},
+    "benchmarks": {"gs": {"env": "gaussian-squeeze", "train": 100, "eval": [100], "qualities": ["medium"]}},
+    "methods": {"bc": {"algo": "bc"}},
+}
+"""A valid grid of one cell (bc on gaussian-squeeze N=100, 2 training steps)."""
 
 
 def with_changes(spec: dict[str, Any], **changes: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from grid_specs import with_changes
+from grid_specs import TINY_GRID, with_changes
 from mfdiffuser.cli import main
 
 GS = [
@@ -54,14 +54,7 @@ TRAIN = [
 
 EVAL = ["--episodes", "1", "--seeds", "1", "--ref-episodes", "1", "--no-progress"]
 
-GRID = {
-    "seeds": [0],
-    "data": {"episodes": 2, "ref_episodes": 1},
-    "eval": {"episodes": 1},
-    "trainer": {"steps": 2},
-    "benchmarks": {"gs": {"env": "gaussian-squeeze", "train": 100, "eval": [100], "qualities": ["medium"]}},
-    "methods": {"bc": {"algo": "bc"}},
-}
+GRID = TINY_GRID
 
 
 def _grid(**changes: object) -> dict:
@@ -576,6 +569,229 @@ CASES = [
     pytest.param(["bench", "--dir", "{root}/missing"], "not found", id="bench-missing-dir"),
     pytest.param(["bench", "--dir", "{text}"], "not found", id="bench-dir-is-a-file"),
     pytest.param(["bench", "--bogus"], "unrecognized", id="bench-unknown-option"),
+    # ---- more of each command: bad types, negatives, huge numbers, wrong kinds of files ----
+    pytest.param(["envs", "--settings-only=yes"], "ignored explicit argument", id="envs-flag-with-value"),
+    pytest.param(["--bogus"], "unrecognized|required", id="top-level-unknown-option"),
+    pytest.param(
+        ["data", "generate", *GS, "--n-agents", "1000000000000", "--out", "o.h5"],
+        "needs about .* TiB of memory.*--force",
+        id="generate-huge-n",
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--n-agents", "abc", "--out", "o.h5"],
+        "invalid int",
+        id="generate-n-not-int",
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--n-agents", "1.5", "--out", "o.h5"], "invalid int", id="generate-n-float"
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--workers", "-1", "--out", "o.h5"],
+        "--workers",
+        id="generate-negative-workers",
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--workers", "x", "--out", "o.h5"],
+        "invalid int",
+        id="generate-workers-not-int",
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--threads", "0", "--out", "o.h5"], "--threads", id="generate-zero-threads"
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--threads", "x", "--out", "o.h5"],
+        "invalid int",
+        id="generate-threads-not-int",
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--store-agents", "-1", "--out", "o.h5"],
+        "--store-agents",
+        id="generate-negative-k",
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--ref-episodes", "-1", "--out", "o.h5"],
+        "--ref-episodes",
+        id="generate-negative-ref-episodes",
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--seed", "abc", "--out", "o.h5"], "invalid int", id="generate-seed-not-int"
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--compression", "zstd", "--out", "o.h5"],
+        "invalid choice",
+        id="generate-bad-compression",
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--episodes", "1e3", "--out", "o.h5"],
+        "invalid int",
+        id="generate-episodes-1e3",
+    ),
+    pytest.param(["data", "generate", *GS, "--out", ""], "directory", id="generate-empty-out"),
+    pytest.param(["data", "generate", *GS], "--out", id="generate-no-out"),
+    pytest.param(
+        ["data", "generate", *GS, "--env-arg", "horizon=-1", "--out", "o.h5"],
+        "horizon",
+        id="generate-negative-horizon",
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--env-arg", "horizon=1000000000000", "--out", "o.h5"],
+        "needs about .* [TP]iB of memory",
+        id="generate-huge-horizon",
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--env-arg", "n_actions=1000000000000", "--out", "o.h5"],
+        "out of memory|needs about .* of memory",
+        id="generate-huge-n-actions",
+    ),
+    pytest.param(
+        [
+            "data",
+            "generate",
+            *GS[4:],
+            "--setting",
+            "ising-10x10",
+            "--n-agents",
+            "1000000000000",
+            "--out",
+            "o.h5",
+        ],
+        "needs about .* TiB",
+        id="generate-setting-huge-n",
+    ),
+    pytest.param(["data", "info"], "path", id="info-no-path"),
+    pytest.param(["data", "info", "{gs}", "{gs}"], "unrecognized", id="info-two-paths"),
+    pytest.param(["data", "info", "{grid_ok}"], "HDF5", id="info-yaml-file"),
+    pytest.param(["data", "info", "{run}/checkpoint.pt"], "HDF5", id="info-checkpoint-file"),
+    pytest.param(["data", "info", ""], "", id="info-empty-path"),
+    pytest.param([*TRAIN, "--out", "r", "--batch-size", "-1"], "batch_size", id="train-negative-batch"),
+    pytest.param([*TRAIN, "--out", "r", "--batch-size", "x"], "invalid int", id="train-batch-not-int"),
+    pytest.param([*TRAIN, "--out", "r", "--lr", "abc"], "invalid float", id="train-lr-not-a-number"),
+    pytest.param([*TRAIN, "--out", "r", "--lr", "inf"], "lr", id="train-infinite-lr"),
+    pytest.param([*TRAIN, "--out", "r", "--lr", "0"], "lr", id="train-zero-lr"),
+    pytest.param(
+        [*TRAIN, "--out", "r", "--checkpoint-every", "0"],
+        "checkpoint_every",
+        id="train-zero-checkpoint-every",
+    ),
+    pytest.param(
+        [*TRAIN, "--out", "r", "--checkpoint-every", "-5"],
+        "checkpoint_every",
+        id="train-negative-checkpoint-every",
+    ),
+    pytest.param([*TRAIN, "--out", "r", "--threads", "0"], "--threads", id="train-zero-threads"),
+    pytest.param([*TRAIN, "--out", "r", "--threads", "-1"], "--threads", id="train-negative-threads"),
+    pytest.param([*TRAIN, "--out", "r", "--threads", "many"], "invalid int", id="train-threads-not-int"),
+    pytest.param([*TRAIN, "--out", "r", "--steps", "x"], "invalid int", id="train-steps-not-int"),
+    pytest.param([*TRAIN, "--out", "r", "--seed", "1.5"], "invalid int", id="train-seed-float"),
+    pytest.param(
+        [*TRAIN, "--out", "r", "--set", "hidden=1", "--set", "hidden=2"], "twice", id="train-set-twice"
+    ),
+    pytest.param([*TRAIN, "--out", "r", "--set", "hidden=[1, 2]"], "hidden", id="train-option-list-for-int"),
+    pytest.param([*TRAIN, "--out", "r", "--dataset", ""], "", id="train-empty-dataset"),
+    pytest.param([*TRAIN, "--out", "r", "--dataset", "{grid_ok}"], "HDF5", id="train-dataset-is-yaml"),
+    pytest.param([*TRAIN, "--out", "r", "--device", "cuda:abc"], "device", id="train-malformed-device"),
+    pytest.param([*TRAIN, "--out", "{gs}"], "exists", id="train-out-is-the-dataset"),
+    pytest.param(
+        ["evaluate", "--run", "{run}", *EVAL, "--episodes", "-1"],
+        "--episodes",
+        id="evaluate-negative-episodes",
+    ),
+    pytest.param(
+        ["evaluate", "--run", "{run}", *EVAL, "--seeds", "-1"], "--seeds", id="evaluate-negative-seeds"
+    ),
+    pytest.param(
+        ["evaluate", "--run", "{run}", *EVAL, "--seeds", "x"], "invalid int", id="evaluate-seeds-not-int"
+    ),
+    pytest.param(
+        ["evaluate", "--run", "{run}", *EVAL, "--threads", "0"], "--threads", id="evaluate-zero-threads"
+    ),
+    pytest.param(
+        ["evaluate", "--behaviour", "expert", "--env", "gs-100", *EVAL, "--n-agents", "1000000000000"],
+        "needs about .* TiB of memory",
+        id="evaluate-huge-n",
+    ),
+    pytest.param(
+        ["evaluate", "--behaviour", "random", "--env", "gs-100", *EVAL, "--episodes", "1000000000000"],
+        "needs about .* of memory",
+        id="evaluate-huge-episodes",
+    ),
+    pytest.param(
+        ["evaluate", "--run", "{run}", *EVAL, "--n-agents", "100", "1000000000000"],
+        "needs about .* TiB of memory",
+        id="evaluate-run-huge-n",
+    ),
+    pytest.param(
+        ["evaluate", "--run", "{run}", *EVAL, "--policy-opt", "=1"],
+        "KEY=VALUE",
+        id="evaluate-policy-option-no-key",
+    ),
+    pytest.param(
+        [
+            "evaluate",
+            "--run",
+            "{run}",
+            *EVAL,
+            "--policy-opt",
+            "temperature=1",
+            "--policy-opt",
+            "temperature=2",
+        ],
+        "twice",
+        id="evaluate-policy-option-twice",
+    ),
+    pytest.param(
+        ["evaluate", "--behaviour", "expert", "--env", "gs-100", "--env-arg", "n_agents=abc", *EVAL],
+        "n_agents",
+        id="evaluate-env-arg-n-not-int",
+    ),
+    pytest.param(
+        ["evaluate", "--behaviour", "expert", "--env", "crowd", "--env-arg", "size=0", *EVAL],
+        "size",
+        id="evaluate-env-arg-out-of-range",
+    ),
+    pytest.param(
+        ["evaluate", "--run", "{run}", *EVAL, "--n-agents"], "expected at least one", id="evaluate-n-empty"
+    ),
+    pytest.param(
+        ["sweep", "{grid_ok}", "--dry-run", "--num-cpus", "-1"], "--num-cpus", id="sweep-negative-cpus"
+    ),
+    pytest.param(
+        ["sweep", "{grid_ok}", "--dry-run", "--num-cpus", "x"], "invalid int", id="sweep-cpus-not-int"
+    ),
+    pytest.param(
+        ["sweep", "{grid_ok}", "--connect-timeout", "0"], "--connect-timeout", id="sweep-zero-timeout"
+    ),
+    pytest.param(
+        ["sweep", "{grid_ok}", "--connect-timeout", "soon"], "invalid float", id="sweep-timeout-not-a-number"
+    ),
+    pytest.param(["sweep", "{grid_ok}", "--dry-run", "--only", "bogus"], "only", id="sweep-only-no-equals"),
+    pytest.param(
+        ["sweep", "{grid_ok}", "--dry-run", "--only", "color=red"], "only|color", id="sweep-only-unknown-key"
+    ),
+    pytest.param(["sweep", "{grid_ok}", "{grid_ok}"], "unrecognized", id="sweep-two-specs"),
+    pytest.param(["sweep", "", "--dry-run"], "", id="sweep-empty-spec"),
+    pytest.param(
+        ["sweep", "{run}/checkpoint.pt", "--dry-run"], "checkpoint.pt", id="sweep-spec-is-a-checkpoint"
+    ),
+    pytest.param(["report", "--bogus"], "unrecognized|required", id="report-unknown-option"),
+    pytest.param(["bench", "--dir"], "expected one argument", id="bench-dir-no-value"),
+    pytest.param(["bench", "--arg"], "expected one argument", id="bench-arg-no-value"),
+    pytest.param(["bench", "--list", "--dir", "{text}"], "not found", id="bench-list-dir-is-a-file"),
+    pytest.param(["demo", "--bogus"], "unrecognized", id="demo-unknown-option"),
+    pytest.param(["demo", "extra"], "unrecognized", id="demo-extra-argument"),
+    pytest.param(
+        ["demo", "--preset", "{root}/missing.yaml", "--out", "d"], "no such preset", id="demo-missing-preset"
+    ),
+    pytest.param(
+        ["demo", "--preset", "{dir}", "--out", "d"], "no such preset", id="demo-preset-is-a-directory"
+    ),
+    pytest.param(["demo", "--preset", "{grid_bad_yaml}", "--out", "d"], "not valid YAML", id="demo-bad-yaml"),
+    pytest.param(
+        ["demo", "--preset", "{grid_unknown_env}", "--out", "d"], "unknown env", id="demo-unknown-env"
+    ),
+    pytest.param(["demo", "--preset", "{grid_list}", "--out", "d"], "mapping", id="demo-preset-is-a-list"),
+    pytest.param(["demo", "--preset", "{gs}", "--out", "d"], "gs.h5", id="demo-preset-is-binary"),
+    pytest.param(["demo", "--out"], "expected one argument", id="demo-out-no-value"),
 ]
 
 

@@ -2,8 +2,8 @@
 
 Each subcommand is a module of :mod:`mfdiffuser.commands` with ``add_parser(subparsers)`` and
 ``run(args) -> int``. User errors (:class:`~mfdiffuser.errors.MfdError`, ``ValueError`` and
-``OSError``: a missing file, a directory where a file is expected, no permission) print one line and
-exit 2; ``MFD_DEBUG=1`` shows the traceback instead.
+``OSError``: a missing file, a directory where a file is expected, no permission) and running out of
+memory print one line and exit 2; ``MFD_DEBUG=1`` (or ``true``, ``yes``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -75,6 +75,15 @@ def error_message(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+DEBUG_ON = frozenset({"1", "true", "yes"})
+"""Values of ``MFD_DEBUG`` that turn debugging on (any case); anything else, ``0`` included, is off."""
+
+
+def debug_enabled() -> bool:
+    """Whether ``MFD_DEBUG`` asks for tracebacks instead of one-line errors."""
+    return os.environ.get("MFD_DEBUG", "").strip().lower() in DEBUG_ON
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mfd`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
@@ -92,9 +101,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 141
     except (MfdError, ValueError, OSError) as exc:
-        if os.environ.get("MFD_DEBUG"):
+        if debug_enabled():
             raise
         sys.stderr.write(f"mfd {command_name(args)}: error: {error_message(exc)}\n")
+        return 2
+    except MemoryError as exc:  # past the cost estimates (pass --force, or an estimate too low)
+        if debug_enabled():
+            raise
+        why = error_message(exc) if str(exc).strip() else "an allocation failed"
+        sys.stderr.write(f"mfd {command_name(args)}: error: out of memory: {why}\n")
         return 2
 
 

@@ -1,7 +1,7 @@
 """``mfd bench``: run the performance scripts of ``benchmarks/`` (all, or the ones named).
 
-Options for the scripts follow ``--`` (``mfd bench planner -- --quick``) or are given one by one with
-``--arg VALUE`` (dash-led values too: ``--arg --quick``).
+Options for the scripts follow ``--`` (``mfd bench data -- --quick``) or are given one by one with
+``--arg VALUE`` (dash-led values too: ``mfd bench envs --arg --seconds --arg 0.1``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Run each benchmark script as its own process and print its figures, then a summary. "
             "A missing script is reported, not fatal; the exit code is 1 if any script failed or is missing. "
-            "Everything after -- is passed to every script (mfd bench planner -- --quick)."
+            "Everything after -- is passed to every script (mfd bench data -- --quick)."
         ),
     )
     # argparse cannot hand a dash-led word to an option, and drops or misplaces a bare "--" inside a

@@ -7,6 +7,8 @@ import os
 import re
 from typing import Any
 
+from mfdiffuser.commands.train import THREADS_HELP
+
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 QUALITY_CHOICES = ("expert", "medium", "random", "mixed")
@@ -49,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ray", action="store_true", help="run episodes as Ray tasks (needs mfdiffuser[ray])")
     g.add_argument("--ray-address", help="Ray cluster address (default: local Ray)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--threads", type=int, default=None, help=THREADS_HELP + " of this process")
+    g.add_argument("--force", action="store_true",
+                   help="start even when the estimated memory exceeds what the machine has available")
     g.set_defaults(func=run_generate)
 
     i = dsub.add_parser("info", help="validate a dataset and print its metadata, sizes and returns")
@@ -86,6 +91,7 @@ def parse_env_args(items: list[str]) -> dict[str, Any]:
 def run_generate(args: argparse.Namespace) -> int:
     from mfdiffuser.data.generate import GenerateConfig, generate_dataset
     from mfdiffuser.envs import list_settings
+    from mfdiffuser.utils import choose_threads, set_threads
 
     env_args = parse_env_args(args.env_arg)
     if "n_agents" in env_args and args.n_agents is not None:
@@ -107,13 +113,17 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError("give --env or --setting")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    threads = choose_threads(args.threads)
     cfg = GenerateConfig(
         env=name, out=args.out, env_args=env_args, quality=args.quality, episodes=args.episodes,
         seed=args.seed, store_agents=args.store_agents, ref_episodes=args.ref_episodes,
         workers=args.workers, use_ray=args.ray, ray_address=args.ray_address,
         overwrite=args.overwrite, progress=not args.quiet, compression=args.compression,
+        force=args.force,
     )
+    set_threads(threads.threads)
     res = generate_dataset(cfg)
+    print(threads.describe())
     size = os.path.getsize(res.path)
     print(
         f"wrote {res.path}: {res.n_episodes} episodes, storing K={res.stored_agents} of "

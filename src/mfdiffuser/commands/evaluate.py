@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from mfdiffuser.commands.train import THREADS_HELP
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -60,6 +62,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device of the learned policy")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument(
+        "--force", action="store_true", help="start even when the estimated memory exceeds what is available"
+    )
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.set_defaults(func=run)
 
 
@@ -98,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         if quality not in ("expert", "medium", "random", "mixed"):
             raise ValueError(f"--behaviour must be expert, medium, random or mixed, got {quality!r}")
         env_name, env_args = resolve(args.env, **parse_options(args.env_arg))
+        n_arg = env_args.get("n_agents")
+        if n_arg is not None and (isinstance(n_arg, bool) or not isinstance(n_arg, int) or n_arg < 1):
+            raise ValueError(f"--env-arg n_agents must be a positive integer, got {n_arg!r}")
         stored = None
         probe = env_factory(env_name, env_args)(env_args["n_agents"]) if "n_agents" in env_args else None
         if probe is None:
@@ -117,6 +126,11 @@ def run(args: argparse.Namespace) -> int:
     def refs(n: int) -> dict[str, float]:
         return references(env_name, env_args, n, stored=stored, episodes=args.ref_episodes)
 
+    from mfdiffuser.cost import check_evaluation
+    from mfdiffuser.utils import set_threads
+
+    print(set_threads(args.threads).describe())
+    check_evaluation(make_env, policy_for, n_list, episodes=args.episodes, seeds=args.seeds, force=args.force)
     result = evaluate_policy(
         make_env, policy_for, n_list, seeds, args.episodes, refs, by="seed", progress=not args.no_progress
     )

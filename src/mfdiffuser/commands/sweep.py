@@ -20,6 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--address", default=None, help="Ray cluster to join ('auto' or host:port); default: a local Ray"
     )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up joining the --address cluster after this long (default 30)",
+    )
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument(
         "--only",
@@ -42,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise ValueError(f"--num-cpus must be >= 1, got {args.num_cpus}")
+    if not 0 < args.connect_timeout < float("inf"):
+        raise ValueError(f"--connect-timeout must be a positive finite number, got {args.connect_timeout:g}")
     if args.dry_run:
         grid = parse_grid(args.spec)
         results = Path(args.results or grid.spec.get("results") or Path("results") / grid.name)
@@ -66,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         progress=not args.no_progress,
         only=args.only,
+        connect_timeout=args.connect_timeout,
     )
     print(
         f"grid: {summary.total} cells: {summary.done} done, {summary.skipped} skipped (budget), "

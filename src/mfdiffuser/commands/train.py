@@ -12,6 +12,8 @@ from typing import Any, cast
 
 import yaml
 
+THREADS_HELP = "torch threads (default: OMP_NUM_THREADS or MKL_NUM_THREADS, else the idle share of the cores)"
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -40,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--no-verify", action="store_true",
                    help="load the dataset without checking its digest and checksums (trusted files only)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     p.set_defaults(func=run)
 
 
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from mfdiffuser.algos.base import algo_module
     from mfdiffuser.algos.run import field_docs, train
     from mfdiffuser.algos.trainer import TrainerConfig, TrainingInterrupted
-    from mfdiffuser.utils import seed_everything
+    from mfdiffuser.utils import seed_everything, set_threads
 
     module = algo_module(args.algo)
     if args.list_options:
@@ -91,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             trainer_args[name] = getattr(args, name)
     seed_everything(args.seed)
     options = parse_options(args.options)
+    print(set_threads(args.threads).describe())
     trainer = TrainerConfig(**trainer_args)
     try:
         result = train(args.algo, args.dataset, args.out, options, trainer, verify=not args.no_verify)

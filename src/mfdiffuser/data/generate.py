@@ -16,12 +16,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mfdiffuser.cost import CostEstimate
 from mfdiffuser.data.dataset import (
     DATASET_QUALITIES,
     SCHEMA_VERSION,
@@ -31,7 +33,7 @@ from mfdiffuser.data.dataset import (
     write_dataset,
 )
 from mfdiffuser.errors import MfdError
-from mfdiffuser.utils import utc_timestamp
+from mfdiffuser.utils import die_with_parent, utc_timestamp
 
 DEFAULT_MAX_STORED_AGENTS = 2048
 """Without ``store_agents``, all N agents are stored up to this N, and this many otherwise."""
@@ -76,6 +78,8 @@ class GenerateConfig:
     """gzip level of the HDF5 chunks."""
     progress: bool = True
     """Show a progress bar."""
+    force: bool = False
+    """Start even when the estimated memory exceeds what the machine has available."""
 
 
 @dataclass(frozen=True)
@@ -339,6 +343,64 @@ def _validate(cfg: GenerateConfig) -> None:
         raise ValueError(f"compression level must lie in [0, 9], got {cfg.compression_level}")
 
 
+def estimate_cost(cfg: GenerateConfig) -> CostEstimate | None:
+    """Estimate the memory and time of ``cfg`` and refuse it when the machine lacks the memory.
+
+    The stored episodes are counted from K, T and the env's sizes. Above the larger probe size the
+    env and the behaviour policies it runs are probed at small N (see
+    :func:`mfdiffuser.cost.probe_agent_cost`); below it they count as the arrays an env step returns,
+    and the time is not estimated. None when the env cannot be built (its own error comes later).
+
+    Raises:
+        MfdError: the estimate exceeds the memory available and ``cfg.force`` is false.
+    """
+    from mfdiffuser.cost import (
+        PROBE_SIZES,
+        AgentCost,
+        check_memory,
+        episode_record_bytes,
+        generation_cost,
+        probe_agent_cost,
+        step_array_bytes,
+    )
+    from mfdiffuser.envs import make, resolve
+
+    env_name, args = resolve(cfg.env, **cfg.env_args)
+    n = int(args.get("n_agents") or 0)
+    big = n > PROBE_SIZES[1]
+
+    def make_at(size: int) -> Any:
+        return make(env_name, **{**args, "n_agents": size})
+
+    try:  # a small population is built as it is (cheap); a large one at the probe size first
+        probe = make_at(PROBE_SIZES[0]) if big else make(env_name, **args)
+    except (ValueError, MfdError):
+        return None  # the env cannot run at the probe size; building it at N reports its own error
+    n = probe.n_agents if not big else n
+    qualities = sorted({episode_quality(cfg.quality, i) for i in range(min(cfg.episodes, 2))}
+                       | set(REFERENCE_QUALITIES))
+    try:
+        dims = (probe.horizon, probe.state_size, probe.n_actions, probe.summary_size)
+    finally:
+        probe.close()
+    horizon, state_size, n_actions, summary_size = dims
+    if big:
+        agent = probe_agent_cost(
+            make_at, lambda env: [env.behaviour_policy(q) for q in qualities], state_size, n_actions
+        )
+    else:
+        agent = AgentCost(0.0, float(step_array_bytes(state_size, n_actions)), 0.0, 0.0, measured=False)
+    k = default_stored_agents(n) if cfg.store_agents is None else min(int(cfg.store_agents), n)
+    episode_bytes = episode_record_bytes(k, horizon, state_size, n_actions, summary_size)
+    estimate = generation_cost(
+        agent, n_agents=n, horizon=horizon, episode_bytes=episode_bytes,
+        shard_episodes=shard_size(cfg.episodes, k, state_size, horizon), episodes=cfg.episodes,
+        ref_episodes=cfg.ref_episodes, processes=max(1, cfg.workers),
+    )
+    check_memory(estimate, force=cfg.force)
+    return estimate
+
+
 def check_output_path(out: Path, *, overwrite: bool) -> None:
     """Refuse an output path that can never receive the dataset, before any episode is rolled out.
 
@@ -419,11 +481,10 @@ def _execute(
 ) -> None:
     workdir = Path(job.workdir)
     if cfg.use_ray:
-        from mfdiffuser.errors import require
+        from mfdiffuser.experiments.runner import init_ray
 
-        ray = require("ray", "ray")
-        if not ray.is_initialized():
-            ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=False)
+        init_ray(cfg.ray_address)  # names the missing extra when Ray is not installed
+        import ray
         remote = ray.remote(_ray_compute)
         in_flight: list[Any] = []
         pending = list(tasks)
@@ -445,12 +506,24 @@ def _execute(
 
     # spawn, not fork: the parent may hold threads (progress bar) and torch state.
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(cfg.workers, len(tasks)), mp_context=ctx) as pool:
+    # Workers get SIGKILL when this process dies, even by kill -9; the resource tracker then exits too
+    # (it ends when the last process holding its pipe is gone).
+    with ProcessPoolExecutor(
+        max_workers=min(cfg.workers, len(tasks)), mp_context=ctx,
+        initializer=die_with_parent, initargs=(os.getpid(),),
+    ) as pool:
         futures = [pool.submit(_run_and_save, job, t) for t in tasks]
         try:
             for fut in as_completed(futures):
                 task, steps = fut.result()
                 on_done(task, steps)
+        except BrokenProcessPool as exc:
+            for fut in futures:
+                fut.cancel()
+            raise MfdError(
+                "a worker process died (killed by a signal, e.g. by the system when memory ran out); "
+                "finished episodes are kept: rerun the same command to resume"
+            ) from exc
         except BaseException:
             for fut in futures:
                 fut.cancel()
@@ -472,6 +545,7 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
     _validate(cfg)
     out = Path(cfg.out)
     check_output_path(out, overwrite=cfg.overwrite)
+    estimate_cost(cfg)  # before the env is built at N: a lattice env allocates its N spins at once
     env_name, env_args, env = _resolve(cfg)
     n = env.n_agents
     k = default_stored_agents(n) if cfg.store_agents is None else int(cfg.store_agents)
@@ -491,6 +565,7 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
         "schema_version": SCHEMA_VERSION,
         "library_version": __version__,
     }
+    fresh = not workdir.exists()
     _prepare_workdir(workdir, manifest, cfg.overwrite)
     _cleanup_tmp(out, workdir)
     job = _Job(env_name, env_args, k, str(workdir))
@@ -534,7 +609,12 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
             rate = steps_done / max(time.perf_counter() - start, 1e-9)
             bar.update(bar_id, advance=task.n_episodes, rate=f"{rate:,.0f} agent-steps/s")
 
-        _execute(job, todo, cfg, on_done)
+        try:
+            _execute(job, todo, cfg, on_done)
+        except BaseException:
+            if fresh and not any(workdir.glob("[er]*-*")):  # nothing finished: nothing to resume
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
 
     refs: dict[str, float] = {}
     for q in REFERENCE_QUALITIES:
