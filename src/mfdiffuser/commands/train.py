@@ -35,6 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--device", default="auto", help="torch device (auto, cpu, cuda)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast of forward and loss (GPUs)")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (extra: wandb)")
     p.set_defaults(func=run)
 
 
@@ -71,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.dataset or not args.out:
         raise ValueError("--dataset and --out are required (or --list-options)")
-    trainer_args = {"seed": args.seed, "device": args.device, "progress": not args.no_progress}
+    trainer_args = {
+        "seed": args.seed,
+        "device": args.device,
+        "progress": not args.no_progress,
+        "bf16": args.bf16,
+        "wandb": args.wandb,
+    }
     for name in ("steps", "batch_size", "lr", "checkpoint_every"):
         if getattr(args, name) is not None:
             trainer_args[name] = getattr(args, name)
