@@ -47,7 +47,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--exploitability", action="store_true", help="also measure exploitability at the largest N"
     )
-    p.add_argument("--device", default="cpu", help="torch device of the learned policy")
+    p.add_argument("--device", default="cpu", help="torch device of the learned policy (cpu, cuda, auto)")
+    p.add_argument(
+        "--wandb", action="store_true", help="also log the metrics to the run's W&B run (extra: wandb)"
+    )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
@@ -58,7 +61,14 @@ def run(args: argparse.Namespace) -> int:
     from mfdiffuser.commands.train import parse_options
     from mfdiffuser.envs import resolve
     from mfdiffuser.eval.evaluate import DatasetBehaviourPolicy, env_factory, evaluate_policy, references
+    from mfdiffuser.utils import resolve_device
 
+    if args.wandb:
+        if not args.run:
+            raise ValueError("--wandb logs to a run's W&B run: it goes with --run")
+        from mfdiffuser.tracking import import_wandb
+
+        import_wandb()  # a missing package fails now, not after the rollouts
     if args.episodes < 1 or args.seeds < 1 or args.ref_episodes < 1:
         raise ValueError("--episodes, --seeds and --ref-episodes must be >= 1")
     if args.n_agents is not None and any(n < 1 for n in args.n_agents):
@@ -68,18 +78,26 @@ def run(args: argparse.Namespace) -> int:
     source: dict[str, Any]
     if args.run:
         from mfdiffuser.algos.run import load_run, make_policy
+        from mfdiffuser.eval.evaluate import evaluate_run
 
         if args.env or args.env_arg:
             raise ValueError("--env and --env-arg go with --behaviour; a run's env comes from its dataset")
-        loaded = load_run(args.run, device=args.device)
-        env_name, env_args = loaded.meta.env, dict(loaded.meta.env_args)
-        stored = (loaded.meta.n_agents, loaded.meta.ref_returns)
-        default_n = loaded.meta.n_agents
+        loaded = load_run(args.run, device=resolve_device(args.device))
 
         def policy_for(env: Any) -> Any:
             return make_policy(loaded, env, **policy_opts)
 
         source = {"run": str(args.run), "algo": loaded.algo, "step": loaded.step}
+        result = evaluate_run(
+            loaded,
+            args.n_agents,
+            seeds=seeds,
+            episodes=args.episodes,
+            ref_episodes=args.ref_episodes,
+            progress=not args.no_progress,
+            **policy_opts,
+        )
+        env_name, env_args = result["env"], result["env_args"]
     else:
         if not args.env:
             raise ValueError("--behaviour needs --env (an env or setting name)")
@@ -87,7 +105,6 @@ def run(args: argparse.Namespace) -> int:
         if quality not in ("expert", "medium", "random", "mixed"):
             raise ValueError(f"--behaviour must be expert, medium, random or mixed, got {quality!r}")
         env_name, env_args = resolve(args.env, **parse_options(args.env_arg))
-        stored = None
         probe = env_factory(env_name, env_args)(env_args["n_agents"]) if "n_agents" in env_args else None
         if probe is None:
             from mfdiffuser.envs import make
@@ -99,16 +116,21 @@ def run(args: argparse.Namespace) -> int:
         def policy_for(env: Any) -> Any:
             return DatasetBehaviourPolicy(env, quality)
 
+        def refs(n: int) -> dict[str, float]:
+            return references(env_name, env_args, n, episodes=args.ref_episodes)
+
         source = {"behaviour": quality}
-    n_list = args.n_agents or [default_n]
+        result = evaluate_policy(
+            env_factory(env_name, env_args),
+            policy_for,
+            args.n_agents or [default_n],
+            seeds,
+            args.episodes,
+            refs,
+            by="seed",
+            progress=not args.no_progress,
+        )
     make_env = env_factory(env_name, env_args)
-
-    def refs(n: int) -> dict[str, float]:
-        return references(env_name, env_args, n, stored=stored, episodes=args.ref_episodes)
-
-    result = evaluate_policy(
-        make_env, policy_for, n_list, seeds, args.episodes, refs, by="seed", progress=not args.no_progress
-    )
     result.update(source=source, env=env_name, env_args=env_args)
     if args.exploitability:
         from mfdiffuser.eval.exploitability import exploitability
@@ -125,6 +147,11 @@ def run(args: argparse.Namespace) -> int:
         finally:
             env.close()
     _print(result)
+    if args.run:
+        from mfdiffuser.tracking import log_evaluation
+
+        where = log_evaluation(args.run, int(source["step"]), result, wandb=args.wandb)
+        print(f"logged the metrics to TensorBoard in {where}")
     if args.out:
         from pathlib import Path
 
