@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +17,23 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def gs_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny offline dataset: gaussian-squeeze, N = 100, 4 medium episodes (about a second)."""
+    from mfdiffuser.data.generate import GenerateConfig, generate_dataset
+
+    out = tmp_path_factory.mktemp("gs_dataset") / "gs.h5"
+    generate_dataset(
+        GenerateConfig(
+            env="gaussian-squeeze",
+            out=str(out),
+            env_args={"n_agents": 100},
+            quality="medium",
+            episodes=4,
+            ref_episodes=2,
+            progress=False,
+        )
+    )
+    return out

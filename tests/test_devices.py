@@ -15,7 +15,6 @@ import torch
 
 from mfdiffuser.algos.run import load_run, make_policy, train
 from mfdiffuser.algos.trainer import TrainerConfig
-from mfdiffuser.data.generate import GenerateConfig, generate_dataset
 from mfdiffuser.diffusion import NoiseSchedule, branch, parent_index
 from mfdiffuser.envs import make
 
@@ -51,28 +50,11 @@ TINY: dict[str, dict] = {
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("devices") / "gs.h5"
-    generate_dataset(
-        GenerateConfig(
-            env="gaussian-squeeze",
-            out=str(out),
-            env_args={"n_agents": 100},
-            quality="medium",
-            episodes=4,
-            ref_episodes=2,
-            progress=False,
-        )
-    )
-    return out
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("algo", list(TINY))
-def test_train_and_plan_on_device(algo: str, device: str, dataset: Path, tmp_path: Path) -> None:
+def test_train_and_plan_on_device(algo: str, device: str, gs_dataset: Path, tmp_path: Path) -> None:
     trainer = TrainerConfig(steps=3, batch_size=4, device=device, progress=False, log_every=1)
-    trained = train(algo, dataset, tmp_path / "run", TINY[algo], trainer)
+    trained = train(algo, gs_dataset, tmp_path / "run", TINY[algo], trainer)
     assert trained.step == 3
     assert {p.device.type for p in trained.learner.parameters()} == {device}
     run = load_run(tmp_path / "run", device=device)
@@ -118,10 +100,10 @@ def test_sampling_steps_draw_noise_on_the_generators_device(device: str) -> None
     assert children.shape == (1, 8, 2, 3) and children.device.type == device
 
 
-def test_bf16_autocast_trains(dataset: Path, tmp_path: Path) -> None:
+def test_bf16_autocast_trains(gs_dataset: Path, tmp_path: Path) -> None:
     """The bf16 option runs (here under CPU autocast) and gives a finite loss."""
     trainer = TrainerConfig(steps=2, batch_size=4, device="cpu", progress=False, log_every=1, bf16=True)
-    result = train("mf-iql", dataset, tmp_path / "run", TINY["mf-iql"], trainer)
+    result = train("mf-iql", gs_dataset, tmp_path / "run", TINY["mf-iql"], trainer)
     assert result.step == 2
     record = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(record) == 2 and "NaN" not in record[-1]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ def _wandb_run(run_dir: Path) -> Any:
     """Start or resume the W&B run of ``run_dir`` (config from its ``run.json`` when present)."""
     wandb = import_wandb()
     id_path = run_dir / WANDB_ID
-    run_id = id_path.read_text().strip() if id_path.is_file() else wandb.util.generate_id()
+    run_id = id_path.read_text().strip() if id_path.is_file() else uuid.uuid4().hex[:12]
     id_path.write_text(run_id + "\n")
     record_path = run_dir / "run.json"
     config = json.loads(record_path.read_text()) if record_path.is_file() else {}
