@@ -147,16 +147,22 @@ def run(args: argparse.Namespace) -> int:
         finally:
             env.close()
     _print(result)
-    if args.run:
-        from mfdiffuser.tracking import log_evaluation
-
-        where = log_evaluation(args.run, int(source["step"]), result, wandb=args.wandb)
-        print(f"logged the metrics to TensorBoard in {where}")
     if args.out:
         from pathlib import Path
 
         write_json(Path(args.out), result)
         print(f"wrote {args.out}")
+    if args.run:
+        import sys
+
+        from mfdiffuser.tracking import log_evaluation
+
+        try:
+            where = log_evaluation(args.run, int(source["step"]), result, wandb=args.wandb)
+        except OSError as exc:  # a read-only run directory: the results above stand
+            print(f"note: the metrics were not logged in {args.run}: {exc}", file=sys.stderr)
+            return 0
+        print(f"logged the metrics to TensorBoard in {where}")
     return 0
 
 
