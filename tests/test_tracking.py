@@ -92,19 +92,30 @@ def test_wandb_offline_logs_training_and_resumes_the_same_run(gs_dataset, tmp_pa
     assert len(offline) == 2 and all(list(d.glob("*.wandb")) for d in offline)
 
 
-def test_wandb_missing_names_the_extra(gs_dataset, tmp_path, monkeypatch):
+@pytest.fixture
+def no_wandb(monkeypatch):
+    """``import wandb`` fails, as where the extra is not installed."""
     import builtins
 
     real_import = builtins.__import__
 
-    def no_wandb(name, *args, **kwargs):
+    def fake_import(name, *args, **kwargs):
         if name == "wandb":
             raise ImportError("No module named 'wandb'")
         return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_wandb)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+
+
+def test_wandb_missing_names_the_extra(gs_dataset, tmp_path, no_wandb, capsys):
+    from mfdiffuser.cli import main
     from mfdiffuser.errors import MfdError
 
     cfg = TrainerConfig(steps=2, batch_size=4, device="cpu", progress=False, wandb=True)
     with pytest.raises(MfdError, match=r"mfdiffuser\[wandb\]"):
         train("bc", gs_dataset, tmp_path / "run", {"hidden": 16}, cfg)
+    out = tmp_path / "cli-run"
+    assert main(["train", "--algo", "bc", "--dataset", str(gs_dataset), "--out", str(out), "--wandb"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'mfdiffuser[wandb]'" in err
+    assert not out.exists()  # nothing written before the check

@@ -73,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.dataset or not args.out:
         raise ValueError("--dataset and --out are required (or --list-options)")
+    if args.wandb:
+        from mfdiffuser.tracking import import_wandb
+
+        import_wandb()  # a missing package fails before anything is written
     trainer_args = {
         "seed": args.seed,
         "device": args.device,
