@@ -76,14 +76,7 @@ GRIDS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -661,7 +654,9 @@ CASES = [
     pytest.param(["data", "info"], "path", id="info-no-path"),
     pytest.param(["data", "info", "{gs}", "{gs}"], "unrecognized", id="info-two-paths"),
     pytest.param(["data", "info", "{grid_ok}"], "HDF5", id="info-yaml-file"),
-    pytest.param(["data", "info", "{run}/checkpoint.pt"], "checkpoint, not a dataset", id="info-checkpoint-file"),
+    pytest.param(
+        ["data", "info", "{run}/checkpoint.pt"], "checkpoint, not a dataset", id="info-checkpoint-file"
+    ),
     pytest.param(["data", "info", ""], "", id="info-empty-path"),
     pytest.param([*TRAIN, "--out", "r", "--batch-size", "-1"], "batch_size", id="train-negative-batch"),
     pytest.param([*TRAIN, "--out", "r", "--batch-size", "x"], "invalid int", id="train-batch-not-int"),

@@ -617,7 +617,7 @@ class ReturnDiffuser(nn.Module):
         ones = torch.ones(1, n, device=device)
         cond = self.condition(s0, ctx, self.target * ones, ones)
         uncond = self.condition(s0, ctx, 0 * ones, 0 * ones)
-        x = torch.randn((1, n, H, self.net.dim), generator=generator).to(device)
+        x = torch.randn((1, n, H, self.net.dim), generator=generator, device=device)
         ks = self.schedule.timesteps(cfg.sample_steps)
         for k, k_prev in zip(ks, ks[1:] + [-1], strict=True):
             x[:, :, 0, :S] = s0
@@ -645,18 +645,19 @@ class ReturnDiffuser(nn.Module):
 class PlannerPolicy:
     """A population policy that plans ``[N, H]`` actions for all agents and follows them open loop.
 
-    Every ``config.replan_every`` env steps it calls ``planner.plan``; the generator is seeded from
-    the episode's generator, so an episode is reproducible from its seed.
+    Every ``config.replan_every`` env steps it calls ``planner.plan``; the generator (on the
+    planner's device, where the noise is drawn) is seeded from the episode's generator, so an episode
+    is reproducible from its seed.
     """
 
     def __init__(self, planner: ReturnDiffuser, config: DiffusionConfig) -> None:
         self.planner, self.config = planner, config
         self._plan: np.ndarray | None = None
         self._age = 0
-        self._gen = torch.Generator()
+        self._gen = torch.Generator(device=planner.target.device)
 
     def reset(self, env: PopulationEnv, rng: np.random.Generator) -> None:
-        self._gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        self._gen = torch.Generator(device=self.planner.target.device).manual_seed(int(rng.integers(2**62)))
         self._plan, self._age = None, 0
 
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:

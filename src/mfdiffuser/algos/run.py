@@ -126,9 +126,14 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+_RUN_ONLY_TRAINER_FIELDS = ("steps", "progress", "device", "bf16", "wandb")
+"""Trainer fields a resumed run may change: the budget, where and how precisely it runs, its logging."""
+
+
 def _trainer_key(values: dict[str, Any]) -> dict[str, Any]:
-    """Trainer fields that shape the trained weights (not the step budget, progress bar or device)."""
-    return {k: v for k, v in values.items() if k not in ("steps", "progress", "device")}
+    """Trainer fields that shape the trained weights; fields missing from an older run take defaults."""
+    full = {**dataclasses.asdict(TrainerConfig()), **values}
+    return {k: v for k, v in full.items() if k not in _RUN_ONLY_TRAINER_FIELDS}
 
 
 def _weights_config(module: types.ModuleType, values: dict[str, Any]) -> dict[str, Any] | None:

@@ -3,8 +3,9 @@
 ``fit`` draws batches from a sampler, minimises ``learner.loss(batch).loss``, calls the learner's
 optional ``after_step()`` (target networks), keeps an exponential moving average of the weights (the
 weights used for acting: without it, scores swing wildly between checkpoints), logs scalars to
-TensorBoard and ``metrics.jsonl``, and writes ``checkpoint.pt`` atomically. A run killed at any point
-resumes from its last checkpoint with the same RNG states, so the loss curve continues unchanged.
+TensorBoard (and Weights & Biases with ``wandb``) and ``metrics.jsonl``, and writes ``checkpoint.pt``
+atomically. A run killed at any point resumes from its last checkpoint with the same RNG states, so
+the loss curve continues unchanged.
 
 Checkpoints are sealed (a sha256 header, :mod:`mfdiffuser.integrity`) and hold only tensors and plain
 Python values, so they are checked before ``torch.load`` parses them and load with
@@ -22,6 +23,7 @@ import json
 import math
 import pickle
 import signal
+import sys
 import threading
 import time
 import typing
@@ -37,6 +39,7 @@ from torch import nn
 from mfdiffuser.algos.base import Learner, coerce_value
 from mfdiffuser.errors import MfdError
 from mfdiffuser.integrity import IntegrityError, sealed_bytes, unseal_bytes
+from mfdiffuser.progress import ProgressBar, format_duration
 from mfdiffuser.utils import atomic_path, check_device, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
@@ -80,7 +83,11 @@ class TrainerConfig:
     device: str = "auto"
     """Torch device; ``auto`` picks CUDA when available."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show a progress bar (one line at a time when stdout is not a terminal) and the ETA."""
+    bf16: bool = False
+    """Compute the forward pass and loss under bfloat16 autocast (for GPUs; weights stay float32)."""
+    wandb: bool = False
+    """Also log to Weights & Biases (extra ``wandb``; ``WANDB_MODE=offline`` needs no network)."""
 
     def __post_init__(self) -> None:
         # the same typed check that algorithm options get (ints not bools, finite floats, ...)
@@ -217,11 +224,12 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
         step = saved = int(state["step"])
     _truncate_metrics(run_dir / METRICS, step)
 
-    from torch.utils.tensorboard import SummaryWriter
+    from mfdiffuser.tracking import Tracker
 
-    writer = SummaryWriter(str(run_dir / "tb"), purge_step=step if step else None)
+    tracker = Tracker(run_dir, purge_step=step, wandb=cfg.wandb)
     metrics: dict[str, float] = {}
-    progress = _progress(cfg, step)
+    progress = ProgressBar(cfg.steps, "train", done=step) if cfg.progress else None
+    eta = _EtaNote(cfg.steps, step, device) if cfg.progress else None
     t_start, last_log = time.perf_counter(), step
     stop = _StopOnSignal()
     try:
@@ -230,7 +238,8 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
             # the state after the last completed step (RNGs, buffers and optimizer all at one step).
             while step < cfg.steps and stop.signum is None:
                 batch = sampler.sample().to(device)
-                out = cast(Learner, learner).loss(batch)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    out = cast(Learner, learner).loss(batch)
                 optim.zero_grad(set_to_none=True)
                 out.loss.backward()
                 grad_norm = (
@@ -246,15 +255,16 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
                     interval = max(time.perf_counter() - t_start, 1e-9)
                     metrics["steps_per_s"] = (step - last_log) / interval
                     t_start, last_log = time.perf_counter(), step
-                    for k, v in metrics.items():
-                        writer.add_scalar(f"train/{k}", v, step)
+                    tracker.log(metrics, step, "train")
                     with open(run_dir / METRICS, "a") as f:
                         f.write(json.dumps({"step": step, **metrics, "interval_s": interval}) + "\n")
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                     save_checkpoint(ckpt_path, learner, ema, optim, sampler, step)
                     saved = step
                 if progress is not None:
-                    progress.update(1, loss=float(out.loss.detach()))
+                    progress.update(1, fields=f"loss {float(out.loss.detach()):.4f}")
+                if eta is not None:
+                    eta.update(step)
             if stop.signum is not None:
                 if saved != step:
                     save_checkpoint(ckpt_path, learner, ema, optim, sampler, step)
@@ -267,7 +277,7 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
         # in memory is not a completed step, so nothing is saved; the last checkpoint stays
         raise TrainingInterrupted(saved, cfg.steps, stop.signum or signal.SIGINT, ckpt_path) from None
     finally:
-        writer.close()
+        tracker.close()
         if progress is not None:
             progress.close()
     return TrainResult(step, metrics, ema)
@@ -428,30 +438,47 @@ def _truncate_metrics(path: Path, step: int) -> None:
         tmp.write_text("".join(ln + "\n" for ln in lines))
 
 
-class _Bar:
-    """A thin rich progress bar over training steps."""
+HOURS_ON_CPU = 3600.0
+"""A CPU training budget estimated above this many seconds gets a warning with what to do."""
 
-    def __init__(self, total: int, done: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self._p = Progress(
-            TextColumn("train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
-            TimeRemainingColumn(),
-            transient=False,
+class _EtaNote:
+    """Prints once, early in training, the measured speed and how long the whole budget will take.
+
+    The first step (allocation, warm-up) is left out of the rate; the line comes after 20 more
+    steps or 10 seconds, whichever is first.
+    """
+
+    def __init__(self, total: int, done: int, device: torch.device) -> None:
+        self.total, self.device = total, device
+        self._first: tuple[int, float] | None = None
+        self._printed = total - done <= 1
+
+    def update(self, step: int) -> None:
+        if self._printed:
+            return
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = (step, now)
+            return
+        steps, seconds = step - self._first[0], now - self._first[1]
+        if steps < 20 and seconds < 10.0:
+            return
+        self._printed = True
+        rate = steps / max(seconds, 1e-9)
+        left = (self.total - step) / rate
+        finish = time.strftime("%H:%M", time.localtime(time.time() + left))
+        print(
+            f"train: {rate:.2f} steps/s on {self.device.type}; {self.total - step:,} steps left, "
+            f"about {format_duration(left)} (done around {finish})",
+            flush=True,
         )
-        self._task = self._p.add_task("train", total=total, completed=done, loss=float("nan"))
-        self._p.start()
-
-    def update(self, n: int, **fields: Any) -> None:
-        self._p.update(self._task, advance=n, **fields)
-
-    def close(self) -> None:
-        self._p.stop()
-
-
-def _progress(cfg: TrainerConfig, done: int) -> _Bar | None:
-    return _Bar(cfg.steps, done) if cfg.progress else None
+        if self.device.type == "cpu" and left > HOURS_ON_CPU:
+            print(
+                "train: note: this budget takes hours on CPU; pass a smaller --steps, or train on a GPU "
+                "(--device cuda). A run stopped now resumes from its last checkpoint "
+                "(every --checkpoint-every steps).",
+                file=sys.stderr,
+                flush=True,
+            )
 

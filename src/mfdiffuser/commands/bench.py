@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-KNOWN: tuple[str, ...] = ("envs", "battle", "data", "planner")
+KNOWN: tuple[str, ...] = ("envs", "battle", "data", "planner", "train")
 """Benchmarks the project ships (``benchmarks/bench_<name>.py``); others found there run too."""
 
 
@@ -76,16 +77,23 @@ def _split_script_args(
 
 
 def find_dir(explicit: str | None) -> Path:
-    """The benchmarks directory: ``explicit``, else ``./benchmarks``, else the one beside ``src/``."""
+    """The benchmarks directory: ``explicit``, else ``./benchmarks``, else the installed scripts.
+
+    The installed scripts are the package ``mfdiffuser.benchmarks`` (the repository's
+    ``benchmarks/`` in a source checkout or an editable install, a copy inside a wheel).
+    """
     if explicit is not None:
         path = Path(explicit)
         if not path.is_dir():
             raise FileNotFoundError(f"benchmarks directory {path} not found")
         return path
-    for cand in (Path.cwd() / "benchmarks", Path(__file__).resolve().parents[3] / "benchmarks"):
-        if cand.is_dir():
-            return cand
-    raise FileNotFoundError("no benchmarks/ directory here or in the source tree; pass --dir")
+    cand = Path.cwd() / "benchmarks"
+    if cand.is_dir():
+        return cand
+    spec = importlib.util.find_spec("mfdiffuser.benchmarks")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    raise FileNotFoundError("no benchmarks/ directory here and none installed; pass --dir")
 
 
 def discover(bench_dir: Path) -> list[str]:

@@ -42,9 +42,11 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such preset: {spec}")
     out = Path(args.out)
     t0 = time.perf_counter()
+    print(f"demo: 1/2 running the grid {spec.name} (datasets, training, evaluation) on Ray", flush=True)
     summary = run_grid(
         spec, out / "results", address=args.address, data_dir=out / "datasets", progress=not args.no_progress
     )
+    print(f"demo: 2/2 building the report in {out / 'report'}", flush=True)
     report = build_report(out / "results", out / "report")
     minutes = (time.perf_counter() - t0) / 60
     print(

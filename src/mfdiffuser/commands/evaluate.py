@@ -59,7 +59,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--exploitability", action="store_true", help="also measure exploitability at the largest N"
     )
-    p.add_argument("--device", default="cpu", help="torch device of the learned policy")
+    p.add_argument("--device", default="cpu", help="torch device of the learned policy (cpu, cuda, auto)")
+    p.add_argument(
+        "--wandb", action="store_true", help="also log the metrics to the run's W&B run (extra: wandb)"
+    )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument(
@@ -75,7 +78,14 @@ def run(args: argparse.Namespace) -> int:
     from mfdiffuser.envs import resolve
     from mfdiffuser.eval.evaluate import DatasetBehaviourPolicy, env_factory, evaluate_policy, references
     from mfdiffuser.splits import episode_seeds
+    from mfdiffuser.utils import resolve_device
 
+    if args.wandb:
+        if not args.run:
+            raise ValueError("--wandb logs to a run's W&B run: it goes with --run")
+        from mfdiffuser.tracking import import_wandb
+
+        import_wandb()  # a missing package fails now, not after the rollouts
     if args.episodes < 1 or args.seeds < 1 or args.ref_episodes < 1:
         raise ValueError("--episodes, --seeds and --ref-episodes must be >= 1")
     if args.n_agents is not None and any(n < 1 for n in args.n_agents):
@@ -88,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.env or args.env_arg:
             raise ValueError("--env and --env-arg go with --behaviour; a run's env comes from its dataset")
-        loaded = load_run(args.run, device=args.device)
+        loaded = load_run(args.run, device=resolve_device(args.device))
         env_name, env_args = loaded.meta.env, dict(loaded.meta.env_args)
         stored = (loaded.meta.n_agents, loaded.meta.ref_returns)
         default_n = loaded.meta.n_agents
@@ -155,6 +165,17 @@ def run(args: argparse.Namespace) -> int:
 
         write_json(Path(args.out), result)
         print(f"wrote {args.out}")
+    if args.run:
+        import sys
+
+        from mfdiffuser.tracking import log_evaluation
+
+        try:
+            where = log_evaluation(args.run, int(source["step"]), result, wandb=args.wandb)
+        except OSError as exc:  # a read-only run directory: the results above stand
+            print(f"note: the metrics were not logged in {args.run}: {exc}", file=sys.stderr)
+            return 0
+        print(f"logged the metrics to TensorBoard in {where}")
     return 0
 
 

@@ -43,6 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-verify", action="store_true",
                    help="load the dataset without checking its digest and checksums (trusted files only)")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast of forward and loss (GPUs)")
+    p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (extra: wandb)")
     p.set_defaults(func=run)
 
 
@@ -88,7 +90,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.dataset or not args.out:
         raise ValueError("--dataset and --out are required (or --list-options)")
-    trainer_args = {"seed": args.seed, "device": args.device, "progress": not args.no_progress}
+    if args.wandb:
+        from mfdiffuser.tracking import import_wandb
+
+        import_wandb()  # a missing package fails before anything is written
+    trainer_args = {
+        "seed": args.seed,
+        "device": args.device,
+        "progress": not args.no_progress,
+        "bf16": args.bf16,
+        "wandb": args.wandb,
+    }
     for name in ("steps", "batch_size", "lr", "checkpoint_every"):
         if getattr(args, name) is not None:
             trainer_args[name] = getattr(args, name)

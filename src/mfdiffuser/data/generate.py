@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from mfdiffuser.data.dataset import (
     write_dataset,
 )
 from mfdiffuser.errors import MfdError
+from mfdiffuser.progress import ProgressBar
 from mfdiffuser.utils import die_with_parent, utc_timestamp
 
 DEFAULT_MAX_STORED_AGENTS = 2048
@@ -588,33 +590,34 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
 
     start = time.perf_counter()
     steps_done = 0
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    console = Console(stderr=True)
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-        console=console, disable=not cfg.progress, transient=False,
-    ) as bar:
-        total = sum(t.n_episodes for t in tasks)
-        bar_id = bar.add_task(
-            f"{env_name} N={n} K={k} {cfg.quality}: episodes + reference rollouts", total=total, rate=""
+    total = sum(t.n_episodes for t in tasks)
+    bar = (
+        ProgressBar(
+            total,
+            f"{env_name} N={n} K={k} {cfg.quality}: episodes + reference rollouts",
+            done=total - sum(t.n_episodes for t in todo),
+            stream=sys.stderr,
         )
-        bar.update(bar_id, completed=total - sum(t.n_episodes for t in todo))
+        if cfg.progress
+        else None
+    )
 
-        def on_done(task: _Task, steps: int) -> None:
-            nonlocal steps_done
-            steps_done += steps
-            rate = steps_done / max(time.perf_counter() - start, 1e-9)
-            bar.update(bar_id, advance=task.n_episodes, rate=f"{rate:,.0f} agent-steps/s")
+    def on_done(task: _Task, steps: int) -> None:
+        nonlocal steps_done
+        steps_done += steps
+        rate = steps_done / max(time.perf_counter() - start, 1e-9)
+        if bar is not None:
+            bar.update(task.n_episodes, f"{rate:,.0f} agent-steps/s")
 
-        try:
-            _execute(job, todo, cfg, on_done)
-        except BaseException:
-            if fresh and not any(workdir.glob("[er]*-*")):  # nothing finished: nothing to resume
-                shutil.rmtree(workdir, ignore_errors=True)
-            raise
+    try:
+        _execute(job, todo, cfg, on_done)
+    except BaseException:
+        if fresh and not any(workdir.glob("[er]*-*")):  # nothing finished: nothing to resume
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
 
     refs: dict[str, float] = {}
     for q in REFERENCE_QUALITIES:

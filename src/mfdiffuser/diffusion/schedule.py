@@ -4,6 +4,8 @@ The forward process ``x_k = sqrt(abar_k) x_0 + sqrt(1 - abar_k) eps`` (Ho et al.
 schedule of Nichol & Dhariwal (2021) or a linear one; reverse updates by DDPM ancestral sampling or by
 DDIM (Song et al. 2021, eq. 12), whose ``eta`` interpolates between deterministic (0) and DDPM (1).
 Step indices run ``k = 0..K-1`` (0 is the least noisy); ``k = -1`` means "clean" (``abar = 1``).
+The schedule holds no device: a step index tensor on a GPU is looked up in a copy of the table on
+that GPU (made once per device), so one schedule serves a model wherever it is moved.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class StepOutput(NamedTuple):
 
 class NoiseSchedule:
     """A discrete variance schedule of K steps: ``betas[K]``, ``alphas_cumprod[K]`` (float64 on CPU).
+
+    Coefficients for step indices on another device are read from a copy of the table on that device
+    (float32 on Apple's MPS, which has no float64), so the schedule never has to be moved.
 
     Args:
         n_steps: K, number of diffusion steps.
@@ -63,15 +68,27 @@ class NoiseSchedule:
             betas = torch.linspace(beta_start, beta_end, K, dtype=torch.float64)
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        # [K+1] table (abar_{-1} = 1 first) per device it has been indexed on
+        self._abar_tables: dict[torch.device, torch.Tensor] = {
+            torch.device("cpu"): torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
+        }
+
+    def _abar_table(self, device: torch.device) -> torch.Tensor:
+        """The ``[K+1]`` table ``[1, abar_0, ..., abar_{K-1}]`` on ``device`` (copied there once)."""
+        table = self._abar_tables.get(device)
+        if table is None:
+            cpu = self._abar_tables[torch.device("cpu")]
+            table = cpu.to(device, torch.float32 if device.type == "mps" else torch.float64)
+            self._abar_tables[device] = table
+        return table
 
     def abar(self, k: int | torch.Tensor) -> torch.Tensor:
-        """``abar_k`` for step(s) ``k`` in ``-1..K-1`` (``abar_{-1} = 1``), float64."""
+        """``abar_k`` for step(s) ``k`` in ``-1..K-1`` (``abar_{-1} = 1``), float64, on ``k``'s device."""
         k = torch.as_tensor(k, dtype=torch.long)
-        padded = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
-        return padded[k + 1]
+        return self._abar_table(k.device)[k + 1]
 
     def _coef(self, k: int | torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ab = self.abar(k).to(like.dtype).to(like.device)
+        ab = self.abar(k).to(device=like.device, dtype=like.dtype)
         ab = ab.reshape(ab.shape + (1,) * (like.dim() - ab.dim()))
         return ab.sqrt(), (1 - ab).sqrt()
 

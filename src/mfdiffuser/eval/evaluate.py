@@ -139,3 +139,57 @@ class DatasetBehaviourPolicy:
 
     def act(self, obs: np.ndarray, info: dict[str, Any]) -> np.ndarray:
         return self._current.act(obs, info)
+
+
+def evaluate_run(
+    run: Any,
+    n_agents: Sequence[int] | None = None,
+    *,
+    seeds: Sequence[int] | None = None,
+    episodes: int = 20,
+    ref_episodes: int = 10,
+    progress: bool = False,
+    **policy_options: Any,
+) -> dict[str, Any]:
+    """Evaluate a trained run at several population sizes (what ``mfd evaluate --run`` measures).
+
+    Args:
+        run: a :class:`~mfdiffuser.algos.run.LoadedRun` (from ``load_run`` or ``train``).
+        n_agents: population sizes N to evaluate at (default: the N of the training data).
+        seeds: evaluation seeds; the confidence intervals are over them (default: the first three of
+            the validation split, :func:`mfdiffuser.splits.episode_seeds`).
+        episodes: episodes per seed.
+        ref_episodes: episodes per reference policy at an N where the dataset has no references.
+        progress: show a progress bar over episodes.
+        **policy_options: acting options of ``make_policy`` (e.g. ``replan_every=2``).
+
+    Returns:
+        The dict of :func:`evaluate_policy` plus ``env`` and ``env_args``: per N (as a string) the
+        per-agent ``return``, normalized ``score``, ``act_ms`` ... each as ``{"mean", "ci", ...}``.
+    """
+    from mfdiffuser.algos.run import make_policy
+    from mfdiffuser.splits import episode_seeds
+
+    if seeds is None:
+        seeds = episode_seeds("validation", 3)
+    if episodes < 1 or ref_episodes < 1 or not seeds:
+        raise ValueError("episodes and ref_episodes must be >= 1, and at least one seed is needed")
+    env_name, env_args = run.meta.env, dict(run.meta.env_args)
+    stored = (run.meta.n_agents, run.meta.ref_returns)
+    n_list = [int(n) for n in (n_agents or [run.meta.n_agents])]
+
+    def refs(n: int) -> dict[str, float]:
+        return references(env_name, env_args, n, stored=stored, episodes=ref_episodes)
+
+    result = evaluate_policy(
+        env_factory(env_name, env_args),
+        lambda env: make_policy(run, env, **policy_options),
+        n_list,
+        [int(s) for s in seeds],
+        episodes,
+        refs,
+        by="seed",
+        progress=progress,
+    )
+    result.update(env=env_name, env_args=env_args)
+    return result

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy
+from mfdiffuser.progress import ProgressBar
 
 EnvFactory = Callable[[int], PopulationEnv]
 """Builds the env at a population size N."""
@@ -211,7 +212,7 @@ def rollout(
         n_agents: population sizes to evaluate at.
         seeds: evaluation seeds; statistics over seeds come from :mod:`mfdiffuser.eval.metrics`.
         episodes: episodes per seed (>= 1).
-        progress: show a rich progress bar over all episodes.
+        progress: show a progress bar over all episodes (lines when stdout is not a terminal).
         label: text in front of the progress bar.
         stream: branch of episode seeds (see :func:`episode_seeds`); references use
             :data:`REFERENCE_STREAM`.
@@ -226,7 +227,7 @@ def rollout(
     if not n_agents or any(int(n) < 1 for n in n_agents):
         raise ValueError(f"n_agents must be a non-empty list of positive integers, got {list(n_agents)}")
     total = len(n_agents) * len(seeds) * episodes
-    bar = _Bar(total, label) if progress else None
+    bar = ProgressBar(total, label) if progress else None
     results: list[RolloutResult] = []
     try:
         for n in n_agents:
@@ -242,7 +243,7 @@ def rollout(
                                 bar.describe(f"{label} N={n} seed={seed}")
                             eps.append(run_episode(env, policy, seed=seed, episode=e, stream=stream))
                             if bar is not None:
-                                bar.advance()
+                                bar.update()
                     wall = time.perf_counter() - t0
                 finally:
                     env.close()
@@ -252,25 +253,3 @@ def rollout(
         if bar is not None:
             bar.close()
     return results
-
-
-class _Bar:
-    """A rich progress bar over episodes."""
-
-    def __init__(self, total: int, label: str) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._p = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()
-        )
-        self._task = self._p.add_task(label, total=total)
-        self._p.start()
-
-    def describe(self, text: str) -> None:
-        self._p.update(self._task, description=text)
-
-    def advance(self) -> None:
-        self._p.advance(self._task)
-
-    def close(self) -> None:
-        self._p.stop()

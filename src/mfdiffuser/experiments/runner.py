@@ -24,6 +24,7 @@ from mfdiffuser.errors import MfdError
 from mfdiffuser.experiments.cell import failed_record, one_line, prepare_dataset, run_cell
 from mfdiffuser.experiments.grid import Cell, DatasetSpec, Grid, parse_grid, select_cells
 from mfdiffuser.experiments.store import STARTED, ResultStore
+from mfdiffuser.progress import ProgressBar
 from mfdiffuser.utils import utc_timestamp
 
 CellHook = Callable[[Cell, str], None]
@@ -320,7 +321,7 @@ def run_grid(
             "cpus": summary.cpus,
         }
     )
-    bar = _Bar(len(todo), grid.name) if progress else None
+    bar = ProgressBar(len(todo), f"grid {grid.name}") if progress else None
     pending: dict[Any, Cell] = {}
     try:
         retries = grid.max_retries
@@ -368,7 +369,7 @@ def run_grid(
                     else:
                         summary.done += 1
                 if bar is not None:
-                    bar.advance(summary)
+                    bar.update(1, f"done {summary.done} skipped {summary.skipped} failed {summary.failed}")
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -394,26 +395,3 @@ def _unwrap(exc: BaseException) -> BaseException:
 def _attempts(results: Path, cell_id: str) -> int:
     path = results / "attempts" / cell_id
     return len(path.read_text().splitlines()) if path.is_file() else 0
-
-
-class _Bar:
-    """A rich progress bar over cells with running counts."""
-
-    def __init__(self, total: int, name: str) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._p = Progress(
-            TextColumn(f"grid {name}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[counts]}"),
-            TimeElapsedColumn(),
-        )
-        self._task = self._p.add_task(name, total=total, counts="")
-        self._p.start()
-
-    def advance(self, s: GridSummary) -> None:
-        self._p.update(self._task, advance=1, counts=f"done {s.done} skipped {s.skipped} failed {s.failed}")
-
-    def close(self) -> None:
-        self._p.stop()
