@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from grid_specs import TINY_GRID
+from mfdiffuser import raycluster as runner
 from mfdiffuser.cli import main
 from mfdiffuser.errors import MfdError
-from mfdiffuser.experiments import runner
 from mfdiffuser.watchdog import descendants, is_running
 
 pytest.importorskip("ray")
@@ -119,7 +119,7 @@ def test_local_ray_dies_with_its_driver():
     """kill -9 of a driver that started a local Ray: every Ray process is gone within 15 seconds."""
     code = (
         "import ray, time\n"
-        "from mfdiffuser.experiments.runner import init_ray\n"
+        "from mfdiffuser.raycluster import init_ray\n"
         "init_ray(None, 1)\n"
         "print(ray.get(ray.remote(lambda: 1).remote()), flush=True)\n"
         "time.sleep(600)\n"

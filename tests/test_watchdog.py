@@ -30,7 +30,7 @@ def test_descendants_are_killed_with_their_parent():
     """A grandchild in its own session (no parent-death signal reaches it) dies with the driver."""
     code = (
         "import subprocess, sys, time\n"
-        "from mfdiffuser.experiments.runner import _start_watchdog\n"
+        "from mfdiffuser.raycluster import _start_watchdog\n"
         "_start_watchdog()\n"
         "p = subprocess.Popen(['sleep', '300'], start_new_session=True)\n"
         "print(p.pid, flush=True)\n"

@@ -483,7 +483,7 @@ def _execute(
 ) -> None:
     workdir = Path(job.workdir)
     if cfg.use_ray:
-        from mfdiffuser.experiments.runner import init_ray
+        from mfdiffuser.raycluster import init_ray
 
         init_ray(cfg.ray_address)  # names the missing extra when Ray is not installed
         import ray
