@@ -139,3 +139,34 @@ def test_force_skips_the_check(monkeypatch, tmp_path):
             "--episodes", "1", "--seeds", "1", "--ref-episodes", "1", "--no-progress"]
     assert main(argv) == 2
     assert main([*argv, "--force"]) == 0
+
+
+def test_training_batch_cost_by_hand():
+    # H = 2, S = 3, P = 5, M = 4, B = 10: per agent 8 * 7 + 4 * 3 * 3 + 25 * 2 = 142 bytes;
+    # per row 4 * 142 + 8 * 3 + 4 * 3 * 5 = 652 bytes; the batch 6,520 bytes
+    est = cost.training_batch_cost(batch_size=10, m_max=4, horizon=2, state_size=3, summary_size=5)
+    assert est.memory_bytes == 6520
+    assert est.what == "one training batch" and est.seconds is None
+
+
+def test_train_refuses_a_batch_that_cannot_fit_before_writing(gs_dataset: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--algo", "bc", "--dataset", str(gs_dataset), "--out", str(out), "--steps", "2"]
+    code = main([*argv, "--batch-size", "1000000000000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "one training batch needs about" in err[0] and "--force" in err[0]
+    assert not out.exists()
+
+
+def test_train_memory_check_and_force(gs_dataset: Path, tmp_path: Path, monkeypatch):
+    from mfdiffuser.algos.run import train
+    from mfdiffuser.algos.trainer import TrainerConfig
+
+    monkeypatch.setattr(cost, "available_memory", lambda *a, **k: 1024)  # 1 KiB "available"
+    trainer = TrainerConfig(steps=2, batch_size=4, progress=False)
+    with pytest.raises(MfdError, match="one training batch needs"):
+        train("bc", gs_dataset, tmp_path / "refused", trainer=trainer)
+    assert not (tmp_path / "refused").exists()
+    run = train("bc", gs_dataset, tmp_path / "forced", trainer=trainer, force=True)
+    assert run.step == 2

@@ -263,6 +263,22 @@ def evaluation_cost(
     return CostEstimate("this evaluation", peak, seconds if agent.measured else None)
 
 
+def training_batch_cost(
+    *, batch_size: int, m_max: int, horizon: int, state_size: int, summary_size: int
+) -> CostEstimate:
+    """Memory of one training batch as the window sampler gathers it (a lower bound of training's).
+
+    Per (batch row, agent): three int64 gather indices per step, the states (float32, H + 1 steps,
+    ``S`` features), actions (int64), rewards (float32), mask and their ``where`` temporaries; per
+    batch row the population summaries (H + 1 steps of ``P`` floats). The network's activations come
+    on top, so a batch that does not fit means training cannot run.
+    """
+    h = int(horizon)
+    per_agent = 8 * (3 * h + 1) + 4 * (h + 1) * int(state_size) + (8 + 8 + 4 + 4 + 1) * h
+    per_row = int(m_max) * per_agent + 8 * (h + 1) + 4 * (h + 1) * int(summary_size)
+    return CostEstimate("one training batch", float(batch_size) * per_row, None)
+
+
 def check_evaluation(
     make_env: Callable[[int], Any],
     make_policy: Callable[[Any], Any],

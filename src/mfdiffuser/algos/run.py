@@ -30,6 +30,7 @@ from mfdiffuser.algos.base import (
     write_json,
 )
 from mfdiffuser.algos.trainer import CHECKPOINT, TrainerConfig, TrainingInterrupted, fit, load_ema_weights
+from mfdiffuser.cost import check_memory, training_batch_cost
 from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy
 from mfdiffuser.errors import MfdError
 from mfdiffuser.utils import check_device, seed_everything
@@ -55,12 +56,15 @@ def train(
     trainer: TrainerConfig | None = None,
     *,
     verify: bool = True,
+    force: bool = False,
 ) -> LoadedRun:
     """Train ``algo`` on the dataset at ``dataset_path``; resume if ``run_dir`` holds the same run.
 
     Reproducible from ``trainer.seed`` alone: the global generators are seeded with it before the
     network is built, and the trainer and window sampler draw from it too. ``verify=False`` loads the
     dataset without checking its file digest and checksums (see :func:`~mfdiffuser.data.load_dataset`).
+    A batch that cannot fit in the memory available is refused before anything is written, unless
+    ``force`` (see :func:`mfdiffuser.cost.training_batch_cost`).
 
     Raises:
         MfdError: ``run_dir`` holds a different run (other algorithm, options or dataset).
@@ -92,6 +96,16 @@ def train(
         batch_size=trainer.batch_size,
         m_range=tuple(config.m_range),
         seed=trainer.seed,
+    )
+    check_memory(
+        training_batch_cost(
+            batch_size=trainer.batch_size,
+            m_max=sampler.m_range[1],
+            horizon=config.horizon,
+            state_size=dataset.meta.state_size,
+            summary_size=dataset.meta.summary_size,
+        ),
+        force=force,
     )
     if (run_dir / "run.json").exists() and (run_dir / CHECKPOINT).exists():
         # a run with trained weights is only ever resumed, never overwritten by another configuration

@@ -43,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-verify", action="store_true",
                    help="load the dataset without checking its digest and checksums (trusted files only)")
     p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    p.add_argument(
+        "--force", action="store_true", help="start even when a training batch exceeds the memory available"
+    )
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast of forward and loss (GPUs)")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (extra: wandb)")
     p.set_defaults(func=run)
@@ -109,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
     print(set_threads(args.threads).describe())
     trainer = TrainerConfig(**trainer_args)
     try:
-        result = train(args.algo, args.dataset, args.out, options, trainer, verify=not args.no_verify)
+        result = train(
+            args.algo, args.dataset, args.out, options, trainer, verify=not args.no_verify, force=args.force
+        )
     except TrainingInterrupted as exc:
         saved = f"saved step {exc.step} of {exc.total}" if exc.step is not None else "no checkpoint yet"
         sys.stderr.write(f"mfd train: interrupted ({saved}); resume with the same command: {_command()}\n")
