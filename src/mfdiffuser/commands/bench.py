@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-KNOWN: tuple[str, ...] = ("envs", "battle", "data", "planner")
+KNOWN: tuple[str, ...] = ("envs", "battle", "data", "planner", "scale")
 """Benchmarks the project ships (``benchmarks/bench_<name>.py``); others found there run too."""
 
 
