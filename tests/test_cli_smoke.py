@@ -294,9 +294,11 @@ def test_evaluate_run(bc_run, workdir, capsys):
         "--out",
         str(out),
     )
-    assert "1,000" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "1,000" in printed and "validation split" in printed  # says which split it used
     result = json.loads(out.read_text())
     assert result["env"] == "gaussian-squeeze" and result["source"]["algo"] == "bc"
+    assert result["split"] == "validation" and result["seeds"] == [4_000_000, 4_000_001]
     for n in ("100", "1000"):
         r = result["results"][n]
         assert r["status"] == "done" and r["n_agents"] == int(n)
@@ -319,13 +321,17 @@ def test_evaluate_behaviour_with_exploitability(workdir, capsys):
         "--ref-episodes",
         "2",
         "--exploitability",
+        "--split",
+        "test",
         "--no-progress",
         "--out",
         str(out),
     )
-    assert "exploitability (exact)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "exploitability (exact)" in printed and "test split" in printed
     result = json.loads(out.read_text())
     assert result["source"] == {"behaviour": "random"}
+    assert result["split"] == "test" and result["seeds"] == [3_000_000, 3_000_001]
     assert result["exploitability"]["exploitability"] > 0.1  # uniform play is far from equilibrium
 
 

@@ -140,3 +140,16 @@ def test_lattice_translation_is_a_symmetry():
     assert np.array_equal(new_obs, obs[perm])
     with pytest.raises(ValueError, match="permutation"):
         env.permute(np.zeros(16, dtype=int))
+
+
+def test_medium_is_calibrated_for_any_coupling():
+    """Temperatures in units of |J|: the same game for any coupling, medium about 50 points."""
+    scores = []
+    for coupling in (0.5, 1.0, 2.0):
+        env = make("ising", n_agents=400, coupling=coupling)
+        expert, medium, rand = (
+            _mean_reward(env, env.behaviour_policy(q), 4) for q in ("expert", "medium", "random")
+        )
+        scores.append(100 * (medium - rand) / (expert - rand))
+    assert scores == pytest.approx([scores[1]] * 3, rel=1e-6)  # exactly the same dynamics, scaled
+    assert 35 < scores[1] < 65

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from mfdiffuser.algos.trainer import read_checkpoint
 from mfdiffuser.experiments import parse_grid, run_grid
 from mfdiffuser.experiments.store import ResultStore
 
@@ -225,3 +227,79 @@ def test_fill_train_times_adds_the_runs_own_training_time_once(tmp_path):
     assert after["c__s0"]["written_at"] == before["c__s0"]["written_at"]
     assert after["d__s0"] == before["d__s0"] and after["e__s0"] == before["e__s0"]
     assert store.fill_train_times() == 0
+
+
+# Measurements of time and memory, and where a store keeps things: everything else must repeat.
+VOLATILE = {"timings", "host", "pid", "written_at", "attempt", "run_dir", "path"}
+VOLATILE_METRICS = {"act_ms", "act_ms_max", "peak_mem_mb", "wall_s"}
+
+
+def stable(obj, key=None):
+    """A record without its volatile fields (timings, host, pid, stamps, paths, latency, memory)."""
+    if isinstance(obj, dict):
+        drop = VOLATILE | (VOLATILE_METRICS if "n_agents" in obj else set())
+        return {k: stable(v, k) for k, v in obj.items() if k not in drop}
+    if isinstance(obj, list):
+        return [stable(v) for v in obj]
+    return obj
+
+
+def _repro_spec():
+    spec = _spec(
+        {
+            "bc": {"algo": "bc"},
+            "mf-diffuser": {
+                "algo": "mf-diffuser",
+                "options": {"horizon": 1, "stats_batches": 1},
+                "policy": {"levels": [8, 16], "steps_per_level": [2, 1]},
+            },
+        },
+        seeds=(0, 1),
+    )
+    spec["trainer"]["steps"] = 4
+    spec["benchmarks"]["gaussian-squeeze"]["eval"] = [100]
+    return spec
+
+
+def test_two_sweeps_of_a_grid_give_identical_records(ray_session, tmp_path):
+    spec = _repro_spec()
+    first = run_grid(spec, tmp_path / "a", progress=False)
+    second = run_grid(spec, tmp_path / "b", progress=False)
+    assert first.done == second.done == 4
+    a = {r["id"]: stable(r) for r in ResultStore(tmp_path / "a").records()}
+    b = {r["id"]: stable(r) for r in ResultStore(tmp_path / "b").records()}
+    assert a == b and len(a) == 4
+    # trained weights too, not just the scores derived from them; and the training seed matters
+    def weights(store, cell_id):
+        (path,) = (tmp_path / store / "runs").glob(f"{cell_id}-*/checkpoint.pt")
+        return read_checkpoint(path)["ema"]
+
+    for cell_id in a:
+        ea, eb = weights("a", cell_id), weights("b", cell_id)
+        assert all(torch.equal(ea[k], eb[k]) for k in ea), cell_id
+    for method in ("bc", "mf-diffuser"):
+        w0, w1 = (weights("a", f"gaussian-squeeze__medium__{method}__s{s}") for s in (0, 1))
+        assert not all(torch.equal(w0[k], w1[k]) for k in w0), method
+    # Every cell is scored on the split's same episodes.
+    s0 = a["gaussian-squeeze__medium__bc__s0"]
+    assert s0["split"] == "validation" and s0["config"]["split"] == "validation"
+    seeds = {tuple(r["metrics"]["100"]["episode_seeds"]) for r in a.values()}
+    assert seeds == {(4_000_000, 4_000_001)}
+    for rec in a.values():
+        m = rec["metrics"]["100"]
+        assert m["score"]["episode_seeds"] == m["episode_seeds"] and len(m["score"]["values"]) == 2
+
+
+def test_cells_give_the_same_records_in_either_order_in_one_process(tmp_path):
+    """A worker's earlier cells leave no trace: global generators are reset for each cell."""
+    from mfdiffuser.experiments.cell import prepare_dataset, run_cell
+
+    grid = parse_grid(_repro_spec())
+    cells = [c for c in grid.cells if c.seed == 0]
+    assert {c.method for c in cells} == {"bc", "mf-diffuser"}
+    data = prepare_dataset(cells[0].dataset, tmp_path / "data")
+    out = {}
+    for name, order in (("fwd", cells), ("rev", cells[::-1])):
+        torch.manual_seed(123 if name == "fwd" else 456)  # whatever the process did before
+        out[name] = {c.id: stable(run_cell(c, data, tmp_path / name)) for c in order}
+    assert out["fwd"] == out["rev"]

@@ -38,6 +38,13 @@ def _spec(**changes):
         ({"benchmarks__gs__qualities": []}, r"qualities"),
         ({"exploitability": {"episodes": 0}}, r"method bc on benchmark gs\.exploitability: episodes"),
         ({"methods__bc__exploitability": {"enabled": "yes"}}, r"exploitability: enabled"),
+        (
+            {"methods__bc__benchmarks": {"gaussian-squeeze": {"skip": True}}},
+            r"^method bc\.benchmarks: 'gaussian-squeeze' names no benchmark of the grid; benchmarks: gs$",
+        ),
+        ({"methods__bc__benchmarks": ["gs"]}, r"method bc\.benchmarks: must be a mapping"),
+        ({"methods__bc__benchmarks": {"gs": "skip"}}, r"method bc\.benchmarks\.gs: must be a mapping"),
+        ({"split": "tset"}, r"grid: unknown split 'tset'; choose from test, validation"),
     ],
 )
 def test_bad_specs_fail_at_parse_time(changes, match):

@@ -1,12 +1,12 @@
 import json
 
+import numpy as np
 import pytest
 
 from mfdiffuser.cli import main
 from mfdiffuser.experiments import build_report
 from mfdiffuser.experiments.report import (
     Results,
-    best_flags,
     cost_table,
     markdown_table,
     summary_table,
@@ -15,7 +15,8 @@ from mfdiffuser.experiments.report import (
 from mfdiffuser.experiments.store import ResultStore
 
 
-def _rec(method, seed, score, ret, status="done", **extra):
+def _rec(method, seed, score, ret, status="done", episodes=None, **extra):
+    """A record; ``episodes``: per-episode scores at N = 100 (with episode seeds 100, 101, ...)."""
     metrics = {}
     if status == "done":
         metrics = {
@@ -24,6 +25,9 @@ def _rec(method, seed, score, ret, status="done", **extra):
             "1000": {"score": {"mean": score - 10}, "return": {"mean": ret - 0.1}, "act_ms": {"mean": 1.5},
                      "act_ms_max": {"mean": 6.0}, "peak_mem_mb": 3.0},
         }
+        if episodes is not None:
+            metrics["100"]["score"] = {"mean": float(np.mean(episodes)), "values": list(episodes)}
+            metrics["100"]["episode_seeds"] = list(range(100, 100 + len(episodes)))
     return {
         "id": f"gs__medium__{method}__s{seed}", "status": status, "benchmark": "gs", "quality": "medium",
         "method": method, "seed": seed, "fingerprint": "x", "metrics": metrics,
@@ -31,10 +35,14 @@ def _rec(method, seed, score, ret, status="done", **extra):
     }
 
 
+def _row(table, n):
+    return next(line for line in table.splitlines() if f"| {n} |" in line)
+
+
 @pytest.fixture()
 def store(tmp_path):
     s = ResultStore(tmp_path / "res")
-    # a: 50, 52, 54 -> 52.0 +- 4.97 (sem 1.155); b: 51.5 (within one s.e. of a); c: 10; d: skipped.
+    # a: seeds 50, 52, 54; b: 51.5 on every seed (inside a's interval); c: 10; d: skipped; e: failed.
     for seed, v in enumerate([50.0, 52.0, 54.0]):
         s.write(_rec("a", seed, v, 1.0 + seed,
                      exploitability={"exploitability": 0.1 * (seed + 1), "kind": "exact", "n_agents": 1000}))
@@ -47,15 +55,60 @@ def store(tmp_path):
     return s
 
 
-def test_best_flags_bold_ties_within_one_standard_error(store):
+def test_without_episode_seeds_winners_are_decided_by_overlapping_intervals(store):
     res = Results(store.records())
-    cells = [res.agg("gs", "medium", 100, m, "score") for m in res.methods]
-    assert best_flags(cells, higher=True) == [True, True, False, False, False]
-    assert best_flags(cells, higher=False) == [False, False, True, False, False]
-    table = markdown_table(res, "score")
-    row = next(line for line in table.splitlines() if "| 100 |" in line)
-    assert "**52.0 ± 5.0**" in row and "**51.5 ± 0.0**" in row
-    assert "| 10.0 ± 0.0 |" in row and "skipped" in row and "failed" in row
+    assert res.methods == ["a", "b", "c", "d", "e"]
+    # a's seeds 50, 52, 54: a resample of three seeds is all 50 with probability 1/27 = 0.037 > 0.025
+    # (all 54 likewise), so the 95% interval is [50, 54]; it holds b's 51.5: a tie
+    a = res.agg("gs", "medium", 100, "a", "score").stats
+    assert (a.mean, a.lo, a.hi) == (52.0, 50.0, 54.0)
+    verdict = res.verdict("gs", "medium", 100, "score")
+    assert verdict.winners == [True, True, False, False, False]
+    assert verdict.paired == [None, False, False, None, None]
+    row = _row(markdown_table(res, "score"), 100)
+    assert "**52.0 [50.0, 54.0]**" in row and "**51.5 [51.5, 51.5]**" in row
+    assert "| 10.0 [10.0, 10.0] |" in row
+    assert "| skipped | failed | intervals |" in row
+
+
+def test_paired_comparison_on_shared_episodes_decides_the_winners(tmp_path):
+    # Episodes vary by tens of points; on every shared episode a is 1 point above b: the seeds'
+    # intervals overlap, the paired difference does not include 0, so b is not bold.
+    s = ResultStore(tmp_path / "res")
+    difficulty = np.linspace(0.0, 60.0, 10)
+    for seed in range(3):
+        s.write(_rec("a", seed, 0, 1.0, episodes=difficulty + 1.0 + 0.1 * seed))
+        s.write(_rec("b", seed, 0, 1.0, episodes=difficulty + 0.1 * seed))
+    res = Results(s.records())
+    ia, ib = (res.agg("gs", "medium", 100, m, "score").stats for m in ("a", "b"))
+    assert ia.lo < ib.hi  # overlapping intervals
+    verdict = res.verdict("gs", "medium", 100, "score")
+    assert verdict.winners == [True, False] and verdict.paired == [None, True]
+    row = _row(markdown_table(res, "score"), 100)
+    assert row.startswith("| gs | medium | 100 | **31.1 [") and row.endswith("| paired |")
+    # N = 1,000 has no per-episode values: decided by intervals, a tie (both seeds' means 20.1 vs 21.1)
+    assert _row(markdown_table(res, "score"), "1,000").endswith("| intervals |")
+
+
+def test_episode_values_take_the_metrics_own_episode_seeds():
+    from mfdiffuser.experiments.report import episode_values
+
+    at_n = {
+        "episode_seeds": [7, 8, 9],
+        "score": {"mean": 2.0, "values": [1.0, 2.0, 3.0]},
+        "kill_ratio": {"mean": 0.5, "values": [0.4, float("nan")], "episode_seeds": [7, 9]},
+        "return": {"mean": 1.0},  # no per-episode values: the mean, no episodes
+        "peak_mem_mb": 3.0,
+    }
+    vals, eps = episode_values(at_n, "score")
+    assert vals.tolist() == [1.0, 2.0, 3.0] and eps.tolist() == [7, 8, 9]
+    vals, eps = episode_values(at_n, "kill_ratio")  # its own seeds; the NaN episode left out
+    assert vals.tolist() == [0.4] and eps.tolist() == [7]
+    assert episode_values(at_n, "return")[0].tolist() == [1.0] and episode_values(at_n, "return")[1] is None
+    assert episode_values(at_n, "peak_mem_mb")[0].tolist() == [3.0]
+    assert episode_values(at_n, "win_rate") is None
+    bad = {"score": {"values": [1.0, 2.0]}, "episode_seeds": [1, 2, 3]}  # misaligned: not paired
+    assert episode_values(bad, "score")[1] is None
 
 
 def test_behaviour_columns_are_references_never_bold(store):
@@ -65,26 +118,67 @@ def test_behaviour_columns_are_references_never_bold(store):
         store.write(rec)
     res = Results(store.records())
     assert res.references == {"behaviour"}
-    row = next(line for line in markdown_table(res, "score").splitlines() if "| 100 |" in line)
-    assert "| 90.0 ± 0.0 |" in row and "**52.0 ± 5.0**" in row and "**51.5 ± 0.0**" in row
+    row = _row(markdown_table(res, "score"), 100)
+    assert "| 90.0 [90.0, 90.0] |" in row
+    assert "**52.0 [50.0, 54.0]**" in row and "**51.5 [51.5, 51.5]**" in row
 
 
-def test_build_report_writes_tables_and_plots(store, tmp_path):
+def test_intervals_of_exploitability_latency_and_memory_are_never_below_zero(tmp_path):
+    s = ResultStore(tmp_path / "res")
+    for seed, v in enumerate([-0.3, 0.01, 0.02]):  # an estimate can come out below zero
+        rec = _rec("a", seed, 50.0, 1.0, exploitability={"exploitability": v, "kind": "estimate"})
+        rec["metrics"]["100"]["act_ms"] = {"mean": 0.1, "values": [0.0, 0.0, 0.3]}
+        s.write(rec)
+    res = Results(s.records())
+    expl = res.exploitability("gs", "medium", "a").stats
+    assert expl.mean < 0 and expl.lo == 0.0 and expl.hi >= 0.0
+    assert res.agg("gs", "medium", 100, "a", "act_ms").stats.lo >= 0.0
+
+
+def test_build_report_writes_aggregates_first_then_tables_and_plots(store, tmp_path):
+    import yaml
+
+    (store.root / "grid.yaml").write_text(yaml.safe_dump({"name": "tiny-grid"}))
     out = tmp_path / "rep"
-    path = build_report(store.root, out)
-    md = path.read_text()
-    assert "## Normalized score" in md and "## Exploitability" in md
-    assert "skipped: needs 9 GiB" in md and "RuntimeError: boom" in md
-    # exploitability: lower is better; a: 0.2 +- 0.25 (sem 0.058) beats b: 0.5
+    md = build_report(store.root, out).read_text()
+    assert md.startswith("# Results: tiny-grid\n")  # the grid's name
+    assert "name no split" in md and "name no evaluation episodes" in md  # old records: labelled
+    order = [md.index(h) for h in ("## Aggregates over rows", "### IQM and mean", "### Performance profiles",
+                                   "## Per row", "## Normalized score", "## Exploitability")]
+    assert order == sorted(order)
+    # target rows: medium at N = 1,000 only (a: 40, 42, 44); all rows: also N = 100 (50, 52, 54):
+    # IQM of six cuts one at each end: (42 + 44 + 50 + 52) / 4 = 47.0
+    target, every = md.split("### IQM and mean: ")[1:3]
+    assert "1 rows: gs: medium 1,000." in target and "| a | 3 x 1 | 42.0 [" in target
+    assert "| a | 3 x 2 | 47.0 [" in every and "| c | 3 x 2 | 5.0 [5.0, 5.0] |" in every
+    assert "Not aggregated: d (entries on 0 of 2 rows); e (entries on 0 of 2 rows)." in every
+    # skipped and failed cells: one table
+    assert "| d | gs | all | skipped | 1 | skipped: needs 9 GiB / 99 s (budget 8 GiB / 60 s) |" in md
+    assert "| e | gs | all | failed | 1 | RuntimeError: boom |" in md
+    # exploitability: lower is better; a: 0.1, 0.2, 0.3 -> [0.1, 0.3] as above, clear of b's 0.5
     expl_row = next(line for line in md.splitlines() if line.startswith("| gs (exact)"))
-    assert "**0.2000 ± 0.2484**" in expl_row and "| 0.5000 ± 0.0000 |" in expl_row
+    assert "**0.2000 [0.1000, 0.3000]**" in expl_row and "| 0.5000 [0.5000, 0.5000] |" in expl_row
     tex = (out / "tables.tex").read_text()
-    assert r"\textbf{52.0 $\pm$ 5.0}" in tex and r"\toprule" in tex
+    assert r"\textbf{52.0 [50.0, 54.0]}" in tex and r"\toprule" in tex
     for name in ("return_vs_n.png", "score_by_quality.png", "exploitability.png", "latency_vs_n.png",
-                 "memory_vs_n.png"):
+                 "memory_vs_n.png", "performance_profile.png"):
         png = out / name
         assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG"
         assert f"]({name})" in md
+
+
+def test_probability_of_improvement_table(tmp_path):
+    s = ResultStore(tmp_path / "res")
+    for seed in range(3):
+        s.write(_rec("mf-diffuser", seed, 60.0 + seed, 1.0, split="test"))
+        s.write(_rec("worse", seed, 20.0 + seed, 1.0, split="test"))
+        s.write(_rec("same", seed, 60.0 + seed, 1.0, split="test"))
+    md = build_report(s.root, tmp_path / "rep").read_text()
+    assert "Split: test." in md and "different splits" not in md
+    table = md.split("### Probability of improvement of mf-diffuser")[1]
+    assert "| worse | 1 | 1.00 [1.00, 1.00] | 2 | 1.00 [1.00, 1.00] |" in table
+    assert "| same | 1 | 0.50 [" in table
+    assert "by IQM (of those aggregated): same (51.0 [50.0, 52.0]); P(mf-diffuser > same) = 0.50 [" in table
 
 
 def test_mfd_report_cli(store, tmp_path, capsys):
@@ -92,6 +186,24 @@ def test_mfd_report_cli(store, tmp_path, capsys):
     assert (tmp_path / "r" / "report.md").is_file()
     assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "r2")]) == 2
     assert "no cell records" in capsys.readouterr().err
+
+
+def test_mfd_report_refuses_unreadable_records_unless_told_to_skip_them(store, tmp_path, capsys):
+    (store.cells_dir / "half.json").write_text('{"id": "gs__medium__a__s9", "stat')
+    (store.cells_dir / "list.json").write_text("[1, 2]")
+    (store.cells_dir / "nokeys.json").write_text('{"id": "x", "status": "done"}')
+    assert main(["report", str(store.root), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "3 unreadable records" in err and "--skip-unreadable" in err
+    assert "half.json (not JSON" in err and "list.json (not a JSON object)" in err
+    assert "nokeys.json (no 'benchmark', 'quality', 'method')" in err
+    assert not (tmp_path / "r").exists()  # nothing written
+    assert main(["report", str(store.root), "--out", str(tmp_path / "r"), "--skip-unreadable"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and "3 unreadable records" in out
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "Left out:" in md and "half.json" in md and "11 cells from" in md
 
 
 def test_mfd_bench_runs_scripts_and_reports_missing(tmp_path, capsys):
@@ -170,14 +282,14 @@ def test_report_leaves_out_records_whose_configuration_changed(tmp_path):
     assert "40.0" in row and "40.5" in row  # bc from seed 0 alone; expert from both seeds
 
 
-def test_head_to_head_summary_counts_bold_rows_and_gaps_to_the_best_other(store):
+def test_head_to_head_summary_counts_winner_rows_and_gaps_to_the_best_other(store):
     for seed in range(3):  # a reference above everyone: never the "best other"
         rec = _rec("behaviour", seed, 90.0, 9.0)
         rec["config"]["behaviour"] = "dataset"
         store.write(rec)
     table = summary_table(Results(store.records()), "score")
     lines = {line.split("|")[1].strip(): line for line in table.splitlines()[2:]}
-    # two rows (N = 100, 1,000), each: a 52.0, b 51.5 (within a's s.e.), c 10.0; d and e have no entry
+    # two rows (N = 100, 1,000), each: a 52.0, b 51.5 (inside a's interval), c 10.0; d and e have no entry
     assert set(lines) == {"a", "b", "c"}
     assert "| a | 2 | 2 (100%) | +0.5 (2) | +0.5 (2) |" in lines["a"]
     assert "| b | 2 | 2 (100%) | -0.5 (2) | -0.5 (2) |" in lines["b"]

@@ -48,3 +48,32 @@ def test_bad_actions():
         env.step(np.zeros(4))
     with pytest.raises(ValueError, match=r"\[0, 9\]"):
         env.step(np.array([0, 0, 0, 10]))
+
+
+@pytest.mark.parametrize(
+    ("mu_frac", "sigma_frac", "eps"),
+    [(0.4, 0.2, 0.0400), (0.6, 0.1, 0.0220), (0.3, 0.3, 0.0563)],
+)
+def test_medium_scores_about_50_for_any_arguments(mu_frac, sigma_frac, eps):
+    """The medium mix is calibrated per game; simulated scores land near 50 (a fixed 4% scored 27-30)."""
+    from mfdiffuser.eval.metrics import normalized_score, reference_returns
+    from mfdiffuser.eval.rollout import rollout
+
+    def build(n):
+        return make("gaussian-squeeze", n_agents=n, mu_frac=mu_frac, sigma_frac=sigma_frac)
+
+    assert build(1000).medium_mix() == pytest.approx(eps, abs=5e-4)
+    refs = reference_returns(build, 1000, [0], 40)
+    (res,) = rollout(build, lambda env: env.behaviour_policy("medium"), [1000], [0], 40, progress=False)
+    score = normalized_score(np.mean([e.mean_return for e in res.episodes]), refs["random"], refs["expert"])
+    assert 40 <= score <= 60
+
+
+def test_expected_reward_matches_hand_computed_pure_strategies():
+    env = make("gaussian-squeeze", n_agents=10)
+    # every agent plays 0: x = 0, reward 0; every agent plays 1: x = 10 = 2.5 mu, per agent
+    # g = 1 * exp(-(10 - 4)^2 / 2^2) = exp(-9)
+    assert env.expected_reward(np.eye(10)[0]) == 0.0
+    assert env.expected_reward(np.eye(10)[1]) == pytest.approx(math.exp(-9.0), rel=1e-9)
+    with pytest.raises(ValueError, match="no medium quality"):
+        make("gaussian-squeeze", n_agents=10, mu_frac=50.0, sigma_frac=0.01).medium_mix()

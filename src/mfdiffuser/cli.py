@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "evaluate": "evaluate",
     "sweep": "sweep",
+    "select": "select",
     "report": "report",
     "bench": "bench",
     "demo": "demo",

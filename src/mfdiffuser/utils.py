@@ -1,14 +1,18 @@
-"""Small shared helpers: seeding, device selection, atomic file writes."""
+"""Small shared helpers: seeding, device selection, atomic file writes, content fingerprints."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import os
 import random
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +26,11 @@ def utc_timestamp() -> str:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy's legacy global state and torch. Called once, by the CLI only."""
+    """Seed Python's ``random``, NumPy's legacy global state and torch's global generator.
+
+    Called before anything random is built (a network's initial weights, a cell's rollouts), so
+    that nothing depends on what ran earlier in the process (e.g. a Ray worker's previous cells).
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     try:
@@ -85,3 +93,20 @@ def save_figure(fig: object, path: str | os.PathLike[str], **savefig_kwargs: obj
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", **savefig_kwargs)  # type: ignore[attr-defined]
     return Path(path)
+
+
+def plain(obj: Any) -> Any:
+    """``obj`` with dataclass instances turned into dicts and tuples into lists (JSON-ready)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    return obj
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 (hex) of the canonical JSON of ``obj`` (keys sorted, dataclasses as dicts)."""
+    text = json.dumps(plain(obj), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -32,7 +32,7 @@ from mfdiffuser.algos.base import (
 from mfdiffuser.algos.trainer import CHECKPOINT, TrainerConfig, TrainingInterrupted, fit, load_ema_weights
 from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy
 from mfdiffuser.errors import MfdError
-from mfdiffuser.utils import check_device
+from mfdiffuser.utils import check_device, seed_everything
 
 
 class LoadedRun(NamedTuple):
@@ -58,8 +58,9 @@ def train(
 ) -> LoadedRun:
     """Train ``algo`` on the dataset at ``dataset_path``; resume if ``run_dir`` holds the same run.
 
-    ``verify=False`` loads the dataset without checking its file digest and checksums (see
-    :func:`~mfdiffuser.data.load_dataset`).
+    Reproducible from ``trainer.seed`` alone: the global generators are seeded with it before the
+    network is built, and the trainer and window sampler draw from it too. ``verify=False`` loads the
+    dataset without checking its file digest and checksums (see :func:`~mfdiffuser.data.load_dataset`).
 
     Raises:
         MfdError: ``run_dir`` holds a different run (other algorithm, options or dataset).
@@ -81,6 +82,8 @@ def train(
     }
     # compare in JSON form: tuples in configs come back from run.json as lists
     record = json.loads(json.dumps(record, default=_json_default))
+    # The initial weights (and anything else drawn while building) come from the training seed.
+    seed_everything(trainer.seed)
     # Build everything that can reject the input before anything is written to run_dir.
     learner = module.build(config, dataset.meta, dataset)
     sampler = WindowSampler(

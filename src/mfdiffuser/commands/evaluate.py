@@ -14,7 +14,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Roll out a policy at every --n-agents for --episodes episodes per seed and report the "
             "per-agent return, normalized score (reference returns of the random and expert "
             "behaviour at each N), Ising order parameter, battle win rate and kill ratio, act "
-            "latency and memory: mean and 95% confidence interval over seeds."
+            "latency and memory: mean and 95% confidence interval over seeds. Episodes come from "
+            "the validation split's evaluation seeds unless --split test is given: make every "
+            "choice on validation and report test."
         ),
     )
     src = p.add_mutually_exclusive_group(required=True)
@@ -35,7 +37,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="population sizes (default: training N)",
     )
     p.add_argument("--episodes", type=int, default=20, help="episodes per seed")
-    p.add_argument("--seeds", type=int, default=3, help="number of evaluation seeds (0 .. k-1)")
+    p.add_argument(
+        "--seeds", type=int, default=3, help="number of evaluation seeds (the split's first k)"
+    )
+    p.add_argument(
+        "--split",
+        choices=["validation", "test"],
+        default="validation",
+        help="evaluation episodes of this split (default validation; test only for reported results)",
+    )
     p.add_argument("--ref-episodes", type=int, default=10, help="episodes per reference policy at a new N")
     p.add_argument(
         "--policy-opt",
@@ -58,12 +68,13 @@ def run(args: argparse.Namespace) -> int:
     from mfdiffuser.commands.train import parse_options
     from mfdiffuser.envs import resolve
     from mfdiffuser.eval.evaluate import DatasetBehaviourPolicy, env_factory, evaluate_policy, references
+    from mfdiffuser.splits import episode_seeds
 
     if args.episodes < 1 or args.seeds < 1 or args.ref_episodes < 1:
         raise ValueError("--episodes, --seeds and --ref-episodes must be >= 1")
     if args.n_agents is not None and any(n < 1 for n in args.n_agents):
         raise ValueError(f"--n-agents must be positive, got {args.n_agents}")
-    seeds = list(range(args.seeds))
+    seeds = episode_seeds(args.split, args.seeds)
     policy_opts = parse_options(args.policy_opt)
     source: dict[str, Any]
     if args.run:
@@ -109,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_policy(
         make_env, policy_for, n_list, seeds, args.episodes, refs, by="seed", progress=not args.no_progress
     )
-    result.update(source=source, env=env_name, env_args=env_args)
+    result.update(source=source, env=env_name, env_args=env_args, split=args.split)
     if args.exploitability:
         from mfdiffuser.eval.exploitability import exploitability
 
@@ -144,7 +155,11 @@ def _print(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{result['env']}: {result['episodes']} episodes x {len(result['seeds'])} seeds")
+    seeds = result["seeds"]
+    table = Table(
+        title=f"{result['env']}, {result['split']} split: {result['episodes']} episodes x {len(seeds)} "
+        f"seeds ({seeds[0]}..{seeds[-1]})"
+    )
     cols = [("return", "return", 3), ("score", "score", 1), ("order_parameter", "|m|", 3)]
     cols += [("win_rate", "win rate", 2), ("kill_ratio", "kill ratio", 2), ("act_ms", "act ms", 2)]
     present = [c for c in cols if any(c[0] in r for r in result["results"].values())]

@@ -1,4 +1,4 @@
-"""``mfd report``: Markdown and LaTeX tables and PNG plots from a grid's results store."""
+"""``mfd report``: aggregates, Markdown and LaTeX tables and PNG plots from a grid's results store."""
 
 from __future__ import annotations
 
@@ -8,23 +8,35 @@ import argparse
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
-        help="tables (Markdown, LaTeX) and plots (PNG) of a results store",
+        help="aggregates, tables (Markdown, LaTeX) and plots (PNG) of a results store",
         description=(
-            "Aggregate the cell records of a results directory over seeds (mean and 95% CI) into "
-            "report.md, tables.tex and PNG plots; the best method per row is bold."
+            "Aggregate the cell records of a results directory into report.md, tables.tex and PNG "
+            "plots: IQM, mean, probability of improvement and performance profiles across rows first "
+            "(rliable, stratified bootstrap), then per-row tables with bootstrap intervals and the "
+            "row's winners in bold (paired comparison on shared evaluation episodes)."
         ),
     )
     p.add_argument("results", help="results directory written by `mfd sweep`, e.g. results/main")
     p.add_argument("--out", default=None, help="output directory (default: reports/<results name>)")
+    p.add_argument(
+        "--skip-unreadable",
+        action="store_true",
+        help="report the readable records when some record files are unreadable (default: refuse)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mfdiffuser.experiments.report import build_report
+    from mfdiffuser.experiments.report import REPORT_KEYS, build_report, unreadable_message
+    from mfdiffuser.experiments.store import ResultStore
 
     out = Path(args.out) if args.out else Path("reports") / Path(args.results).name
-    path = build_report(args.results, out)
+    path = build_report(args.results, out, skip_unreadable=args.skip_unreadable)
+    store = ResultStore(args.results)
+    unreadable = store.scan(REPORT_KEYS).unreadable
+    if unreadable:
+        print(f"skipped {unreadable_message(store.cells_dir, unreadable)}")
     print(f"report: {path}")
     return 0

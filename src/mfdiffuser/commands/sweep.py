@@ -48,12 +48,15 @@ def run(args: argparse.Namespace) -> int:
         store = ResultStore(results)
         cells = select_cells(grid.cells, args.only)
         for cell in cells:
-            rec = store.read(cell.id)
+            rec = store.read(cell.record_ids[-1])  # the last budget's record, if any
             status = "todo"
             if rec is not None:
                 status = rec["status"] if rec.get("fingerprint") == cell.fingerprint else "stale"
             print(f"{status:8s} {cell.id}")
-        print(f"{len(cells)} of {len(grid.cells)} cells, {len(grid.datasets())} datasets -> {results}")
+        print(
+            f"{len(cells)} of {len(grid.cells)} cells, {len(grid.datasets())} datasets, "
+            f"{grid.split} split -> {results}"
+        )
         return 0
     summary = run_grid(
         args.spec,

@@ -103,6 +103,8 @@ class DatasetMeta:
     """mfdiffuser version that wrote the file."""
     checksum: str = ""
     """sha256 over the arrays (see docs/datasets.md); identifies the data."""
+    split: str = ""
+    """Split of the data: ``test``, ``validation`` (:mod:`mfdiffuser.splits`) or empty (none named)."""
 
     @property
     def all_agents_stored(self) -> bool:

@@ -59,6 +59,9 @@ class GenerateConfig:
     """K agents stored per episode (random subset); None: all up to 2,048, else 2,048."""
     ref_episodes: int = 10
     """Episodes per reference policy (random, expert) for the reference returns."""
+    split: str = ""
+    """Split the dataset belongs to (``test``, ``validation``; empty: none); ``seed`` must lie in
+    that split's range (:func:`mfdiffuser.splits.data_seed`). Recorded in the metadata."""
     workers: int = 1
     """Parallel worker processes (or Ray tasks in flight); <= 1 runs in this process."""
     use_ray: bool = False
@@ -324,6 +327,12 @@ def _validate(cfg: GenerateConfig) -> None:
             f"--quality mixed alternates random and expert episodes: it needs --episodes >= 2, "
             f"got {cfg.episodes}"
         )
+    if cfg.split:
+        from mfdiffuser.splits import check_split, split_of_data_seed
+
+        check_split(cfg.split)
+        if split_of_data_seed(int(cfg.seed)) != cfg.split:
+            raise ValueError(f"seed {cfg.seed} lies outside the {cfg.split} split's range of dataset seeds")
     if cfg.compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {cfg.compression!r}; choose from {', '.join(COMPRESSIONS)}")
     if not 0 <= cfg.compression_level <= 9:
@@ -478,6 +487,7 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
         "seed": int(cfg.seed),
         "stored_agents": k,
         "ref_episodes": int(cfg.ref_episodes),
+        **({"split": cfg.split} if cfg.split else {}),
         "schema_version": SCHEMA_VERSION,
         "library_version": __version__,
     }
@@ -539,6 +549,7 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
         state_size=env.state_size, n_actions=env.n_actions, summary_size=env.summary_size,
         n_episodes=int(cfg.episodes), stored_agents=k, ref_returns=refs,
         ref_episodes=int(cfg.ref_episodes), seed=int(cfg.seed), behaviour_policy=policies,
+        split=cfg.split,
     )
 
     def rows() -> Iterator[dict[str, np.ndarray]]:

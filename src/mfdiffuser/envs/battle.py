@@ -573,7 +573,8 @@ class Battle(PopulationEnv):
         ``expert``: the scripted attacker :func:`~mfdiffuser.envs.battle_policies.expert_actions`;
         ``medium``: each agent is that attacker with probability 0.65 (drawn per episode), random
         otherwise, which lands at about 50 normalized points (mean return per agent) against the
-        ``attack-nearest`` opponent at 64 and 256 per side (higher against ``hold`` and ``random``);
+        ``attack-nearest`` opponent at 64 and 256 per side (higher against ``hold`` and ``random``;
+        the fraction is fixed, not recalibrated for other opponents or map densities);
         ``random``: uniform actions.
         """
         if quality == "expert":

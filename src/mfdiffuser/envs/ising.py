@@ -167,14 +167,25 @@ class Ising(PopulationEnv):
           0.5 -> 70, 0.6 -> 82; eps 0.15 -> 48). beta = 0.4 measured 52.3 +- 0.3 normalized at
           N = 1024 (100 episodes) and 52.0 +- 0.2 at N = 10,000 (30 episodes).
         * random: uniform spins, return 0 in expectation (random spins are uncorrelated).
+
+        Inverse temperatures are in units of ``1 / |J|``: the dynamics depend on ``beta J`` and
+        ``beta h`` only, and the reward scales with ``J``, so at ``h = 0`` every quality (hence
+        medium's 50 points) is the same game for any coupling, ferromagnetic or not (a fixed
+        beta scored medium 93 at J = 2 and 18 at J = 0.5; now 50.6 at J = 0.5, 1 and 2, 52.1 at
+        J = -1; N = 1024, 20 episodes). A field ``h`` shifts medium and is not recalibrated
+        (h = 0.3 J: 58; J = 0, h = 1: 39).
         """
+        # temperatures in units of |J| (a pure field game, J = 0, keeps them as they are)
+        unit = 1.0 / abs(self.coupling) if self.coupling != 0 else 1.0
         if quality == "random":
             return RandomPolicy()
         if quality == "expert":
-            return HeatBathPolicy(beta=2.0, update_prob=0.7, coupling=self.coupling, field=self.field)
+            return HeatBathPolicy(
+                beta=2.0 * unit, update_prob=0.7, coupling=self.coupling, field=self.field
+            )
         if quality == "medium":
             return HeatBathPolicy(
-                beta=_MEDIUM_BETA, update_prob=0.7, coupling=self.coupling, field=self.field
+                beta=_MEDIUM_BETA * unit, update_prob=0.7, coupling=self.coupling, field=self.field
             )
         raise ValueError(f"{self.name}: unknown quality {quality!r}; choose from expert, medium, random")
 

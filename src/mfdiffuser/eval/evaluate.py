@@ -68,7 +68,7 @@ def references(
     args = env_args_at(env, env_args, n_agents)
     path = None
     if cache_dir is not None:
-        from mfdiffuser.experiments.grid import fingerprint
+        from mfdiffuser.utils import fingerprint
 
         key = fingerprint({"env": env, "args": args, "episodes": episodes, "stream": REFERENCE_STREAM})[:16]
         path = Path(cache_dir) / f"{env}-n{n_agents}-{key}.json"

@@ -93,7 +93,23 @@ def _ci(values: Mapping[Any, float]) -> dict[str, Any] | None:
     vals = list(values.values())
     if not vals:
         return None
-    return {**mean_ci(vals).as_dict(), "values": vals}
+    out = {**mean_ci(vals).as_dict(), "values": vals}
+    seeds = _episode_seeds(values)
+    if seeds is not None:
+        out["episode_seeds"] = seeds
+    return out
+
+
+def _episode_seeds(groups: Mapping[Any, float]) -> list[int] | None:
+    """The evaluation seed of each value when every group is episode 0 of its own seed, else None.
+
+    That is how a grid evaluates (one episode per seed of the split's stream): the seeds then name
+    the shared episodes that paired comparisons match on.
+    """
+    keys = list(groups)
+    if keys and all(isinstance(k, tuple) and k[1] == 0 for k in keys):
+        return [int(k[0]) for k in keys]
+    return None
 
 
 def summarize(
@@ -109,7 +125,10 @@ def summarize(
     Returns:
         ``{"n_agents", "episodes", "return", "score"?, "order_parameter"?, "win_rate"?,
         "kill_ratio"?, "act_ms", "act_ms_max", "peak_mem_mb", "info"}``; ``info`` holds the
-        seed means of every other scalar the env reported at the episode's end.
+        seed means of every other scalar the env reported at the episode's end. With
+        ``by="episode"`` and one episode per evaluation seed (a grid's split stream), the result
+        and every metric also carry ``episode_seeds``, aligned with the metric's ``values`` (a
+        metric that some episode does not report, e.g. a kill ratio, lists only its own).
     """
     eps = result.episodes
 
@@ -118,6 +137,9 @@ def summarize(
 
     out: dict[str, Any] = {"n_agents": result.n_agents, "episodes": len(eps), "by": by}
     returns = group(lambda e: e.mean_return)
+    seeds = _episode_seeds(returns)
+    if seeds is not None:
+        out["episode_seeds"] = seeds
     out["return"] = _ci(returns)
     if refs is not None:
         r_rand, r_exp = float(refs["random"]), float(refs["expert"])

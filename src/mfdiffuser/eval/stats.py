@@ -1,14 +1,24 @@
-"""Statistics over seeds: mean and a 95% confidence interval from Student's t distribution.
+"""Statistics of evaluations: intervals per row, paired comparisons, and aggregates across rows.
 
-The t quantile is computed here (numerical integration of the t density, then bisection) so that
-the library needs no SciPy; it matches tabulated values to better than 1e-6.
+* :func:`mean_ci`: mean and Student-t interval of one cell's episodes (stored in every record).
+* :func:`bootstrap_mean`, :func:`compare`, :func:`row_winners`: a row's (benchmark x quality x N)
+  bootstrap intervals over training seeds and episodes, and its winners by a paired comparison on
+  shared evaluation episodes (by non-overlapping intervals where the records share none).
+* :func:`aggregates`, :func:`probability_of_improvement`, :func:`performance_profiles`: IQM, mean,
+  probability of improvement and performance profiles over rows with stratified bootstrap intervals,
+  from the ``rliable`` library (Agarwal et al., "Deep RL at the Edge of the Statistical Precipice",
+  NeurIPS 2021).
+
+The t quantile is computed here (numerical integration of the t density, then bisection); it matches
+tabulated values to better than 1e-6.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 
@@ -101,3 +111,432 @@ def mean_ci(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> M
     sem = std / math.sqrt(n)
     half = t_quantile(0.5 * (1.0 + confidence), n - 1) * sem
     return MeanCI(mean, half, std, sem, n)
+
+
+# ------------------------------------------------------------------------------ bootstrap intervals
+BOOT_REPS = 4000
+"""Bootstrap resamples of per-row intervals and paired comparisons."""
+AGG_REPS = 2000
+"""Stratified bootstrap resamples of the aggregates across rows (IQM, mean, improvement, profiles)."""
+CONFIDENCE = 0.95
+
+
+class Interval(NamedTuple):
+    """A point estimate with a two-sided percentile bootstrap interval ``[lo, hi]``.
+
+    ``mean`` is the point estimate (a mean, an IQM or a probability of improvement). ``seeds`` and
+    ``episodes`` say what was resampled: training seeds, and values in all (evaluation episodes, or
+    seeds x rows for aggregates); an interval from a single value is NaN.
+    """
+
+    mean: float
+    lo: float
+    hi: float
+    seeds: int
+    episodes: int
+
+    @property
+    def defined(self) -> bool:
+        """False where one value leaves nothing to resample (the interval is NaN)."""
+        return not (math.isnan(self.lo) or math.isnan(self.hi))
+
+    def overlaps(self, other: Interval) -> bool:
+        """True if the two intervals share a point (an undefined interval overlaps everything)."""
+        if not (self.defined and other.defined):
+            return True
+        return self.lo <= other.hi and other.lo <= self.hi
+
+
+def _check_groups(groups: Sequence[Sequence[float] | np.ndarray]) -> list[np.ndarray]:
+    out = [np.asarray(g, dtype=np.float64).ravel() for g in groups]
+    if not out or any(g.size == 0 for g in out):
+        raise ValueError("bootstrap: every training seed needs at least one value")
+    if not all(np.all(np.isfinite(g)) for g in out):
+        raise ValueError("bootstrap: non-finite values")
+    return out
+
+
+def _percentile(stat: np.ndarray, confidence: float) -> tuple[float, float]:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    alpha = 1.0 - confidence
+    lo, hi = np.quantile(stat, [alpha / 2, 1.0 - alpha / 2])
+    return float(lo), float(hi)
+
+
+def _floored(lo: float, hi: float, floor: float | None) -> tuple[float, float]:
+    if floor is None:
+        return lo, hi
+    return max(lo, floor), max(hi, floor)
+
+
+def _counts(rng: np.random.Generator, n: int, reps: int) -> np.ndarray:
+    """``[reps, n]`` multiplicities of ``reps`` resamples with replacement of ``n`` items."""
+    idx = rng.integers(0, n, size=(reps, n)) + n * np.arange(reps)[:, None]  # row r: bins r n .. r n + n - 1
+    return np.bincount(idx.ravel(), minlength=reps * n).reshape(reps, n)
+
+
+def bootstrap_mean(
+    groups: Sequence[Sequence[float] | np.ndarray],
+    *,
+    reps: int = BOOT_REPS,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+    floor: float | None = None,
+) -> Interval:
+    """Mean over training seeds of each seed's mean over its episodes, with a two-level bootstrap interval.
+
+    ``groups[s]`` holds training seed ``s``'s per-episode values. One resample draws ``S`` training
+    seeds with replacement, then for each drawn seed redraws its episodes with replacement
+    (independently for every draw, so a seed drawn twice gets two episode resamples), and takes the
+    mean over the drawn seeds of their resampled episode means. The interval is the percentile
+    interval of ``reps`` such resamples. With one training seed only episodes are resampled; with one
+    value per seed only seeds are; one value in all gives a NaN interval.
+
+    Args:
+        groups: per training seed, its per-episode values (``[S]`` lists of ``[E_s]`` values).
+        reps: number of resamples.
+        confidence: coverage of the interval.
+        seed: seed of the resampling generator (the interval is reproducible).
+        floor: lowest value an end of the interval may take (0 for quantities that cannot be negative:
+            exploitability, latency, memory), or None.
+
+    Raises:
+        ValueError: no values, a seed without values, a non-finite value, or a bad ``confidence``.
+    """
+    gs = _check_groups(groups)
+    mean = float(np.mean([g.mean() for g in gs]))
+    n_s, n_e = len(gs), sum(g.size for g in gs)
+    if n_e == 1:
+        return Interval(mean, math.nan, math.nan, 1, 1)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, n_s, size=(reps, n_s))  # [reps, S]: which seed fills each slot
+    slot_means = np.empty((reps, n_s))
+    for s, g in enumerate(gs):
+        # every slot gets its own episode resample of seed s; keep those of the slots that drew s
+        ep_means = g[rng.integers(0, g.size, size=(reps, n_s, g.size))].mean(axis=2)
+        np.copyto(slot_means, ep_means, where=pick == s)
+    lo, hi = _floored(*_percentile(slot_means.mean(axis=1), confidence), floor)
+    return Interval(mean, lo, hi, n_s, n_e)
+
+
+class Samples(NamedTuple):
+    """One method's evaluation at one row: per training seed, its per-episode values.
+
+    ``episode_seeds[s]`` (aligned with ``values[s]``) names the evaluation episodes, or is None where
+    the record does not say (then no paired comparison is possible).
+    """
+
+    values: Sequence[np.ndarray]
+    episode_seeds: Sequence[np.ndarray | None]
+
+    def interval(self, **kwargs: Any) -> Interval:
+        """:func:`bootstrap_mean` of the values (keyword arguments passed on)."""
+        return bootstrap_mean(self.values, **kwargs)
+
+
+def _on_shared_episodes(a: Samples, b: Samples) -> tuple[np.ndarray, np.ndarray] | None:
+    """``A[S_a, E]`` and ``B[S_b, E]``: both methods' values on the episodes every seed of both ran."""
+    if not a.values or not b.values:
+        return None
+    maps = []
+    for sample in (a, b):
+        for vals, eps in zip(sample.values, sample.episode_seeds, strict=True):
+            if eps is None or len(eps) != len(vals) or len(set(np.asarray(eps).tolist())) != len(eps):
+                return None
+            maps.append(dict(zip(np.asarray(eps).tolist(), np.asarray(vals, dtype=np.float64), strict=True)))
+    shared = sorted(set.intersection(*(set(m) for m in maps)))
+    if len(shared) < 2:
+        return None
+    mat = np.array([[m[e] for e in shared] for m in maps])
+    return mat[: len(a.values)], mat[len(a.values) :]
+
+
+class Comparison(NamedTuple):
+    """Difference ``a - b`` of two methods' means at one row, and whether the data resolve it.
+
+    ``paired``: True if decided on shared evaluation episodes (``episodes`` of them), False if by
+    non-overlapping intervals of the two means (then ``lo``/``hi`` are NaN).
+    """
+
+    diff: float
+    lo: float
+    hi: float
+    paired: bool
+    episodes: int
+    resolved: bool
+    """True if ``a`` and ``b`` differ at the interval's confidence (the sign is that of ``diff``)."""
+
+
+def compare(
+    a: Samples,
+    b: Samples,
+    *,
+    reps: int = BOOT_REPS,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+    intervals: tuple[Interval, Interval] | None = None,
+) -> Comparison:
+    """Compare two methods at one row: paired on shared evaluation episodes where the records allow.
+
+    Paired: the values on the episode seeds that every training seed of both methods ran form
+    ``A[S_a, E]`` and ``B[S_b, E]``. One resample draws the ``E`` episodes once with replacement (the
+    same draw for both methods, which is the pairing: both faced the same episodes), and each method's
+    training seeds independently with replacement; the statistic is the difference of the two means
+    over drawn seeds x drawn episodes. ``a`` and ``b`` differ if the percentile interval of the
+    difference excludes 0. Unpaired (no episode seeds, or fewer than 2 shared): they differ if their
+    intervals do not overlap: ``intervals`` if given (those a report shows), else :func:`bootstrap_mean`'s.
+    """
+    shared = _on_shared_episodes(a, b)
+    if shared is None:
+        ia, ib = intervals or (
+            a.interval(reps=reps, confidence=confidence, seed=seed),
+            b.interval(reps=reps, confidence=confidence, seed=seed),
+        )
+        return Comparison(ia.mean - ib.mean, math.nan, math.nan, False, 0, not ia.overlaps(ib))
+    ma, mb = shared
+    (sa, e), sb = ma.shape, mb.shape[0]
+    diff = float(ma.mean() - mb.mean())
+    rng = np.random.default_rng(seed)
+    w = _counts(rng, e, reps)  # [reps, E], shared by both methods
+    ca, cb = _counts(rng, sa, reps), _counts(rng, sb, reps)
+    stat = np.einsum("rs,se,re->r", ca, ma, w) / (sa * e) - np.einsum("rs,se,re->r", cb, mb, w) / (sb * e)
+    lo, hi = _percentile(stat, confidence)
+    return Comparison(diff, lo, hi, True, e, lo > 0.0 or hi < 0.0)
+
+
+class RowVerdict(NamedTuple):
+    """The winners of one row: the best mean and every method the data do not separate from it."""
+
+    best: int | None
+    """Index of the best mean (None if no method has values)."""
+    winners: list[bool]
+    """Per method: best, or not resolved from the best."""
+    paired: list[bool | None]
+    """Per method: how it was compared with the best (True paired, False intervals, None not compared)."""
+
+
+def row_winners(
+    cells: Sequence[Samples | None],
+    *,
+    higher: bool,
+    reps: int = BOOT_REPS,
+    seed: int = 0,
+    intervals: Sequence[Interval | None] | None = None,
+) -> RowVerdict:
+    """Winners of a row of methods (``None``: a method without values here).
+
+    The best is the highest mean (the lowest if not ``higher``); each other method is compared with it
+    by :func:`compare` and is a winner too unless the comparison resolves it as worse. ``intervals``
+    (per method, aligned with ``cells``) are those the unpaired fallback compares, if given.
+    """
+    means = [None if c is None else float(np.mean([np.mean(v) for v in c.values])) for c in cells]
+    valid = [(i, m) for i, m in enumerate(means) if m is not None]
+    if not valid:
+        return RowVerdict(None, [False] * len(cells), [None] * len(cells))
+    best = (max if higher else min)(valid, key=lambda im: im[1])[0]
+    winners, paired = [False] * len(cells), cast("list[bool | None]", [None] * len(cells))
+    winners[best] = True
+    for i, c in enumerate(cells):
+        if c is None or i == best:
+            continue
+        pair = None
+        if intervals is not None and intervals[i] is not None and intervals[best] is not None:
+            pair = (cast(Interval, intervals[i]), cast(Interval, intervals[best]))
+        cmp = compare(c, cast(Samples, cells[best]), reps=reps, seed=seed, intervals=pair)
+        # worse only if resolved below the best (above, where lower is better); on the shared episodes
+        # alone a method can come out ahead of the best mean over all episodes: then it wins too
+        worse = cmp.resolved and (cmp.diff < 0.0 if higher else cmp.diff > 0.0)
+        winners[i], paired[i] = not worse, cmp.paired
+    return RowVerdict(best, winners, paired)
+
+
+# ------------------------------------------------------------------ aggregates across rows (rliable)
+@contextlib.contextmanager
+def _seeded_global_numpy(seed: int) -> Iterator[None]:
+    """Seed NumPy's global generator for a block, restoring its state after.
+
+    rliable's stratified bootstrap draws its indices from ``np.random`` itself (its ``random_state``
+    argument does not reach them), so this is the only way to make its intervals reproducible.
+    """
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+class Aggregate(NamedTuple):
+    """IQM and mean of one method's normalized scores over rows, with stratified bootstrap intervals."""
+
+    iqm: Interval
+    mean: Interval
+
+
+def aggregates(
+    scores: Mapping[str, np.ndarray], *, reps: int = AGG_REPS, confidence: float = CONFIDENCE, seed: int = 0
+) -> dict[str, Aggregate]:
+    """IQM and mean over runs x rows per method, with rliable's stratified bootstrap intervals.
+
+    Args:
+        scores: per method, ``[R, T]`` normalized scores of ``R`` training seeds on ``T`` rows (each
+            entry a seed's mean over its episodes). The bootstrap redraws the seeds within each row.
+        reps: bootstrap resamples.
+        confidence: coverage of the intervals.
+        seed: seed of the resampling.
+
+    Returns:
+        Per method, its :class:`Aggregate`; IQM is the mean of the middle half of all ``R * T`` scores
+        (rliable's ``aggregate_iqm``: ``int(R T / 4)`` scores cut at each end).
+    """
+    from rliable import library as rly
+    from rliable import metrics as rm
+
+    def both(x: np.ndarray) -> np.ndarray:
+        return np.array([iqm(x), rm.aggregate_mean(x)])
+
+    out = {}
+    for name, x in scores.items():
+        x = _score_matrix(x)
+        with _seeded_global_numpy(seed):
+            point, ci = rly.get_interval_estimates(
+                {name: x}, both, reps=reps, confidence_interval_size=confidence
+            )
+        (p_iqm, p_mean), ((iqm_lo, mean_lo), (iqm_hi, mean_hi)) = point[name], ci[name]
+        out[name] = Aggregate(
+            Interval(float(p_iqm), float(iqm_lo), float(iqm_hi), x.shape[0], x.size),
+            Interval(float(p_mean), float(mean_lo), float(mean_hi), x.shape[0], x.size),
+        )
+    return out
+
+
+def iqm(x: np.ndarray) -> float:
+    """Interquartile mean of all entries: ``int(n / 4)`` cut at each end of the ``n`` sorted values.
+
+    rliable's ``aggregate_iqm`` (SciPy's ``trim_mean(x, 0.25)``), without SciPy's per-call overhead,
+    which dominated the bootstrap.
+    """
+    v = np.sort(np.asarray(x, dtype=np.float64).ravel())
+    k = int(0.25 * v.size)
+    return float(v[k : v.size - k].mean())
+
+
+def _score_matrix(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.size == 0 or not np.all(np.isfinite(x)):
+        raise ValueError(f"scores must be a finite, non-empty [runs, rows] matrix, got shape {x.shape}")
+    return x
+
+
+def improvement_probability(x: np.ndarray, y: np.ndarray) -> float:
+    """P(X > Y) + P(X = Y) / 2 for a random run of X and of Y on the same row, averaged over rows.
+
+    The same quantity as rliable's ``probability_of_improvement`` (the Mann-Whitney U statistic over
+    ``R_x R_y`` per row), computed for all rows at once: rliable's loop over rows calling SciPy is some
+    100x slower, too slow for thousands of bootstrap resamples.
+
+    Args:
+        x: ``[R_x, T]`` scores of method X.
+        y: ``[R_y, T]`` scores of method Y on the same ``T`` rows.
+    """
+    gt = x[:, None, :] > y[None, :, :]  # [R_x, R_y, T]
+    eq = x[:, None, :] == y[None, :, :]
+    return float(np.mean(gt.mean(axis=(0, 1)) + 0.5 * eq.mean(axis=(0, 1))))
+
+
+def probability_of_improvement(
+    x: np.ndarray, y: np.ndarray, *, reps: int = AGG_REPS, confidence: float = CONFIDENCE, seed: int = 0
+) -> Interval:
+    """Probability that X improves on Y, with rliable's stratified bootstrap interval.
+
+    Args:
+        x: ``[R_x, T]`` normalized scores of X (training seeds x rows).
+        y: ``[R_y, T]`` normalized scores of Y on the same rows; the bootstrap redraws each method's
+            seeds within each row independently.
+        reps: bootstrap resamples.
+        confidence: coverage of the interval.
+        seed: seed of the resampling.
+
+    Raises:
+        ValueError: the two matrices cover different numbers of rows.
+    """
+    from rliable import library as rly
+
+    x, y = _score_matrix(x), _score_matrix(y)
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"probability_of_improvement: {x.shape[1]} rows against {y.shape[1]}")
+    with _seeded_global_numpy(seed):
+        point, ci = rly.get_interval_estimates(
+            {"xy": [x, y]}, improvement_probability, reps=reps, confidence_interval_size=confidence
+        )
+    (lo,), (hi,) = np.asarray(ci["xy"]).reshape(2, 1)
+    return Interval(float(point["xy"]), float(lo), float(hi), min(x.shape[0], y.shape[0]), x.shape[1])
+
+
+def score_distribution(scores: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """``[K]`` fraction of all entries of ``scores`` above each threshold of ``taus`` ``[K]``.
+
+    rliable's default profile (``score_distributions``), vectorized: rliable's evaluates one threshold
+    per Python call, some 100x slower inside a bootstrap.
+    """
+    return (np.asarray(scores)[..., None] > np.asarray(taus)).reshape(-1, len(taus)).mean(axis=0)
+
+
+class Profile(NamedTuple):
+    """A performance profile: the fraction of runs x rows scoring above each threshold, with its band."""
+
+    taus: np.ndarray
+    """``[K]`` thresholds (normalized score)."""
+    fraction: np.ndarray
+    """``[K]`` fraction of scores above each threshold."""
+    lo: np.ndarray
+    """``[K]`` lower end of the stratified bootstrap band."""
+    hi: np.ndarray
+    """``[K]`` upper end."""
+
+
+def performance_profiles(
+    scores: Mapping[str, np.ndarray],
+    taus: np.ndarray,
+    *,
+    reps: int = AGG_REPS,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+) -> dict[str, Profile]:
+    """Performance profiles (rliable's score distributions) with stratified bootstrap bands.
+
+    Args:
+        scores: per method, ``[R, T]`` normalized scores (training seeds x rows).
+        taus: ``[K]`` thresholds.
+        reps: bootstrap resamples.
+        confidence: coverage of the bands.
+        seed: seed of the resampling.
+    """
+    from rliable import library as rly
+
+    mats = {k: _score_matrix(v) for k, v in scores.items()}
+    taus = np.asarray(taus, dtype=np.float64)
+    with _seeded_global_numpy(seed):
+        prof, cis = rly.create_performance_profile(
+            mats, taus, custom_profile_func=score_distribution, reps=reps, confidence_interval_size=confidence
+        )
+    return {
+        k: Profile(taus, np.asarray(prof[k], dtype=np.float64), *np.asarray(cis[k], dtype=np.float64))
+        for k in mats
+    }
+
+
+def common_runs(per_row: Sequence[Mapping[int, float]]) -> tuple[np.ndarray, list[int]]:
+    """A ``[R, T]`` score matrix from per-row ``{training seed: score}``: the seeds present in every row.
+
+    rliable's stratified bootstrap needs the same runs in every row; a seed missing from one row
+    (failed, skipped) is left out of all of them.
+
+    Returns:
+        The matrix (``R`` may be 0) and the seeds kept, ascending.
+    """
+    seeds = sorted(set.intersection(*(set(r) for r in per_row))) if per_row else []
+    return np.array([[row[s] for row in per_row] for s in seeds], dtype=np.float64).reshape(
+        len(seeds), len(per_row)
+    ), seeds

@@ -13,11 +13,12 @@ from mfdiffuser.experiments.store import ResultStore
 __all__ = ["Cell", "Grid", "GridSummary", "ResultStore", "build_report", "parse_grid", "run_grid"]
 
 
-def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
+def build_report(results_dir: str | Path, out_dir: str | Path, *, skip_unreadable: bool = False) -> Path:
     """Write the Markdown/LaTeX tables and PNG plots of a results store; return the Markdown path.
 
-    Imported lazily so that running a grid does not load matplotlib.
+    Imported lazily so that running a grid does not load matplotlib (see
+    :func:`mfdiffuser.experiments.report.build_report`).
     """
     from mfdiffuser.experiments.report import build_report as _build
 
-    return _build(results_dir, out_dir)
+    return _build(results_dir, out_dir, skip_unreadable=skip_unreadable)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mfdiffuser.errors import BudgetExceeded
+from mfdiffuser.errors import BudgetExceeded, MfdError
 from mfdiffuser.experiments.grid import Cell, DatasetSpec
 from mfdiffuser.experiments.store import ResultStore, versions
 
@@ -37,6 +37,7 @@ def prepare_dataset(spec: DatasetSpec, data_dir: str | Path) -> str:
         seed=spec.seed,
         store_agents=spec.store_agents,
         ref_episodes=spec.ref_episodes,
+        split=spec.split,
         progress=False,
     )
     generate_dataset(cfg)
@@ -44,13 +45,16 @@ def prepare_dataset(spec: DatasetSpec, data_dir: str | Path) -> str:
 
 
 def _base_record(cell: Cell, attempt: int) -> dict[str, Any]:
+    tuning = {"tuning": {"config": cell.config, "settings": cell.tuned}} if cell.config else {}
     return {
+        **tuning,
         "id": cell.id,
         "fingerprint": cell.fingerprint,
         "benchmark": cell.benchmark,
         "quality": cell.quality,
         "method": cell.method,
         "seed": cell.seed,
+        "split": cell.split,
         "config": cell.to_dict(),
         "attempt": attempt,
         "host": socket.gethostname(),
@@ -85,21 +89,68 @@ def run_cell(
     progress: bool = False,
     hook: Callable[[Cell, str], None] | None = None,
 ) -> dict:
-    """Train (unless a behaviour method), evaluate at every N and store the cell's record.
+    """Train (unless a behaviour method), evaluate at every N and store the cell's record(s).
+
+    Every random draw derives from the cell's seed: the global generators (Python, NumPy, torch) are
+    reset to it first, so a cell gives the same record whatever ran before it in the process (a Ray
+    worker's earlier cells). Evaluation episode ``i`` at an N is episode ``i`` of the split's stream,
+    the same for every method and training seed; each N's metrics carry their ``episode_seeds``.
+
+    A cell with training ``budgets`` trains one run to each budget in turn (resuming it), evaluates
+    it there and stores one record per budget (``Cell.record_id``); budgets already recorded with
+    the cell's fingerprint are not evaluated again.
 
     ``BudgetExceeded`` raised by a method is stored as ``skipped`` with its message; other
     exceptions propagate (the runner records user errors as ``failed`` at once, and retries the
     others before storing ``failed``). ``hook(cell, results_dir)``
     runs first, once the attempt is counted.
+
+    Returns:
+        The last record written.
     """
     import torch
 
-    from mfdiffuser.eval.evaluate import DatasetBehaviourPolicy, evaluate_policy, references
+    from mfdiffuser.utils import seed_everything
 
     store = ResultStore(results_dir)
     attempt = store.start_attempt(cell.id)
     torch.set_num_threads(max(int(cell.resources.get("num_cpus", 1)), 1))
+    budgets: list[int | None] = list(cell.budgets) or [None]
+    record: dict[str, Any] = {}
+    trained_s = 0.0  # the run's training time counted by earlier budgets' records
+    for budget in budgets:
+        if budget is not None and store.is_finished(cell.record_id(budget), cell.fingerprint):
+            record = store.read(cell.record_id(budget)) or {}
+        else:
+            seed_everything(cell.seed)
+            record = _run_budget(cell, dataset_path, results_dir, attempt, budget, progress, hook, trained_s)
+            hook = None  # once per attempt
+            store.write(record)
+        trained_s += float((record.get("timings") or {}).get("train_run_s", 0.0))
+    return record
+
+
+def _run_budget(
+    cell: Cell,
+    dataset_path: str | None,
+    results_dir: str | Path,
+    attempt: int,
+    budget: int | None,
+    progress: bool,
+    hook: Callable[[Cell, str], None] | None,
+    trained_s: float = 0.0,
+) -> dict[str, Any]:
+    """One record of a cell: trained to ``budget`` steps (None: ``trainer.steps``) and evaluated.
+
+    ``trained_s``: the run's training seconds already counted by the records of earlier budgets;
+    this record's ``train_run_s`` is the rest, so a store's records add up to the run's time.
+    """
+    from mfdiffuser.eval.evaluate import DatasetBehaviourPolicy, evaluate_policy, references
+
+    store = ResultStore(results_dir)
     record = _base_record(cell, attempt)
+    if budget is not None:
+        record.update(id=cell.record_id(budget), budget=budget)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     try:
@@ -111,12 +162,18 @@ def run_cell(
 
             if dataset_path is None:
                 raise ValueError(f"cell {cell.id} needs a dataset")
-            trainer = TrainerConfig(**{"progress": False, **cell.trainer, "seed": cell.seed})
+            steps: dict[str, Any] = {"steps": budget} if budget is not None else {}
+            trainer = TrainerConfig(**{"progress": False, **cell.trainer, **steps, "seed": cell.seed})
             run_dir = store.run_dir(cell.id, cell.train_fingerprint)
             run = train(cell.algo, dataset_path, run_dir, dict(cell.options), trainer)
+            if budget is not None and run.step != budget:
+                raise MfdError(
+                    f"{run_dir} is trained to step {run.step}, past the budget {budget} to evaluate; "
+                    "delete it to evaluate the earlier budgets again"
+                )
             timings["train_s"] = time.perf_counter() - t0
             # the run's own training time, also when an earlier attempt trained it
-            timings["train_run_s"] = logged_train_seconds(run_dir)
+            timings["train_run_s"] = max(logged_train_seconds(run_dir) - trained_s, 0.0)
             record["train"] = {"step": run.step, "run_dir": str(run_dir)}
             record["dataset"] = {
                 "path": str(dataset_path),
@@ -154,8 +211,8 @@ def run_cell(
                 lambda m: points[m].make(),
                 policy_for,
                 [n],
-                [cell.seed],
-                cell.episodes_at(n),
+                cell.episode_seeds_at(n),
+                1,
                 refs,
                 by="episode",
                 progress=progress,
@@ -177,13 +234,13 @@ def run_cell(
         record.update(status="skipped", reason=exc.record, metrics=record.get("metrics", {}))
     timings["total_s"] = time.perf_counter() - t0
     record["timings"] = timings
-    store.write(record)
     return record
 
 
 def _exploitability(cell: Cell, policy_for: Any, n_agents: int, timings: dict[str, float]) -> dict[str, Any]:
     """Exploitability at ``n_agents`` (largest evaluated N up to ``max_n``) where the env has a measure."""
     from mfdiffuser.eval.exploitability import SUPPORTED, exploitability
+    from mfdiffuser.splits import episode_seeds
 
     opts = cell.exploitability
     if not opts.get("enabled", True) or cell.train_point.env not in SUPPORTED:
@@ -193,7 +250,7 @@ def _exploitability(cell: Cell, policy_for: Any, n_agents: int, timings: dict[st
     env = point.make()
     try:
         episodes = int(opts.get("episodes", 4))
-        res = exploitability(env, policy_for(env), [1000 * cell.seed + i for i in range(episodes)])
+        res = exploitability(env, policy_for(env), episode_seeds(cell.split, episodes))
     finally:
         env.close()
     timings["exploitability_s"] = time.perf_counter() - t0

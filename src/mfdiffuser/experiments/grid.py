@@ -7,8 +7,10 @@ env/arguments/quality/N/episodes/seed and shared by all methods and seeds of a b
 Schema (every key but ``benchmarks`` and ``methods`` optional)::
 
     name: main
+    split: test                       # test (reported tables) or validation (every choice; default)
     seeds: [0, 1, 2]                  # training seeds; statistics are over these
-    data: {episodes: 100, ref_episodes: 10, seed: 0, store_agents: null}
+    data: {episodes: 100, ref_episodes: 10, seed: 0, store_agents: null}   # seed: offset in the
+                                      # split's own range of dataset seeds (mfdiffuser.splits)
     eval: {episodes: 30, episodes_by_n: {10000: 10}}   # also per benchmark (eval_options) and method
     trainer: {steps: 2000, batch_size: 64}       # defaults of every method
     resources: {num_cpus: 1}          # per Ray task
@@ -27,12 +29,28 @@ Schema (every key but ``benchmarks`` and ``methods`` optional)::
       mf-diffuser: {algo: mf-diffuser, options: {beta: 1.0}, trainer: {steps: 3000}, policy: {},
                     eval: {episodes_by_n: {10000: 5}}, benchmarks: {ising: {options: {horizon: 4}}}}
       expert: {behaviour: expert}     # a behaviour policy of the env, evaluated without training
+
+Tuning and learning curves (validation grids; see ``experiments/tune.yaml``)::
+
+    budgets: [1000, 3000, 10000]      # training steps evaluated from ONE run each (also per method
+                                      # and per benchmark override): one record per budget
+    methods:
+      bc: {algo: bc, tune: [{trainer: {lr: 3.0e-4}}, {trainer: {lr: 1.0e-3}},
+                            {trainer: {lr: 1.0e-3}, options: {hidden: 512}}]}
+    selected: selected.yaml           # settings chosen on validation (``mfd select``), merged into
+                                      # each method's benchmark override; path relative to the grid
+
+A tuning list varies the learning rate and at most two method-specific knobs; every trained method of
+a benchmark must have the same number of configurations (no list counts as one).
+
+Evaluation episode ``i`` at an N is episode ``i`` of the split's stream for every method and training
+seed (:func:`mfdiffuser.splits.episode_seeds`), so rows compare paired on shared episodes. A key of a
+method's ``benchmarks`` that names no benchmark of the grid is an error.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,16 +59,27 @@ from typing import Any
 
 import yaml
 
+from mfdiffuser.splits import STREAM_SIZE, check_split, data_seed
+from mfdiffuser.utils import fingerprint, plain
+
 DATA_DEFAULTS: dict[str, Any] = {"episodes": 100, "ref_episodes": 10, "seed": 0, "store_agents": None}
 EVAL_DEFAULTS: dict[str, Any] = {"episodes": 30, "episodes_by_n": {}}
 TOP_KEYS = {
     "name", "seeds", "data", "eval", "trainer", "resources", "max_retries", "exploitability",
-    "benchmarks", "methods", "description", "results", "datasets_dir",
+    "benchmarks", "methods", "description", "results", "datasets_dir", "split", "budgets", "selected",
 }  # fmt: skip
 BENCH_KEYS = {"env", "env_args", "train", "eval", "qualities", "data", "eval_options", "exploitability"}
 METHOD_KEYS = {
     "algo", "behaviour", "options", "trainer", "policy", "benchmarks", "resources", "eval", "exploitability",
+    "tune", "budgets",
 }  # fmt: skip
+OVERRIDE_KEYS = {
+    "options", "trainer", "policy", "resources", "skip", "eval", "exploitability", "tune", "budgets",
+}  # fmt: skip
+TUNE_KEYS = {"options", "trainer", "policy"}
+TUNE_TRAINER_KEYS = {"lr"}
+MAX_TUNED_KNOBS = 2
+"""Method-specific knobs (options and policy) a tuning list may vary, besides the learning rate."""
 EXPL_KEYS = {"enabled", "episodes", "max_n"}
 DATASET_QUALITIES = ("expert", "medium", "mixed", "random")
 TRAINER_KEYS = {
@@ -84,7 +113,10 @@ class DatasetSpec:
     episodes: int
     ref_episodes: int
     seed: int
+    """Master seed: in the split's own range (:func:`mfdiffuser.splits.data_seed`)."""
     store_agents: int | None
+    split: str = "validation"
+    """The split the dataset belongs to (recorded in its metadata)."""
 
     @property
     def key(self) -> str:
@@ -124,15 +156,40 @@ class Cell:
     ref_episodes: int
     """Episodes per reference policy (random, expert) for the normalized score at each N."""
     exploitability: dict[str, Any] = field(default_factory=dict)
+    split: str = "validation"
+    """Split of the cell's dataset and evaluation episodes (``test`` or ``validation``)."""
+    config: str = ""
+    """Label of the method's tuning configuration (``c0``, ``c1``, ...), empty without a tuning list."""
+    tuned: dict[str, Any] = field(default_factory=dict)
+    """The tuning configuration's own settings (already merged into options, trainer and policy)."""
+    budgets: tuple[int, ...] = ()
+    """Training budgets (steps, ascending) evaluated from one run, one record each; empty: one record
+    after ``trainer.steps``."""
 
     @property
     def id(self) -> str:
         """Stable file-name-safe identity of the cell."""
-        return f"{self.benchmark}__{self.quality}__{self.method}__s{self.seed}"
+        config = f"__{self.config}" if self.config else ""
+        return f"{self.benchmark}__{self.quality}__{self.method}{config}__s{self.seed}"
+
+    def record_id(self, budget: int | None = None) -> str:
+        """Identity of the record of one budget (the cell's own id without budgets)."""
+        return self.id if budget is None else f"{self.id}__b{budget}"
+
+    @property
+    def record_ids(self) -> list[str]:
+        """Identities of every record the cell writes (one per budget)."""
+        return [self.record_id(b) for b in self.budgets] if self.budgets else [self.id]
 
     def episodes_at(self, n_agents: int) -> int:
         """Evaluation episodes at population size N."""
         return int(self.eval_episodes_by_n.get(int(n_agents), self.eval_episodes))
+
+    def episode_seeds_at(self, n_agents: int) -> list[int]:
+        """Evaluation seeds of the episodes at N: the first of the split's stream, shared by all methods."""
+        from mfdiffuser.splits import episode_seeds
+
+        return episode_seeds(self.split, self.episodes_at(n_agents))
 
     @property
     def fingerprint(self) -> str:
@@ -143,11 +200,11 @@ class Cell:
     def train_fingerprint(self) -> str:
         """Hash of what determines the trained run (names its run directory)."""
         d = self.to_dict()
-        return fingerprint({k: d[k] for k in ("algo", "options", "trainer", "dataset", "seed")})
+        return fingerprint({k: d[k] for k in ("algo", "options", "trainer", "dataset", "seed", "budgets")})
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly description (stored in the cell's record)."""
-        return json.loads(json.dumps(_asdict(self), sort_keys=True, default=str))
+        return json.loads(json.dumps(plain(self), sort_keys=True, default=str))
 
 
 CELL_KEYS = ("benchmark", "quality", "method", "seed")
@@ -176,22 +233,6 @@ def select_cells(cells: tuple[Cell, ...], only: list[str] | None) -> tuple[Cell,
     return selected
 
 
-def _asdict(obj: Any) -> Any:
-    if isinstance(obj, Cell | EnvPoint | DatasetSpec):
-        return {k: _asdict(v) for k, v in obj.__dict__.items()}
-    if isinstance(obj, tuple | list):
-        return [_asdict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _asdict(v) for k, v in obj.items()}
-    return obj
-
-
-def fingerprint(obj: Any) -> str:
-    """sha256 of the canonical JSON of ``obj``."""
-    text = json.dumps(_asdict(obj), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 @dataclass(frozen=True)
 class Grid:
     """A parsed grid: its name, raw spec and cells in a deterministic order."""
@@ -200,6 +241,8 @@ class Grid:
     spec: dict[str, Any]
     cells: tuple[Cell, ...]
     max_retries: int
+    split: str = "validation"
+    """The split of every cell (``test`` or ``validation``)."""
 
     def datasets(self) -> dict[str, DatasetSpec]:
         """Distinct datasets the cells need, by key."""
@@ -285,6 +328,8 @@ def check_data(data: Mapping[str, Any], qualities: list[str], where: str) -> Non
     _count(data["episodes"], least, f"{where}.data: episodes" + (" (mixed needs 2)" if least == 2 else ""))
     _count(data["ref_episodes"], 1, f"{where}.data: ref_episodes")
     _count(data["seed"], 0, f"{where}.data: seed")
+    if data["seed"] >= STREAM_SIZE:
+        raise ValueError(f"{where}.data: seed must be below {STREAM_SIZE:,} (an offset in the split's range)")
     if data["store_agents"] is not None:
         _count(data["store_agents"], 1, f"{where}.data: store_agents")
 
@@ -360,6 +405,97 @@ def check_env_point(point: EnvPoint, where: str) -> None:
     env.close()
 
 
+def check_overrides(methods: Mapping[str, Any], benchmarks: list[str]) -> None:
+    """Refuse a method's ``benchmarks`` override whose key names no benchmark of the grid.
+
+    Raises:
+        ValueError: naming the method, the key and the grid's benchmarks.
+    """
+    for mname, m in methods.items():
+        over = m.get("benchmarks") if isinstance(m, dict) else None
+        if over is None:
+            continue
+        if not isinstance(over, dict):
+            raise ValueError(f"method {mname}.benchmarks: must be a mapping of benchmark names")
+        for key in over:
+            if key not in benchmarks:
+                raise ValueError(
+                    f"method {mname}.benchmarks: {key!r} names no benchmark of the grid; "
+                    f"benchmarks: {', '.join(benchmarks)}"
+                )
+            if not isinstance(over[key], dict):
+                raise ValueError(f"method {mname}.benchmarks.{key}: must be a mapping")
+
+
+def check_budgets(value: Any, where: str) -> tuple[int, ...]:
+    """A budgets list as a tuple of ascending step counts.
+
+    Raises:
+        ValueError: not a non-empty list of distinct integers >= 1.
+    """
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        or len(set(value)) != len(value)
+    ):
+        msg = f"{where}: budgets must be a non-empty list of distinct step counts >= 1, got {value!r}"
+        raise ValueError(msg)
+    return tuple(sorted(value))
+
+
+def tune_configs(value: Any, where: str) -> list[dict[str, Any]]:
+    """Check a tuning list: entries of options/policy knobs and the learning rate, at most two knobs.
+
+    Raises:
+        ValueError: naming ``where`` and what is wrong.
+    """
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}.tune: must be a non-empty list of configurations")
+    knobs: set[str] = set()
+    for i, entry in enumerate(value):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}.tune[{i}]: must be a mapping of options, trainer and policy")
+        _unknown(entry, TUNE_KEYS, f"{where}.tune[{i}]")
+        for key in TUNE_KEYS:
+            if not isinstance(entry.get(key) or {}, dict):
+                raise ValueError(f"{where}.tune[{i}].{key}: must be a mapping")
+        _unknown(entry.get("trainer") or {}, TUNE_TRAINER_KEYS, f"{where}.tune[{i}].trainer")
+        knobs |= set(entry.get("options") or {}) | set(entry.get("policy") or {})
+    if len(knobs) > MAX_TUNED_KNOBS:
+        raise ValueError(
+            f"{where}.tune: varies {len(knobs)} method-specific knobs ({', '.join(sorted(knobs))}); "
+            f"at most {MAX_TUNED_KNOBS} besides the learning rate"
+        )
+    if len({fingerprint(e) for e in value}) != len(value):
+        raise ValueError(f"{where}.tune: two configurations are the same")
+    return [dict(e) for e in value]
+
+
+def load_selected(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """Read a selection file (``mfd select``): ``methods: {method: {benchmark: settings}}``.
+
+    Raises:
+        ValueError: a missing or malformed file, naming it.
+    """
+    if not path.is_file():
+        raise ValueError(f"grid: selected settings {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"grid: selected settings {path} is not valid YAML ({type(exc).__name__})") from None
+    methods = data.get("methods") if isinstance(data, dict) else None
+    if not isinstance(methods, dict) or not all(
+        isinstance(v, dict) and all(isinstance(s, dict) for s in v.values()) for v in methods.values()
+    ):
+        msg = f"grid: selected settings {path}: expected methods: {{method: {{benchmark: settings}}}}"
+        raise ValueError(msg)
+    for mname, by_bench in methods.items():
+        for bname, settings in by_bench.items():
+            _unknown(settings, {*TUNE_KEYS, "reason"}, f"{path}: {mname}.{bname}")
+    return methods
+
+
 def _merge(*dicts: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for d in dicts:
@@ -383,6 +519,10 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
     raw = load_spec(spec)
     _unknown(raw, TOP_KEYS, "grid")
     name = str(raw.get("name", "grid"))
+    try:
+        split = check_split(raw.get("split", "validation"))
+    except ValueError as exc:
+        raise ValueError(f"grid: {exc}") from None
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise ValueError(f"grid: seeds must be a non-empty list of non-negative integers, got {seeds!r}")
@@ -393,7 +533,18 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
     if not isinstance(methods, dict) or not methods:
         raise ValueError("grid: 'methods' must be a non-empty mapping")
     max_retries = _count(raw.get("max_retries", 2), 0, "grid: max_retries")
+    check_overrides(methods, list(benches))
+    selected: dict[str, dict[str, dict[str, Any]]] = {}
+    if raw.get("selected") is not None:
+        base = Path(spec).parent if isinstance(spec, str | Path) else Path.cwd()
+        selected = load_selected(base / str(raw["selected"]))
+        for mname, by_bench in selected.items():
+            if mname not in methods:
+                raise ValueError(f"grid: selected settings name method {mname!r}, not in the grid")
+            check_overrides({mname: {"benchmarks": by_bench}}, list(benches))
+    grid_budgets = check_budgets(raw["budgets"], "grid") if "budgets" in raw else ()
     cells: list[Cell] = []
+    tuned_counts: dict[str, dict[str, int]] = {}  # benchmark -> trained method -> configurations
     checked: set[str] = set()  # fingerprints of env points and options already validated
     for bname, b in benches.items():
         where = f"benchmark {bname}"
@@ -433,17 +584,14 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
                 raise ValueError(f"{mwhere}: must be a mapping")
             _unknown(m, METHOD_KEYS, mwhere)
             over = (m.get("benchmarks") or {}).get(bname, {})
-            _unknown(
-                over,
-                {"options", "trainer", "policy", "resources", "skip", "eval", "exploitability"},
-                f"{mwhere}.benchmarks.{bname}",
-            )
+            _unknown(over, OVERRIDE_KEYS, f"{mwhere}.benchmarks.{bname}")
             if over.get("skip"):
                 continue
+            chosen = selected.get(str(mname), {}).get(str(bname), {})
             algo, behaviour = m.get("algo"), m.get("behaviour")
             if (algo is None) == (behaviour is None):
                 raise ValueError(f"{mwhere}: give exactly one of 'algo' or 'behaviour'")
-            trainer = _merge(raw.get("trainer"), m.get("trainer"), over.get("trainer"))
+            trainer = _merge(raw.get("trainer"), m.get("trainer"), over.get("trainer"), chosen.get("trainer"))
             cell_expl = _merge(expl, m.get("exploitability"), over.get("exploitability"))
             _unknown(cell_expl, EXPL_KEYS, f"{mwhere}.exploitability")
             check_exploitability(cell_expl, f"{mwhere} on benchmark {bname}")
@@ -454,59 +602,118 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
             by_n = {int(k): int(v) for k, v in (ev["episodes_by_n"] or {}).items()}
             if int(ev["episodes"]) < 1 or any(v < 1 for v in by_n.values()):
                 raise ValueError(f"{mwhere}: evaluation episodes must be >= 1")
+            if max([int(ev["episodes"]), *by_n.values()]) > STREAM_SIZE:
+                raise ValueError(f"{mwhere}: at most {STREAM_SIZE:,} evaluation episodes per N")
             _unknown(trainer, TRAINER_KEYS, f"{mwhere}.trainer")
             if algo is not None and algo not in ALGOS:
                 raise ValueError(f"{mwhere}: unknown algorithm {algo!r}; choose from {', '.join(ALGOS)}")
             if behaviour is not None and behaviour not in (*DATASET_QUALITIES, "dataset"):
                 raise ValueError(f"{mwhere}: behaviour must be a quality or 'dataset', got {behaviour!r}")
-            options = _merge(m.get("options"), over.get("options"))
+            options = _merge(m.get("options"), over.get("options"), chosen.get("options"))
+            policy = _merge(m.get("policy"), over.get("policy"), chosen.get("policy"))
+            owhere = f"{mwhere} on benchmark {bname}"
+            budgets = grid_budgets
+            for source, label in ((m, mwhere), (over, f"{mwhere}.benchmarks.{bname}")):
+                if "budgets" in source:
+                    budgets = check_budgets(source["budgets"], label)
+            tune = over.get("tune", m.get("tune"))
+            if algo is None and (tune is not None or "budgets" in m or "budgets" in over):
+                raise ValueError(f"{mwhere}: a behaviour method is not trained: no tune or budgets")
+            configs = [("", {})] if tune is None else [
+                (f"c{i}", e) for i, e in enumerate(tune_configs(tune, owhere))
+            ]
             if algo is not None:
-                owhere = f"{mwhere} on benchmark {bname}"
-                key = fingerprint({"algo": algo, "options": options, "trainer": trainer})
-                if key not in checked:
-                    check_options(algo, options, owhere)
-                    check_trainer(trainer, owhere)
-                    checked.add(key)
-            for q in qualities:
-                dataset = None
-                if algo is not None:
-                    dataset = DatasetSpec(
-                        env=train_pt.env,
-                        env_args=train_pt.env_args,
-                        quality=q,
-                        episodes=int(data["episodes"]),
-                        ref_episodes=int(data["ref_episodes"]),
-                        seed=int(data["seed"]),
-                        store_agents=data["store_agents"],
-                    )
-                for seed in seeds:
-                    cells.append(
-                        Cell(
-                            benchmark=str(bname),
-                            quality=q,
-                            method=str(mname),
-                            seed=int(seed),
-                            algo=algo,
-                            behaviour=behaviour,
-                            options=options,
-                            trainer=trainer,
-                            policy=_merge(m.get("policy"), over.get("policy")),
-                            resources=_merge(
-                                {"num_cpus": 1},
-                                raw.get("resources"),
-                                m.get("resources"),
-                                over.get("resources"),
-                            ),
-                            train_point=train_pt,
-                            eval_points=eval_pts,
-                            dataset=dataset,
-                            eval_episodes=int(ev["episodes"]),
-                            eval_episodes_by_n=by_n,
-                            ref_episodes=int(data["ref_episodes"]),
-                            exploitability=cell_expl,
+                tuned_counts.setdefault(str(bname), {})[str(mname)] = len(configs)
+            for label, entry in configs:
+                for q in qualities:
+                    cells.extend(
+                        _cells(
+                            raw, b, m, over, str(bname), str(mname), q, seeds, split, data, train_pt,
+                            eval_pts, ev, by_n, cell_expl, algo, behaviour,
+                            options=_merge(options, entry.get("options")),
+                            trainer={
+                                **_merge(trainer, entry.get("trainer")),
+                                **({"steps": budgets[-1]} if budgets and algo is not None else {}),
+                            },
+                            policy=_merge(policy, entry.get("policy")),
+                            config=label, tuned=entry, budgets=budgets if algo is not None else (),
                         )
                     )
+                if algo is not None:
+                    cfg_opts = _merge(options, entry.get("options"))
+                    cfg_trainer = _merge(trainer, entry.get("trainer"))
+                    key = fingerprint({"algo": algo, "options": cfg_opts, "trainer": cfg_trainer})
+                    if key not in checked:
+                        where = owhere + (f" (tune {label})" if label else "")
+                        check_options(algo, cfg_opts, where)
+                        check_trainer(cfg_trainer, where)
+                        checked.add(key)
+    for bname, counts in tuned_counts.items():
+        if len(set(counts.values())) > 1:
+            listed = ", ".join(f"{k} {v}" for k, v in counts.items())
+            raise ValueError(
+                f"benchmark {bname}: every trained method needs the same number of tuning "
+                f"configurations; got {listed}"
+            )
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise ValueError("grid: duplicate cells (benchmark, quality, method and seed must be unique)")
-    return Grid(name, raw, tuple(cells), max_retries)
+    return Grid(name, raw, tuple(cells), max_retries, split)
+
+
+def _cells(
+    raw: Mapping[str, Any],
+    b: Mapping[str, Any],
+    m: Mapping[str, Any],
+    over: Mapping[str, Any],
+    bname: str,
+    mname: str,
+    q: str,
+    seeds: list[int],
+    split: str,
+    data: Mapping[str, Any],
+    train_pt: EnvPoint,
+    eval_pts: tuple[EnvPoint, ...],
+    ev: Mapping[str, Any],
+    by_n: dict[int, int],
+    cell_expl: dict[str, Any],
+    algo: str | None,
+    behaviour: str | None,
+    **fields: Any,
+) -> list[Cell]:
+    """The cells of one method x benchmark x quality x configuration, one per training seed."""
+    dataset = None
+    if algo is not None:
+        dataset = DatasetSpec(
+            env=train_pt.env,
+            env_args=train_pt.env_args,
+            quality=q,
+            episodes=int(data["episodes"]),
+            ref_episodes=int(data["ref_episodes"]),
+            seed=data_seed(split, int(data["seed"])),
+            store_agents=data["store_agents"],
+            split=split,
+        )
+    resources = _merge({"num_cpus": 1}, raw.get("resources"), m.get("resources"), over.get("resources"))
+    return [
+        Cell(
+            benchmark=bname,
+            quality=q,
+            method=mname,
+            seed=int(seed),
+            algo=algo,
+            behaviour=behaviour,
+            resources=resources,
+            train_point=train_pt,
+            eval_points=eval_pts,
+            dataset=dataset,
+            eval_episodes=int(ev["episodes"]),
+            eval_episodes_by_n=by_n,
+            ref_episodes=int(data["ref_episodes"]),
+            exploitability=cell_expl,
+            split=split,
+            **fields,
+        )
+        for seed in seeds
+    ]
+

@@ -1,10 +1,16 @@
-"""Reports of a results store: Markdown and LaTeX tables, PNG plots (matplotlib, Agg backend).
+"""Reports of a results store: aggregates across rows first, then per-row tables and PNG plots.
 
-Each cell record holds one training seed's metrics at every evaluation N (means over its evaluation
-episodes). The report aggregates over seeds: mean and 95% t confidence interval. In every table row
-(benchmark x quality x N) the best method is bold: the highest mean (lowest for exploitability),
-and every method whose mean lies within one standard error (over seeds) of the best is bold too,
-since with 3 seeds such differences are not resolved.
+Every statistic comes from :mod:`mfdiffuser.eval.stats`; this module picks the records' values and
+formats them. Each cell record holds one training seed's per-episode values at every evaluation N.
+
+* Across rows (benchmark x quality x N) of normalized score: IQM and mean with stratified bootstrap
+  intervals, the probability that MF-Diffuser improves on each other method, and performance profiles
+  (``rliable``), over the rows of the product's target (medium, mixed and random data at
+  N >= 1,000) and over all rows.
+* Per row: each method's mean over training seeds with a two-level bootstrap interval (training seeds,
+  then each drawn seed's episodes); the winners (bold) are the best mean and every method a paired
+  comparison on the shared evaluation episodes does not separate from it, or, where the records name
+  no shared episodes, every method whose interval overlaps the best one's.
 """
 
 from __future__ import annotations
@@ -14,17 +20,33 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import yaml
 
 from mfdiffuser.errors import MfdError
-from mfdiffuser.eval.stats import MeanCI, mean_ci
-from mfdiffuser.experiments.store import ResultStore
+from mfdiffuser.eval.stats import (
+    Aggregate,
+    Interval,
+    RowVerdict,
+    Samples,
+    aggregates,
+    bootstrap_mean,
+    common_runs,
+    performance_profiles,
+    probability_of_improvement,
+    row_winners,
+)
+from mfdiffuser.experiments.store import RECORD_KEYS, ResultStore, Unreadable
 from mfdiffuser.utils import save_figure
 
 QUALITY_ORDER = ("expert", "medium", "mixed", "random")
+TARGET_QUALITIES = ("medium", "mixed", "random")
+TARGET_MIN_N = 1000
+"""The product's target rows: these dataset qualities at N of at least this."""
+REPORT_KEYS = (*RECORD_KEYS, "benchmark", "quality", "method")
+"""Keys a record needs to appear in a report."""
 
 # metric -> (title, higher is better, decimals)
 METRICS: dict[str, tuple[str, bool, int]] = {
@@ -37,6 +59,8 @@ METRICS: dict[str, tuple[str, bool, int]] = {
     "act_ms_max": ("Plan latency (ms, slowest act call: a replanning step)", False, 1),
     "peak_mem_mb": ("Peak memory of rollouts (MiB above baseline)", False, 1),
 }
+NONNEGATIVE = ("act_ms", "act_ms_max", "peak_mem_mb")
+"""Metrics (with exploitability) whose intervals are never drawn below zero."""
 
 
 # Short axis labels of the plots.
@@ -51,22 +75,45 @@ PLOT_LABELS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class Agg:
-    """Seed statistics of one metric of one (benchmark, quality, N, method)."""
+    """Statistics over training seeds of one metric of one (benchmark, quality, N, method)."""
 
-    stats: MeanCI | None
+    stats: Interval | None
     status: str
     """``done``, ``partial`` (some seeds failed or were skipped), ``skipped``, ``failed``."""
     note: str = ""
+    samples: Samples | None = None
+    """The values the interval came from (per training seed, per episode)."""
 
 
-def _value(rec: dict[str, Any], n: str, metric: str) -> float | None:
-    m = rec.get("metrics", {}).get(n, {})
-    v = m.get(metric)
-    if isinstance(v, dict):
-        v = v.get("mean")
-    if v is None or not isinstance(v, int | float) or not math.isfinite(v):
+def episode_values(at_n: Mapping[str, Any], metric: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """One record's values of ``metric`` at one N: ``([E] values, [E] episode seeds or None)``.
+
+    Per-episode ``values`` where the record has them, else its single mean (or plain number); episode
+    seeds where the record names them, aligned with the values: the metric's own ``episode_seeds`` (a
+    metric that some episodes do not report lists only its own), else those of the N. Non-finite
+    values are left out; None if nothing is left.
+    """
+    entry = at_n.get(metric)
+    seeds: Any = None
+    if isinstance(entry, dict):
+        vals = entry.get("values")
+        if isinstance(vals, list) and vals:
+            seeds = entry.get("episode_seeds", at_n.get("episode_seeds"))
+        else:
+            vals = [entry.get("mean")]
+    else:
+        vals = [entry]
+    try:
+        x = np.asarray(vals, dtype=np.float64).ravel()
+        eps = None if seeds is None else np.asarray(seeds).ravel()
+    except (TypeError, ValueError):
         return None
-    return float(v)
+    if eps is not None and (eps.shape != x.shape or eps.dtype.kind not in "iu"):
+        eps = None
+    ok = np.isfinite(x)
+    if not ok.any():
+        return None
+    return x[ok], None if eps is None else eps[ok]
 
 
 def _ordered(names: Iterable[str], order: Iterable[str]) -> list[str]:
@@ -76,8 +123,12 @@ def _ordered(names: Iterable[str], order: Iterable[str]) -> list[str]:
     return first + [n for n in present if n not in first]
 
 
+Row = tuple[str, str, int]
+"""A table row: (benchmark, quality, N)."""
+
+
 class Results:
-    """The records of a results store, indexed for tables and plots."""
+    """The records of a results store, indexed for tables and plots (statistics cached)."""
 
     def __init__(self, records: Sequence[dict[str, Any]], spec: Mapping[str, Any] | None = None) -> None:
         """Index ``records``; benchmarks and methods follow the order of the grid ``spec`` if given.
@@ -89,18 +140,28 @@ class Results:
         for rec in self.records:
             self.by_key[(rec["benchmark"], rec["quality"], rec["method"])].append(rec)
         spec = spec or {}
+        self.name = str(spec.get("name") or "")
         self.benchmarks = _ordered((r["benchmark"] for r in self.records), spec.get("benchmarks") or {})
         methods = _ordered((r["method"] for r in self.records), spec.get("methods") or {})
         # behaviour policies evaluated without training: reference columns, never bold
-        self.references = {r["method"] for r in self.records if r.get("config", {}).get("behaviour")}
+        self.references = {r["method"] for r in self.records if (r.get("config") or {}).get("behaviour")}
         self.methods = [m for m in methods if m in self.references] + [
             m for m in methods if m not in self.references
         ]
+        self.trained = [m for m in self.methods if m not in self.references]
+        self._aggs: dict[tuple[str, str, int, str, str], Agg | None] = {}
+        self._verdicts: dict[tuple[str, str, int, str], RowVerdict] = {}
+        self.cache: dict[tuple[str, ...], object] = {}
+        """Aggregates across rows, computed once per report (see :func:`set_aggregates`)."""
 
-    def best_flags(self, cells: Sequence[Agg | None], higher: bool) -> list[bool]:
-        """:func:`best_flags` over the trained methods of a row (``cells`` in :attr:`methods` order)."""
-        trained = [None if m in self.references else c for m, c in zip(self.methods, cells, strict=True)]
-        return best_flags(trained, higher)
+    @property
+    def diffuser(self) -> str | None:
+        """The MF-Diffuser method of the store (the first trained with ``algo: mf-diffuser``), if any."""
+        for m in self.trained:
+            recs = [r for (_, _, k), rs in self.by_key.items() if k == m for r in rs]
+            if m == "mf-diffuser" or any((r.get("config") or {}).get("algo") == "mf-diffuser" for r in recs):
+                return m
+        return None
 
     def qualities(self, bench: str) -> list[str]:
         qs = {r["quality"] for r in self.records if r["benchmark"] == bench}
@@ -110,72 +171,92 @@ class Results:
         ns: set[int] = set()
         for r in self.records:
             if r["benchmark"] == bench:
-                ns.update(int(p["n_agents"]) for p in r.get("config", {}).get("eval_points", []))
-                ns.update(int(n) for n in r.get("metrics", {}))
+                ns.update(int(p["n_agents"]) for p in (r.get("config") or {}).get("eval_points", []))
+                ns.update(int(n) for n in r.get("metrics") or {})
         return sorted(ns)
 
     def agg(self, bench: str, quality: str, n: int, method: str, metric: str) -> Agg | None:
         """Statistics over seeds of ``metric`` at N (None if no record exists)."""
+        key = (bench, quality, n, method, metric)
+        if key not in self._aggs:
+            self._aggs[key] = self._agg(*key)
+        return self._aggs[key]
+
+    def _agg(self, bench: str, quality: str, n: int, method: str, metric: str) -> Agg | None:
         recs = self.by_key.get((bench, quality, method))
         if not recs:
             return None
-        vals, statuses, notes = [], [], []
+        values, episodes, statuses, notes = [], [], [], []
         for r in recs:
             statuses.append(r["status"])
             if r["status"] != "done":
                 notes.append(r.get("reason") or r.get("error") or "")
                 continue
-            at_n = r.get("metrics", {}).get(str(n), {})
+            at_n = (r.get("metrics") or {}).get(str(n), {})
             if at_n.get("status") == "skipped":
                 statuses[-1] = "skipped"
                 notes.append(at_n.get("reason", ""))
                 continue
-            v = _value(r, str(n), metric)
-            if v is not None:
-                vals.append(v)
-        if not vals:
+            got = episode_values(at_n, metric)
+            if got is not None:
+                values.append(got[0])
+                episodes.append(got[1])
+        if not values:
             status = "skipped" if "skipped" in statuses else ("failed" if "failed" in statuses else "n/a")
             return Agg(None, status, notes[0] if notes else "")
         status = "done" if all(s == "done" for s in statuses) else "partial"
-        return Agg(mean_ci(vals), status)
+        samples = Samples(values, episodes)
+        floor = 0.0 if metric in NONNEGATIVE else None
+        return Agg(bootstrap_mean(values, floor=floor), status, samples=samples)
+
+    def verdict(self, bench: str, quality: str, n: int, metric: str) -> RowVerdict:
+        """The row's winners among the trained methods (:func:`~mfdiffuser.eval.stats.row_winners`)."""
+        key = (bench, quality, n, metric)
+        if key not in self._verdicts:
+            cells = [self.agg(bench, quality, n, m, metric) for m in self.methods]
+            self._verdicts[key] = self._winners(cells, METRICS[metric][1])
+        return self._verdicts[key]
+
+    def _winners(self, cells: Sequence[Agg | None], higher: bool) -> RowVerdict:
+        """Winners among the trained methods; the unpaired fallback compares the intervals shown."""
+        kept = [None if m in self.references else c for m, c in zip(self.methods, cells, strict=True)]
+        return row_winners(
+            [None if c is None else c.samples for c in kept],
+            higher=higher,
+            intervals=[None if c is None else c.stats for c in kept],
+        )
 
     def exploitability(self, bench: str, quality: str, method: str) -> Agg | None:
+        """Exploitability over training seeds (one value per seed), its interval floored at zero."""
         recs = self.by_key.get((bench, quality, method))
         if not recs:
             return None
-        vals = [
-            float(r["exploitability"]["exploitability"])
-            for r in recs
-            if r["status"] == "done" and r.get("exploitability")
-        ]
+        vals = []
+        for r in recs:
+            e = r.get("exploitability") if r["status"] == "done" else None
+            v = e.get("exploitability") if isinstance(e, dict) else None
+            if isinstance(v, int | float) and math.isfinite(v):
+                vals.append(np.array([float(v)]))
         if not vals:
             return None
-        return Agg(mean_ci(vals), "done")
+        return Agg(bootstrap_mean(vals, floor=0.0), "done", samples=Samples(vals, [None] * len(vals)))
+
+    def seed_scores(self, row: Row, method: str) -> dict[int, float]:
+        """``{training seed: its mean normalized score over its episodes}`` at a row."""
+        bench, quality, n = row
+        out = {}
+        for r in self.by_key.get((bench, quality, method), []):
+            at_n = (r.get("metrics") or {}).get(str(n), {}) if r["status"] == "done" else {}
+            got = None if at_n.get("status") == "skipped" else episode_values(at_n, "score")
+            if got is not None and isinstance(r.get("seed"), int):
+                out[int(r["seed"])] = float(got[0].mean())
+        return out
 
 
-def _fmt(stats: MeanCI, decimals: int, latex: bool) -> str:
-    pm = r"$\pm$" if latex else "±"
-    if math.isnan(stats.half_width):
+def _fmt(stats: Interval, decimals: int, latex: bool) -> str:
+    if not stats.defined:
         return f"{stats.mean:.{decimals}f}"
-    return f"{stats.mean:.{decimals}f} {pm} {stats.half_width:.{decimals}f}"
-
-
-def best_flags(cells: Sequence[Agg | None], higher: bool) -> list[bool]:
-    """Which entries of a row are bold: the best mean, and means within one standard error of it."""
-    means = [c.stats.mean if c is not None and c.stats is not None else None for c in cells]
-    valid = [(i, m) for i, m in enumerate(means) if m is not None]
-    if not valid:
-        return [False] * len(cells)
-    best_i, best = (max if higher else min)(valid, key=lambda im: im[1])
-    sem = cells[best_i].stats.sem  # type: ignore[union-attr]
-    tol = 0.0 if sem is None or math.isnan(sem) else sem
-    flags = []
-    for m in means:
-        if m is None:
-            flags.append(False)
-        else:
-            flags.append(m >= best - tol - 1e-12 if higher else m <= best + tol + 1e-12)
-    return flags
+    return f"{stats.mean:.{decimals}f} [{stats.lo:.{decimals}f}, {stats.hi:.{decimals}f}]"
 
 
 def _entry(agg: Agg | None, decimals: int, bold: bool, latex: bool) -> str:
@@ -191,6 +272,14 @@ def _entry(agg: Agg | None, decimals: int, bold: bool, latex: bool) -> str:
     return text
 
 
+def decided_by(verdict: RowVerdict) -> str:
+    """How a row's winners were decided: ``paired``, ``intervals``, both, or ``–`` (one method)."""
+    kinds = {p for p in verdict.paired if p is not None}
+    if not kinds:
+        return "–"
+    return " + ".join(name for flag, name in ((True, "paired"), (False, "intervals")) if flag in kinds)
+
+
 def metric_rows(res: Results, metric: str) -> list[tuple[str, str, int, list[Agg | None]]]:
     """Rows ``(benchmark, quality, N, [agg per method])`` of a metric, only those with some value."""
     rows = []
@@ -203,19 +292,26 @@ def metric_rows(res: Results, metric: str) -> list[tuple[str, str, int, list[Agg
     return rows
 
 
+def _head(res: Results, extra: str = "") -> list[str]:
+    head = "| benchmark | quality | N | " + " | ".join(res.methods) + " |" + (f" {extra} |" if extra else "")
+    sep = "|---|---|---:|" + "---:|" * len(res.methods) + ("---|" if extra else "")
+    return [head, sep]
+
+
 def markdown_table(res: Results, metric: str) -> str:
-    """A Markdown table of ``metric``: rows benchmark x quality x N, columns methods."""
-    _, higher, dec = METRICS[metric]
+    """A Markdown table of ``metric``: rows benchmark x quality x N, columns methods, winners bold.
+
+    The last column says how the row's winners were decided (:func:`decided_by`).
+    """
+    _, _, dec = METRICS[metric]
     rows = metric_rows(res, metric)
     if not rows:
         return ""
-    head = "| benchmark | quality | N | " + " | ".join(res.methods) + " |"
-    sep = "|---|---|---:|" + "---:|" * len(res.methods)
-    lines = [head, sep]
+    lines = _head(res, "winners by")
     for b, q, n, cells in rows:
-        flags = res.best_flags(cells, higher)
-        entries = [_entry(c, dec, f, latex=False) for c, f in zip(cells, flags, strict=True)]
-        lines.append(f"| {b} | {q} | {n:,} | " + " | ".join(entries) + " |")
+        verdict = res.verdict(b, q, n, metric)
+        entries = [_entry(c, dec, f, latex=False) for c, f in zip(cells, verdict.winners, strict=True)]
+        lines.append(f"| {b} | {q} | {n:,} | " + " | ".join(entries) + f" | {decided_by(verdict)} |")
     return "\n".join(lines)
 
 
@@ -224,8 +320,8 @@ def _tex(text: str) -> str:
 
 
 def latex_table(res: Results, metric: str) -> str:
-    """A LaTeX (booktabs) table of ``metric``, best per row in bold."""
-    title, higher, dec = METRICS[metric]
+    """A LaTeX (booktabs) table of ``metric``, the row's winners in bold."""
+    title, _, dec = METRICS[metric]
     rows = metric_rows(res, metric)
     if not rows:
         return ""
@@ -234,14 +330,16 @@ def latex_table(res: Results, metric: str) -> str:
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
-        rf"\caption{{{_tex(title)}: mean $\pm$ 95\% CI over seeds; best and ties within one s.e.\ in bold.}}",
+        rf"\caption{{{_tex(title)}: mean over training seeds [95\% bootstrap interval]; bold: the best "
+        r"and every method a paired comparison on shared evaluation episodes (or, without shared "
+        r"episodes, overlapping intervals) does not separate from it.}",
         rf"\begin{{tabular}}{{{cols}}}",
         r"\toprule",
         "benchmark & quality & $N$ & " + " & ".join(_tex(m) for m in res.methods) + r" \\",
         r"\midrule",
     ]
     for b, q, n, cells in rows:
-        flags = res.best_flags(cells, higher)
+        flags = res.verdict(b, q, n, metric).winners
         entries = [_entry(c, dec, f, latex=True) for c, f in zip(cells, flags, strict=True)]
         lines.append(f"{_tex(b)} & {q} & {n:,} & " + " & ".join(entries) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
@@ -249,55 +347,51 @@ def latex_table(res: Results, metric: str) -> str:
 
 
 def exploitability_table(res: Results) -> str:
-    """Markdown table of exploitability (lower is better) per benchmark x quality, columns methods."""
+    """Markdown table of exploitability (lower is better) per benchmark x quality, columns methods.
+
+    One value per training seed: winners by overlapping intervals over seeds.
+    """
     lines = []
     for b in res.benchmarks:
         for q in res.qualities(b):
             cells = [res.exploitability(b, q, m) for m in res.methods]
             if not any(c is not None for c in cells):
                 continue
-            flags = res.best_flags(cells, higher=False)
+            flags = res._winners(cells, higher=False).winners
             entries = [_entry(c, 4, f, latex=False) for c, f in zip(cells, flags, strict=True)]
-            n = next(
-                r["exploitability"].get("n_agents")
+            first = next(
+                r["exploitability"]
                 for m in res.methods
                 for r in res.by_key.get((b, q, m), [])
-                if r.get("exploitability")
+                if isinstance(r.get("exploitability"), dict)
             )
-            kind = next(
-                r["exploitability"].get("kind", "")
-                for m in res.methods
-                for r in res.by_key.get((b, q, m), [])
-                if r.get("exploitability")
-            )
-            lines.append(f"| {b} ({kind}) | {q} | {n:,} | " + " | ".join(entries) + " |")
+            n, kind = first.get("n_agents"), first.get("kind", "")
+            n_text = f"{n:,}" if isinstance(n, int) else "–"
+            lines.append(f"| {b} ({kind}) | {q} | {n_text} | " + " | ".join(entries) + " |")
     if not lines:
         return ""
-    head = "| benchmark | quality | N | " + " | ".join(res.methods) + " |"
-    sep = "|---|---|---:|" + "---:|" * len(res.methods)
-    return "\n".join([head, sep, *lines])
+    return "\n".join([*_head(res), *lines])
 
 
 def summary_table(res: Results, metric: str = "score") -> str:
     """Head to head on ``metric``, per trained method, over the rows where it and another method have entries.
 
-    Columns: those rows; the rows where the method is bold (best, or within one s.e. of the best);
-    the mean over those rows of its mean minus the best other trained method's mean (positive: ahead),
-    over all rows and over the ``medium``/``mixed`` rows.
+    Columns: those rows; the rows where the method is a winner (bold); the mean over those rows of its
+    mean minus the best other trained method's mean (positive: ahead), over all rows and over the
+    ``medium``/``mixed`` rows.
     """
     _, higher, dec = METRICS[metric]
     rows = metric_rows(res, metric)
-    trained = [m for m in res.methods if m not in res.references]
-    if len(trained) < 2 or not rows:
+    if len(res.trained) < 2 or not rows:
         return ""
     lines = [
-        "| method | rows | best or within one s.e. | ahead of the best other (all rows) "
+        "| method | rows | winner | ahead of the best other (all rows) "
         "| ahead of the best other (medium, mixed) |",
         "|---|---:|---:|---:|---:|",
     ]
-    flags = [res.best_flags(cells, higher) for _, _, _, cells in rows]
+    flags = [res.verdict(b, q, n, metric).winners for b, q, n, _ in rows]
     for i, m in enumerate(res.methods):
-        if m not in trained:
+        if m not in res.trained:
             continue
         n_best, gaps, gaps_mm = 0, [], []
         for (_, q, _, cells), bold in zip(rows, flags, strict=True):
@@ -305,7 +399,7 @@ def summary_table(res: Results, metric: str = "score") -> str:
             others = [
                 c.stats.mean
                 for k, c in zip(res.methods, cells, strict=True)
-                if k in trained and k != m and c is not None and c.stats is not None
+                if k in res.trained and k != m and c is not None and c.stats is not None
             ]
             if own is None or own.stats is None or not others:
                 continue
@@ -323,6 +417,165 @@ def summary_table(res: Results, metric: str = "score") -> str:
             + " | ".join(mean_gaps)
             + " |"
         )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ aggregates across rows
+class RowSet(NamedTuple):
+    """Rows of the score table that an aggregate runs over."""
+
+    title: str
+    rows: list[Row]
+
+
+def row_sets(res: Results) -> list[RowSet]:
+    """The product's target rows (medium, mixed, random data at N >= 1,000), and all rows of scores."""
+    rows = [(b, q, n) for b, q, n, _ in metric_rows(res, "score")]
+    target = [r for r in rows if r[1] in TARGET_QUALITIES and r[2] >= TARGET_MIN_N]
+    return [
+        RowSet(f"{', '.join(TARGET_QUALITIES)} data at N ≥ {TARGET_MIN_N:,}", target),
+        RowSet("all rows", rows),
+    ]
+
+
+class ScoreMatrices(NamedTuple):
+    """Per method, its ``[R, T]`` normalized scores on a set of rows, and the methods left out, why."""
+
+    scores: dict[str, np.ndarray]
+    left_out: dict[str, str]
+
+
+def score_matrices(res: Results, rows: Sequence[Row], methods: Sequence[str]) -> ScoreMatrices:
+    """The methods with entries on every row, each as training seeds x rows (seeds present in every row)."""
+    scores, left_out = {}, {}
+    for m in methods:
+        per_row = [res.seed_scores(row, m) for row in rows]
+        have = sum(bool(r) for r in per_row)
+        if have < len(rows):
+            left_out[m] = f"entries on {have} of {len(rows)} rows"
+            continue
+        mat, seeds = common_runs(per_row)
+        if not seeds:
+            left_out[m] = "no training seed with entries on every row"
+            continue
+        scores[m] = mat
+    return ScoreMatrices(scores, left_out)
+
+
+def _rows_text(rows: Sequence[Row]) -> str:
+    by_bench: dict[str, list[str]] = defaultdict(list)
+    for b, q, n in rows:
+        by_bench[b].append(f"{q} {n:,}")
+    return "; ".join(f"{b}: " + ", ".join(v) for b, v in by_bench.items())
+
+
+def _label(res: Results, method: str) -> str:
+    return f"{method} (reference)" if method in res.references else method
+
+
+def set_aggregates(res: Results, rowset: RowSet) -> tuple[ScoreMatrices, dict[str, Aggregate]]:
+    """The score matrices of ``rowset`` and their IQM and mean per method (computed once per report)."""
+    key = ("aggregates", rowset.title)
+    if key not in res.cache:
+        mats = score_matrices(res, rowset.rows, res.methods)
+        res.cache[key] = (mats, aggregates(mats.scores) if mats.scores else {})
+    return cast("tuple[ScoreMatrices, dict[str, Aggregate]]", res.cache[key])
+
+
+def improvement(res: Results, rowset: RowSet, method: str) -> tuple[int, Interval | None]:
+    """P(MF-Diffuser > ``method``) over the rows of ``rowset`` both have entries on, and how many rows."""
+    key = ("improvement", rowset.title, method)
+    if key not in res.cache:
+        ours = cast(str, res.diffuser)
+        rows = [r for r in rowset.rows if res.seed_scores(r, method) and res.seed_scores(r, ours)]
+        mats = score_matrices(res, rows, [ours, method]).scores
+        poi = probability_of_improvement(mats[ours], mats[method]) if rows and len(mats) == 2 else None
+        res.cache[key] = (len(rows), poi)
+    return cast("tuple[int, Interval | None]", res.cache[key])
+
+
+def aggregate_table(res: Results, rowset: RowSet) -> str:
+    """IQM and mean of normalized score over ``rowset`` per method, with stratified bootstrap intervals."""
+    if not rowset.rows:
+        return ""
+    mats, aggs = set_aggregates(res, rowset)
+    if not aggs:
+        return ""
+    lines = ["| method | seeds x rows | IQM [95% CI] | mean [95% CI] |", "|---|---:|---:|---:|"]
+    for m, agg in aggs.items():
+        r, t = mats.scores[m].shape
+        iqm, mean = _fmt(agg.iqm, 1, False), _fmt(agg.mean, 1, False)
+        lines.append(f"| {_label(res, m)} | {r} x {t} | {iqm} | {mean} |")
+    if mats.left_out:
+        why = "; ".join(f"{m} ({why})" for m, why in mats.left_out.items())
+        lines += ["", f"Not aggregated: {why}."]
+    return "\n".join(lines)
+
+
+def improvement_table(res: Results, sets: Sequence[RowSet]) -> str:
+    """P(MF-Diffuser > method) per other method and row set, over the rows both have entries on."""
+    ours = res.diffuser
+    if ours is None or not any(rs.rows for rs in sets):
+        return ""
+    head = "| method | " + " | ".join(f"{rs.title}: rows | P(improvement) [95% CI]" for rs in sets) + " |"
+    lines = [head, "|---|" + "---:|---:|" * len(sets)]
+    for m in res.methods:
+        if m == ours:
+            continue
+        entries = []
+        for rs in sets:
+            n_rows, poi = improvement(res, rs, m)
+            entries += [str(n_rows), "–" if poi is None else _fmt(poi, 2, False)]
+        lines.append(f"| {_label(res, m)} | " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
+def best_baseline_line(res: Results, rowset: RowSet) -> str:
+    """The trained baseline with the highest IQM on ``rowset`` and MF-Diffuser's improvement over it."""
+    ours = res.diffuser
+    if ours is None or not rowset.rows:
+        return ""
+    _, aggs = set_aggregates(res, rowset)
+    baselines = {m: a for m, a in aggs.items() if m in res.trained and m != ours}
+    if not baselines:
+        return ""
+    best = max(baselines, key=lambda m: baselines[m].iqm.mean)
+    n_rows, poi = improvement(res, rowset, best)
+    if poi is None:
+        return ""
+    return (
+        f"Best baseline on {rowset.title} by IQM (of those aggregated): {best} "
+        f"({_fmt(baselines[best].iqm, 1, False)}); P({ours} > {best}) = {_fmt(poi, 2, False)} "
+        f"over {n_rows} rows."
+    )
+
+
+def not_evaluated_table(res: Results) -> str:
+    """What was not evaluated, one table: method x benchmark x N (``all``: whole cells), status, reason."""
+    groups: dict[tuple[str, str, int, str], list[str]] = defaultdict(list)
+    for r in res.records:
+        if r["status"] != "done":
+            groups[(r["method"], r["benchmark"], -1, r["status"])].append(
+                str(r.get("reason") or r.get("error") or "")
+            )
+            continue
+        for n, at_n in (r.get("metrics") or {}).items():
+            if isinstance(at_n, dict) and at_n.get("status") == "skipped":
+                groups[(r["method"], r["benchmark"], int(n), "skipped")].append(str(at_n.get("reason", "")))
+    if not groups:
+        return ""
+    order = {m: i for i, m in enumerate(res.methods)}
+    bench = {b: i for i, b in enumerate(res.benchmarks)}
+    lines = ["| method | benchmark | N | status | cells | reason |", "|---|---|---:|---|---:|---|"]
+    keys = sorted(groups, key=lambda k: (order[k[0]], bench[k[1]], k[2], k[3]))
+    for m, b, n, status in keys:
+        reasons = groups[(m, b, n, status)]
+        distinct = list(dict.fromkeys(reasons))
+        reason = "; ".join(distinct[:3])
+        if len(distinct) > 3:
+            reason += f"; and {len(distinct) - 3} other reasons"
+        n_text = "all" if n < 0 else f"{n:,}"
+        lines.append(f"| {m} | {b} | {n_text} | {status} | {len(reasons)} | {reason.replace('|', '/')} |")
     return "\n".join(lines)
 
 
@@ -407,7 +660,7 @@ def sweep_table(sweeps: Sequence[Mapping[str, Any]]) -> tuple[str, float]:
 
 
 def status_table(res: Results) -> str:
-    """Counts of done / skipped / failed cells per method, and the reasons of the others."""
+    """Counts of done / skipped / failed cells per method."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in res.records:
         counts[r["method"]][r["status"]] += 1
@@ -415,19 +668,7 @@ def status_table(res: Results) -> str:
     for m in res.methods:
         c = counts[m]
         lines.append(f"| {m} | {c['done']} | {c['skipped']} | {c['failed']} |")
-    notes = [
-        f"* `{r['id']}` {r['status']}: {r.get('reason') or r.get('error', '')}"
-        for r in res.records
-        if r["status"] != "done"
-    ]
-    notes += [
-        f"* `{r['id']}` skipped at N = {int(n):,}: {m.get('reason', '')}"
-        for r in res.records
-        if r["status"] == "done"
-        for n, m in r.get("metrics", {}).items()
-        if m.get("status") == "skipped"
-    ]
-    return "\n".join(lines + ([""] + notes if notes else []))
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------- plots
@@ -440,9 +681,17 @@ def _plt() -> Any:
     return plt
 
 
+def _error_bars(stats: Sequence[Interval]) -> tuple[float, float]:
+    """Lengths below and above the mean of the intervals, averaged over those defined (0 if none)."""
+    ok = [s for s in stats if s.defined]
+    if not ok:
+        return 0.0, 0.0
+    return float(np.mean([s.mean - s.lo for s in ok])), float(np.mean([s.hi - s.mean for s in ok]))
+
+
 def _series(res: Results, bench: str, qualities: Sequence[str], method: str, metric: str) -> tuple:
-    """Points ``(N, mean over qualities of the seed means, mean of their CI half widths)``."""
-    xs, ys, es = [], [], []
+    """Points ``(N, mean over qualities of the seed means, lengths of the error bars below and above)``."""
+    xs, ys, below, above = [], [], [], []
     for n in res.eval_ns(bench):
         aggs = [res.agg(bench, q, n, method, metric) for q in qualities]
         stats = [a.stats for a in aggs if a is not None and a.stats is not None]
@@ -450,9 +699,10 @@ def _series(res: Results, bench: str, qualities: Sequence[str], method: str, met
             continue
         xs.append(n)
         ys.append(float(np.mean([s.mean for s in stats])))
-        hw = [s.half_width for s in stats if not math.isnan(s.half_width)]
-        es.append(float(np.mean(hw)) if hw else 0.0)
-    return xs, ys, es
+        lo, hi = _error_bars(stats)
+        below.append(lo)
+        above.append(hi)
+    return xs, ys, (below, above)
 
 
 def plot_vs_n(
@@ -478,8 +728,9 @@ def plot_vs_n(
         for m in res.methods:
             xs, ys, es = _series(res, b, qs, m, metric)
             if xs:
-                lower = [min(e, 0.999 * y) if log_y and y > 0 else e for e, y in zip(es, ys, strict=True)]
-                ax.errorbar(xs, ys, yerr=[lower, es], marker="o", capsize=3, label=m, color=_color(res, m))
+                below, above = es
+                lower = [min(e, 0.999 * y) if log_y and y > 0 else e for e, y in zip(below, ys, strict=True)]
+                ax.errorbar(xs, ys, yerr=[lower, above], marker="o", capsize=3, label=m, color=_color(res, m))
                 drawn = True
         ax.set_xscale("log")
         if log_y:
@@ -508,23 +759,54 @@ def plot_bars(res: Results, path: Path, *, metric: str | None) -> Path | None:
         qs = res.qualities(b)
         n_max = max(res.eval_ns(b)) if res.eval_ns(b) else 0
         for j, m in enumerate(res.methods):
-            ys, es = [], []
+            ys, below, above = [], [], []
             for q in qs:
                 a = res.exploitability(b, q, m) if metric is None else res.agg(b, q, n_max, m, metric)
-                ok = a is not None and a.stats is not None
-                ys.append(a.stats.mean if ok else np.nan)  # type: ignore[union-attr]
-                hw = a.stats.half_width if ok else np.nan  # type: ignore[union-attr]
-                es.append(0.0 if np.isnan(hw) else hw)
+                stats = a.stats if a is not None else None
+                ys.append(stats.mean if stats is not None else np.nan)
+                lo, hi = _error_bars([stats] if stats is not None else [])
+                below.append(lo)
+                above.append(hi)
             if not np.all(np.isnan(ys)):
                 drawn = True
             ax.bar(
-                np.arange(len(qs)) + j * width, ys, width, yerr=es, capsize=2, label=m, color=_color(res, m)
+                np.arange(len(qs)) + j * width,
+                ys,
+                width,
+                yerr=[below, above],
+                capsize=2,
+                label=m,
+                color=_color(res, m),
             )
         ax.set_xticks(np.arange(len(qs)) + 0.4 - width / 2, qs)
         ylabel = "exploitability" if metric is None else PLOT_LABELS.get(metric, metric)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.set_title(b if metric is None else f"{b} (N = {n_max:,})", fontsize=9)
     return _finish(plt, fig, axes, path, drawn, legend_height=0.1)
+
+
+def plot_profiles(res: Results, sets: Sequence[RowSet], path: Path) -> Path | None:
+    """Performance profiles of normalized score, a panel per row set, with stratified bootstrap bands."""
+    plt = _plt()
+    panels = []
+    for rs in sets:
+        mats = score_matrices(res, rs.rows, res.methods).scores if rs.rows else {}
+        if mats:
+            panels.append((rs, mats))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8), squeeze=False)
+    for ax, (rs, mats) in zip(axes.flat, panels, strict=True):
+        every = np.concatenate([x.ravel() for x in mats.values()])
+        taus = np.linspace(min(0.0, float(every.min())), max(100.0, float(every.max())), 101)
+        for m, prof in performance_profiles(mats, taus).items():
+            ax.plot(taus, prof.fraction, label=_label(res, m), color=_color(res, m))
+            ax.fill_between(taus, prof.lo, prof.hi, color=_color(res, m), alpha=0.15, linewidth=0)
+        ax.set_title(f"{rs.title} ({len(rs.rows)} rows)", fontsize=9)
+        ax.set_xlabel("normalized score τ")
+        ax.set_ylabel("fraction of seeds x rows scoring above τ", fontsize=8)
+        ax.set_ylim(0.0, 1.0)
+    return _finish(plt, fig, axes, path, True, legend_height=0.12)
 
 
 def _color(res: Results, method: str) -> str:
@@ -582,17 +864,71 @@ def _drop_stale(
     return [r for r in records if r["id"] not in dropped], note
 
 
-def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
+def unreadable_message(where: Path, unreadable: Sequence[Unreadable]) -> str:
+    """One line naming every unreadable record file of a store and why it is unreadable."""
+    named = ", ".join(f"{u.path.name} ({u.reason})" for u in unreadable)
+    plural = "s" if len(unreadable) > 1 else ""
+    return f"{len(unreadable)} unreadable record{plural} in {where}: {named}"
+
+
+def _protocol_note(res: Results) -> str:
+    """What the records say about their split and evaluation episodes."""
+    splits = sorted({str(r["split"]) for r in res.records if r.get("split")})
+    unsplit = sum(not r.get("split") for r in res.records)
+    named = sum(
+        isinstance(at_n, dict) and "episode_seeds" in at_n
+        for r in res.records
+        for at_n in (r.get("metrics") or {}).values()
+    )
+    parts = []
+    if splits:
+        parts.append(f"Split: {', '.join(splits)}" + (f" ({unsplit} records name none)." if unsplit else "."))
+        if len(splits) > 1 or unsplit:
+            parts.append("Records of different splits are mixed in these tables.")
+    else:
+        parts.append(
+            "The records name no split (written before validation and test episodes were kept apart)."
+        )
+    if not named:
+        parts.append(
+            f"{'They' if not splits else 'The records'} name no evaluation episodes"
+            f"{' either' if not splits else ''}, so no comparison is paired: every row's winners are "
+            "decided by overlapping intervals (column `winners by`)."
+        )
+    seeds = [len(recs) for recs in res.by_key.values()]
+    if seeds and min(seeds) < 5:
+        span = f"{min(seeds)}" if min(seeds) == max(seeds) else f"{min(seeds)} to {max(seeds)}"
+        parts.append(
+            f"Training seeds per (benchmark, quality, method): {span}; a bootstrap over fewer than 5 "
+            "seeds understates the spread between seeds, so read narrow intervals with care."
+        )
+    return " ".join(parts)
+
+
+def build_report(results_dir: str | Path, out_dir: str | Path, *, skip_unreadable: bool = False) -> Path:
     """Write ``report.md``, ``tables.tex`` and PNG plots of a results store into ``out_dir``.
+
+    Args:
+        results_dir: the results store.
+        out_dir: where the report goes (created).
+        skip_unreadable: report the readable records of a store that also holds unreadable ones (the
+            report names those), instead of refusing.
 
     Returns:
         Path of the Markdown report.
 
     Raises:
-        FileNotFoundError: ``results_dir`` holds no cell records.
+        FileNotFoundError: ``results_dir`` holds no readable cell records.
+        MfdError: some record files are unreadable and ``skip_unreadable`` is False.
     """
     store = ResultStore(results_dir)
-    records = store.records()
+    scan = store.scan(REPORT_KEYS)
+    if scan.unreadable and not skip_unreadable:
+        raise MfdError(
+            unreadable_message(store.cells_dir, scan.unreadable)
+            + " (pass --skip-unreadable to report the rest)"
+        )
+    records = scan.records
     if not records:
         raise FileNotFoundError(f"{results_dir}: no cell records (run `mfd sweep` first)")
     spec_path = Path(results_dir) / "grid.yaml"
@@ -603,6 +939,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    sets = row_sets(res)
     plots: list[tuple[str, Path | None]] = [
         ("Per-agent return vs N", plot_vs_n(res, "return", out / "return_vs_n.png", per_quality=True)),
         (
@@ -616,27 +953,90 @@ def build_report(results_dir: str | Path, out_dir: str | Path) -> Path:
         ),
         ("Peak memory vs N", plot_vs_n(res, "peak_mem_mb", out / "memory_vs_n.png", per_quality=False)),
     ]
+    profile = plot_profiles(res, sets, out / "performance_profile.png")
+    skipped_note = (
+        [
+            "",
+            f"Left out: {unreadable_message(store.cells_dir, scan.unreadable)}.",
+        ]
+        if scan.unreadable
+        else []
+    )
     md = [
-        f"# Results: {Path(results_dir).name}",
+        f"# Results: {res.name or Path(results_dir).name}",
         "",
-        f"{len(records)} cells from `{results_dir}`. Entries are mean ± 95% confidence interval "
-        "(Student t) over training seeds; each seed's value is the mean over its evaluation episodes. "
-        "Bold: the best mean in the row and every mean within one standard error of it "
-        "(lower is better for exploitability, latency and memory). `*`: some seeds failed or were skipped; "
-        "an entry without ± has one seed. "
-        "Normalized score = 100 (R − R_random) / (R_expert − R_random), with the references rolled out "
-        "at each N."
+        f"{len(records)} cells from `{results_dir}`. Normalized score = 100 (R − R_random) / "
+        "(R_expert − R_random), with the references rolled out at each N. Intervals are 95% percentile "
+        "bootstrap intervals. " + _protocol_note(res)
         + (
             f" Behaviour policies evaluated without training ({', '.join(sorted(res.references))}) are "
             "references: never bold."
             if res.references
             else ""
         ),
+        *skipped_note,
         *(["", stale_note] if stale_note else []),
+        "",
+        "## Aggregates over rows (normalized score)",
+        "",
+        "Each entry of a method is one training seed's mean score over its episodes on one row "
+        "(benchmark x quality x N). IQM (the mean of the middle half of those entries) and mean with "
+        "stratified bootstrap intervals (training seeds redrawn within each row), the probability "
+        "of improvement and the performance profiles are those of the `rliable` library. A method "
+        "is aggregated over a set of rows only if it has entries on all of them (with the training seeds "
+        "present on every row).",
+    ]
+    for rs in sets:
+        table = aggregate_table(res, rs)
+        if table:
+            md += ["", f"### IQM and mean: {rs.title}", "", f"{len(rs.rows)} rows: {_rows_text(rs.rows)}.",
+                   "", table]
+    poi = improvement_table(res, sets)
+    if poi:
+        md += [
+            "",
+            f"### Probability of improvement of {res.diffuser}",
+            "",
+            f"P({res.diffuser} > method): the probability that a training seed of {res.diffuser} scores "
+            "above one of the method on a row, averaged over the rows where both have entries (how many: "
+            "`rows`); 0.5 is a tie.",
+            "",
+            poi,
+        ]
+        best_line = best_baseline_line(res, sets[0])
+        if best_line:
+            md += ["", best_line]
+    if profile is not None:
+        md += [
+            "",
+            "### Performance profiles",
+            "",
+            "The fraction of (training seed, row) entries scoring above each threshold τ, with "
+            "stratified bootstrap bands.",
+            "",
+            f"![Performance profiles]({profile.name})",
+        ]
+    md += [
         "",
         "## Cells",
         "",
         status_table(res),
+    ]
+    not_evaluated = not_evaluated_table(res)
+    if not_evaluated:
+        md += ["", "Not evaluated (`all`: the whole cell; `cells`: how many records):", "", not_evaluated]
+    md += [
+        "",
+        "## Per row",
+        "",
+        "Entries: mean over training seeds [95% interval]. The interval redraws the training seeds with "
+        "replacement and, for each drawn seed, its evaluation episodes with replacement; exploitability, "
+        "latency and memory intervals are never drawn below zero. Bold: the row's winners, the best "
+        "mean (lowest for exploitability, latency and memory) and every method not separated from it: "
+        "`paired`, on the evaluation episodes both ran (one draw of those episodes shared by both "
+        "methods, training seeds drawn apart; separated if the interval of the difference excludes 0), "
+        "or `intervals`, where the records share no episodes (separated if the two intervals do not "
+        "overlap). `*`: some seeds failed or were skipped; an entry without an interval has one value.",
     ]
     summary = summary_table(res, "score")
     if summary:

@@ -189,7 +189,7 @@ def run_grid(
     (results / "grid.yaml").write_text(yaml.safe_dump(grid.spec, sort_keys=False))
     cells = select_cells(grid.cells, only)
     summary = GridSummary(results, len(cells), started_at=started_at)
-    todo = [c for c in cells if not store.is_finished(c.id, c.fingerprint)]
+    todo = [c for c in cells if not all(store.is_finished(r, c.fingerprint) for r in c.record_ids)]
     summary.skipped_existing = len(cells) - len(todo)
     if not todo:
         summary.seconds = time.perf_counter() - t0

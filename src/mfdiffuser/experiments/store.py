@@ -26,7 +26,7 @@ import platform
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mfdiffuser.algos.base import write_json
 from mfdiffuser.utils import UTC_FORMAT, utc_timestamp
@@ -35,6 +35,45 @@ FINISHED = ("done", "skipped")
 SWEEPS = "sweeps.jsonl"
 STARTED = "started"
 """``state`` of the sweep-log line written when a sweep's cells start (its end line has no ``state``)."""
+RECORD_KEYS = ("id", "status")
+"""Keys every cell record has (string-valued); a file without one of them is unreadable as a record."""
+
+
+class Unreadable(NamedTuple):
+    """A file under ``cells/`` that is no cell record, and why."""
+
+    path: Path
+    reason: str
+
+
+class RecordScan(NamedTuple):
+    """The records of a store and the files under ``cells/`` that could not be read as records."""
+
+    records: list[dict[str, Any]]
+    unreadable: list[Unreadable]
+
+
+def read_record(path: Path, keys: tuple[str, ...] = RECORD_KEYS) -> dict[str, Any] | str:
+    """The cell record in ``path``, or a short reason why it is none (not JSON, not an object, a key missing).
+
+    Args:
+        path: the record's file.
+        keys: keys whose values must be strings (a record has at least :data:`RECORD_KEYS`).
+    """
+    try:
+        rec = json.loads(path.read_text())
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or type(exc).__name__})"
+    except UnicodeDecodeError:
+        return "not text"
+    except json.JSONDecodeError as exc:
+        return f"not JSON (line {exc.lineno}: {exc.msg})"
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    missing = [k for k in keys if not isinstance(rec.get(k), str)]
+    if missing:
+        return f"no {', '.join(repr(k) for k in missing)}"
+    return rec
 
 
 def versions() -> dict[str, str]:
@@ -133,10 +172,8 @@ class ResultStore:
         path = self.record_path(cell_id)
         if not path.is_file():
             return None
-        try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            return None
+        rec = read_record(path)
+        return None if isinstance(rec, str) else rec
 
     def is_finished(self, cell_id: str, fingerprint: str) -> bool:
         """True if the cell has a ``done``/``skipped`` record made with the same fingerprint."""
@@ -219,14 +256,23 @@ class ResultStore:
             filled += 1
         return filled
 
-    def records(self) -> list[dict[str, Any]]:
-        """All readable records, sorted by cell id."""
+    def scan(self, keys: tuple[str, ...] = RECORD_KEYS) -> RecordScan:
+        """All readable records, sorted by cell id, and the files under ``cells/`` that are no record.
+
+        Args:
+            keys: keys a record must have with string values (see :func:`read_record`).
+        """
         if not self.cells_dir.is_dir():
-            return []
-        out = []
+            return RecordScan([], [])
+        records, unreadable = [], []
         for path in sorted(self.cells_dir.glob("*.json")):
-            try:
-                out.append(json.loads(path.read_text()))
-            except (OSError, json.JSONDecodeError):
-                continue
-        return out
+            rec = read_record(path, keys)
+            if isinstance(rec, str):
+                unreadable.append(Unreadable(path, rec))
+            else:
+                records.append(rec)
+        return RecordScan(records, unreadable)
+
+    def records(self) -> list[dict[str, Any]]:
+        """All readable records, sorted by cell id (see :meth:`scan` for the others)."""
+        return self.scan().records
