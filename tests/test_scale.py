@@ -19,6 +19,7 @@ import torch
 from mfdiffuser.algos import mf_diffuser as mfd
 from mfdiffuser.diffusion import LevelSchedule, assign_blocks, representatives, state_order
 from mfdiffuser.envs import list_settings, make
+from mfdiffuser.eval import exploitability
 from mfdiffuser.eval.rollout import rollout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +83,16 @@ def test_sample_steps_is_a_stride_over_the_training_steps():
         mfd.make_policy(learner, cfg, env, sample_steps=1)
     with pytest.raises(ValueError, match="sample_steps must lie in"):
         mfd.make_policy(learner, cfg, env, sample_steps=21)
+
+
+def test_sample_steps_is_an_acting_option_not_part_of_the_weights():
+    from mfdiffuser.algos.base import config_from_dict
+
+    assert "sample_steps" in mfd.PLAN_OPTIONS  # changing it never orphans a trained model's weights
+    cfg = config_from_dict(mfd.Config, {"sample_steps": 10})
+    assert cfg.level_schedule.steps == (6, 2, 2)
+    with pytest.raises(ValueError, match="sample_steps"):
+        config_from_dict(mfd.Config, {"sample_steps": "ten"})
 
 
 def test_default_schedule_unchanged_and_plans_in_inference_mode():
@@ -184,6 +195,8 @@ def test_one_episode_at_a_million_agents(setting):
     assert ep.steps == env.horizon
     assert np.isfinite(ep.mean_return)
     assert res.peak_mem_mb < 2048  # the scale target: at most 2 GiB above the process before it
+    expl = exploitability(env, policy(env), seeds=(0,))  # exact (crowd, gs) or estimated (ising)
+    assert np.isfinite(expl["exploitability"])
 
 
 @pytest.mark.slow
