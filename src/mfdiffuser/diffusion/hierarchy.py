@@ -188,7 +188,9 @@ def state_order(states: np.ndarray, rng: np.random.Generator, n_bins: int = 8) -
     perm = rng.permutation(n)
     order = np.empty(n, dtype=np.intp)
     order[perm] = np.arange(n)
-    columns = np.ascontiguousarray(states.T)  # [S, N]: one copy, then every pass reads contiguous memory
+    # [S, N]: one copy, then every pass reads contiguous memory; float states keep their precision
+    ftype = states.dtype.type if states.dtype.kind == "f" else np.float64
+    columns = np.ascontiguousarray(states.T, dtype=ftype)
     std = np.array([c.std(dtype=np.float64) for c in columns])
     key = np.zeros(n, dtype=np.uint16)
     radix = 1
@@ -198,8 +200,8 @@ def state_order(states: np.ndarray, rng: np.random.Generator, n_bins: int = 8) -
             continue
         col = columns[j]
         lo, hi = float(col.min()), float(col.max())
-        z = np.subtract(col, lo, dtype=np.float64)
-        z *= n_bins / (hi - lo + 1e-12)
+        z = col - ftype(lo)
+        z *= ftype(n_bins / (hi - lo + 1e-12))
         bins = np.minimum(z, n_bins - 1, out=z).astype(np.uint8)
         used = np.zeros(n_bins, dtype=bool)
         used[bins] = True
