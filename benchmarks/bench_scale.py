@@ -1,4 +1,4 @@
-"""Scale: the cost of every acting stage, one episode's wall time and peak memory at N = 10^4..10^6.
+"""Scale: the cost of every acting stage, one episode's time and peak memory at N = 10^4..10^6.
 
 Target (SPEC section 8, scale): one evaluation episode at N = 10^6 for gaussian-squeeze, Ising
 (1,000 x 1,000) and crowd; MF-Diffuser's plan (representatives mode) at most 1.5x its cost at
@@ -7,8 +7,8 @@ measures, in CPU seconds on one thread (the machine is shared, so wall time woul
 neighbours): the env step (which computes phi(mu) over all N agents in the same pass), the grouping
 (:func:`~mfdiffuser.diffusion.state_order`), the plan (coarse-to-fine denoising with untrained weights,
 default levels; timing does not depend on the weights), the lifting of the plan to all N agents, the
-per-agent ``bc`` policy's act, then the wall time of one MF-Diffuser episode and the process's peak
-resident set (VmHWM). Each figure is the best of ``--repeats`` runs.
+per-agent ``bc`` policy's act, then the CPU and wall time of one MF-Diffuser episode and the process's
+peak resident set (VmHWM). Each figure is the best of ``--repeats`` runs.
 Run: ``python benchmarks/bench_scale.py [--quick]``.
 """
 
@@ -34,13 +34,13 @@ ENVS = ("gaussian-squeeze", "ising", "crowd")
 SIZES = (10_000, 100_000, 1_000_000)
 QUICK_SIZES = (1_024, 4_096)
 TIMED = ("step", "grouping", "plan", "lifting", "bc act")
-"""Stages timed in CPU seconds (the table's columns before the episode's wall time and the RSS)."""
+"""Stages timed in CPU seconds (the table's columns before the episode's times and the RSS)."""
 PLAN_RATIO_TARGET = 1.5
 RSS_TARGET_MIB = 2048.0
 
 
 def measure(env_name: str, n: int, repeats: int, quick: bool) -> dict[str, float]:
-    """Every stage's CPU seconds, one episode's wall seconds and the peak RSS (MiB) at ``n`` agents."""
+    """Each stage's CPU seconds, one episode's CPU and wall seconds, the peak RSS (MiB) at ``n`` agents."""
     from mfdiffuser.algos import bc
     from mfdiffuser.algos import mf_diffuser as mfd
     from mfdiffuser.algos.common import Dims
@@ -82,9 +82,10 @@ def measure(env_name: str, n: int, repeats: int, quick: bool) -> dict[str, float
     out["bc act"] = best_cpu_time(lambda: policy.act(obs, info), repeats)
 
     planner = mfd.make_policy(learner, cfg, env)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     episode = run_episode(env, planner, seed=0, episode=0)
     out["episode wall"] = time.perf_counter() - t0
+    out["episode cpu"] = time.process_time() - c0
     out["episode steps"] = float(episode.steps)
     out["peak rss"] = peak_rss_mib()
     return out
@@ -132,17 +133,17 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, int], dict[str, float
         return {}
     sizes = args.sizes or list(QUICK_SIZES if args.quick else SIZES)
     results: dict[tuple[str, int], dict[str, float]] = {}
-    print("per-stage CPU ms on one thread (best of repeats); one MF-Diffuser episode wall s; peak RSS MiB")
+    print("per-stage CPU ms on one thread (best of repeats); one MF-Diffuser episode, s; peak RSS MiB")
     header = "".join(f"{s:>10}" for s in TIMED)
-    print(f"{'env':<18}{'N':>9}{header}{'episode s':>11}{'RSS MiB':>9}")
+    print(f"{'env':<18}{'N':>9}{header}{'episode CPU s':>15}{'wall s':>8}{'RSS MiB':>9}")
     for env_name in args.envs:
         for n in sizes:
             n_env = _env_n(env_name, n)
             r = _child(env_name, n_env, repeats, args.quick)
             results[(env_name, n_env)] = r
             cells = "".join(f"{_ms(r[s]):>10}" for s in TIMED)
-            wall, rss = r["episode wall"], r["peak rss"]
-            print(f"{env_name:<18}{n_env:>9}{cells}{wall:>11.2f}{rss:>9.0f}", flush=True)
+            cpu, wall, rss = r["episode cpu"], r["episode wall"], r["peak rss"]
+            print(f"{env_name:<18}{n_env:>9}{cells}{cpu:>15.2f}{wall:>8.2f}{rss:>9.0f}", flush=True)
         first = results[(env_name, _env_n(env_name, sizes[0]))]
         last = results[(env_name, _env_n(env_name, sizes[-1]))]
         ratio = last["plan"] / first["plan"]
