@@ -11,6 +11,7 @@ Run: ``python benchmarks/bench_planner.py [--fidelity]``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import resource
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -45,6 +47,20 @@ def _learner(env, horizon: int = 4) -> tuple[mfd.MFDiffuser, mfd.Config]:
     return mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon).eval(), cfg
 
 
+def best_cpu_time(fn: Callable[[], object], repeats: int) -> float:
+    """Smallest process CPU time of ``repeats`` calls of ``fn`` after one warm-up call.
+
+    The best of several runs is the figure least disturbed by other work on a shared machine.
+    """
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - t0)
+    return best
+
+
 def _cpu_time(fn, repeats: int) -> float:
     fn()  # warm-up
     t0 = time.process_time()
@@ -64,6 +80,31 @@ def plan_latency(levels: LevelSchedule, sizes=SIZES, repeats: int = 3) -> dict[i
         lv = levels.capped(n)
         plan = functools.partial(mfd.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen)
         out[n] = _cpu_time(plan, repeats)
+    return out
+
+
+SECTIONS = ("latency", "stride", "c2f", "madiff", "train", "memory")
+"""Sections of the benchmark (``--only``)."""
+STRIDES = (20, 10, 8, 5)
+"""Sampling steps per plan compared at N = 10,000 (20 = K: the default schedule, no stride)."""
+
+
+def stride_latency(n: int = 10000, strides=STRIDES, repeats: int = 3) -> dict[int, float]:
+    """CPU seconds per plan (default levels, representatives mode, crowd) at each number of sampling steps.
+
+    Fewer steps than the K = 20 training steps are a DDIM stride over them (``sample_steps``), shared
+    among the levels in proportion to the default 12/4/4. Best of ``repeats`` after a warm-up.
+    """
+    env = make("crowd", n_agents=n)
+    learner, cfg = _learner(env)
+    obs, info = env.reset(seed=0)
+    out = {}
+    for k in strides:
+        lv = dataclasses.replace(cfg, sample_steps=k).level_schedule.capped(n)
+        rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+        out[k] = best_cpu_time(
+            functools.partial(mfd.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen), repeats
+        )
     return out
 
 
@@ -140,10 +181,10 @@ def _peak_rss_child(n: int) -> None:
     obs, info = env.reset(seed=0)
     levels = cfg.level_schedule.capped(n)
     mfd.sample_plan(learner, obs, info["summary"], 0, levels, np.random.default_rng(0), torch.Generator())
-    print(f"{_peak_rss_mib():.1f}")
+    print(f"{peak_rss_mib():.1f}")
 
 
-def _peak_rss_mib() -> float:
+def peak_rss_mib() -> float:
     """This process's peak resident set (VmHWM; ``ru_maxrss`` would include the parent's before exec)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -211,46 +252,65 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fidelity", action="store_true", help="also train a model and compare histograms")
     parser.add_argument("--fidelity-steps", type=int, default=1500, help="training steps of that model")
+    parser.add_argument(
+        "--only", nargs="*", choices=SECTIONS, default=list(SECTIONS), help="sections to run (default: all)"
+    )
     parser.add_argument("--peak-rss-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
+    only = set(args.only)
     torch.set_num_threads(1)
     if args.peak_rss_child is not None:
         _peak_rss_child(args.peak_rss_child)
         return {}
     results: dict[str, object] = {}
 
-    print("plan latency, representatives mode (crowd, H = 4, hidden 96, K = 20), CPU s per plan")
-    for label, lv in (("M_L = 64 (16/64, 10/10)", LevelSchedule((16, 64), (10, 10))),
-                      ("default 128/256/1024, 12/4/4", mfd.Config().level_schedule)):
-        lat = plan_latency(lv)
-        results[f"latency {label}"] = lat
-        cells = "  ".join(f"N={n}: {s * 1000:.0f} ms" for n, s in lat.items())
-        print(f"  {label:<28} {cells}  ratio 10k/100 = {lat[10000] / lat[100]:.2f} (target <= 1.5)")
+    if "latency" in only:
+        print("plan latency, representatives mode (crowd, H = 4, hidden 96, K = 20), CPU s per plan")
+        for label, lv in (("M_L = 64 (16/64, 10/10)", LevelSchedule((16, 64), (10, 10))),
+                          ("default 128/256/1024, 12/4/4", mfd.Config().level_schedule)):
+            lat = plan_latency(lv)
+            results[f"latency {label}"] = lat
+            cells = "  ".join(f"N={n}: {s * 1000:.0f} ms" for n, s in lat.items())
+            print(f"  {label:<28} {cells}  ratio 10k/100 = {lat[10000] / lat[100]:.2f} (target <= 1.5)")
 
-    print("coarse-to-fine vs single level, N = 1,000, K = 20 (CPU s per plan, particle-steps)")
-    c2f = coarse_to_fine()
-    results["coarse_to_fine"] = c2f
-    base = c2f["single 1000 x 20"][0]
-    for name, (sec, cost) in c2f.items():
-        ratio = f"{sec / base:.2f}x (target <= 0.35)"
-        print(f"  {name:<22} {sec * 1000:7.0f} ms  {cost:6d} particle-steps  {ratio}")
+    if "stride" in only:
+        print("plan latency at N = 10,000 vs sampling steps (DDIM stride over K = 20), CPU ms per plan")
+        stride = stride_latency()
+        results["stride_latency"] = stride
+        for k, sec in stride.items():
+            levels = dataclasses.replace(mfd.Config(), sample_steps=k).level_schedule
+            steps = "/".join(map(str, levels.steps))
+            ratio = sec / stride[STRIDES[0]]
+            print(f"  {k:2d} steps ({steps:>7}) {sec * 1000:7.0f} ms  {ratio:.2f}x of K = 20")
 
-    print("plan at N = 1,000 (crowd, H = 4, K = 20): MF-Diffuser defaults vs madiff, CPU s per plan")
-    vs = versus_madiff()
-    results["versus_madiff"] = vs
-    speedup = vs["madiff"] / vs["mf-diffuser"]
-    print(f"  mf-diffuser {vs['mf-diffuser'] * 1000:.0f} ms  madiff {vs['madiff'] * 1000:.0f} ms  "
-          f"speedup {speedup:.1f}x (target >= 20)")
+    if "c2f" in only:
+        print("coarse-to-fine vs single level, N = 1,000, K = 20 (CPU s per plan, particle-steps)")
+        c2f = coarse_to_fine()
+        results["coarse_to_fine"] = c2f
+        base = c2f["single 1000 x 20"][0]
+        for name, (sec, cost) in c2f.items():
+            ratio = f"{sec / base:.2f}x (target <= 0.35)"
+            print(f"  {name:<22} {sec * 1000:7.0f} ms  {cost:6d} particle-steps  {ratio}")
 
-    print("training step (B = 64, M = 32, H = 4) on data generated at each N, CPU s")
-    ts = train_step_time()
-    results["train_step"] = ts
-    print("  " + "  ".join(f"N={n}: {s * 1000:.0f} ms" for n, s in ts.items()))
+    if "madiff" in only:
+        print("plan at N = 1,000 (crowd, H = 4, K = 20): MF-Diffuser defaults vs madiff, CPU s per plan")
+        vs = versus_madiff()
+        results["versus_madiff"] = vs
+        speedup = vs["madiff"] / vs["mf-diffuser"]
+        print(f"  mf-diffuser {vs['mf-diffuser'] * 1000:.0f} ms  madiff {vs['madiff'] * 1000:.0f} ms  "
+              f"speedup {speedup:.1f}x (target >= 20)")
 
-    print("peak RSS of a process planning once (default levels, representatives), MiB")
-    mem = peak_memory()
-    results["peak_memory"] = mem
-    print("  " + "  ".join(f"N={n}: {v:.1f}" for n, v in mem.items()))
+    if "train" in only:
+        print("training step (B = 64, M = 32, H = 4) on data generated at each N, CPU s")
+        ts = train_step_time()
+        results["train_step"] = ts
+        print("  " + "  ".join(f"N={n}: {s * 1000:.0f} ms" for n, s in ts.items()))
+
+    if "memory" in only:
+        print("peak RSS of a process planning once (default levels, representatives), MiB")
+        mem = peak_memory()
+        results["peak_memory"] = mem
+        print("  " + "  ".join(f"N={n}: {v:.1f}" for n, v in mem.items()))
 
     if args.fidelity:
         print(f"action fidelity, gaussian-squeeze medium, beta = 0, {args.fidelity_steps} steps: TV to data")

@@ -24,8 +24,10 @@ def _envs():
 def _settings():
     out = []
     for name, spec in list_settings().items():
-        mark = pytest.mark.skipif(spec["env"] == "battle" and not _HAS_BATTLE, reason="no battle")
-        out.append(pytest.param(name, marks=mark))
+        marks = [pytest.mark.skipif(spec["env"] == "battle" and not _HAS_BATTLE, reason="no battle")]
+        if spec.get("n_agents", 0) > 10_000:  # the 10^5 and 10^6 settings: seconds each
+            marks.append(pytest.mark.slow)
+        out.append(pytest.param(name, marks=marks))
     return out
 
 

@@ -91,6 +91,9 @@ class Config:
     """Environment steps between plans (at most H); every step, as plans go stale fast (docs/design.md)."""
     eta: float = 1.0
     """DDIM eta of the planner (0 deterministic, 1 ancestral)."""
+    sample_steps: int | None = None
+    """Denoising steps of a plan, spread evenly over the K training steps (a DDIM stride) and shared
+    among the levels in proportion to steps_per_level; None: the sum of steps_per_level."""
     action_decode: str = "categorical"
     """Decoding of the action channels: categorical (sample from the clipped one-hot) or argmax."""
 
@@ -130,11 +133,18 @@ class Config:
                 f"mf-diffuser: steps_per_level sum to {levels.total_steps} > "
                 f"diffusion_steps={self.diffusion_steps}"
             )
+        n_levels = len(self.levels)
+        if self.sample_steps is not None and not n_levels <= self.sample_steps <= self.diffusion_steps:
+            raise ValueError(
+                f"mf-diffuser: sample_steps must lie in [{n_levels} (one per level), "
+                f"K={self.diffusion_steps}], got {self.sample_steps}"
+            )
 
     @property
     def level_schedule(self) -> LevelSchedule:
-        """The planner's coarse-to-fine schedule."""
-        return LevelSchedule(self.levels, self.steps_per_level)
+        """The planner's coarse-to-fine schedule (steps rescaled to ``sample_steps`` when set)."""
+        levels = LevelSchedule(self.levels, self.steps_per_level)
+        return levels if self.sample_steps is None else levels.with_total_steps(self.sample_steps)
 
 
 class MFDiffuser(nn.Module):
@@ -356,7 +366,7 @@ class PlanOutput(NamedTuple):
     """The level schedule used (capped at N)."""
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_plan(
     learner: MFDiffuser,
     states: np.ndarray,
@@ -393,7 +403,12 @@ def sample_plan(
     sched = learner.scheduler
     device = learner.state_mean.device
     order = state_order(states, rng)
-    all_s0 = learner.norm_states(torch.as_tensor(states, dtype=torch.float32, device=device))
+
+    def rep_states(m: int) -> torch.Tensor:
+        """``[1, m, S]`` normalised states of the m representatives (only they are normalised: O(m))."""
+        rep = np.asarray(states[representatives(order, m)], dtype=np.float32)
+        return learner.norm_states(torch.as_tensor(rep, device=device))[None]
+
     ctx = learner.context(
         torch.as_tensor(summary, dtype=torch.float32, device=device)[None], torch.tensor([t], device=device)
     )
@@ -402,7 +417,7 @@ def sample_plan(
     clip = (clip_lo, -clip_lo)
     timesteps = sched.timesteps(levels.total_steps)
     m = levels.sizes[0]
-    s0 = all_s0[torch.as_tensor(representatives(order, m), device=device)][None]  # [1, M_0, S]
+    s0 = rep_states(m)  # [1, M_0, S]
     x = torch.randn((1, m, learner.H, learner.D), generator=generator, device=device)
     i = 0
     x0 = x
@@ -415,7 +430,7 @@ def sample_plan(
             i += 1
         if j + 1 < len(levels.sizes):
             m_next = levels.sizes[j + 1]
-            s0 = all_s0[torch.as_tensor(representatives(order, m_next), device=device)][None]
+            s0 = rep_states(m_next)
             x = branch(x0, parent_index(m, m_next), k_prev, sched, generator, x, branch_keep)
             m = m_next
     x0 = learner.inpaint(x0, s0)
@@ -440,6 +455,7 @@ class MFDiffuserPolicy:
         action_decode: override of the action decoding.
         population_cap: override of the population mode's cap.
         branch_keep: override of the branching noise correlation.
+        sample_steps: override of the number of denoising steps per plan (DDIM stride).
     """
 
     def __init__(
@@ -454,6 +470,7 @@ class MFDiffuserPolicy:
         action_decode: str | None = None,
         population_cap: int | None = None,
         branch_keep: float | None = None,
+        sample_steps: int | None = None,
     ) -> None:
         over: dict[str, Any] = {
             "mode": mode,
@@ -464,6 +481,7 @@ class MFDiffuserPolicy:
             "action_decode": action_decode,
             "population_cap": population_cap,
             "branch_keep": branch_keep,
+            "sample_steps": sample_steps,
         }
         self.config = dataclasses.replace(config, **{k: v for k, v in over.items() if v is not None})
         self.learner = learner.eval()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-KNOWN: tuple[str, ...] = ("envs", "battle", "data", "planner", "train")
+KNOWN: tuple[str, ...] = ("envs", "battle", "data", "planner", "scale", "train")
 """Benchmarks the project ships (``benchmarks/bench_<name>.py``); others found there run too."""
 
 

@@ -72,6 +72,25 @@ class LevelSchedule:
                 steps.append(k)
         return LevelSchedule(tuple(sizes), tuple(steps))
 
+    def with_total_steps(self, n_steps: int) -> LevelSchedule:
+        """The same levels with ``n_steps`` sampling steps in all, shared in proportion to ``steps``.
+
+        Each level keeps at least one step; the shares are rounded by largest remainder. The sampler
+        spreads the steps evenly over the K training steps, so fewer steps is a DDIM stride.
+        """
+        n_steps = int(n_steps)
+        if n_steps < len(self.steps):
+            raise ValueError(
+                f"level schedule: {len(self.steps)} levels need >= {len(self.steps)} steps, got {n_steps}"
+            )
+        raw = [k * n_steps / self.total_steps for k in self.steps]
+        out = [max(1, math.floor(r)) for r in raw]
+        while sum(out) < n_steps:
+            out[max(range(len(out)), key=lambda j: raw[j] - out[j])] += 1
+        while sum(out) > n_steps:
+            out[min((j for j in range(len(out)) if out[j] > 1), key=lambda j: raw[j] - out[j])] -= 1
+        return LevelSchedule(self.sizes, tuple(out))
+
     def with_final(self, m_final: int) -> LevelSchedule:
         """Replace the finest level by ``m_final`` particles (coarser levels above it are merged down)."""
         out = LevelSchedule(self.sizes[:-1] + (max(m_final, self.sizes[-1]),), self.steps)
@@ -152,23 +171,50 @@ def state_order(states: np.ndarray, rng: np.random.Generator, n_bins: int = 8) -
     the highest-variance feature first, ties broken at random. Contiguous rank blocks therefore hold
     agents with equal (quantised) states, and every coarser block is a union of finer ones.
 
+    O(N) time and memory: a least-significant-first radix sort whose passes each sort one 16-bit key
+    (the bins of a few features packed together) with NumPy's stable radix sort; features are read one
+    column at a time from one transposed copy, never as a float64 copy of ``[N, S]``.
+
     Args:
         states: ``[N, S]`` current agent states.
         rng: generator for the random tie-break.
         n_bins: quantisation bins per feature.
     """
-    states = np.asarray(states, dtype=np.float64)
+    states = np.asarray(states)
     if states.ndim != 2:
         raise ValueError(f"state_order: states must be [N, S], got shape {states.shape}")
     n = states.shape[0]
-    std = states.std(axis=0)
-    keys = [rng.permutation(n)]  # last tie-break (np.lexsort: last key is primary)
-    for j in np.argsort(std, kind="stable"):  # ascending, so the highest-variance feature is primary
+    # Tie-break: agent i ranks perm[i]-th, so start from the agents in ascending order of perm.
+    perm = rng.permutation(n)
+    order = np.empty(n, dtype=np.intp)
+    order[perm] = np.arange(n)
+    # [S, N]: one copy, then every pass reads contiguous memory; float states keep their precision
+    ftype = states.dtype.type if states.dtype.kind == "f" else np.float64
+    columns = np.ascontiguousarray(states.T, dtype=ftype)
+    std = np.array([c.std(dtype=np.float64) for c in columns])
+    key = np.zeros(n, dtype=np.uint16)
+    radix = 1
+    # Ascending variance: the least significant feature first, the highest-variance one last (primary).
+    for j in np.argsort(std, kind="stable"):
         if std[j] <= 1e-12:
             continue
-        z = (states[:, j] - states[:, j].min()) / (np.ptp(states[:, j]) + 1e-12)
-        keys.append(np.minimum((z * n_bins).astype(np.int64), n_bins - 1))
-    return np.lexsort(keys)
+        col = columns[j]
+        lo, hi = float(col.min()), float(col.max())
+        z = col - ftype(lo)
+        z *= ftype(n_bins / (hi - lo + 1e-12))
+        bins = np.minimum(z, n_bins - 1, out=z).astype(np.uint8)
+        used = np.zeros(n_bins, dtype=bool)
+        used[bins] = True
+        width = int(used.sum())
+        if radix * width > 1 << 16:  # the packed key is full: sort by it, start the next one
+            order = order[np.argsort(key[order], kind="stable")]
+            key[:] = 0
+            radix = 1
+        key += ((np.cumsum(used) - 1) * radix).astype(np.uint16)[bins]  # bin -> rank among bins in use
+        radix *= width
+    if radix > 1:
+        order = order[np.argsort(key[order], kind="stable")]
+    return order
 
 
 def representatives(order: np.ndarray, m: int) -> np.ndarray:
