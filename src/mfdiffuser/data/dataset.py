@@ -11,9 +11,12 @@ one-line message on any problem.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import math
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -626,6 +629,18 @@ class EpisodeRecord:
         }
 
 
+def hdf5_write_error(exc: RuntimeError, path: str | Path) -> OSError:
+    """The ``OSError`` behind an HDF5 write failure that h5py reports as a ``RuntimeError``.
+
+    HDF5's message names the failed system call's ``errno`` (e.g. 28, no space left on device);
+    without one the error is an input/output error. The message's first line follows the reason.
+    """
+    found = re.search(r"errno = (\d+)", str(exc))
+    code = int(found.group(1)) if found else errno.EIO
+    reason = os.strerror(code) if found else f"{os.strerror(code)} ({str(exc).splitlines()[0]})"
+    return OSError(code, reason, str(path))
+
+
 def write_dataset(
     path: str | Path,
     meta: DatasetMeta,
@@ -682,45 +697,48 @@ def write_dataset(
         filters.update(compression=compression, shuffle=True)
         if compression == "gzip":
             filters["compression_opts"] = compression_level
-    with h5py.File(path, "w", userblock_size=HEADER_SIZE) as f:
-        dsets = {
-            name: f.create_dataset(
-                name, shape=shapes[name], dtype=dtypes[name],
-                chunks=chunk_shape(name, shapes[name], ce, ct), **filters,
-            )
-            for name in ALL_ARRAYS
-        }
-        buffer: list[dict[str, np.ndarray]] = []
-        start = 0
+    try:
+        with h5py.File(path, "w", userblock_size=HEADER_SIZE) as f:
+            dsets = {
+                name: f.create_dataset(
+                    name, shape=shapes[name], dtype=dtypes[name],
+                    chunks=chunk_shape(name, shapes[name], ce, ct), **filters,
+                )
+                for name in ALL_ARRAYS
+            }
+            buffer: list[dict[str, np.ndarray]] = []
+            start = 0
 
-        def flush() -> None:
-            nonlocal start, buffer
-            if not buffer:
-                return
-            stop = start + len(buffer)
-            for name, ds in dsets.items():
-                block = np.stack([row[name] for row in buffer]).astype(dtypes[name], copy=False)
-                ds[start:stop] = block
-                hasher.update(name, block)
-            start, buffer = stop, []
+            def flush() -> None:
+                nonlocal start, buffer
+                if not buffer:
+                    return
+                stop = start + len(buffer)
+                for name, ds in dsets.items():
+                    block = np.stack([row[name] for row in buffer]).astype(dtypes[name], copy=False)
+                    ds[start:stop] = block
+                    hasher.update(name, block)
+                start, buffer = stop, []
 
-        for row in episodes:
-            buffer.append(row)
-            if len(buffer) == ce:
-                flush()
-        flush()
-        if start != meta.n_episodes:
-            raise ValueError(f"got {start} episodes, metadata says {meta.n_episodes}")
-        for name, digest in hasher.digests().items():
-            dsets[name].attrs[CHECKSUM_ALGORITHM] = digest
-        checksum = hasher.checksum()
-        final = dataclasses.replace(meta, checksum=checksum, library_version=__version__)
-        for key, value in (extra_attrs or {}).items():
-            f.attrs[key] = value
-        f.attrs["meta"] = json.dumps(final.to_dict(), sort_keys=True)
-        f.attrs["checksum_algorithm"] = CHECKSUM_ALGORITHM
-        f.attrs["checksum"] = checksum
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["format"] = FORMAT
+            for row in episodes:
+                buffer.append(row)
+                if len(buffer) == ce:
+                    flush()
+            flush()
+            if start != meta.n_episodes:
+                raise ValueError(f"got {start} episodes, metadata says {meta.n_episodes}")
+            for name, digest in hasher.digests().items():
+                dsets[name].attrs[CHECKSUM_ALGORITHM] = digest
+            checksum = hasher.checksum()
+            final = dataclasses.replace(meta, checksum=checksum, library_version=__version__)
+            for key, value in (extra_attrs or {}).items():
+                f.attrs[key] = value
+            f.attrs["meta"] = json.dumps(final.to_dict(), sort_keys=True)
+            f.attrs["checksum_algorithm"] = CHECKSUM_ALGORITHM
+            f.attrs["checksum"] = checksum
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["format"] = FORMAT
+    except RuntimeError as exc:  # h5py raises a failed write (disk full, file too large) as RuntimeError
+        raise hdf5_write_error(exc, path) from None
     seal_file(path, DIGEST_KIND)
     return checksum
