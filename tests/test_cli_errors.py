@@ -130,6 +130,15 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (paths["nockpt"] / "run.json").write_text(json.dumps(record))
     paths["badjson"].mkdir()
     (paths["badjson"] / "run.json").write_text("{not json")
+    for name, text in [
+        ("listjson", "[1, 2]"),
+        ("emptyjson", "{}"),
+        ("noconfig", json.dumps({k: v for k, v in record.items() if k != "config"})),
+    ]:
+        paths[name] = root / f"run_{name}"
+        paths[name].mkdir()
+        (paths[name] / "run.json").write_text(text)
+        (paths[name] / "checkpoint.pt").write_bytes((paths["run"] / "checkpoint.pt").read_bytes())
     # a run whose checkpoint no longer fits the network its run.json describes (e.g. an older version)
     paths["mismatch"].mkdir()
     (paths["mismatch"] / "checkpoint.pt").write_bytes((paths["run"] / "checkpoint.pt").read_bytes())
@@ -403,6 +412,18 @@ CASES = [
     pytest.param(["evaluate", "--run", "{nockpt}", *EVAL], "no checkpoint", id="evaluate-no-checkpoint"),
     pytest.param(["evaluate", "--run", "{badjson}", *EVAL], "corrupted", id="evaluate-corrupted-run-json"),
     pytest.param(
+        ["evaluate", "--run", "{listjson}", *EVAL], "corrupted run.json .*list", id="evaluate-run-json-a-list"
+    ),
+    pytest.param(
+        ["evaluate", "--run", "{emptyjson}", *EVAL], "run.json .*'algo'", id="evaluate-run-json-empty"
+    ),
+    pytest.param(
+        ["evaluate", "--run", "{noconfig}", *EVAL], "run.json .*'config'", id="evaluate-run-no-config"
+    ),
+    pytest.param(
+        [*TRAIN, "--out", "{noconfig}"], "corrupted run.json .*'config'", id="train-into-run-without-config"
+    ),
+    pytest.param(
         ["evaluate", "--run", "{run}", *EVAL, "--episodes", "0"], "--episodes", id="evaluate-zero-episodes"
     ),
     pytest.param(["evaluate", "--run", "{run}", *EVAL, "--seeds", "0"], "--seeds", id="evaluate-zero-seeds"),
@@ -569,6 +590,21 @@ CASES = [
         ["data", "generate", *GS, "--n-agents", "1000000000000", "--out", "o.h5"],
         "needs about .* TiB of memory.*--force",
         id="generate-huge-n",
+    ),
+    pytest.param(
+        ["data", "generate", *GS[:6], "--episodes", "1000000000000", *GS[8:], "--out", "o.h5"],
+        "needs about .* TiB of memory.*--force",
+        id="generate-huge-episodes",
+    ),
+    pytest.param(
+        ["data", "generate", *GS[:6], "--episodes", str(10**30), *GS[8:], "--out", "o.h5"],
+        "needs about .* of memory",
+        id="generate-episodes-beyond-int64",
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--ref-episodes", "1000000000000", "--out", "o.h5"],
+        "needs about .* of memory",
+        id="generate-huge-ref-episodes",
     ),
     pytest.param(
         ["data", "generate", *GS, "--n-agents", "abc", "--out", "o.h5"],
