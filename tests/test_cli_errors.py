@@ -120,6 +120,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         == 0
     )
     paths["text"].write_text("not a dataset\n")
+    paths["fifo"] = root / "pipe"
+    os.mkfifo(paths["fifo"])
     paths["dir"].mkdir()
     fill = {"gs": str(paths["gs"])}
     assert main([a.format(**fill) for a in TRAIN] + ["--out", str(paths["run"])]) == 0
@@ -496,6 +498,21 @@ CASES = [
         ["evaluate", "--behaviour", "expert", "--env", "gs-100", *EVAL, "--out", "{text}/r.json"],
         "notes.txt",
         id="evaluate-out-under-a-file",
+    ),
+    pytest.param(
+        ["evaluate", "--run", "{run}", *EVAL, "--out", "{gs}"],
+        "not a JSON results file",
+        id="evaluate-out-is-the-dataset",
+    ),
+    pytest.param(
+        ["evaluate", "--run", "{run}", *EVAL, "--out", "{run}/checkpoint.pt"],
+        "not a JSON results file",
+        id="evaluate-out-is-the-checkpoint",
+    ),
+    pytest.param(
+        ["evaluate", "--behaviour", "random", "--env", "gs-100", *EVAL, "--out", "{fifo}"],
+        "not a regular file",
+        id="evaluate-out-is-a-pipe",
     ),
     pytest.param(
         ["evaluate", "--run", "{mismatch}", *EVAL],
