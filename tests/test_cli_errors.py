@@ -332,6 +332,11 @@ CASES = [
     pytest.param(["data", "info", "{root}/missing.h5"], "no such", id="info-missing-file"),
     pytest.param(["data", "info", "{dir}"], "directory", id="info-directory"),
     pytest.param(["data", "info", "{text}"], "HDF5", id="info-not-hdf5"),
+    pytest.param(["data", "info", "{fifo}"], "not a regular file", id="info-pipe"),
+    pytest.param(["data", "info", "/dev/zero"], "not a regular file", id="info-endless-device"),
+    pytest.param(
+        [*TRAIN, "--out", "r", "--dataset", "{fifo}"], "not a regular file", id="train-dataset-is-a-pipe"
+    ),
     pytest.param(["data", "info", "{gs}", "--bogus"], "unrecognized", id="info-unknown-option"),
     # train
     pytest.param(["train"], "--algo", id="train-no-algo"),

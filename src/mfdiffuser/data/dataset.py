@@ -543,6 +543,8 @@ def load_dataset(
         raise DatasetError(f"{path}: is a directory, not a dataset file")
     if not path.exists():
         raise DatasetError(f"{path}: no such dataset file")
+    if not path.is_file():  # reading a pipe would wait for a writer; a device may never end
+        raise DatasetError(f"{path}: not a regular file (a pipe or a device), not a dataset file")
     if verify:
         digest: str | None = check_file_digest(path)
     else:
