@@ -73,6 +73,9 @@ GRIDS = {
     "trainer_steps_zero": _grid(trainer__steps=0),
     "unknown_option": _grid(methods__bc__options={"foo": 1}),
     "option_wrong_type": _grid(methods__bc__options={"hidden": "abc"}),
+    "trainer_list": _grid(trainer=[1, 2]),
+    "options_list": _grid(methods__bc__options=[1, 2]),
+    "benchmark_options_list": _grid(methods__bc__benchmarks={"gs": {"options": [1]}}),
 }
 
 
@@ -153,6 +156,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         paths[f"grid_{name}"] = root / f"grid_{name}.yaml"
     (root / "grid_bad_yaml.yaml").write_text("benchmarks: [\n")
     (root / "grid_list.yaml").write_text("- 1\n- 2\n")
+    (root / "grid_deep.yaml").write_text("seeds: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    paths["grid_deep"] = root / "grid_deep.yaml"
     paths["grid_bad_yaml"] = root / "grid_bad_yaml.yaml"
     paths["grid_list"] = root / "grid_list.yaml"
     paths["grid_ok"] = root / "grid_ok.yaml"
@@ -551,6 +556,16 @@ CASES = [
     pytest.param(["sweep", "{text}", "--dry-run"], "mapping", id="sweep-spec-not-a-mapping"),
     pytest.param(["sweep", "{grid_bad_yaml}", "--dry-run"], "not valid YAML", id="sweep-bad-yaml"),
     pytest.param(["sweep", "{grid_list}", "--dry-run"], "mapping", id="sweep-spec-is-a-list"),
+    pytest.param(["sweep", "{grid_trainer_list}", "--dry-run"], "got a list", id="sweep-trainer-a-list"),
+    pytest.param(["sweep", "{grid_options_list}", "--dry-run"], "got a list", id="sweep-options-a-list"),
+    pytest.param(
+        ["sweep", "{grid_benchmark_options_list}", "--dry-run"],
+        "got a list",
+        id="sweep-benchmark-options-a-list",
+    ),
+    pytest.param(
+        ["sweep", "{grid_deep}", "--dry-run"], "nested too deeply", id="sweep-yaml-nested-too-deeply"
+    ),
     pytest.param(["sweep", "{grid_ok}", "--dry-run", "--num-cpus", "0"], "--num-cpus", id="sweep-zero-cpus"),
     pytest.param(["sweep", "{grid_unknown_env}", "--dry-run"], "unknown env", id="sweep-unknown-env"),
     pytest.param(["sweep", "{grid_unknown_algo}", "--dry-run"], "unknown algorithm", id="sweep-unknown-algo"),
