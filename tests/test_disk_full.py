@@ -37,9 +37,9 @@ def test_generate_onto_a_full_disk_is_a_one_line_error(tmp_path: Path, monkeypat
 def test_hdf5_write_error_takes_the_errno_of_the_message():
     exc = RuntimeError("Can't decrement id ref count (file write failed: errno = 28, error message = 'x')")
     err = hdf5_write_error(exc, "d.h5")
+    assert err is not None
     assert (err.errno, err.strerror, err.filename) == (errno.ENOSPC, "No space left on device", "d.h5")
-    other = hdf5_write_error(RuntimeError("something else\nmore"), "d.h5")
-    assert other.errno == errno.EIO and other.strerror.endswith("(something else)")
+    assert hdf5_write_error(RuntimeError("power cut"), "d.h5") is None  # not a failed write: raised as is
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -11,7 +11,6 @@ one-line message on any problem.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import json
 import math
@@ -631,16 +630,17 @@ class EpisodeRecord:
         }
 
 
-def hdf5_write_error(exc: RuntimeError, path: str | Path) -> OSError:
+def hdf5_write_error(exc: RuntimeError, path: str | Path) -> OSError | None:
     """The ``OSError`` behind an HDF5 write failure that h5py reports as a ``RuntimeError``.
 
     HDF5's message names the failed system call's ``errno`` (e.g. 28, no space left on device);
-    without one the error is an input/output error. The message's first line follows the reason.
+    None when it names none (the error did not come from writing the file).
     """
-    found = re.search(r"errno = (\d+)", str(exc))
-    code = int(found.group(1)) if found else errno.EIO
-    reason = os.strerror(code) if found else f"{os.strerror(code)} ({str(exc).splitlines()[0]})"
-    return OSError(code, reason, str(path))
+    found = re.search(r"file write failed:.*?errno = (\d+)", str(exc), re.DOTALL)
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def write_dataset(
@@ -741,6 +741,9 @@ def write_dataset(
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["format"] = FORMAT
     except RuntimeError as exc:  # h5py raises a failed write (disk full, file too large) as RuntimeError
-        raise hdf5_write_error(exc, path) from None
+        error = hdf5_write_error(exc, path)
+        if error is None:
+            raise
+        raise error from None
     seal_file(path, DIGEST_KIND)
     return checksum
