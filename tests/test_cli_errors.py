@@ -73,6 +73,9 @@ GRIDS = {
     "trainer_steps_zero": _grid(trainer__steps=0),
     "unknown_option": _grid(methods__bc__options={"foo": 1}),
     "option_wrong_type": _grid(methods__bc__options={"hidden": "abc"}),
+    "trainer_list": _grid(trainer=[1, 2]),
+    "options_list": _grid(methods__bc__options=[1, 2]),
+    "benchmark_options_list": _grid(methods__bc__benchmarks={"gs": {"options": [1]}}),
 }
 
 
@@ -120,6 +123,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         == 0
     )
     paths["text"].write_text("not a dataset\n")
+    paths["fifo"] = root / "pipe"
+    os.mkfifo(paths["fifo"])
     paths["dir"].mkdir()
     fill = {"gs": str(paths["gs"])}
     assert main([a.format(**fill) for a in TRAIN] + ["--out", str(paths["run"])]) == 0
@@ -130,6 +135,15 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (paths["nockpt"] / "run.json").write_text(json.dumps(record))
     paths["badjson"].mkdir()
     (paths["badjson"] / "run.json").write_text("{not json")
+    for name, text in [
+        ("listjson", "[1, 2]"),
+        ("emptyjson", "{}"),
+        ("noconfig", json.dumps({k: v for k, v in record.items() if k != "config"})),
+    ]:
+        paths[name] = root / f"run_{name}"
+        paths[name].mkdir()
+        (paths[name] / "run.json").write_text(text)
+        (paths[name] / "checkpoint.pt").write_bytes((paths["run"] / "checkpoint.pt").read_bytes())
     # a run whose checkpoint no longer fits the network its run.json describes (e.g. an older version)
     paths["mismatch"].mkdir()
     (paths["mismatch"] / "checkpoint.pt").write_bytes((paths["run"] / "checkpoint.pt").read_bytes())
@@ -142,6 +156,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         paths[f"grid_{name}"] = root / f"grid_{name}.yaml"
     (root / "grid_bad_yaml.yaml").write_text("benchmarks: [\n")
     (root / "grid_list.yaml").write_text("- 1\n- 2\n")
+    (root / "grid_deep.yaml").write_text("seeds: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    paths["grid_deep"] = root / "grid_deep.yaml"
     paths["grid_bad_yaml"] = root / "grid_bad_yaml.yaml"
     paths["grid_list"] = root / "grid_list.yaml"
     paths["grid_ok"] = root / "grid_ok.yaml"
@@ -321,6 +337,11 @@ CASES = [
     pytest.param(["data", "info", "{root}/missing.h5"], "no such", id="info-missing-file"),
     pytest.param(["data", "info", "{dir}"], "directory", id="info-directory"),
     pytest.param(["data", "info", "{text}"], "HDF5", id="info-not-hdf5"),
+    pytest.param(["data", "info", "{fifo}"], "not a regular file", id="info-pipe"),
+    pytest.param(["data", "info", "/dev/zero"], "not a regular file", id="info-endless-device"),
+    pytest.param(
+        [*TRAIN, "--out", "r", "--dataset", "{fifo}"], "not a regular file", id="train-dataset-is-a-pipe"
+    ),
     pytest.param(["data", "info", "{gs}", "--bogus"], "unrecognized", id="info-unknown-option"),
     # train
     pytest.param(["train"], "--algo", id="train-no-algo"),
@@ -403,6 +424,18 @@ CASES = [
     pytest.param(["evaluate", "--run", "{nockpt}", *EVAL], "no checkpoint", id="evaluate-no-checkpoint"),
     pytest.param(["evaluate", "--run", "{badjson}", *EVAL], "corrupted", id="evaluate-corrupted-run-json"),
     pytest.param(
+        ["evaluate", "--run", "{listjson}", *EVAL], "corrupted run.json .*list", id="evaluate-run-json-a-list"
+    ),
+    pytest.param(
+        ["evaluate", "--run", "{emptyjson}", *EVAL], "run.json .*'algo'", id="evaluate-run-json-empty"
+    ),
+    pytest.param(
+        ["evaluate", "--run", "{noconfig}", *EVAL], "run.json .*'config'", id="evaluate-run-no-config"
+    ),
+    pytest.param(
+        [*TRAIN, "--out", "{noconfig}"], "corrupted run.json .*'config'", id="train-into-run-without-config"
+    ),
+    pytest.param(
         ["evaluate", "--run", "{run}", *EVAL, "--episodes", "0"], "--episodes", id="evaluate-zero-episodes"
     ),
     pytest.param(["evaluate", "--run", "{run}", *EVAL, "--seeds", "0"], "--seeds", id="evaluate-zero-seeds"),
@@ -477,6 +510,21 @@ CASES = [
         id="evaluate-out-under-a-file",
     ),
     pytest.param(
+        ["evaluate", "--run", "{run}", *EVAL, "--out", "{gs}"],
+        "not a JSON results file",
+        id="evaluate-out-is-the-dataset",
+    ),
+    pytest.param(
+        ["evaluate", "--run", "{run}", *EVAL, "--out", "{run}/checkpoint.pt"],
+        "not a JSON results file",
+        id="evaluate-out-is-the-checkpoint",
+    ),
+    pytest.param(
+        ["evaluate", "--behaviour", "random", "--env", "gs-100", *EVAL, "--out", "{fifo}"],
+        "not a regular file",
+        id="evaluate-out-is-a-pipe",
+    ),
+    pytest.param(
         ["evaluate", "--run", "{mismatch}", *EVAL],
         "checkpoint",
         id="evaluate-checkpoint-mismatch",
@@ -508,6 +556,16 @@ CASES = [
     pytest.param(["sweep", "{text}", "--dry-run"], "mapping", id="sweep-spec-not-a-mapping"),
     pytest.param(["sweep", "{grid_bad_yaml}", "--dry-run"], "not valid YAML", id="sweep-bad-yaml"),
     pytest.param(["sweep", "{grid_list}", "--dry-run"], "mapping", id="sweep-spec-is-a-list"),
+    pytest.param(["sweep", "{grid_trainer_list}", "--dry-run"], "got a list", id="sweep-trainer-a-list"),
+    pytest.param(["sweep", "{grid_options_list}", "--dry-run"], "got a list", id="sweep-options-a-list"),
+    pytest.param(
+        ["sweep", "{grid_benchmark_options_list}", "--dry-run"],
+        "got a list",
+        id="sweep-benchmark-options-a-list",
+    ),
+    pytest.param(
+        ["sweep", "{grid_deep}", "--dry-run"], "nested too deeply", id="sweep-yaml-nested-too-deeply"
+    ),
     pytest.param(["sweep", "{grid_ok}", "--dry-run", "--num-cpus", "0"], "--num-cpus", id="sweep-zero-cpus"),
     pytest.param(["sweep", "{grid_unknown_env}", "--dry-run"], "unknown env", id="sweep-unknown-env"),
     pytest.param(["sweep", "{grid_unknown_algo}", "--dry-run"], "unknown algorithm", id="sweep-unknown-algo"),
@@ -569,6 +627,21 @@ CASES = [
         ["data", "generate", *GS, "--n-agents", "1000000000000", "--out", "o.h5"],
         "needs about .* TiB of memory.*--force",
         id="generate-huge-n",
+    ),
+    pytest.param(
+        ["data", "generate", *GS[:6], "--episodes", "1000000000000", *GS[8:], "--out", "o.h5"],
+        "needs about .* TiB of memory.*--force",
+        id="generate-huge-episodes",
+    ),
+    pytest.param(
+        ["data", "generate", *GS[:6], "--episodes", str(10**30), *GS[8:], "--out", "o.h5"],
+        "needs about .* of memory",
+        id="generate-episodes-beyond-int64",
+    ),
+    pytest.param(
+        ["data", "generate", *GS, "--ref-episodes", "1000000000000", "--out", "o.h5"],
+        "needs about .* of memory",
+        id="generate-huge-ref-episodes",
     ),
     pytest.param(
         ["data", "generate", *GS, "--n-agents", "abc", "--out", "o.h5"],

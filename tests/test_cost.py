@@ -60,7 +60,7 @@ def test_generation_and_evaluation_cost_by_hand():
     assert agent.step_seconds_at(cost.PROBE_SIZES[1] + 1000) == pytest.approx(0.501)
     est = cost.generation_cost(agent, n_agents=10**6, horizon=10, episode_bytes=500, shard_episodes=4,
                                episodes=8, ref_episodes=1, processes=2)
-    assert est.memory_bytes == 2 * (1000 + 20e6 + 2 * 4 * 500)
+    assert est.memory_bytes == 2 * (1000 + 20e6 + 2 * 4 * 500) + (8 + 2) * cost.SEED_BYTES
     step = 0.5 + 1e-6 * (10**6 - cost.PROBE_SIZES[1])
     assert est.seconds == pytest.approx((8 + 2) * 10 * step / 2)
     ev = cost.evaluation_cost(agent, n_agents=[100, 10**6], horizon=10, episodes=5, seeds=3)

@@ -28,6 +28,9 @@ EPISODE_RESULT_BYTES = 1024
 """Bytes of one evaluation episode's record apart from its per-step act times."""
 ACT_TIME_BYTES = 32
 """Bytes per step of an episode's act-time record (a Python float and its slot in a tuple)."""
+SEED_BYTES = 640
+"""Peak bytes per episode of a generation's seed bookkeeping in its main process: the episode's
+``SeedSequence`` children, then its seed tuple and its slot in a task (about 600 B measured)."""
 
 
 @dataclass(frozen=True)
@@ -234,13 +237,16 @@ def generation_cost(
     """Peak memory and time of ``mfd data generate``.
 
     Every process holds the env and its policies at N and one shard of ``shard_episodes`` stored
-    episodes twice (the episodes, then their stacked copy); ``processes`` of them run at once.
+    episodes twice (the episodes, then their stacked copy); ``processes`` of them run at once. The
+    main process also holds the seeds of every data and reference episode (:data:`SEED_BYTES` each).
     Time: every data and reference episode runs T steps at N, shared by the processes.
     """
     per_process = agent.bytes_at(n_agents) + 2 * shard_episodes * episode_bytes
-    steps = (episodes + 2 * ref_episodes) * horizon
-    seconds = steps * agent.step_seconds_at(n_agents) / max(processes, 1) if agent.measured else None
-    return CostEstimate("this generation", processes * per_process, seconds)
+    all_episodes = episodes + 2 * ref_episodes
+    seconds = None
+    if agent.measured:
+        seconds = all_episodes * horizon * agent.step_seconds_at(n_agents) / max(processes, 1)
+    return CostEstimate("this generation", processes * per_process + all_episodes * SEED_BYTES, seconds)
 
 
 def evaluation_cost(

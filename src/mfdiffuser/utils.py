@@ -85,6 +85,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:  # a failed write names the file the caller asked for, not the temporary one
+        if exc.filename == str(tmp_path) and exc.filename2 is None:
+            exc.filename = str(path)
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

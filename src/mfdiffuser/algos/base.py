@@ -174,6 +174,12 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise MfdError(f"{run_dir}: not a run directory (no run.json); train one with `mfd train`")
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise MfdError(f"{path}: corrupted run.json ({exc.msg})") from exc
+    if not isinstance(record, dict):
+        raise MfdError(f"{path}: corrupted run.json (a {type(record).__name__}, not a run record)")
+    for key, kind in (("algo", str), ("config", dict), ("meta", dict)):
+        if not isinstance(record.get(key), kind):
+            raise MfdError(f"{path}: corrupted run.json ({key!r} missing or not a {kind.__name__})")
+    return record

@@ -72,6 +72,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_results_out(out: str) -> None:
+    """Refuse an ``--out`` that would replace something other than a results file.
+
+    The results are written by renaming a new file onto ``out``: that would replace a device, a pipe
+    or a socket as well as a dataset or a checkpoint. An existing regular file is replaced only if it
+    is empty or holds JSON (an earlier result); a directory is left to the write to refuse.
+
+    Raises:
+        ValueError: ``out`` exists and is neither a directory, an empty file nor a JSON file.
+    """
+    import os
+    import stat
+
+    try:
+        mode = os.stat(out).st_mode
+    except OSError:
+        return  # nothing there (or a dangling link): a new file is written
+    if stat.S_ISDIR(mode):
+        return
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{out} exists and is not a regular file; --out must name a JSON results file")
+    with open(out, "rb") as f:
+        head = f.read(64).lstrip()
+    if head and not head.startswith(b"{"):
+        raise ValueError(f"{out} exists and is not a JSON results file; choose another --out or delete it")
+
+
 def run(args: argparse.Namespace) -> int:
     from mfdiffuser.algos.base import write_json
     from mfdiffuser.commands.train import parse_options
@@ -90,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--episodes, --seeds and --ref-episodes must be >= 1")
     if args.n_agents is not None and any(n < 1 for n in args.n_agents):
         raise ValueError(f"--n-agents must be positive, got {args.n_agents}")
+    if args.out:
+        check_results_out(args.out)
     seeds = episode_seeds(args.split, args.seeds)
     policy_opts = parse_options(args.policy_opt)
     source: dict[str, Any]

@@ -14,6 +14,8 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -540,6 +542,8 @@ def load_dataset(
         raise DatasetError(f"{path}: is a directory, not a dataset file")
     if not path.exists():
         raise DatasetError(f"{path}: no such dataset file")
+    if not path.is_file():  # reading a pipe would wait for a writer; a device may never end
+        raise DatasetError(f"{path}: not a regular file (a pipe or a device), not a dataset file")
     if verify:
         digest: str | None = check_file_digest(path)
     else:
@@ -626,6 +630,19 @@ class EpisodeRecord:
         }
 
 
+def hdf5_write_error(exc: RuntimeError, path: str | Path) -> OSError | None:
+    """The ``OSError`` behind an HDF5 write failure that h5py reports as a ``RuntimeError``.
+
+    HDF5's message names the failed system call's ``errno`` (e.g. 28, no space left on device);
+    None when it names none (the error did not come from writing the file).
+    """
+    found = re.search(r"file write failed:.*?errno = (\d+)", str(exc), re.DOTALL)
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
+
+
 def write_dataset(
     path: str | Path,
     meta: DatasetMeta,
@@ -682,45 +699,51 @@ def write_dataset(
         filters.update(compression=compression, shuffle=True)
         if compression == "gzip":
             filters["compression_opts"] = compression_level
-    with h5py.File(path, "w", userblock_size=HEADER_SIZE) as f:
-        dsets = {
-            name: f.create_dataset(
-                name, shape=shapes[name], dtype=dtypes[name],
-                chunks=chunk_shape(name, shapes[name], ce, ct), **filters,
-            )
-            for name in ALL_ARRAYS
-        }
-        buffer: list[dict[str, np.ndarray]] = []
-        start = 0
+    try:
+        with h5py.File(path, "w", userblock_size=HEADER_SIZE) as f:
+            dsets = {
+                name: f.create_dataset(
+                    name, shape=shapes[name], dtype=dtypes[name],
+                    chunks=chunk_shape(name, shapes[name], ce, ct), **filters,
+                )
+                for name in ALL_ARRAYS
+            }
+            buffer: list[dict[str, np.ndarray]] = []
+            start = 0
 
-        def flush() -> None:
-            nonlocal start, buffer
-            if not buffer:
-                return
-            stop = start + len(buffer)
-            for name, ds in dsets.items():
-                block = np.stack([row[name] for row in buffer]).astype(dtypes[name], copy=False)
-                ds[start:stop] = block
-                hasher.update(name, block)
-            start, buffer = stop, []
+            def flush() -> None:
+                nonlocal start, buffer
+                if not buffer:
+                    return
+                stop = start + len(buffer)
+                for name, ds in dsets.items():
+                    block = np.stack([row[name] for row in buffer]).astype(dtypes[name], copy=False)
+                    ds[start:stop] = block
+                    hasher.update(name, block)
+                start, buffer = stop, []
 
-        for row in episodes:
-            buffer.append(row)
-            if len(buffer) == ce:
-                flush()
-        flush()
-        if start != meta.n_episodes:
-            raise ValueError(f"got {start} episodes, metadata says {meta.n_episodes}")
-        for name, digest in hasher.digests().items():
-            dsets[name].attrs[CHECKSUM_ALGORITHM] = digest
-        checksum = hasher.checksum()
-        final = dataclasses.replace(meta, checksum=checksum, library_version=__version__)
-        for key, value in (extra_attrs or {}).items():
-            f.attrs[key] = value
-        f.attrs["meta"] = json.dumps(final.to_dict(), sort_keys=True)
-        f.attrs["checksum_algorithm"] = CHECKSUM_ALGORITHM
-        f.attrs["checksum"] = checksum
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["format"] = FORMAT
+            for row in episodes:
+                buffer.append(row)
+                if len(buffer) == ce:
+                    flush()
+            flush()
+            if start != meta.n_episodes:
+                raise ValueError(f"got {start} episodes, metadata says {meta.n_episodes}")
+            for name, digest in hasher.digests().items():
+                dsets[name].attrs[CHECKSUM_ALGORITHM] = digest
+            checksum = hasher.checksum()
+            final = dataclasses.replace(meta, checksum=checksum, library_version=__version__)
+            for key, value in (extra_attrs or {}).items():
+                f.attrs[key] = value
+            f.attrs["meta"] = json.dumps(final.to_dict(), sort_keys=True)
+            f.attrs["checksum_algorithm"] = CHECKSUM_ALGORITHM
+            f.attrs["checksum"] = checksum
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["format"] = FORMAT
+    except RuntimeError as exc:  # h5py raises a failed write (disk full, file too large) as RuntimeError
+        error = hdf5_write_error(exc, path)
+        if error is None:
+            raise
+        raise error from None
     seal_file(path, DIGEST_KIND)
     return checksum

@@ -274,6 +274,8 @@ def load_spec(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         message = " ".join(str(exc).split())
         raise ValueError(f"{path}: not valid YAML ({message})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid YAML (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a grid spec must be a mapping")
     data.setdefault("name", path.stem)
@@ -499,6 +501,11 @@ def load_selected(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
 def _merge(*dicts: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for d in dicts:
+        if d is not None and not isinstance(d, Mapping):
+            raise ValueError(
+                "grid: data, eval, trainer, options, policy and exploitability take KEY: VALUE entries, "
+                f"got a {type(d).__name__}: {str(d)[:60]}"
+            )
         out.update(d or {})
     return out
 
