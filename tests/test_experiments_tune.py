@@ -147,6 +147,15 @@ def test_budgets_come_from_one_run_and_selection_feeds_a_grid(tmp_path):
     with pytest.raises(ValueError, match="not found"):
         parse_grid({**test_spec, "selected": str(tmp_path / "nope.yaml")})
 
+    # Every method is selected over the same tuning budget: a store missing records of its grid is
+    # refused unless --partial.
+    (res / "grid.yaml").write_text(yaml.safe_dump(_spec()))
+    assert main(["select", str(res), "--out", str(out)]) == 0
+    store.record_path(c1 + "__b4").unlink()
+    assert main(["select", str(res), "--out", str(out)]) == 2
+    assert main(["select", str(res), "--out", str(out), "--partial"]) == 0
+    assert yaml.safe_load(out.read_text())["source"]["missing"] == 1
+
 
 def test_selection_refuses_test_records_and_picks_the_smallest_flat_budget():
     def rec(budget, values, split="validation"):

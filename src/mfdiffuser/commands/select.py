@@ -20,6 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("results", help="results directory of a validation grid, e.g. results/tune")
     p.add_argument("--out", default="experiments/selected.yaml", help="selection file to write")
     p.add_argument("--plot", default=None, help="also write the learning curves as a PNG here")
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="select even though records of the store's grid are missing (methods then differ in tuning)",
+    )
     p.set_defaults(func=run)
 
 
@@ -36,6 +41,14 @@ def run(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise ValueError(f"{root} is not a results directory")
     records = ResultStore(root).records()
+    missing = missing_records(root, records)
+    if missing and not args.partial:
+        raise ValueError(
+            f"{len(missing)} trained records of the grid in {root / 'grid.yaml'} are missing "
+            f"(e.g. {missing[0]}): finish its sweep, or pass --partial to select from what is there"
+        )
+    if missing:
+        print(f"note: selecting with {len(missing)} trained records of the grid missing (--partial)")
     choices = select(records)
     budgets = sorted({c.budget for ch in choices for c in ch.candidates})
     table = Table(title=f"validation score by training steps ({root})")
@@ -53,8 +66,28 @@ def run(args: argparse.Namespace) -> int:
                 cells.append("" if c is None else f"{c.score.mean:.1f}{mark}")
             table.add_row(ch.method, ch.benchmark, config or "-", *cells)
     Console().print(table)
-    path = write_selection(choices, args.out, {"results": str(root), "records": len(records)})
+    source = {"results": str(root), "records": len(records), **({"missing": len(missing)} if missing else {})}
+    path = write_selection(choices, args.out, source)
     print(f"selected settings (* in the table): {path}")
     if args.plot:
         print(f"learning curves: {plot_learning_curves(choices, args.plot)}")
     return 0
+
+
+def missing_records(root: object, records: list[dict[str, object]]) -> list[str]:
+    """Ids of the trained records the store's ``grid.yaml`` asks for that are not finished in it.
+
+    Every method must be selected over the same tuning budget: a store whose sweep has not finished
+    would give some methods fewer configurations or budgets than others. A store without a
+    ``grid.yaml`` has nothing to check against (an empty list).
+    """
+    from pathlib import Path
+
+    from mfdiffuser.experiments.grid import parse_grid
+
+    spec = Path(str(root)) / "grid.yaml"
+    if not spec.exists():
+        return []
+    finished = {str(r.get("id")) for r in records if r.get("status") in ("done", "skipped")}
+    wanted = [i for c in parse_grid(spec).cells if c.algo is not None for i in c.record_ids]
+    return [i for i in wanted if i not in finished]
