@@ -18,6 +18,14 @@ def test_requested_below_one(bad):
         choose_threads(bad)
 
 
+def test_requested_far_above_the_machine_is_refused():
+    assert choose_threads(32, machine_cpus=2) == ThreadChoice(32, "--threads")
+    with pytest.raises(ValueError, match="more than 16 per CPU of this machine"):
+        choose_threads(33, machine_cpus=2)
+    with pytest.raises(ValueError, match="more than 16 per CPU"):
+        choose_threads(10**9)
+
+
 def test_environment_variables_in_order():
     assert choose_threads(environ={"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "5"}) == ThreadChoice(
         2, "OMP_NUM_THREADS=2"

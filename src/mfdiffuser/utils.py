@@ -144,6 +144,9 @@ def die_with_parent(parent_pid: int) -> bool:
     return True
 
 
+MAX_THREADS_PER_CPU = 16
+"""``--threads`` above this many per CPU of the machine is refused as a mistake."""
+
 THREAD_VARIABLES: tuple[str, ...] = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 """Environment variables that fix the thread count, in the order they are read."""
 
@@ -177,18 +180,25 @@ def choose_threads(
     machine wait on each other (a measured 19x slower training).
 
     Args:
-        requested: an explicit count (must be >= 1).
+        requested: an explicit count (>= 1, at most :data:`MAX_THREADS_PER_CPU` per CPU).
         environ: environment to read (default ``os.environ``).
         usable_cores: cores allowed to this process (default: its CPU affinity).
         load: machine load (default: ``os.getloadavg()[0]``).
         machine_cpus: CPUs the load average is spread over (default ``os.cpu_count()``).
 
     Raises:
-        ValueError: ``requested`` is below 1.
+        ValueError: ``requested`` is below 1 or far above the machine's CPUs.
     """
     if requested is not None:
         if requested < 1:
             raise ValueError(f"--threads must be >= 1, got {requested}")
+        cpus = max(machine_cpus or os.cpu_count() or 1, 1)
+        if requested > MAX_THREADS_PER_CPU * cpus:
+            # torch would try to start them all (a billion threads never finishes starting)
+            raise ValueError(
+                f"--threads {requested} is more than {MAX_THREADS_PER_CPU} per CPU of this machine "
+                f"({cpus} CPUs)"
+            )
         return ThreadChoice(int(requested), "--threads")
     env = os.environ if environ is None else environ
     for name in THREAD_VARIABLES:
