@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from mfdiffuser import __version__
-from mfdiffuser.errors import MfdError
+from mfdiffuser.errors import MfdError, first_line
 
 # subcommand -> module in mfdiffuser.commands (imported when the parser is built; keep them light).
 COMMANDS: dict[str, str] = {
@@ -71,8 +71,7 @@ def error_message(exc: BaseException) -> str:
     """
     if isinstance(exc, OSError) and exc.strerror and (exc.filename2 or exc.filename):
         return f"{exc.filename2 or exc.filename}: {exc.strerror}"
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(exc)
 
 
 DEBUG_ON = frozenset({"1", "true", "yes"})

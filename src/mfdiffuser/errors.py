@@ -44,3 +44,9 @@ class BudgetExceeded(MfdError):
             f"skipped: needs {needs_gib:.3g} GiB / {needs_seconds:.3g} s (budget {' / '.join(limits)})"
         )
         super().__init__(self.record)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mfdiffuser.errors import MfdError
+from mfdiffuser.errors import MfdError, first_line
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -109,8 +109,7 @@ def _join_ray(ray: Any, address: str, kwargs: dict[str, Any], timeout: float) ->
     if exc is None:
         return
     if isinstance(exc, (ConnectionError, RuntimeError, ValueError, TimeoutError)):
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MfdError(f"cannot join the Ray cluster at {address!r}: {first}") from exc
+        raise MfdError(f"cannot join the Ray cluster at {address!r}: {first_line(exc)}") from exc
     raise exc
 
 

@@ -32,7 +32,7 @@ from mfdiffuser.algos.base import (
 from mfdiffuser.algos.trainer import CHECKPOINT, TrainerConfig, TrainingInterrupted, fit, load_ema_weights
 from mfdiffuser.cost import check_memory, training_batch_cost
 from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy
-from mfdiffuser.errors import MfdError
+from mfdiffuser.errors import MfdError, first_line
 from mfdiffuser.utils import check_device, seed_everything
 
 
@@ -128,16 +128,11 @@ def train(
         write_json(run_dir / "run.json", {**record, "status": "interrupted", "step": exc.step})
         raise
     except Exception as exc:
-        write_json(run_dir / "run.json", {**record, "status": "failed", "error": _one_line(exc)})
+        write_json(run_dir / "run.json", {**record, "status": "failed", "error": first_line(exc)})
         raise
     done = {**record, "status": "done", "step": result.step, "metrics": result.metrics}
     write_json(run_dir / "run.json", done)
     return LoadedRun(algo, module, config, result.ema.eval(), dataset.meta, result.step, run_dir)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 _RUN_ONLY_TRAINER_FIELDS = ("steps", "progress", "device", "bf16", "wandb")

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from mfdiffuser.algos.base import Learner, coerce_value
-from mfdiffuser.errors import MfdError
+from mfdiffuser.errors import MfdError, first_line
 from mfdiffuser.integrity import IntegrityError, sealed_bytes, unseal_bytes
 from mfdiffuser.progress import ProgressBar, format_duration
 from mfdiffuser.utils import atomic_path, check_device, resolve_device
@@ -217,7 +217,7 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
             sampler.rng.bit_generator.state = state["sampler_rng"]
         except (RuntimeError, KeyError, ValueError, TypeError) as exc:
             raise MfdError(
-                f"{ckpt_path}: the checkpoint does not match this run ({_first_line(exc)}); {_RECOVER}"
+                f"{ckpt_path}: the checkpoint does not match this run ({first_line(exc)}); {_RECOVER}"
             ) from None
         if "cuda_rng" in state and device.type == "cuda":
             torch.cuda.set_rng_state_all(list(state["cuda_rng"])[: torch.cuda.device_count()])
@@ -340,7 +340,7 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(io.BytesIO(payload), map_location=device, weights_only=True)
     except _LOAD_ERRORS as exc:
-        raise MfdError(f"{path}: unreadable checkpoint ({_first_line(exc)}); {_RECOVER}") from None
+        raise MfdError(f"{path}: unreadable checkpoint ({first_line(exc)}); {_RECOVER}") from None
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise MfdError(f"{path}: the checkpoint lacks {', '.join(missing)}; {_RECOVER}")
@@ -358,11 +358,6 @@ def load_ema_weights(learner: nn.Module, run_dir: str | Path, device: str = "cpu
             f"{path}: the checkpoint does not match the run's configuration (written by another version?)"
         ) from exc
     return int(state["step"])
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def logged_train_seconds(run_dir: str | Path) -> float:
