@@ -128,7 +128,8 @@ def versus_madiff(n: int = 1000, repeats: int = 1) -> dict[str, float]:
     them); madiff attends over all N x H tokens of the population, MF-Diffuser over M_L particles.
     """
     from mfdiffuser.algos import madiff
-    from mfdiffuser.algos.common import Dims, ReturnDiffuser
+    from mfdiffuser.algos.common import Dims
+    from mfdiffuser.algos.return_diffusion import ReturnDiffuser
 
     env = make("crowd", n_agents=n)
     obs, info = env.reset(seed=0)

@@ -10,14 +10,9 @@ import pytest
 import torch
 
 from mfdiffuser.algos import awbc, bc, mf_cql, mf_iql, rwbc
+from mfdiffuser.algos.agentwise import AgentwisePolicy, exp_weights, sample_categorical
 from mfdiffuser.algos.base import config_from_dict
-from mfdiffuser.algos.common import (
-    AgentwisePolicy,
-    Standardizer,
-    exp_weights,
-    sample_categorical,
-    steps,
-)
+from mfdiffuser.algos.common import Standardizer, steps
 from mfdiffuser.algos.trainer import TrainerConfig, fit, logged_train_seconds
 from mfdiffuser.data.batch import TrajBatch
 

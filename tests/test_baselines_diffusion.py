@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mfdiffuser.algos import dd_independent, madiff
-from mfdiffuser.algos.common import PlannerPolicy
+from mfdiffuser.algos.return_diffusion import PlannerPolicy
 from mfdiffuser.algos.trainer import TrainerConfig, fit
 from mfdiffuser.errors import BudgetExceeded, MfdError
 from test_baselines import META, ProbeSampler, make_batch, one_thread  # noqa: F401 (autouse fixture)

@@ -11,17 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mfdiffuser.algos.base import LossOutput
-from mfdiffuser.algos.common import (
-    Dims,
+from mfdiffuser.algos.agentwise import (
     PerAgentLearner,
     WeightedConfig,
     exp_weights,
     make_agentwise_policy,
     policy_loss,
-    scalars,
-    steps,
 )
+from mfdiffuser.algos.base import LossOutput
+from mfdiffuser.algos.common import Dims, scalars, steps
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.models.blocks import ValueNet, expectile_loss, masked_mean
 

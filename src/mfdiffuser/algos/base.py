@@ -42,8 +42,30 @@ class LossOutput(NamedTuple):
     metrics: dict[str, float]
 
 
+class ParamGroup(NamedTuple):
+    """Parameters the trainer optimises together, with their own learning rate and gradient clip.
+
+    A learner that defines ``param_groups() -> list[ParamGroup]`` gets one AdamW param group per
+    entry, and each group's gradient norm is clipped on its own (a critic's large TD gradients then
+    do not shrink the denoiser's step). Without the method every parameter is one group.
+    """
+
+    name: str
+    """Name in the logs (``grad_norm/<name>``)."""
+    params: list[torch.nn.Parameter]
+    """The parameters (each in exactly one group)."""
+    lr: float | None = None
+    """Learning rate (None: the trainer's ``lr``)."""
+    clip: float | None = None
+    """Gradient-norm clip (None: the trainer's ``grad_clip``; 0 disables)."""
+
+
 class Learner(Protocol):
-    """The torch module an algorithm trains: ``loss(batch) -> LossOutput``; optional ``after_step()``."""
+    """The torch module an algorithm trains: ``loss(batch) -> LossOutput``.
+
+    Optional: ``after_step()`` (called after each optimizer step) and ``param_groups()`` (see
+    :class:`ParamGroup`).
+    """
 
     def loss(self, batch: Any) -> LossOutput: ...
 

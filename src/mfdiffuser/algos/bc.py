@@ -9,15 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mfdiffuser.algos.agentwise import AgentConfig, PerAgentLearner, make_agentwise_policy, policy_loss
 from mfdiffuser.algos.base import LossOutput
-from mfdiffuser.algos.common import (
-    AgentConfig,
-    PerAgentLearner,
-    make_agentwise_policy,
-    policy_loss,
-    scalars,
-    steps,
-)
+from mfdiffuser.algos.common import scalars, steps
 from mfdiffuser.data.batch import TrajBatch
 
 

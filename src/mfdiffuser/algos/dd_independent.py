@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, cast
 
-from mfdiffuser.algos.common import (
+from mfdiffuser.algos.common import dims_from_meta
+from mfdiffuser.algos.return_diffusion import (
     BudgetedDiffusionConfig,
     PlannerPolicy,
     ReturnDiffuser,
-    dims_from_meta,
     plan_budget,
     planner_policy,
 )

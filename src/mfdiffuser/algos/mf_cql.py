@@ -14,17 +14,9 @@ from typing import Any
 
 import torch
 
+from mfdiffuser.algos.agentwise import PerAgentLearner, TDConfig, make_agentwise_policy, taken, td_target
 from mfdiffuser.algos.base import LossOutput
-from mfdiffuser.algos.common import (
-    Dims,
-    PerAgentLearner,
-    TDConfig,
-    make_agentwise_policy,
-    scalars,
-    steps,
-    taken,
-    td_target,
-)
+from mfdiffuser.algos.common import Dims, scalars, steps
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.models.blocks import masked_mean
 from mfdiffuser.models.policy import TwinQNet, polyak_update

@@ -15,19 +15,17 @@ from typing import Any
 
 import torch
 
-from mfdiffuser.algos.base import LossOutput
-from mfdiffuser.algos.common import (
-    Dims,
+from mfdiffuser.algos.agentwise import (
     PerAgentLearner,
     TDConfig,
     exp_weights,
     make_agentwise_policy,
     policy_loss,
-    scalars,
-    steps,
     taken,
     td_target,
 )
+from mfdiffuser.algos.base import LossOutput
+from mfdiffuser.algos.common import Dims, scalars, steps
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.models.blocks import ValueNet, expectile_loss, masked_mean
 from mfdiffuser.models.policy import TwinQNet, polyak_update

@@ -13,16 +13,15 @@ from typing import Any
 
 import torch
 
-from mfdiffuser.algos.base import LossOutput
-from mfdiffuser.algos.common import (
+from mfdiffuser.algos.agentwise import (
     PerAgentLearner,
     WeightedConfig,
     exp_weights,
     make_agentwise_policy,
     policy_loss,
-    scalars,
-    steps,
 )
+from mfdiffuser.algos.base import LossOutput
+from mfdiffuser.algos.common import scalars, steps
 from mfdiffuser.data.batch import TrajBatch
 
 

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, cast
 import torch
 from torch import nn
 
-from mfdiffuser.algos.base import Learner, coerce_value
+from mfdiffuser.algos.base import Learner, ParamGroup, coerce_value
 from mfdiffuser.errors import MfdError, first_line
 from mfdiffuser.integrity import IntegrityError, sealed_bytes, unseal_bytes
 from mfdiffuser.progress import ProgressBar, format_duration
@@ -199,8 +199,10 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
     device = torch.device(resolve_device(cfg.device))
     learner.to(device)
     ema = copy.deepcopy(learner).requires_grad_(False)
-    params = [p for p in learner.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = param_groups(learner, cfg)
+    optim = torch.optim.AdamW(
+        [{"params": g.params, "lr": g.lr} for g in groups], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     torch_gen_state = torch.Generator().manual_seed(cfg.seed).get_state()
     torch.set_rng_state(torch_gen_state)
     step = 0
@@ -242,16 +244,14 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
                     out = cast(Learner, learner).loss(batch)
                 optim.zero_grad(set_to_none=True)
                 out.loss.backward()
-                grad_norm = (
-                    float(nn.utils.clip_grad_norm_(params, cfg.grad_clip)) if cfg.grad_clip > 0 else math.nan
-                )
+                grad_norms = clip_groups(groups)
                 optim.step()
                 if hasattr(learner, "after_step"):
                     cast(Any, learner).after_step()
                 step += 1
                 _update_ema(ema, learner, 0.0 if step <= cfg.ema_start else cfg.ema_decay)
                 if step % cfg.log_every == 0 or step == cfg.steps:
-                    metrics = {"loss": float(out.loss.detach()), "grad_norm": grad_norm, **out.metrics}
+                    metrics = {"loss": float(out.loss.detach()), **grad_norms, **out.metrics}
                     interval = max(time.perf_counter() - t_start, 1e-9)
                     metrics["steps_per_s"] = (step - last_log) / interval
                     t_start, last_log = time.perf_counter(), step
@@ -281,6 +281,48 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
         if progress is not None:
             progress.close()
     return TrainResult(step, metrics, ema)
+
+
+def param_groups(learner: nn.Module, cfg: TrainerConfig) -> list[ParamGroup]:
+    """The learner's :class:`ParamGroup` list with the trainer's defaults filled in.
+
+    A learner without ``param_groups()`` is one group ``all`` of every trainable parameter.
+
+    Raises:
+        ValueError: a trainable parameter is in no group or in two, or a group's lr/clip is invalid.
+    """
+    trainable = [p for p in learner.parameters() if p.requires_grad]
+    if not hasattr(learner, "param_groups"):
+        return [ParamGroup("all", trainable, cfg.lr, cfg.grad_clip)]
+    groups = []
+    seen: set[int] = set()
+    for g in cast(Any, learner).param_groups():
+        params = [p for p in g.params if p.requires_grad]
+        if seen & {id(p) for p in params}:
+            raise ValueError(f"trainer: a parameter of group {g.name!r} is also in another group")
+        seen |= {id(p) for p in params}
+        lr = cfg.lr if g.lr is None else float(g.lr)
+        clip = cfg.grad_clip if g.clip is None else float(g.clip)
+        if not (math.isfinite(lr) and lr > 0) or not (math.isfinite(clip) and clip >= 0):
+            raise ValueError(f"trainer: group {g.name!r} needs lr > 0 and clip >= 0, got {lr}, {clip}")
+        groups.append(ParamGroup(g.name, params, lr, clip))
+    missing = sum(1 for p in trainable if id(p) not in seen)
+    if missing:
+        raise ValueError(f"trainer: {missing} trainable parameter(s) are in no group of param_groups()")
+    return groups
+
+
+def clip_groups(groups: list[ParamGroup]) -> dict[str, float]:
+    """Clip each group's gradient norm to its own ``clip``; the norms before clipping (NaN: not clipped).
+
+    One group logs as ``grad_norm``; several as ``grad_norm/<name>``.
+    """
+    norms = {}
+    for g in groups:
+        clip = cast(float, g.clip)
+        norm = float(nn.utils.clip_grad_norm_(g.params, clip)) if clip > 0 and g.params else math.nan
+        norms["grad_norm" if len(groups) == 1 else f"grad_norm/{g.name}"] = norm
+    return norms
 
 
 def save_checkpoint(
