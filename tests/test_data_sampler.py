@@ -10,8 +10,11 @@ T, K, N, P = 6, 5, 8, 2
 LENGTHS = [6, 3, 6, 1, 4, 6, 2]
 
 
-def handmade(path, lengths=LENGTHS, nan=False, chunk_bytes=1 << 20):
-    """Episodes whose states spell out (episode, t, agent): s = [e, min(t, len), agent_id]."""
+def handmade(path, lengths=LENGTHS, nan=False, chunk_bytes=1 << 20, mixed=False):
+    """Episodes whose states spell out (episode, t, agent): s = [e, min(t, len), agent_id].
+
+    ``mixed``: a mixed dataset, even episodes labelled random and odd ones expert.
+    """
     records = []
     for e, n in enumerate(lengths):
         agents = np.array([0, 2, 3, 5, 7])
@@ -35,11 +38,13 @@ def handmade(path, lengths=LENGTHS, nan=False, chunk_bytes=1 << 20):
             rewards[0, 0] = np.nan
         records.append(EpisodeRecord(
             states=states, actions=actions, rewards=rewards, alive=alive, summaries=summ, pop_reward=pop,
-            length=n, terminated=n < T, truncated=n == T, quality="medium", env_seed=100 + e,
+            length=n, terminated=n < T, truncated=n == T,
+            quality=("random", "expert")[e % 2] if mixed else "medium", env_seed=100 + e,
             policy_seed=200 + e, agent_index=agents.astype(np.int32),
         ))
     meta = DatasetMeta(
-        env="gaussian-squeeze", env_args={"n_agents": N, "horizon": T}, n_agents=N, quality="medium",
+        env="gaussian-squeeze", env_args={"n_agents": N, "horizon": T}, n_agents=N,
+        quality="mixed" if mixed else "medium",
         horizon=T, state_size=3, n_actions=3, summary_size=P, n_episodes=len(lengths), stored_agents=K,
         ref_returns={"random": 1.0, "expert": 3.0}, ref_episodes=1, seed=0, behaviour_policy={},
     )
@@ -173,3 +178,35 @@ def test_discounted_to_go_by_hand():
     r = np.array([[1.0, 2.0, 4.0]])
     assert np.allclose(discounted_to_go(r, 1.0), [[7.0, 6.0, 4.0, 0.0]])
     assert np.allclose(discounted_to_go(r, 0.5), [[1 + 0.5 * 2 + 0.25 * 4, 2 + 0.5 * 4, 4.0, 0.0]])
+
+
+def test_log_uniform_m_and_agents_per_batch(tmp_path):
+    handmade(tmp_path / "d.h5")
+    ds = load_dataset(tmp_path / "d.h5")
+    s = WindowSampler(ds, horizon=2, batch_size=6, m_range=(1, 4), seed=0, m_draw="log", agents_per_batch=8)
+    ms = np.array([s.draw_m() for _ in range(20000)])
+    # floor(exp(U(log 1, log 5))): P(M = m) = log((m + 1) / m) / log 5
+    expected = np.log((np.arange(1, 5) + 1) / np.arange(1, 5)) / np.log(5)
+    np.testing.assert_allclose(np.bincount(ms, minlength=5)[1:] / ms.size, expected, atol=0.01)
+    # B = min(6, 8 // M): 6, 4, 2, 2 windows for M = 1..4, so B x M <= 8 once M > 1
+    assert [s.rows(m) for m in (1, 2, 3, 4)] == [6, 4, 2, 2]
+    for _ in range(20):
+        batch = s.sample()
+        assert batch.batch_size == s.rows(batch.n_agents)
+    assert WindowSampler(ds, horizon=2, batch_size=6, seed=0).rows(4) == 6  # unbounded by default
+    with pytest.raises(ValueError, match="m_draw"):
+        WindowSampler(ds, horizon=2, batch_size=4, m_draw="square")
+    with pytest.raises(ValueError, match="agents_per_batch"):
+        WindowSampler(ds, horizon=2, batch_size=4, agents_per_batch=0)
+
+
+def test_expert_flag_follows_episode_labels(tmp_path):
+    handmade(tmp_path / "d.h5", mixed=True)
+    s = WindowSampler(load_dataset(tmp_path / "d.h5"), horizon=2, batch_size=200, m_range=(2, 2), seed=0)
+    batch = s.sample()
+    episode = batch.states[:, 0, 0, 0].long()  # s[0] spells the episode
+    assert torch.equal(batch.expert, episode % 2 == 1)
+    assert batch.expert.any() and not batch.expert.all()
+    handmade(tmp_path / "m.h5")
+    plain = WindowSampler(load_dataset(tmp_path / "m.h5"), horizon=2, batch_size=50, seed=0).sample()
+    assert not plain.expert.any()

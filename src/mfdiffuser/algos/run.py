@@ -96,6 +96,7 @@ def train(
         batch_size=trainer.batch_size,
         m_range=tuple(config.m_range),
         seed=trainer.seed,
+        **sampler_options(config),
     )
     check_memory(
         training_batch_cost(
@@ -143,6 +144,11 @@ def _trainer_key(values: dict[str, Any]) -> dict[str, Any]:
     """Trainer fields that shape the trained weights; fields missing from an older run take defaults."""
     full = {**dataclasses.asdict(TrainerConfig()), **values}
     return {k: v for k, v in full.items() if k not in _RUN_ONLY_TRAINER_FIELDS}
+
+
+def sampler_options(config: Any) -> dict[str, Any]:
+    """The window sampler's options an algorithm's config may set (how M is drawn, B x M bound)."""
+    return {k: getattr(config, k) for k in ("m_draw", "agents_per_batch") if hasattr(config, k)}
 
 
 def _weights_config(module: types.ModuleType, values: dict[str, Any]) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ rewards have H (a_t .. a_{t+H-1}). Steps past an episode's end or of dead agents
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -34,6 +35,8 @@ class TrajBatch:
     """``[B]`` int64: t, the window's first step within its episode."""
     episode_return: torch.Tensor
     """``[B]`` float32: the whole episode's per-agent mean return (for episode-level weighting)."""
+    expert: torch.Tensor | None = None
+    """``[B]`` bool: the window's episode was played by the expert behaviour policy (None: unknown)."""
 
     @property
     def batch_size(self) -> int:
@@ -50,4 +53,8 @@ class TrajBatch:
         return int(self.actions.shape[2])
 
     def to(self, device: str | torch.device) -> TrajBatch:
-        return TrajBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        moved: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            moved[f.name] = None if value is None else value.to(device)
+        return TrajBatch(**moved)

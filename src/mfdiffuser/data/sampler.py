@@ -2,9 +2,11 @@
 
 A batch is B windows drawn uniformly over (episode, start step) pairs of the resident episodes, each
 with a random subset of M of the K stored agents (M drawn from ``m_range`` per batch, the
-subdivision of SPEC section 2). Every gather is one vectorized fancy-indexing call; returns-to-go are
-computed once per episode when it is loaded. Memory is bounded: datasets larger than ``cache_bytes``
-are sampled through a pool of resident chunk blocks, one block swapped per batch (docs/datasets.md).
+subdivision of SPEC section 2, uniformly or log-uniformly; with ``agents_per_batch`` a batch of large
+M holds fewer windows, so that B x M, and a training step's cost, stay bounded). Every gather is one
+vectorized fancy-indexing call; returns-to-go are computed once per episode when it is loaded.
+Memory is bounded: datasets larger than ``cache_bytes`` are sampled through a pool of resident chunk
+blocks, one block swapped per batch (docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from mfdiffuser.data.dataset import OfflineDataset
 
 DEFAULT_CACHE_BYTES = 512 << 20
 """Default memory budget of the sampler's episode pool (bytes)."""
+M_DRAWS = ("uniform", "log")
+"""How M is drawn from ``m_range``: uniformly, or log-uniformly (as many batches of 8-16 as of 512-1024)."""
 
 
 def discounted_to_go(rewards: np.ndarray, gamma: float, axis: int = 1) -> np.ndarray:
@@ -57,6 +61,9 @@ class WindowSampler:
         cache_bytes: memory budget of the sampler's episode pool; a dataset that fits is held whole.
         refresh_every: batches between two block swaps when the dataset does not fit (default: one
             swap per batch for blocks up to 4 MiB, proportionally rarer for larger blocks).
+        m_draw: ``uniform`` or ``log`` (log-uniform over the integers of ``m_range``).
+        agents_per_batch: when set, a batch of M agents holds ``min(B, agents_per_batch // M)``
+            windows (at least one).
 
     Windows start at a uniformly random step t of a resident episode (``0 <= t < length``) and may
     run past its end: such steps have ``mask`` false, zero actions and rewards, and states and
@@ -75,6 +82,8 @@ class WindowSampler:
         device: str | torch.device = "cpu",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         refresh_every: int | None = None,
+        m_draw: str = "uniform",
+        agents_per_batch: int | None = None,
     ) -> None:
         if int(horizon) != horizon or horizon < 1:
             raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
@@ -87,6 +96,11 @@ class WindowSampler:
             raise ValueError(f"gamma must lie in (0, 1], got {gamma}")
         if refresh_every is not None and (int(refresh_every) != refresh_every or refresh_every < 1):
             raise ValueError(f"refresh_every must be a positive integer, got {refresh_every!r}")
+        if m_draw not in M_DRAWS:
+            raise ValueError(f"m_draw must be one of {', '.join(M_DRAWS)}, got {m_draw!r}")
+        apb = agents_per_batch
+        if apb is not None and (int(apb) != apb or apb < 1):
+            raise ValueError(f"agents_per_batch must be a positive integer, got {agents_per_batch!r}")
         from mfdiffuser.utils import resolve_device
 
         self.dataset = dataset
@@ -96,6 +110,8 @@ class WindowSampler:
         self.k = dataset.meta.stored_agents
         self.m_range = (min(m_min, self.k), min(m_max, self.k))
         self.gamma = float(gamma)
+        self.m_draw = m_draw
+        self.agents_per_batch = None if agents_per_batch is None else int(agents_per_batch)
         self.device = torch.device(resolve_device(str(device)))
         self.rng = np.random.default_rng(seed)
 
@@ -103,6 +119,7 @@ class WindowSampler:
         e, t = meta.n_episodes, meta.horizon
         self._pop_rtg = discounted_to_go(dataset.pop_reward, self.gamma, axis=1).astype(np.float32)
         self._episode_return = dataset.episode_returns.astype(np.float32)
+        self._expert = np.asarray(dataset.quality_labels == "expert", dtype=bool)
         self._length_all = dataset.length.astype(np.int64)
 
         self.block_episodes = dataset.chunk_episodes
@@ -204,17 +221,30 @@ class WindowSampler:
         keys = self.rng.random((b, k), dtype=np.float32)
         return np.argpartition(keys, m - 1, axis=1)[:, :m]
 
+    def draw_m(self) -> int:
+        """One M from ``m_range``: uniform, or log-uniform (``floor(exp(U(log lo, log(hi + 1))))``)."""
+        lo, hi = self.m_range
+        if self.m_draw == "uniform":
+            return int(self.rng.integers(lo, hi + 1))
+        return min(hi, int(np.exp(self.rng.uniform(np.log(lo), np.log(hi + 1)))))
+
+    def rows(self, m: int) -> int:
+        """B, the windows in a batch of M agents: ``batch_size``, fewer when ``agents_per_batch`` binds."""
+        if self.agents_per_batch is None:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.agents_per_batch // m))
+
     def sample(self, m: int | None = None) -> TrajBatch:
         """One batch; ``m`` fixes M (at most K), otherwise M is drawn from ``m_range``."""
         if m is None:
-            m = int(self.rng.integers(self.m_range[0], self.m_range[1] + 1))
+            m = self.draw_m()
         elif int(m) != m or not 1 <= m <= self.k:
             raise ValueError(f"m must be an integer in [1, K={self.k}], got {m!r}")
         m = int(m)
         if self._batches and self._batches % self.refresh_every == 0:
             self.refresh()
         self._batches += 1
-        b, h, t_max = self.batch_size, self.horizon, self.meta.horizon
+        b, h, t_max = self.rows(m), self.horizon, self.meta.horizon
         lens = self._slot_length
         cum = np.cumsum(lens)
         u = self.rng.integers(0, cum[-1], size=b)
@@ -256,6 +286,7 @@ class WindowSampler:
             mask=tt_(mask),
             timestep=tt_(t0.astype(np.int64)),
             episode_return=tt_(self._episode_return[episode]),
+            expert=tt_(self._expert[episode]),
         )
 
     def __iter__(self) -> Iterator[TrajBatch]:
@@ -306,5 +337,6 @@ class WindowSampler:
     def __repr__(self) -> str:
         return (
             f"WindowSampler(H={self.horizon}, B={self.batch_size}, m_range={self.m_range}, "
+            f"m_draw={self.m_draw}, agents_per_batch={self.agents_per_batch}, "
             f"gamma={self.gamma}, pool={self.pool_episodes}/{self.meta.n_episodes} episodes)"
         )
