@@ -85,3 +85,22 @@ def test_temporal_conv_equals_conv1d():
     conv.bias.data = tc.linear.bias.data.clone()
     h = torch.randn(5, 6, 8)
     assert torch.allclose(tc(h), conv(h.transpose(1, 2)).transpose(1, 2), atol=1e-5)
+
+
+def test_gate_at_zero_equals_the_model_without_interaction():
+    gated, solo = _net(gate=True), _net(interaction=False)
+    missing, unexpected = gated.load_state_dict(solo.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("interact.") for name in missing)
+    assert all(block.gate.item() == 0.0 for block in gated.interact)
+    x, k, s, phi = _inputs(2, 7)
+    assert torch.equal(gated(x, k, s, phi), solo(x, k, s, phi))
+    # the gate is learned: it gets a gradient at 0, and once open the agents are coupled again
+    gated.train()
+    gated(x, k, s, phi).pow(2).sum().backward()
+    assert all(block.gate.grad.abs() > 0 for block in gated.interact)
+    with torch.no_grad():
+        for block in gated.interact:
+            block.gate.fill_(1.0)
+    ungated = _net()
+    ungated.load_state_dict({k: v for k, v in gated.state_dict().items() if not k.endswith("gate")})
+    assert torch.allclose(gated(x, k, s, phi), ungated(x, k, s, phi), atol=1e-6)
