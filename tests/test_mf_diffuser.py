@@ -370,3 +370,115 @@ def test_finished_run_resumes_under_other_planner_options_but_not_other_weights(
     # a field that shapes the weights may not
     with pytest.raises(MfdError, match="different run"):
         train("mf-diffuser", tmp_path / "gs.h5", run_dir, {**opts, "hidden": 16}, trainer)
+
+
+def test_new_options_validated():
+    with pytest.raises(ValueError, match="action_decode"):
+        mfd.Config(action_decode="vote")
+    with pytest.raises(ValueError, match="m_draw"):
+        mfd.Config(m_draw="square")
+    with pytest.raises(ValueError, match="agents_per_batch"):
+        mfd.Config(m_range=(8, 1024), agents_per_batch=512)
+    with pytest.raises(ValueError, match="value_lr"):
+        mfd.Config(value_lr=0.0)
+    with pytest.raises(ValueError, match="value_target_tau"):
+        mfd.Config(value_target_tau=1.5)
+    with pytest.raises(ValueError, match="weight_warmup"):
+        mfd.Config(weight_warmup=-1)
+    assert mfd.Config(value_clip=0.0).value_clip == 0.0  # 0: no clip
+
+
+def test_weight_warmup_keeps_weights_at_one_then_starts_the_scale_from_the_warmed_value():
+    learner = _learner(weighting="agent", beta=1.0, weight_warmup=2)
+    valid = torch.ones(2, 2, dtype=torch.bool)
+    untrained = torch.tensor([[0.0, 60.0], [-60.0, 0.0]])  # a wild untrained value: var 1800
+    for _ in range(2):
+        w, metrics = learner.weights(untrained, valid)
+        assert torch.equal(w, torch.ones(2, 2)) and metrics["ess"] == 1.0
+        assert metrics["value_sd"] == pytest.approx(math.sqrt(1800.0))
+        learner.after_step()
+    assert not bool(learner.value_var_ready)  # the warm-up left the running s.d. alone
+    warmed = torch.tensor([[0.0, 2.0], [-2.0, 0.0]])  # var (0 + 4 + 4 + 0) / 4 = 2
+    w, metrics = learner.weights(warmed, valid)
+    assert learner.value_var.item() == pytest.approx(2.0)
+    raw = torch.exp(warmed / math.sqrt(2.0))
+    assert torch.allclose(w, raw / raw.mean(), atol=1e-6)
+
+
+def test_fixed_weight_scale_by_hand():
+    learner = _learner(weighting="agent", beta=1.0, weight_scale=0.5)
+    learner.return_scale.fill_(4.0)  # s.d. 0.5 x 4 = 2, whatever the batch
+    centred = torch.tensor([[0.0, 2 * math.log(3.0)], [0.0, 0.0]])
+    w, metrics = learner.weights(centred, torch.ones(2, 2, dtype=torch.bool))
+    raw = torch.tensor([[1.0, 3.0], [1.0, 1.0]])
+    assert torch.allclose(w, raw / raw.mean(), atol=1e-6)
+    assert metrics["value_sd"] == pytest.approx(2.0)
+
+
+def test_episode_weighting_centres_the_episode_returns():
+    batch = _batch(b=3)
+    learner = _learner(weighting="episode")
+    _, c, _ = learner.segment_value(batch)
+    expected = batch.episode_return - batch.episode_return.mean()
+    assert torch.allclose(c, expected.unsqueeze(1).expand(3, 5), atol=1e-6)
+    learner.weights(c, torch.ones(3, 5, dtype=torch.bool))
+    assert learner.value_var.item() == pytest.approx(float(expected.var(correction=0)), rel=1e-5)  # per row
+
+
+def test_expert_weight_share_by_hand():
+    import dataclasses
+
+    learner = _learner(weighting="agent", value_source="mc", beta=1.0, weight_scale=1.0)
+    learner.return_scale.fill_(1.0)
+    batch = _batch(b=2, m=2)
+    # rtg centred to [[0, 0], [ln 3, ln 3]] around their mean: weights 1 and 3 before normalising
+    rtg = torch.tensor([[1.0, 1.0], [1.0 + math.log(3.0), 1.0 + math.log(3.0)]])
+    batch = dataclasses.replace(batch, rtg=rtg, expert=torch.tensor([False, True]))
+    assert learner.loss(batch).metrics["expert_weight_share"] == pytest.approx(0.75, rel=1e-5)
+    only_expert = dataclasses.replace(batch, expert=torch.tensor([True, True]))
+    assert "expert_weight_share" not in learner.loss(only_expert).metrics  # one kind of episode only
+
+
+def test_target_value_in_the_advantage_and_its_polyak_update():
+    batch = _batch()
+    learner = _learner(weighting="agent", value_target_tau=0.25)
+    with torch.no_grad():
+        learner.value.head[-1].weight.zero_()
+        learner.value.head[-1].bias.fill_(1.5)  # online V == 1.5
+        learner.value_target.head[-1].weight.zero_()
+        learner.value_target.head[-1].bias.fill_(0.5)  # target V == 0.5
+    _, c, _ = learner.segment_value(batch)
+    inside = (batch.timestep + 3 < T).float().unsqueeze(1)
+    assert torch.allclose(c, batch.rewards.sum(-1) + 0.5 * inside - 0.5, atol=1e-5)
+    learner.after_step()
+    assert learner.value_target.head[-1].bias.item() == pytest.approx(0.75)  # 0.5 + 0.25 (1.5 - 0.5)
+    assert learner.weight_step.item() == 1
+    assert not any(p.requires_grad for p in learner.value_target.parameters())
+
+
+def test_param_groups_give_the_value_its_own_lr_and_clip():
+    from mfdiffuser.algos.trainer import param_groups
+
+    learner = _learner(value_lr=1e-3, value_clip=10.0)
+    groups = param_groups(learner, TrainerConfig(lr=3e-4, grad_clip=1.0))
+    assert [(g.name, g.lr, g.clip) for g in groups] == [
+        ("denoiser", 3e-4, 1.0), ("value", 1e-3, 10.0), ("action_head", 3e-4, 1.0)
+    ]
+    learner.loss(_batch()).loss.backward()
+    assert learner.action_head.policy[-1].weight.grad.abs().sum() > 0
+
+
+def test_sample_plan_decodes_with_the_head():
+    learner = _learner().eval()
+    with torch.no_grad():  # the inverse dynamics always says 2, the last-step policy always 3
+        for mlp, a in ((learner.action_head.inverse, 2), (learner.action_head.policy, 3)):
+            mlp[-1].weight.zero_()
+            mlp[-1].bias.copy_(50.0 * torch.nn.functional.one_hot(torch.tensor(a), A))
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(50, S)).astype(np.float32)
+    plan = mfd.sample_plan(
+        learner, states, np.zeros(P, np.float32), 2, LevelSchedule((8, 32), (2, 2)), rng,
+        torch.Generator().manual_seed(0), action_decode="head",
+    )
+    assert plan.actions.shape == (50, 3)
+    assert (plan.actions[:, :2] == 2).all() and (plan.actions[:, 2] == 3).all()

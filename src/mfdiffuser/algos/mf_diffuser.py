@@ -9,6 +9,7 @@ agents by coarse-to-fine denoising (:func:`sample_plan`) and lifts them to every
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mfdiffuser.algos.base import LossOutput
+from mfdiffuser.algos.base import LossOutput, ParamGroup
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.diffusion import (
     SCHEDULES,
@@ -32,13 +33,16 @@ from mfdiffuser.diffusion import (
     state_order,
 )
 from mfdiffuser.envs.base import PopulationEnv
+from mfdiffuser.models.action_head import ActionHead
 from mfdiffuser.models.blocks import ValueNet, expectile_loss
 from mfdiffuser.models.denoiser import MeanFieldDenoiser
+from mfdiffuser.models.policy import polyak_update
 
 VALUE_SOURCES = ("learned", "mc")
-WEIGHTINGS = ("segment", "agent")
+WEIGHTINGS = ("segment", "agent", "episode")
 MODES = ("representatives", "population")
-DECODERS = ("categorical", "argmax")
+DECODERS = ("categorical", "argmax", "head")
+M_DRAWS = ("uniform", "log")
 
 
 @dataclass
@@ -66,7 +70,8 @@ class Config:
     value_source: str = "learned"
     """Value of a segment: learned (expectile V_psi, n-step advantage) or mc (Monte-Carlo return-to-go)."""
     weighting: str = "segment"
-    """One weight per population segment (shared rewards) or per agent (local rewards)."""
+    """One weight per population segment (shared rewards), per agent (local rewards), or per episode
+    (the segment's episode's own mean return, centred over the batch; value_source is not used)."""
     expectile: float = 0.7
     """Expectile tau of the value regression (0.5 = mean)."""
     value_hidden: int = 128
@@ -95,7 +100,31 @@ class Config:
     """Denoising steps of a plan, spread evenly over the K training steps (a DDIM stride) and shared
     among the levels in proportion to steps_per_level; None: the sum of steps_per_level."""
     action_decode: str = "categorical"
-    """Decoding of the action channels: categorical (sample from the clipped one-hot) or argmax."""
+    """Decoding of a plan's actions: categorical (sample from the clipped one-hot channels), argmax (of
+    the channels) or head (sample from the action head on the planned states: inverse dynamics
+    p(a | s_h, s_h+1, c), and a policy head p(a | s, c) for the last planned step)."""
+
+    # --- calibrated actions, weights from the first step, the range of M
+    head_hidden: int = 128
+    """Width of the action head (inverse dynamics and last-step policy, trained by cross-entropy)."""
+    head_coef: float = 1.0
+    """Weight of the action head's cross-entropy in the summed loss."""
+    value_lr: float | None = None
+    """Learning rate of the value net's parameter group (None: the trainer's lr)."""
+    value_clip: float | None = None
+    """Gradient-norm clip of the value net's parameter group (None: the trainer's grad_clip; 0: none)."""
+    weight_warmup: int = 0
+    """Training steps with all weights 1 while the value learns; the weights' running s.d. starts after."""
+    weight_scale: float | None = None
+    """Fixed s.d. of the centred values, in units of the returns' spread (None: a running estimate)."""
+    value_target_tau: float = 0.0
+    """Polyak rate of a target value net used in the n-step advantage (0: the online value)."""
+    m_draw: str = "uniform"
+    """How M is drawn from m_range for each batch: uniform or log (log-uniform)."""
+    agents_per_batch: int | None = None
+    """Bound on B x M per batch: batches with large M hold fewer segments (None: B segments always)."""
+    gate: bool = False
+    """Scale each interaction block's output by a learned scalar initialised at 0 (starts as identity)."""
 
     def __post_init__(self) -> None:
         self.m_range = tuple(int(v) for v in self.m_range)  # type: ignore[assignment]
@@ -111,6 +140,7 @@ class Config:
             "weighting": WEIGHTINGS,
             "mode": MODES,
             "action_decode": DECODERS,
+            "m_draw": M_DRAWS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -121,6 +151,22 @@ class Config:
             raise ValueError(f"mf-diffuser: need beta >= 0 and w_max >= 1, got {self.beta}, {self.w_max}")
         if not 0.0 <= self.branch_keep <= 1.0:
             raise ValueError(f"mf-diffuser: branch_keep must lie in [0, 1], got {self.branch_keep}")
+        if self.head_hidden < 1 or self.head_coef < 0 or self.weight_warmup < 0:
+            raise ValueError(
+                f"mf-diffuser: need head_hidden >= 1, head_coef >= 0 and weight_warmup >= 0, got "
+                f"{self.head_hidden}, {self.head_coef}, {self.weight_warmup}"
+            )
+        for name in ("value_lr", "value_clip", "weight_scale"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 or (name == "value_clip" and value == 0)):
+                raise ValueError(f"mf-diffuser: {name} must be > 0 (or None), got {value}")
+        if not 0.0 <= self.value_target_tau <= 1.0:
+            raise ValueError(f"mf-diffuser: value_target_tau must lie in [0, 1], got {self.value_target_tau}")
+        if self.agents_per_batch is not None and self.agents_per_batch < self.m_range[1]:
+            raise ValueError(
+                f"mf-diffuser: agents_per_batch ({self.agents_per_batch}) must be at least the largest M "
+                f"({self.m_range[1]}): a batch holds at least one segment"
+            )
         if not 0 < self.expectile < 1:
             raise ValueError(f"mf-diffuser: expectile must lie in (0, 1), got {self.expectile}")
         if not 1 <= self.replan_every <= self.horizon:
@@ -148,7 +194,7 @@ class Config:
 
 
 class MFDiffuser(nn.Module):
-    """The learner: mean-field denoiser, expectile value, and data statistics as buffers.
+    """The learner: mean-field denoiser, expectile value, action head, and data statistics as buffers.
 
     Segments are laid out per agent per step as ``[normalised state (S), action one-hot in {-1, 1} (A)]``,
     ``x [B, M, H, D]`` with ``D = S + A``; the first step's state channels are the conditioning and are
@@ -163,7 +209,9 @@ class MFDiffuser(nn.Module):
     return_scale: torch.Tensor
     value_var: torch.Tensor
     value_var_ready: torch.Tensor
+    weight_step: torch.Tensor
     channel_mask: torch.Tensor
+    value_target: ValueNet | None
 
     def __init__(self, config: Config, state_size: int, n_actions: int, summary_size: int, episode_len: int):
         super().__init__()
@@ -173,9 +221,20 @@ class MFDiffuser(nn.Module):
         self.scheduler = NoiseSchedule(config.diffusion_steps, config.schedule)
         ctx = summary_size + 1  # [phi(mu_t), t/T]
         self.denoiser = MeanFieldDenoiser(
-            state_size, n_actions, ctx, config.horizon, config.hidden, config.n_blocks, config.interaction
+            state_size,
+            n_actions,
+            ctx,
+            config.horizon,
+            config.hidden,
+            config.n_blocks,
+            config.interaction,
+            gate=config.gate,
         )
         self.value = ValueNet(state_size, ctx, config.value_hidden)
+        self.value_target = (
+            copy.deepcopy(self.value).requires_grad_(False) if config.value_target_tau > 0 else None
+        )
+        self.action_head = ActionHead(state_size, ctx, n_actions, config.head_hidden)
         self.register_buffer("state_mean", torch.zeros(state_size))
         self.register_buffer("state_std", torch.ones(state_size))
         self.register_buffer("summary_mean", torch.zeros(summary_size))
@@ -184,6 +243,7 @@ class MFDiffuser(nn.Module):
         self.register_buffer("return_scale", torch.ones(()))
         self.register_buffer("value_var", torch.ones(()))
         self.register_buffer("value_var_ready", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("weight_step", torch.zeros((), dtype=torch.int64))  # optimizer steps taken
         cm = torch.ones(config.horizon, self.D)
         cm[0, :state_size] = 0.0  # inpainted: no loss on the conditioning
         self.register_buffer("channel_mask", cm, persistent=False)
@@ -217,6 +277,15 @@ class MFDiffuser(nn.Module):
         phi = (summary - self.summary_mean) / self.summary_std
         return torch.cat([phi, (t.to(phi.dtype) / self.T).unsqueeze(-1)], dim=-1)
 
+    def step_context(self, summary: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Context of each of the H steps of a segment from its first step: ``[B, P], [B] -> [B, H, P+1]``.
+
+        Every step keeps the population summary of the segment's first step (a plan does not predict
+        later summaries) and gets its own time ``(t + h) / T``.
+        """
+        steps = t.unsqueeze(-1) + torch.arange(self.H, device=t.device)
+        return self.context(summary.unsqueeze(-2).expand(*steps.shape, summary.shape[-1]), steps)
+
     def encode(self, batch: TrajBatch) -> torch.Tensor:
         """Clean segments ``x_0 [B, M, H, D]`` of a batch."""
         s = self.norm_states(batch.states[:, :, : self.H])
@@ -229,11 +298,28 @@ class MFDiffuser(nn.Module):
         x[:, :, 0, : self.S] = s0
         return x
 
-    def decode_actions(self, x0: torch.Tensor, generator: torch.Generator | None, mode: str) -> torch.Tensor:
-        """Actions ``[B, M, H]`` from the action channels of clean segments ``[B, M, H, D]``."""
+    def decode_actions(
+        self,
+        x0: torch.Tensor,
+        generator: torch.Generator | None,
+        mode: str,
+        step_context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Actions ``[B, M, H]`` of clean segments ``[B, M, H, D]``.
+
+        ``categorical`` and ``argmax`` read the action channels; ``head`` samples from the action
+        head on the planned states, which needs ``step_context [B, H, P+1]`` (:meth:`step_context`).
+        """
         chans = x0[..., self.S :]
         if mode == "argmax":
             return chans.argmax(-1)
+        if mode == "head":
+            if step_context is None:
+                raise ValueError("mf-diffuser: head decoding needs the steps' context")
+            ctx = step_context.unsqueeze(1).expand(*x0.shape[:-1], step_context.shape[-1])
+            probs = self.action_head(x0[..., : self.S], ctx).softmax(-1)
+            picks = torch.multinomial(probs.reshape(-1, self.A), 1, generator=generator)
+            return picks.reshape(chans.shape[:-1])
         # A clean one-hot in {-1, 1} has exactly one positive channel: sample among the positive
         # channels in proportion to their height (argmax where none is positive).
         probs = chans.clamp_min(0.0)
@@ -277,22 +363,28 @@ class MFDiffuser(nn.Module):
         diff = (batch.rtg - v0) / self.return_scale  # regress in units of the returns' spread
         v_loss = (expectile_loss(diff, cfg.expectile) * valid0).sum() / valid0.sum().clamp_min(1)
         with torch.no_grad():
-            if cfg.value_source == "mc":
+            if cfg.weighting == "episode":
+                v = batch.episode_return.unsqueeze(1).expand_as(batch.rtg)
+                centred = v - v[valid0].mean() if valid0.any() else v
+            elif cfg.value_source == "mc":
                 if cfg.weighting == "segment":
                     v = batch.pop_rtg.unsqueeze(1).expand_as(batch.rtg)
                 else:
                     v = batch.rtg
                 centred = v - v[valid0].mean() if valid0.any() else v
             else:
-                # n-step advantage: R(X) + V(s_{t+H}) - V(s_t), bootstrapping only inside the episode.
+                # n-step advantage: R(X) + V(s_{t+H}) - V(s_t), bootstrapping only inside the episode,
+                # with the slowly moving target value when there is one.
+                value = self.value if self.value_target is None else self.value_target
+                v_start = v0 if self.value_target is None else value(s[:, :, 0], ctx0) * self.return_scale
                 ret = (batch.rewards * batch.mask).sum(-1)
                 ctx_h = self.context(batch.summaries[:, -1], t0 + self.H)
                 inside = batch.mask[:, :, -1] & (t0 + self.H < self.T).unsqueeze(1)
                 if inside.any():
-                    v_end = self.value(s[:, :, -1], ctx_h) * self.return_scale * inside
+                    v_end = value(s[:, :, -1], ctx_h) * self.return_scale * inside
                 else:
                     v_end = torch.zeros_like(ret)
-                centred = ret + v_end - v0
+                centred = ret + v_end - v_start
                 if cfg.weighting == "segment":
                     w = valid0.to(centred.dtype)
                     seg = (centred * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1)
@@ -300,13 +392,24 @@ class MFDiffuser(nn.Module):
         return v_loss, centred, {"value_loss": float(v_loss.detach())}
 
     def weights(self, centred: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Self-normalised weights ``[B, M]`` from centred values (beta on the standardised scale)."""
+        """Self-normalised weights ``[B, M]`` from centred values (beta on the standardised scale).
+
+        The scale is ``weight_scale`` times the returns' spread when set, else a running s.d. of the
+        centred values. During the first ``weight_warmup`` steps every weight is 1 and the running
+        s.d. is not updated: it starts from the first batch after the warm-up, when the value has
+        learned, not from the untrained value.
+        """
         cfg = self.config
         with torch.no_grad():
-            if self.training and valid.any():
-                var = centred[valid].var(correction=0)
-                if cfg.weighting == "segment":
-                    var = centred[:, 0].var(correction=0) if centred.shape[0] > 1 else var
+            var = centred[valid].var(correction=0) if valid.any() else centred.new_zeros(())
+            if cfg.weighting != "agent" and centred.shape[0] > 1:
+                var = centred[:, 0].var(correction=0)  # one value per row
+            if int(self.weight_step) < cfg.weight_warmup:
+                w = valid.to(centred.dtype)
+                return w, {"ess": 1.0, "w_max_batch": 1.0, "value_sd": float(var.sqrt())}
+            if cfg.weight_scale is not None:
+                self.value_var.fill_((cfg.weight_scale * self.return_scale) ** 2)
+            elif self.training and valid.any():
                 if bool(self.value_var_ready):
                     self.value_var.mul_(cfg.std_momentum).add_((1 - cfg.std_momentum) * var)
                 else:
@@ -332,8 +435,35 @@ class MFDiffuser(nn.Module):
         valid = batch.mask.any(-1)
         w, w_metrics = self.weights(centred, valid)
         diff_loss = (w * per_particle).sum() / valid.sum().clamp_min(1)
-        total = diff_loss + self.config.value_coef * v_loss
-        return LossOutput(total, {"diffusion_loss": float(diff_loss.detach()), **metrics, **w_metrics})
+        head_loss = self.action_head.loss(
+            x0[..., : self.S],
+            self.step_context(batch.summaries[:, 0], batch.timestep).unsqueeze(1),
+            batch.actions,
+            batch.mask,
+            weights=w,
+        )
+        total = diff_loss + self.config.value_coef * v_loss + self.config.head_coef * head_loss
+        metrics |= {"diffusion_loss": float(diff_loss.detach()), "head_loss": float(head_loss.detach())}
+        if batch.expert is not None:
+            expert = batch.expert.unsqueeze(1) & valid
+            if expert.any() and not bool(expert.eq(valid).all()):  # both kinds of episode in the batch
+                metrics["expert_weight_share"] = float(w[expert].sum() / w[valid].sum())
+        return LossOutput(total, {**metrics, **w_metrics})
+
+    def after_step(self) -> None:
+        """Count the optimizer step (for the weights' warm-up) and move the target value towards the value."""
+        self.weight_step.add_(1)
+        if self.value_target is not None:
+            polyak_update(self.value_target, self.value, self.config.value_target_tau)
+
+    def param_groups(self) -> list[ParamGroup]:
+        """The value net in its own group (own lr and clip), the denoiser and the action head in theirs."""
+        cfg = self.config
+        return [
+            ParamGroup("denoiser", list(self.denoiser.parameters()), None, None),
+            ParamGroup("value", list(self.value.parameters()), cfg.value_lr, cfg.value_clip),
+            ParamGroup("action_head", list(self.action_head.parameters()), None, None),
+        ]
 
 
 # ------------------------------------------------------------------------- build
@@ -341,10 +471,16 @@ def build(config: Config, meta: Any, dataset: Any) -> MFDiffuser:
     """The MF-Diffuser learner for a dataset's dimensions; statistics from ``dataset`` when given."""
     learner = MFDiffuser(config, meta.state_size, meta.n_actions, meta.summary_size, meta.horizon)
     if dataset is not None:
+        from mfdiffuser.algos.run import sampler_options
         from mfdiffuser.data import WindowSampler
 
         sampler = WindowSampler(
-            dataset, horizon=config.horizon, batch_size=64, m_range=config.m_range, seed=12345
+            dataset,
+            horizon=config.horizon,
+            batch_size=64,
+            m_range=config.m_range,
+            seed=12345,
+            **sampler_options(config),
         )
         learner.fit_statistics([sampler.sample() for _ in range(config.stats_batches)])
     return learner
@@ -395,7 +531,7 @@ def sample_plan(
         rng: generator of the grouping's tie-break.
         generator: torch generator of the diffusion noise.
         eta: DDIM eta.
-        action_decode: ``categorical`` or ``argmax``.
+        action_decode: ``categorical``, ``argmax`` or ``head`` (:meth:`MFDiffuser.decode_actions`).
         branch_keep: correlation of a child's noise with its parent's (see :func:`branch`).
     """
     n = states.shape[0]
@@ -434,7 +570,8 @@ def sample_plan(
             x = branch(x0, parent_index(m, m_next), k_prev, sched, generator, x, branch_keep)
             m = m_next
     x0 = learner.inpaint(x0, s0)
-    actions = learner.decode_actions(x0, generator, action_decode)[0].cpu().numpy().astype(np.int64)
+    step_ctx = learner.step_context(ctx.new_tensor(summary)[None], torch.tensor([t], device=device))
+    actions = learner.decode_actions(x0, generator, action_decode, step_ctx)[0].cpu().numpy().astype(np.int64)
     plan_states = (x0[0, :, :, : learner.S] * learner.state_std + learner.state_mean).cpu().numpy()
     assignment = assign_blocks(order, m)
     return PlanOutput(actions[assignment], actions, plan_states.astype(np.float32), assignment, levels)
