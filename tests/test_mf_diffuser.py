@@ -482,3 +482,13 @@ def test_sample_plan_decodes_with_the_head():
     )
     assert plan.actions.shape == (50, 3)
     assert (plan.actions[:, :2] == 2).all() and (plan.actions[:, 2] == 3).all()
+
+
+def test_a_single_row_leaves_the_per_row_scale_alone():
+    learner = _learner(weighting="segment", beta=1.0)
+    learner.value_var.fill_(4.0)
+    learner.value_var_ready.fill_(True)
+    w, _ = learner.weights(torch.full((1, 6), 3.0), torch.ones(1, 6, dtype=torch.bool))
+    assert learner.value_var.item() == 4.0 and torch.allclose(w, torch.ones(1, 6))
+    learner.weights(torch.tensor([[1.0, 1.0], [-1.0, -1.0]]), torch.ones(2, 2, dtype=torch.bool))
+    assert learner.value_var.item() == pytest.approx(0.99 * 4.0 + 0.01 * 1.0)

@@ -99,10 +99,10 @@ class Config:
     sample_steps: int | None = None
     """Denoising steps of a plan, spread evenly over the K training steps (a DDIM stride) and shared
     among the levels in proportion to steps_per_level; None: the sum of steps_per_level."""
-    action_decode: str = "categorical"
-    """Decoding of a plan's actions: categorical (sample from the clipped one-hot channels), argmax (of
-    the channels) or head (sample from the action head on the planned states: inverse dynamics
-    p(a | s_h, s_h+1, c), and a policy head p(a | s, c) for the last planned step)."""
+    action_decode: str = "head"
+    """Decoding of a plan's actions: head (sample from the action head on the planned states: inverse
+    dynamics p(a | s_h, s_h+1, c), and a policy head p(a | s, c) for the last planned step),
+    categorical (sample from the clipped one-hot channels) or argmax (of the channels)."""
 
     # --- calibrated actions, weights from the first step, the range of M
     head_hidden: int = 128
@@ -402,14 +402,17 @@ class MFDiffuser(nn.Module):
         cfg = self.config
         with torch.no_grad():
             var = centred[valid].var(correction=0) if valid.any() else centred.new_zeros(())
-            if cfg.weighting != "agent" and centred.shape[0] > 1:
-                var = centred[:, 0].var(correction=0)  # one value per row
+            per_row = cfg.weighting != "agent"  # one value per row: the spread is across rows
+            if per_row:
+                var = centred[:, 0].var(correction=0) if centred.shape[0] > 1 else centred.new_zeros(())
+            # a single row says nothing about the spread across rows (agents_per_batch makes such batches)
+            informative = valid.any() and (not per_row or centred.shape[0] > 1)
             if int(self.weight_step) < cfg.weight_warmup:
                 w = valid.to(centred.dtype)
                 return w, {"ess": 1.0, "w_max_batch": 1.0, "value_sd": float(var.sqrt())}
             if cfg.weight_scale is not None:
                 self.value_var.fill_((cfg.weight_scale * self.return_scale) ** 2)
-            elif self.training and valid.any():
+            elif self.training and informative:
                 if bool(self.value_var_ready):
                     self.value_var.mul_(cfg.std_momentum).add_((1 - cfg.std_momentum) * var)
                 else:
@@ -512,7 +515,7 @@ def sample_plan(
     rng: np.random.Generator,
     generator: torch.Generator | None = None,
     eta: float = 1.0,
-    action_decode: str = "categorical",
+    action_decode: str = "head",
     branch_keep: float = 0.0,
 ) -> PlanOutput:
     """Sample one plan for N agents by coarse-to-fine denoising, and lift it to every agent.
