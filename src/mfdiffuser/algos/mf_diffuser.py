@@ -99,10 +99,10 @@ class Config:
     sample_steps: int | None = None
     """Denoising steps of a plan, spread evenly over the K training steps (a DDIM stride) and shared
     among the levels in proportion to steps_per_level; None: the sum of steps_per_level."""
-    action_decode: str = "head"
-    """Decoding of a plan's actions: head (sample from the action head on the planned states: inverse
-    dynamics p(a | s_h, s_h+1, c), and a policy head p(a | s, c) for the last planned step),
-    categorical (sample from the clipped one-hot channels) or argmax (of the channels)."""
+    action_decode: str = "categorical"
+    """Decoding of a plan's actions: categorical (sample from the clipped one-hot channels), argmax (of
+    the channels) or head (sample from the action head on the planned states: inverse dynamics
+    p(a | s_h, s_h+1, c), and a policy head p(a | s, c) for the last planned step)."""
 
     # --- calibrated actions, weights from the first step, the range of M
     head_hidden: int = 128
@@ -515,7 +515,7 @@ def sample_plan(
     rng: np.random.Generator,
     generator: torch.Generator | None = None,
     eta: float = 1.0,
-    action_decode: str = "head",
+    action_decode: str = "categorical",
     branch_keep: float = 0.0,
 ) -> PlanOutput:
     """Sample one plan for N agents by coarse-to-fine denoising, and lift it to every agent.
