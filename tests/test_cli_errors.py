@@ -165,6 +165,9 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     paths["grid_dup_keys"].write_text(json.dumps(GRID)[:-1] + ', "seeds": [1]}')
     paths["dangling"] = root / "dangling"
     os.symlink(root / "nowhere", paths["dangling"])
+    paths["loop"] = root / "loop1"
+    os.symlink(root / "loop2", paths["loop"])
+    os.symlink(paths["loop"], root / "loop2")
     (root / "grid_list.yaml").write_text("- 1\n- 2\n")
     (root / "grid_deep.yaml").write_text("seeds: " + "[" * 100_000 + "]" * 100_000 + "\n")
     paths["grid_deep"] = root / "grid_deep.yaml"
@@ -974,6 +977,11 @@ CASES = [
         id="generate-out-dangling",
     ),
     pytest.param([*TRAIN, "--out", "{dangling}"], "symbolic link", id="train-out-dangling"),
+    pytest.param(
+        ["data", "generate", *GS, "--out", "{loop}"],
+        "symbolic link that leads nowhere",
+        id="generate-out-loop",
+    ),
     pytest.param(
         ["evaluate", "--behaviour", "random", "--env", "gs-100", *EVAL, "--out", "{dangling}"],
         "symbolic link",

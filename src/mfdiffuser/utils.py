@@ -121,8 +121,8 @@ def check_not_dangling(path: str | os.PathLike[str], what: str = "--out") -> Non
     """
     if os.path.islink(path) and not os.path.exists(path):
         raise ValueError(
-            f"{what} {os.fspath(path)} is a symbolic link to {os.readlink(path)!r}, which does not exist; "
-            f"create the target or choose another {what}"
+            f"{what} {os.fspath(path)} is a symbolic link that leads nowhere (to {os.readlink(path)!r}); "
+            f"create its target or choose another {what}"
         )
 
 
