@@ -173,3 +173,23 @@ def test_discounted_to_go_by_hand():
     r = np.array([[1.0, 2.0, 4.0]])
     assert np.allclose(discounted_to_go(r, 1.0), [[7.0, 6.0, 4.0, 0.0]])
     assert np.allclose(discounted_to_go(r, 0.5), [[1 + 0.5 * 2 + 0.25 * 4, 2 + 0.5 * 4, 4.0, 0.0]])
+
+
+def test_state_dict_restores_the_pool_and_the_generator(tmp_path):
+    handmade(tmp_path / "d.h5", lengths=[3] * 40, chunk_bytes=1000)  # 20 blocks of 2 episodes
+    ds = load_dataset(tmp_path / "d.h5", in_memory=False)
+    a = WindowSampler(ds, horizon=2, batch_size=8, m_range=(2, 3), seed=0, cache_bytes=5000)
+    assert a.pool_blocks == 3 and not a.resident
+    for _ in range(7):  # 6 swaps: every pool position replaced twice
+        a.sample()
+    state = a.state_dict()
+    b = WindowSampler(ds, horizon=2, batch_size=8, m_range=(2, 3), seed=1, cache_bytes=5000)
+    assert b.state_dict()["blocks"] != state["blocks"]
+    b.load_state_dict(state)
+    assert b.state_dict() == state
+    assert np.flatnonzero(b._is_resident).tolist() == sorted(state["blocks"])
+    for _ in range(5):
+        x, y = a.sample(), b.sample()
+        assert torch.equal(x.states, y.states) and torch.equal(x.actions, y.actions)
+    with pytest.raises(ValueError, match="does not fit this pool"):
+        b.load_state_dict({**state, "blocks": [0, 1, 99]})

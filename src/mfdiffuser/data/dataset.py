@@ -11,7 +11,9 @@ one-line message on any problem.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -643,6 +645,57 @@ def hdf5_write_error(exc: RuntimeError, path: str | Path) -> OSError | None:
     return OSError(code, os.strerror(code), str(path))
 
 
+class _WriteOnce(io.FileIO):
+    """The file HDF5 writes a dataset through: the first failed write is kept, later ones skipped.
+
+    HDF5 cannot recover from a failed write (a full disk, a file size limit): the file stays open
+    inside the library, which crashes the process when it exits (h5py issue 914). Through this file
+    object (h5py's ``fileobj`` driver) HDF5 never sees a failure: after the first one, writes and
+    truncations only move the position, and :attr:`error` holds the failure for the caller to raise
+    once HDF5 has closed the file.
+    """
+
+    error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        size = view.nbytes
+        if self.error is None:
+            try:
+                done = 0
+                while done < size:  # a short write is retried: the next call reports why it stopped
+                    n = super().write(view[done:])
+                    if not n:
+                        raise OSError(errno.EIO, os.strerror(errno.EIO))
+                    done += n
+                return size
+            except OSError as exc:
+                self.error = exc
+        self.seek(size, os.SEEK_CUR)
+        return size
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return super().truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return self.tell() if size is None else size
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                super().flush()
+            except OSError as exc:
+                self.error = exc
+
+    def check(self, path: str | Path) -> None:
+        """Raise the kept failure as an ``OSError`` naming ``path`` (nothing if every write succeeded)."""
+        if self.error is not None:
+            code = self.error.errno or 0
+            raise OSError(code, self.error.strerror or os.strerror(code), str(path))
+
+
 def write_dataset(
     path: str | Path,
     meta: DatasetMeta,
@@ -699,8 +752,9 @@ def write_dataset(
         filters.update(compression=compression, shuffle=True)
         if compression == "gzip":
             filters["compression_opts"] = compression_level
+    sink = _WriteOnce(path, "w+")
     try:
-        with h5py.File(path, "w", userblock_size=HEADER_SIZE) as f:
+        with sink, h5py.File(sink, "w", userblock_size=HEADER_SIZE) as f:
             dsets = {
                 name: f.create_dataset(
                     name, shape=shapes[name], dtype=dtypes[name],
@@ -720,6 +774,7 @@ def write_dataset(
                     block = np.stack([row[name] for row in buffer]).astype(dtypes[name], copy=False)
                     ds[start:stop] = block
                     hasher.update(name, block)
+                sink.check(path)  # stop at the first failed write rather than compress the rest
                 start, buffer = stop, []
 
             for row in episodes:
@@ -745,5 +800,6 @@ def write_dataset(
         if error is None:
             raise
         raise error from None
+    sink.check(path)
     seal_file(path, DIGEST_KIND)
     return checksum
