@@ -43,6 +43,9 @@ class PopulationEnv(abc.ABC):
     """
 
     name: ClassVar[str]
+    population_reward: ClassVar[bool] = False
+    """True where the benchmark's return is a population quantity: a reward every agent shares, or
+    local rewards summing to a population energy; False for selfish agents (their own costs)."""
     n_agents: int
     horizon: int
     observation_space: gym.spaces.Box
