@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mfdiffuser.algos.base import LossOutput
+from mfdiffuser.algos.base import LossOutput, ParamGroup
 from mfdiffuser.algos.critics import (
     CRITICS,
     check_search_options,
@@ -381,6 +381,15 @@ class MFDiffuser(nn.Module):
             critic_out = self.critic.loss(self, batch)
             total, metrics = total + critic_out.loss, {**metrics, **critic_out.metrics}
         return LossOutput(total, {"diffusion_loss": float(diff_loss.detach()), **metrics, **w_metrics})
+
+    def param_groups(self) -> list[ParamGroup]:
+        """Optimiser groups: the critic (if any) with its own lr and clip, the rest with the trainer's."""
+        critic = self.critic.trainable() if self.critic is not None else []
+        ids = {id(p) for p in critic}
+        groups = [ParamGroup("model", [p for p in self.parameters() if id(p) not in ids])]
+        if critic:
+            groups.append(ParamGroup("critic", critic, self.config.critic_lr, self.config.critic_clip))
+        return groups
 
     def after_step(self) -> None:
         """Per optimiser step: the critic's target network follows its Q (Polyak)."""
