@@ -61,7 +61,7 @@ def test_config_rejects_bad_critic_and_search_options():
 
 def test_auto_critic_follows_the_env_reward():
     assert resolve_critic("auto", "gaussian-squeeze") == "population"
-    assert resolve_critic("auto", "ising") == "population"
+    assert resolve_critic("auto", "ising") == "agent"
     assert resolve_critic("auto", "crowd") == "agent"
     assert resolve_critic("auto", "crowd-2d") == "agent"
     assert resolve_critic("agent", "gaussian-squeeze") == "agent"

@@ -10,9 +10,10 @@ Two kinds (``Config.critic``):
   reward of the segment's agents, ``F`` the per-step action histogram and state moments of the M
   particles, and ``V(c)`` the tau-expectile of the target Q (bootstrapped only inside the episode).
 
-``auto`` picks ``population`` where the env declares ``population_reward`` (gaussian-squeeze, ising)
-and ``agent`` elsewhere. Rewards are divided by the data's return-to-go s.d. (``sigma_R``), so scores,
-and the planner's selection temperature, are in units of that spread.
+``auto`` picks ``population`` where the env's ``reward_scope`` is the population (gaussian-squeeze:
+every agent gets the population's reward) and ``agent`` elsewhere (ising, crowd, battle). Rewards are
+divided by the data's return-to-go s.d. (``sigma_R``), so scores, and the planner's selection
+temperature, are in units of that spread.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ CRITICS = ("none", "agent", "population", "auto")
 def resolve_critic(kind: str, env: str) -> str:
     """The critic a learner for env ``env`` builds: ``auto`` becomes ``population`` or ``agent``.
 
-    ``auto`` reads the env class's ``population_reward`` flag: true where the benchmark's return is a
-    population quantity (gaussian-squeeze's shared reward, ising's lattice energy), false for games of
-    selfish agents (crowd, battle).
+    ``auto`` reads the env class's ``reward_scope``: ``population`` where every agent receives the
+    population's reward (gaussian-squeeze), ``agent`` where each agent's reward is its own (ising's
+    local bonds, crowd's congestion, battle's kills): the grid's split of value weighting too.
     """
     if kind not in CRITICS:
         raise ValueError(f"critic must be one of {', '.join(CRITICS)}, got {kind!r}")
@@ -52,7 +53,7 @@ def resolve_critic(kind: str, env: str) -> str:
         return kind
     from mfdiffuser.envs import env_class
 
-    return "population" if getattr(env_class(env), "population_reward", False) else "agent"
+    return "population" if env_class(env).reward_scope == "population" else "agent"
 
 
 class IQLLosses(NamedTuple):

@@ -108,8 +108,8 @@ class Config:
     # critics and search
     critic: str = "none"
     """TD critic trained with the denoiser to rank candidate plans: none, agent (per-agent IQL),
-    population (segment critic, shared-reward games) or auto (population where the env's reward is
-    the population's, else agent)."""
+    population (segment critic, shared-reward games) or auto (population where every agent gets the
+    population's reward, as in gaussian-squeeze; else agent)."""
     critic_hidden: int = 128
     """Width of the critic networks."""
     critic_gamma: float = 0.99

@@ -43,9 +43,9 @@ class PopulationEnv(abc.ABC):
     """
 
     name: ClassVar[str]
-    population_reward: ClassVar[bool] = False
-    """True where the benchmark's return is a population quantity: a reward every agent shares, or
-    local rewards summing to a population energy; False for selfish agents (their own costs)."""
+    reward_scope: ClassVar[str] = "agent"
+    """``population`` where every agent receives the population's reward (the same for all agents);
+    ``agent`` where each agent's reward is its own."""
     n_agents: int
     horizon: int
     observation_space: gym.spaces.Box

@@ -33,7 +33,6 @@ class Ising(PopulationEnv):
 
     name = "ising"
     stochastic_transitions = False  # the next lattice is the chosen spins
-    population_reward = True  # the agents' rewards sum to minus the lattice energy
 
     def __init__(
         self, n_agents: int = 1024, coupling: float = 1.0, field: float = 0.0, horizon: int = 20
