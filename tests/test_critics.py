@@ -248,10 +248,10 @@ def test_critic_has_its_own_param_group():
     from mfdiffuser.algos.trainer import TrainerConfig, param_groups
 
     learner = _learner("agent", critic_lr=1e-3, critic_clip=5.0)
-    groups = param_groups(learner, TrainerConfig(lr=3e-4, grad_clip=1.0))
-    assert [(g.name, g.lr, g.clip) for g in groups] == [("model", 3e-4, 1.0), ("critic", 1e-3, 5.0)]
+    groups = {g.name: g for g in param_groups(learner, TrainerConfig(lr=3e-4, grad_clip=1.0))}
+    assert (groups["critic"].lr, groups["critic"].clip) == (1e-3, 5.0)
     critic_ids = {id(p) for p in learner.critic.parameters() if p.requires_grad}
-    assert {id(p) for p in groups[1].params} == critic_ids
-    assert not critic_ids & {id(p) for p in groups[0].params}
-    plain = param_groups(_learner("none"), TrainerConfig())
-    assert [g.name for g in plain] == ["model"]
+    assert {id(p) for p in groups["critic"].params} == critic_ids
+    others = {id(p) for name, g in groups.items() if name != "critic" for p in g.params}
+    assert not critic_ids & others and all(g.lr == 3e-4 for n, g in groups.items() if n != "critic")
+    assert "critic" not in {g.name for g in param_groups(_learner("none"), TrainerConfig())}

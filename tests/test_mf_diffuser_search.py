@@ -19,7 +19,9 @@ def _learner(**kw):
     torch.manual_seed(0)
     cfg = mfd.Config(horizon=3, hidden=16, n_blocks=1, value_hidden=16, replan_every=1, **kw)
     learner = mfd.MFDiffuser(cfg, S, A, P, T)
-    torch.nn.init.normal_(learner.denoiser.out[-1].weight, std=0.02)
+    # its own generator: modules built after the denoiser (critics, heads) leave these weights alone
+    gen = torch.Generator().manual_seed(0)
+    torch.nn.init.normal_(learner.denoiser.out[-1].weight, std=0.02, generator=gen)
     return learner.eval()
 
 
@@ -28,19 +30,20 @@ def _inputs(seed, n=40):
     return g.normal(size=(n, S)).astype(np.float32), g.random(P).astype(np.float32)
 
 
-# Plans of the planner before candidate search existed (one candidate), for fixed seeds: particle
+# Plans of the planner before candidate search existed (one candidate; computed at 16a4b2b with this
+# file's _learner and _inputs), for fixed seeds: particle
 # actions (M_L x H, row-major) and the sum and sum of squares of the planned states. Untrained
 # weights make the far-from-data state channels large, hence the relative tolerance on those.
 PINNED = [
     ((4, 8, 24), (2, 2, 2), 0, "categorical", 1.0, 0.0,
-     "110120120033032033010332310200100311231130131023012011332133113030012020",
-     17062.896484375, 22717124.0),
+     "110120120133022033010332310200220320231130131023012011332133133030012020",
+     16808.4453125, 22821348.0),
     ((4, 8, 24), (2, 2, 2), 1, "argmax", 0.5, 0.3,
-     "331333133232132233010112012030130013133130111110101100313113313002002012",
-     -3016.78759765625, 11131342.0),
+     "331333133232132233010112012033133013133130111110101100313313313002002012",
+     -2020.26611328125, 11546918.0),
     ((16,), (6,), 2, "categorical", 1.0, 0.0,
-     "320322012121001032332113131130102003111212233231",
-     6108.1650390625, 13821284.0),
+     "320322012121001332332133131130102003111212233232",
+     6743.0517578125, 14529566.0),
 ]
 
 
