@@ -13,21 +13,18 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from mfdiffuser.algos.agentwise import (
     PerAgentLearner,
     TDConfig,
     exp_weights,
     make_agentwise_policy,
     policy_loss,
-    taken,
-    td_target,
 )
 from mfdiffuser.algos.base import LossOutput
 from mfdiffuser.algos.common import Dims, scalars, steps
+from mfdiffuser.algos.critics import iql_losses
 from mfdiffuser.data.batch import TrajBatch
-from mfdiffuser.models.blocks import ValueNet, expectile_loss, masked_mean
+from mfdiffuser.models.blocks import ValueNet
 from mfdiffuser.models.policy import TwinQNet, polyak_update
 
 
@@ -61,15 +58,9 @@ class MFIQL(PerAgentLearner):
     def loss(self, batch: TrajBatch) -> LossOutput:
         cfg = self.config
         st = steps(batch, self.dims.episode_length)
-        with torch.no_grad():
-            q_data = taken(self.q_target.min_q(st.states, st.context), st.actions)  # [B, H, M]
-            target = td_target(st, self.value(st.next_states, st.next_context), cfg.gamma, self.returns.std)
-        v = self.value(st.states, st.context)
-        v_loss = masked_mean(expectile_loss(q_data - v, cfg.expectile), st.mask)
-        q1, q2 = self.q(st.states, st.context)
-        td = (taken(q1, st.actions) - target).pow(2) + (taken(q2, st.actions) - target).pow(2)
-        q_loss = masked_mean(td, st.mask)
-        adv = q_data - v.detach()
+        iql = iql_losses(self.q, self.q_target, self.value, st, cfg.gamma, cfg.expectile, self.returns.std)
+        v_loss, q_loss = iql.v_loss, iql.q_loss
+        adv = iql.q_data - iql.value.detach()
         if cfg.normalize_advantage:
             adv = adv / adv[st.mask].std().clamp_min(1e-6)
         w, metrics = exp_weights(adv, cfg.beta, cfg.w_max, st.mask)

@@ -43,6 +43,9 @@ class PopulationEnv(abc.ABC):
     """
 
     name: ClassVar[str]
+    reward_scope: ClassVar[str] = "agent"
+    """``population`` where every agent receives the population's reward (the same for all agents);
+    ``agent`` where each agent's reward is its own."""
     n_agents: int
     horizon: int
     observation_space: gym.spaces.Box
