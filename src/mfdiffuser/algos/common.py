@@ -66,7 +66,14 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "assumed_gflops": (0, INF, False, False),
 }
 # option name -> accepted values.
-CHOICES: dict[str, tuple[str, ...]] = {"acting": ACTING_MODES, "weight_by": ("segment", "episode")}
+SIGNALS = ("agent", "team")
+"""What the weighted per-agent baselines learn from: each agent's own rewards, or the team's (the
+population's mean reward, which every agent of a segment shares)."""
+CHOICES: dict[str, tuple[str, ...]] = {
+    "acting": ACTING_MODES,
+    "weight_by": ("segment", "episode"),
+    "signal": SIGNALS,
+}
 
 
 @dataclass

@@ -4,7 +4,8 @@ Per agent: ``Q(s_i, a, c)`` (twin heads, Polyak target), an expectile value ``V(
 target Q at the data's actions, and a policy extracted by advantage-weighted regression
 ``exp(beta (Q - V))``, with ``c = [phi(mu_t), t/T]``. Rewards are divided by the standard deviation
 of the data's returns-to-go (a buffer), so that ``beta`` is in units of that spread (optionally in
-units of the batch's advantage spread instead).
+units of the batch's advantage spread instead). With ``signal=team`` every agent learns from the
+team's reward (the population's mean reward at each step) instead of its own sparse one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from mfdiffuser.algos.agentwise import (
     exp_weights,
     make_agentwise_policy,
     policy_loss,
+    signal_return_values,
+    signal_rewards,
     taken,
     td_target,
 )
@@ -44,6 +47,8 @@ class Config(TDConfig):
     normalize_advantage: bool = False
     """Divide advantages by their batch standard deviation before weighting (beta becomes scale-free:
     per-step advantages of a long episode are small against the return's spread)."""
+    signal: str = "agent"
+    """Reward the Q and V functions learn: agent (the agent's own) or team (the team's mean reward)."""
 
 
 class MFIQL(PerAgentLearner):
@@ -58,9 +63,12 @@ class MFIQL(PerAgentLearner):
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.value = ValueNet(S, C, h)
 
+    def return_values(self, batch: TrajBatch) -> torch.Tensor:
+        return signal_return_values(batch, self.config.signal)
+
     def loss(self, batch: TrajBatch) -> LossOutput:
         cfg = self.config
-        st = steps(batch, self.dims.episode_length)
+        st = signal_rewards(steps(batch, self.dims.episode_length), batch, cfg.signal)
         with torch.no_grad():
             q_data = taken(self.q_target.min_q(st.states, st.context), st.actions)  # [B, H, M]
             target = td_target(st, self.value(st.next_states, st.next_context), cfg.gamma, self.returns.std)
