@@ -280,6 +280,29 @@ def test_behaviour_policies_decide_from_the_observation_alone(quality):
         assert np.array_equal(blind.act(obs.copy(), {}), actions)
 
 
+def test_view_mode_appends_magent2s_view_to_the_compact_features():
+    compact, view = make("battle-64"), make("battle-64", obs_mode="view")
+    assert view.state_size == len(OBS_FIELDS) + 13 * 13 * 5 and view.config()["obs_mode"] == "view"
+    assert Battle.observation_view(view.config()) == (13, 13, 5) and Battle.observation_view({}) is None
+    a, _ = compact.reset(seed=3)
+    b, _ = view.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        assert np.array_equal(a, b[:, : len(OBS_FIELDS)])
+        local, _ = view.local_view()
+        assert np.array_equal(b[:, len(OBS_FIELDS) :], local.reshape(64, -1))
+        actions = rng.integers(0, 21, size=64)
+        a, *_ = compact.step(actions)
+        b, *_ = view.step(actions)
+    with pytest.raises(ValueError, match="obs_mode"):
+        make("battle-64", obs_mode="pixels")
+
+
+def test_shipped_checker_in_view_mode():
+    checker = pytest.importorskip("mfdiffuser.envs.checker")
+    checker.check_env(make("battle", n_agents=16, map_size=24, horizon=10, obs_mode="view"))
+
+
 def test_bad_input_gives_clear_errors():
     env = make("battle-64")
     env.reset(seed=0)

@@ -255,7 +255,9 @@ class PerAgentLearner(nn.Module):
     def __init__(self, config: AgentConfig, dims: Dims) -> None:
         super().__init__()
         self.config, self.dims = config, dims
-        self.policy = PolicyNet(dims.state_size, dims.context_size, dims.n_actions, config.hidden)
+        self.policy = PolicyNet(
+            dims.state_size, dims.context_size, dims.n_actions, config.hidden, view_shape=dims.view_shape
+        )
         self.returns = Standardizer()
 
     @classmethod

@@ -47,7 +47,7 @@ class AWBC(PerAgentLearner):
 
     def __init__(self, config: Config, dims: Dims) -> None:
         super().__init__(config, dims)
-        self.value = ValueNet(dims.state_size, dims.context_size, config.hidden)
+        self.value = ValueNet(dims.state_size, dims.context_size, config.hidden, view_shape=dims.view_shape)
 
     def return_values(self, batch: TrajBatch) -> torch.Tensor:
         return signal_return_values(batch, self.config.signal)

@@ -59,9 +59,9 @@ class MFIQL(PerAgentLearner):
     def __init__(self, config: Config, dims: Dims) -> None:
         super().__init__(config, dims)
         S, C, A, h = dims.state_size, dims.context_size, dims.n_actions, config.hidden
-        self.q = TwinQNet(S, C, A, h)
+        self.q = TwinQNet(S, C, A, h, view_shape=dims.view_shape)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
-        self.value = ValueNet(S, C, h)
+        self.value = ValueNet(S, C, h, view_shape=dims.view_shape)
 
     def return_values(self, batch: TrajBatch) -> torch.Tensor:
         return signal_return_values(batch, self.config.signal)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Mapping
 from typing import Any, cast
 
 import gymnasium as gym
@@ -19,16 +20,21 @@ from mfdiffuser.envs.battle_obs import (
     ATTACK_BASE,
     ATTACKS,
     BLOCKED,
+    COMPACT_SIZE,
     MOVES,
     N_ACTIONS,
     OBS_FIELDS,
+    OBS_MODES,
     REACH_HP,
     STEPS,
     TARGET,
     TARGET_BLOCK,
+    TIME,
+    VIEW_SHAPE,
     TeamView,
     off_map,
     offset_scale,
+    view_shape,
 )
 from mfdiffuser.envs.battle_policies import (
     OPPONENTS,
@@ -98,7 +104,9 @@ class Battle(PopulationEnv):
     Observation ``obs[N, S]`` (S = 34, :data:`~mfdiffuser.envs.battle_obs.OBS_FIELDS`): a compact
     state for planning that carries everything the behaviour policies decide from (the offset to the
     nearest enemy anywhere, the enemies' health in the 8 attack cells, which moves are blocked), so a
-    learner can reproduce them. The engine's full local view is available through :meth:`local_view`.
+    learner can reproduce them. With ``obs_mode="view"`` each row continues with MAgent2's standard
+    observation of the agent, its 13 x 13 x 5 view flattened (``obs[N, 34 + 845]``; zeros for dead
+    rows). The engine's full local view and feature vector are available through :meth:`local_view`.
     Summary ``phi(mu_t)`` (P = 2 G^2 + 3):
     a G x G histogram of each team's alive agents over the map (normalized by N, so it sums to the
     alive fraction), then both alive fractions and the mean health fraction of our alive agents. (The
@@ -141,6 +149,7 @@ class Battle(PopulationEnv):
         summary_grid: int = 4,
         jitter: bool = True,
         dead_actions: str = "ignore",
+        obs_mode: str = "compact",
     ) -> None:
         """Build the engine.
 
@@ -157,6 +166,8 @@ class Battle(PopulationEnv):
             summary_grid: G, cells per axis of the position histograms in ``phi(mu_t)``.
             jitter: randomize slots and jitter positions in the opening formation.
             dead_actions: ``"ignore"`` or ``"strict"`` (see the class docstring).
+            obs_mode: ``"compact"`` (the 34 features) or ``"view"`` (the 34 features, then MAgent2's
+                13 x 13 x 5 view of the agent, flattened; see :data:`~mfdiffuser.envs.battle_obs.OBS_MODES`).
         """
         super().__init__()
         magent2 = require("magent2", "battle")
@@ -177,6 +188,9 @@ class Battle(PopulationEnv):
         self.summary_grid = int(summary_grid)
         self.jitter = check_bool(self.name, "jitter", jitter)
         self.dead_actions = dead_actions
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"{self.name}: obs_mode must be one of {', '.join(OBS_MODES)}, got {obs_mode!r}")
+        self.obs_mode = obs_mode
         self._slots = self._formation()  # validates that N fits on the map
 
         battle_mod = importlib.import_module(_BATTLE_MODULE)
@@ -199,13 +213,16 @@ class Battle(PopulationEnv):
         if self._gw.get_action_space(self._handles[0])[0] != N_ACTIONS:
             raise RuntimeError(f"{self.name}: engine reports an action count other than {N_ACTIONS}")
         self._check_attack_layout()
+        if view != VIEW_SHAPE:
+            raise RuntimeError(f"{self.name}: the installed magent2 has a view of {view}, not {VIEW_SHAPE}")
         self.view_shape = view  # (view, view, C)
         self.view_radius = (view[0] - 1) // 2
         self.feature_size = int(self._gw.get_feature_space(self._handles[0])[0])
         self._init_view_geometry()
 
         n, g = self.n_agents, self.summary_grid
-        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(len(OBS_FIELDS),), dtype=np.float32)
+        size = COMPACT_SIZE + (int(np.prod(view)) if obs_mode == "view" else 0)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(size,), dtype=np.float32)
         self.action_space = gym.spaces.Discrete(N_ACTIONS)
         self.summary_space = gym.spaces.Box(0.0, 1.0, shape=(2 * g * g + 3,), dtype=np.float32)
         # Per side (0 ours, 1 opponent), fixed N-row arrays refreshed after every engine step.
@@ -224,6 +241,10 @@ class Battle(PopulationEnv):
         self._opponent_fn = OPPONENTS[opponent]
 
     # ------------------------------------------------------------------ config and geometry
+    @classmethod
+    def observation_view(cls, config: Mapping[str, Any]) -> tuple[int, int, int] | None:
+        return view_shape(str(config.get("obs_mode", "compact")))
+
     def config(self) -> dict[str, Any]:
         return {
             "n_agents": self.n_agents,
@@ -234,6 +255,7 @@ class Battle(PopulationEnv):
             "summary_grid": self.summary_grid,
             "jitter": self.jitter,
             "dead_actions": self.dead_actions,
+            "obs_mode": self.obs_mode,
         }
 
     def _formation(self) -> np.ndarray:
@@ -411,12 +433,14 @@ class Battle(PopulationEnv):
 
     def _observe(self, t: int) -> np.ndarray:
         """Build ``obs[N, S]`` for our team from the engine's views in two passes over the buffer."""
-        obs = np.zeros((self.n_agents, len(OBS_FIELDS)), dtype=np.float32)
-        obs[:, -1] = t / self.horizon
+        obs = np.zeros((self.n_agents, self.state_size), dtype=np.float32)
+        obs[:, TIME] = t / self.horizon
         rows, view = self._rows[0], cast(np.ndarray, self._views[0])
         n = rows.size
         if n == 0:
             return obs
+        if self.obs_mode == "view":
+            obs[rows, COMPACT_SIZE:] = view.reshape(n, -1)
         w, cells = self.map_size - 3, self._n_view_cells
         # One code per view cell: ally presence + 256 * enemy presence (a cell holds one agent at most),
         # so sums over cells split back into both counts, and enemies outrank allies in the argmax.
@@ -446,7 +470,7 @@ class Battle(PopulationEnv):
         o[BLOCKED] = blocked.T
         o[-2] = 1.0
         o[-1] = t / self.horizon
-        obs[rows] = o.T
+        obs[rows, :COMPACT_SIZE] = o.T
         return obs
 
     def _target_offset(self, nearest: np.ndarray, in_view: np.ndarray) -> np.ndarray:

@@ -69,6 +69,23 @@ TARGET_BLOCK = 8
 """Side (cells) of the blocks that group the enemies out of view for ``target``."""
 
 
+TIME = OBS_FIELDS.index("time")
+"""Column of the time fraction."""
+COMPACT_SIZE = len(OBS_FIELDS)
+"""Features of the compact observation (and the first columns of the view observation)."""
+VIEW_SHAPE = (13, 13, 5)
+"""MAgent2's view of a battle agent, ``[V, V, C]``: radius 6 (cells beyond it read 0), channels wall,
+own-team presence, own-team health, other-team presence, other-team health (row = dy, column = dx)."""
+OBS_MODES = ("compact", "view")
+"""``compact``: ``obs[N, 34]`` (:data:`OBS_FIELDS`); ``view``: those 34 features followed by the
+agent's view flattened row-major (``[V, V, C]``), ``obs[N, 34 + 845]``."""
+
+
+def view_shape(obs_mode: str) -> tuple[int, int, int] | None:
+    """``[V, V, C]`` of the view at the end of each observation in ``obs_mode``, None in compact mode."""
+    return VIEW_SHAPE if obs_mode == "view" else None
+
+
 def offset_scale(map_size: int) -> int:
     """Cells per unit of the position and offset fields: ``W - 3``, the span of the walkable cells."""
     return map_size - 3
