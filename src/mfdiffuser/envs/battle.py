@@ -103,15 +103,16 @@ class Battle(PopulationEnv):
 
     Observation ``obs[N, S]`` (S = 34, :data:`~mfdiffuser.envs.battle_obs.OBS_FIELDS`): a compact
     state for planning that carries everything the behaviour policies decide from (the offset to the
-    nearest enemy anywhere, the enemies' health in the 8 attack cells, which moves are blocked), so a
-    learner can reproduce them. With ``obs_mode="view"`` each row continues with MAgent2's standard
-    observation of the agent, its 13 x 13 x 5 view flattened (``obs[N, 34 + 845]``; zeros for dead
-    rows). The engine's full local view and feature vector are available through :meth:`local_view`.
-    Summary ``phi(mu_t)`` (P = 2 G^2 + 3):
-    a G x G histogram of each team's alive agents over the map (normalized by N, so it sums to the
-    alive fraction), then both alive fractions and the mean health fraction of our alive agents. (The
-    opponent's health is left out: reading it takes the engine's full view of the opponent team, its
-    costliest call, which nothing else in a step needs; :meth:`health` gives it on demand.)
+    nearest enemy, exact in view and to the nearest group of enemies beyond, the enemies' health in
+    the 8 attack cells, which moves are blocked), so a learner can reproduce them (docs/battle.md).
+    With ``obs_mode="view"`` each row continues with MAgent2's standard observation of the agent, its
+    13 x 13 x 5 view flattened (``obs[N, 34 + 845]``; zeros for dead rows). The engine's full local
+    view and feature vector are available through :meth:`local_view`. Summary ``phi(mu_t)``
+    (P = 2 G^2 + 3): a G x G histogram of each team's alive agents over the map (normalized by N, so it
+    sums to the alive fraction), then both alive fractions and the mean health fraction of our alive
+    agents. (The opponent's health is left out: reading it takes the engine's full view of the
+    opponent team, its costliest call, which nothing else in a step needs; :meth:`health` gives it on
+    demand.)
 
     Actions ``[N]`` in ``0..20``. Dead rows are ignored: with ``dead_actions="ignore"`` (default) they
     may carry any valid id or :data:`DEAD_ACTION` (-1); with ``"strict"`` they must carry -1, so that a
