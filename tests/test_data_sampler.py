@@ -81,6 +81,8 @@ def check_batch(batch: TrajBatch, records, gamma=1.0):
         pdisc = gamma ** np.arange(rec.length - t0)
         assert batch.pop_rtg[b].item() == pytest.approx(float((pdisc * rec.pop_reward[t0:rec.length]).sum()))
         assert batch.episode_return[b].item() == pytest.approx(float(rec.pop_reward.sum()))
+        team = [rec.pop_reward[t0 + j] if t0 + j < rec.length else 0.0 for j in range(h)]
+        assert batch.pop_rewards is not None and batch.pop_rewards[b].tolist() == pytest.approx(team)
 
 
 @pytest.mark.parametrize("in_memory", [True, False])

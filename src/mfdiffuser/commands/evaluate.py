@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Roll out a policy at every --n-agents for --episodes episodes per seed and report the "
             "per-agent return, normalized score (reference returns of the random and expert "
-            "behaviour at each N), Ising order parameter, battle win rate and kill ratio, act "
+            "behaviour at each N), Ising order parameter, battle win rate, kill ratio and survivors, act "
             "latency and memory: mean and 95% confidence interval over seeds. Episodes come from "
             "the validation split's evaluation seeds unless --split test is given: make every "
             "choice on validation and report test."
@@ -240,7 +240,8 @@ def _print(result: dict[str, Any]) -> None:
         f"seeds ({seeds[0]}..{seeds[-1]})"
     )
     cols = [("return", "return", 3), ("score", "score", 1), ("order_parameter", "|m|", 3)]
-    cols += [("win_rate", "win rate", 2), ("kill_ratio", "kill ratio", 2), ("act_ms", "act ms", 2)]
+    cols += [("win_rate", "win rate", 2), ("kill_ratio", "kill ratio", 2), ("survivors", "survivors", 2)]
+    cols += [("act_ms", "act ms", 2)]
     present = [c for c in cols if any(c[0] in r for r in result["results"].values())]
     table.add_column("N", justify="right")
     for _, title, _ in present:

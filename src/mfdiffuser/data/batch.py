@@ -34,6 +34,9 @@ class TrajBatch:
     """``[B]`` int64: t, the window's first step within its episode."""
     episode_return: torch.Tensor
     """``[B]`` float32: the whole episode's per-agent mean return (for episode-level weighting)."""
+    pop_rewards: torch.Tensor | None = None
+    """``[B, H]`` float32: the population's mean reward r_t..r_{t+H-1} over all N agents (0 past the
+    episode's end); None where a batch was built without it."""
 
     @property
     def batch_size(self) -> int:
@@ -50,4 +53,9 @@ class TrajBatch:
         return int(self.actions.shape[2])
 
     def to(self, device: str | torch.device) -> TrajBatch:
-        return TrajBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        moved: dict[str, torch.Tensor] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                moved[f.name] = value.to(device)
+        return TrajBatch(**moved)

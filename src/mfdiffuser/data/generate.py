@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import sys
@@ -636,7 +637,7 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
         state_size=env.state_size, n_actions=env.n_actions, summary_size=env.summary_size,
         n_episodes=int(cfg.episodes), stored_agents=k, ref_returns=refs,
         ref_episodes=int(cfg.ref_episodes), seed=int(cfg.seed), behaviour_policy=policies,
-        split=cfg.split,
+        split=cfg.split, view_size=math.prod(env.observation_view(env.config()) or (0,)),
     )
 
     def rows() -> Iterator[dict[str, np.ndarray]]:

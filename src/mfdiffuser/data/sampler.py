@@ -103,6 +103,7 @@ class WindowSampler:
         meta = dataset.meta
         e, t = meta.n_episodes, meta.horizon
         self._pop_rtg = discounted_to_go(dataset.pop_reward, self.gamma, axis=1).astype(np.float32)
+        self._pop_reward = np.asarray(dataset.pop_reward, dtype=np.float32)  # [E, T]
         self._episode_return = dataset.episode_returns.astype(np.float32)
         self._length_all = dataset.length.astype(np.int64)
 
@@ -277,6 +278,7 @@ class WindowSampler:
         rtg = np.take(self._rtg.reshape(-1), lane * (t_max + 1) + t0[:, None])  # [B, M]
         episode = self._slot_episode[slot]
         pop_rtg = self._pop_rtg[episode, t0]
+        pop_rewards = np.where(valid, self._pop_reward[episode[:, None], ta], 0.0)  # [B, H]
         dev = self.device
 
         def tt_(x: np.ndarray) -> torch.Tensor:
@@ -292,6 +294,7 @@ class WindowSampler:
             mask=tt_(mask),
             timestep=tt_(t0.astype(np.int64)),
             episode_return=tt_(self._episode_return[episode]),
+            pop_rewards=tt_(pop_rewards.astype(np.float32)),
         )
 
     def __iter__(self) -> Iterator[TrajBatch]:

@@ -54,6 +54,7 @@ METRICS: dict[str, tuple[str, bool, int]] = {
     "return": ("Per-agent return", True, 3),
     "win_rate": ("Battle win rate", True, 2),
     "kill_ratio": ("Battle kill ratio", True, 2),
+    "survivors": ("Battle survivors (share of our team alive at the end)", True, 2),
     "order_parameter": ("Ising order parameter |m|", True, 3),
     "act_ms": ("Mean act latency (ms per step)", False, 2),
     "act_ms_max": ("Plan latency (ms, slowest act call: a replanning step)", False, 1),
