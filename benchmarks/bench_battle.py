@@ -3,9 +3,9 @@
 Raw step = what any driver of the engine does anyway: ``set_action`` for both groups, ``step``,
 ``get_reward`` for both groups, ``clear_dead``, ``get_observation`` for both groups. The wrapper step is
 ``Battle.step`` (validation, N-row layout, compact observations, ``phi(mu_t)``, metrics) with the
-``random`` opponent, so both sides play random actions in both loops. Blocks of raw and wrapper steps
-are interleaved and the median block is kept, and time is process CPU time, so that load from other
-processes on a shared machine hits both alike.
+``random`` opponent, in the compact and in the view observation mode, so both sides play random
+actions in both loops. Blocks of raw and wrapper steps are interleaved and the median block is kept,
+and time is process CPU time, so that load from other processes on a shared machine hits both alike.
 
     python benchmarks/bench_battle.py                      # 64, 256, 1024 per side
     python benchmarks/bench_battle.py --winrate-episodes 20 --winrate-sizes 64 256
@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 from mfdiffuser.envs import make
+from mfdiffuser.envs.battle_obs import read_obs
 from mfdiffuser.envs.battle_policies import OPPONENTS, expert_actions
 
 SETTINGS = {64: "battle-64", 256: "battle-256", 1024: "battle-1024"}
@@ -77,6 +78,8 @@ def bench_overhead(n: int, steps: int, repeats: int) -> dict[str, float]:
     """Median seconds per step of the raw engine and of the wrapper at N per side."""
     env = make(SETTINGS[n], opponent="random", horizon=10**9)
     env.reset(seed=0)
+    view_env = make(SETTINGS[n], opponent="random", horizon=10**9, obs_mode="view")
+    view_env.reset(seed=0)
     gw, handles = _raw_engine(env)
     rng = np.random.default_rng(0)
     pool = rng.integers(0, env.n_actions, size=(2, steps, n), dtype=np.int32)
@@ -86,29 +89,37 @@ def bench_overhead(n: int, steps: int, repeats: int) -> dict[str, float]:
     pz = battle_v4.parallel_env(map_size=env.map_size, max_cycles=10**9, **env.rewards)
     pz.reset(seed=0)  # battle_v4 places map_size^2 / 25 agents per side: N at our settings' map sizes
     pz_pool = rng.integers(0, env.n_actions, size=(steps, 2 * n))
-    raw, wrapped, forced, pettingzoo = [], [], [], []
+    raw, wrapped, viewed, forced, pettingzoo = [], [], [], [], []
     _time_raw(gw, handles, pool, min(steps, 10))  # warm-up
     _time_wrapper(env, ours, min(steps, 10))
+    _time_wrapper(view_env, ours, min(steps, 10))
     for _ in range(repeats):
         raw.append(_time_raw(gw, handles, pool, steps))
         wrapped.append(_time_wrapper(env, ours, steps))
+        viewed.append(_time_wrapper(view_env, ours, steps))
         forced.append(_time_wrapper(env, ours, steps, opponent_views=True))
         pettingzoo.append(_time_pettingzoo(pz, pz_pool, steps))
     pz.close()
     out = {
         "raw": float(np.median(raw)),
         "wrapper": float(np.median(wrapped)),
+        "view": float(np.median(viewed)),
         "forced": float(np.median(forced)),
         "pettingzoo": float(np.median(pettingzoo)),
     }
     # cost of one call of each team script at full army size (the opponent's share of a step)
     team = env.team_view(1)
-    for name, script in (("hold", OPPONENTS["hold"]), ("attack-nearest", OPPONENTS["attack-nearest"]),
-                         ("expert", expert_actions)):  # fmt: skip
-        script(team, rng)  # warm-up: lazy imports, the team's health fields
+    seen = read_obs(env.step(ours[0])[0], env.map_size)
+    calls = {
+        "hold": lambda: OPPONENTS["hold"](team, rng),
+        "attack-nearest": lambda: OPPONENTS["attack-nearest"](team, rng),
+        "expert": lambda: expert_actions(seen, rng),  # decides from our team's decoded observation
+    }
+    for name, call in calls.items():
+        call()  # warm-up: lazy imports, the team's health fields
         t0 = time.process_time()
         for _ in range(steps):
-            script(team, rng)
+            call()
         out[name] = (time.process_time() - t0) / steps
     return out
 
@@ -146,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print("battle: wrapper step vs raw MAgent2 engine step (both sides random; median of blocks)")
     print(
-        f"{'N/side':>7} {'raw ms':>8} {'wrap ms':>8} {'ratio':>6} {'+opp view':>9} {'ratio':>6} "
+        f"{'N/side':>7} {'raw ms':>8} {'wrap ms':>8} {'ratio':>6} {'view ms':>8} {'ratio':>6} "
+        f"{'+opp view':>9} {'ratio':>6} "
         f"{'agent-steps/s':>14} {'battle_v4 ms':>12} {'speedup':>7} "
         f"{'hold ms':>8} {'att-near ms':>11} {'expert ms':>9}"
     )
@@ -155,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         ratio = r["wrapper"] / r["raw"]
         print(
             f"{n:>7} {r['raw'] * 1e3:>8.3f} {r['wrapper'] * 1e3:>8.3f} {ratio:>6.2f} "
+            f"{r['view'] * 1e3:>8.3f} {r['view'] / r['raw']:>6.2f} "
             f"{r['forced'] * 1e3:>9.3f} {r['forced'] / r['raw']:>6.2f} "
             f"{2 * n / r['wrapper']:>14,.0f} {r['pettingzoo'] * 1e3:>12.3f} "
             f"{r['pettingzoo'] / r['wrapper']:>7.1f} {r['hold'] * 1e3:>8.3f} "
@@ -162,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     print("ratio = wrapper / raw (target <= 1.25 at 1024 per side). The wrapper skips the engine's view of")
     print("the opponent team unless asked for it; '+opp view' forces it every step (same work as raw).")
+    print("view: the wrapper with obs_mode='view' (34 features plus MAgent2's 13 x 13 x 5 view per agent).")
     print("agent-steps/s: both sides, default wrapper; battle_v4: MAgent2's own PettingZoo parallel env at")
     print("the same map size and army size (per-agent dicts), speedup = battle_v4 / wrapper;")
     print("hold / att-near / expert: one call of that team script at full army size (policy cost, extra)")

@@ -1,6 +1,7 @@
 """MF-Diffuser planner costs: plan latency vs N, coarse-to-fine vs single level, training step vs N, memory.
 
 Targets (SPEC section 8): representatives-mode plan latency at N = 10,000 at most 1.5x that at N = 100;
+K critic-ranked candidate plans at most 1.5x of one plan (``candidates``) at N = 10,000;
 coarse-to-fine to N = 1,000 at most 0.35x single-level denoising of 1,000 particles with the same K;
 training step time independent of N; peak planning memory flat in N. With ``--fidelity`` a small model
 is trained on a dataset (beta = 0) and its plans' first actions, decoded from the action channels
@@ -85,7 +86,7 @@ def plan_latency(levels: LevelSchedule, sizes=SIZES, repeats: int = 3) -> dict[i
     return out
 
 
-SECTIONS = ("latency", "stride", "c2f", "madiff", "train", "memory")
+SECTIONS = ("latency", "stride", "c2f", "madiff", "train", "memory", "candidates")
 """Sections of the benchmark (``--only``)."""
 STRIDES = (20, 10, 8, 5)
 """Sampling steps per plan compared at N = 10,000 (20 = K: the default schedule, no stride)."""
@@ -107,6 +108,36 @@ def stride_latency(n: int = 10000, strides=STRIDES, repeats: int = 3) -> dict[in
         out[k] = best_cpu_time(
             functools.partial(mfd.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen), repeats
         )
+    return out
+
+
+CANDIDATES = (1, 2, 4, 8)
+"""K, candidate plans ranked by the critic, timed at N = 10,000 (1: today's planner, no critic call)."""
+CANDIDATE_STEPS = ((12, 4, 4), (6, 10, 4), (4, 12, 4))
+"""Steps per level (128/256/1,024 particles) timed with candidates: fewer coarse steps make K cheaper."""
+
+
+def candidate_latency(
+    n: int = 10000, ks=CANDIDATES, step_sets=CANDIDATE_STEPS, repeats: int = 3
+) -> dict[tuple[int, ...], dict[int, float]]:
+    """CPU seconds per plan (representatives mode, crowd, agent critic) for K candidates and steps per level.
+
+    Best of ``repeats`` after a warm-up. The reference of every ratio is K = 1 with the default steps.
+    """
+    env = make("crowd", n_agents=n)
+    torch.manual_seed(0)
+    cfg = mfd.Config(horizon=4, replan_every=1, critic="agent")
+    learner = mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon).eval()
+    obs, info = env.reset(seed=0)
+    out: dict[tuple[int, ...], dict[int, float]] = {}
+    for steps in step_sets:
+        lv = LevelSchedule(cfg.levels, steps).capped(n)
+        out[steps] = {}
+        for k in ks:
+            rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+            plan = functools.partial(mfd.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen,
+                                     candidates=k)
+            out[steps][k] = best_cpu_time(plan, repeats)
     return out
 
 
@@ -344,6 +375,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         mem = peak_memory()
         results["peak_memory"] = mem
         print("  " + "  ".join(f"N={n}: {v:.1f}" for n, v in mem.items()))
+
+    if "candidates" in only:
+        print("critic-guided search at N = 10,000 (crowd, agent critic, 128/256/1,024), CPU ms per plan")
+        cand = candidate_latency()
+        results["candidates"] = cand
+        base = cand[CANDIDATE_STEPS[0]][1]
+        for steps, by_k in cand.items():
+            cells = "  ".join(f"K={k}: {sec * 1000:.0f} ms ({sec / base:.2f}x)" for k, sec in by_k.items())
+            print(f"  steps {'/'.join(map(str, steps)):>7}  {cells}  (target <= 1.5x of K=1 12/4/4)")
 
     if args.fidelity:
         where = args.fidelity_data or "gaussian-squeeze medium (N = 1,000)"

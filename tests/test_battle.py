@@ -8,7 +8,8 @@ pytest.importorskip("magent2")
 
 from mfdiffuser.envs import make  # noqa: E402
 from mfdiffuser.envs.battle import DEAD_ACTION, OBS_FIELDS, Battle  # noqa: E402
-from mfdiffuser.envs.battle_policies import ATTACK_BASE, ATTACKS, MOVES, STAY, ScriptedPolicy  # noqa: E402
+from mfdiffuser.envs.battle_obs import ATTACK_BASE, ATTACKS, MOVES, STAY, TARGET_BLOCK, read_obs  # noqa: E402
+from mfdiffuser.envs.battle_policies import ScriptedPolicy  # noqa: E402
 from mfdiffuser.errors import MissingExtraError  # noqa: E402
 
 BATTLE = importlib.import_module("magent2.environments.battle.battle")
@@ -159,7 +160,7 @@ def test_dead_rows_keep_the_layout():
         obs, r, term, trunc, info = env.step(policy.act(obs, info))
         returns += r
         alive = info["alive"]
-        assert obs.shape == (64, 12) and r.shape == (64,) and alive.shape == (64,)
+        assert obs.shape == (64, len(OBS_FIELDS)) and r.shape == (64,) and alive.shape == (64,)
         assert np.array_equal(alive, env.alive()) and not (alive & ~before).any()  # no revival
         assert (r[~before] == 0).all()  # rows dead before the step earn nothing
         dead = ~alive
@@ -217,6 +218,89 @@ def test_adjacent_enemies_from_views_and_from_health_map_agree():
         if term:
             break
     assert contacts > 50
+
+
+def test_observation_carries_what_the_expert_reads():
+    """target, reach_hp and blocked agree with the full map, at every step of the approach and the fight."""
+    env = make("battle-64", opponent="attack-nearest")
+    policy = env.behaviour_policy("expert")
+    obs, info = env.reset(seed=5)
+    policy.reset(env, np.random.default_rng(5))
+    blocked_seen = far_seen = 0
+    for _ in range(40):
+        obs, _, term, _, info = env.step(policy.act(obs, info))
+        if term:
+            break
+        seen = read_obs(obs, env.map_size)
+        alive = env.alive()
+        assert np.array_equal(seen.alive, alive)
+        ours, theirs = env.positions(0)[alive], env.positions(1)[env.opponent_alive()]
+        d2 = ((ours[:, None, :] - theirs[None, :, :]) ** 2).sum(axis=2)
+        target, nearest = seen.target[alive], d2.min(axis=1)
+        in_view = nearest <= env.view_radius**2
+        assert np.array_equal((target[in_view] ** 2).sum(axis=1), nearest[in_view])  # nearest, ties aside
+        assert {tuple(p) for p in ours[in_view] + target[in_view]} <= {tuple(p) for p in theirs}
+        assert np.array_equal(seen.in_view[alive], in_view)
+        # out of view: a cell of a block holding enemies, about as far as the nearest enemy
+        b = TARGET_BLOCK
+        assert {tuple(p // b) for p in ours[~in_view] + target[~in_view]} <= {tuple(p // b) for p in theirs}
+        gap = np.sqrt((target[~in_view] ** 2).sum(axis=1))
+        assert (gap <= np.sqrt(nearest[~in_view]) + 2 * b * np.sqrt(2)).all()
+        far_seen += int((~in_view).sum())
+        assert np.allclose(seen.reach_hp, env._adjacent_enemy_hp(0, from_views=False))
+        taken = {tuple(p) for p in ours} | {tuple(p) for p in theirs}
+        w = env.map_size
+        for i, p in zip(np.flatnonzero(alive)[:16], ours[:16], strict=False):
+            cells = p + MOVES
+            expect = [m != STAY and (tuple(c) in taken or not (1 <= c[0] <= w - 2 and 1 <= c[1] <= w - 2))
+                      for m, c in enumerate(cells)]  # fmt: skip
+            assert seen.blocked[i].tolist() == expect
+            blocked_seen += sum(expect)
+    assert blocked_seen > 100 and far_seen > 100
+
+
+@pytest.mark.parametrize("quality", ["expert", "medium"])
+def test_behaviour_policies_decide_from_the_observation_alone(quality):
+    """A policy given only the env's constants and the recorded obs repeats every action."""
+    from types import SimpleNamespace
+
+    env = make("battle-64", opponent="attack-nearest")
+    policy = env.behaviour_policy(quality)
+    obs, info = env.reset(seed=2)
+    policy.reset(env, np.random.default_rng(9))
+    record = []
+    for _ in range(25):
+        actions = policy.act(obs, info)
+        record.append((obs, actions))
+        obs, *_, info = env.step(actions)
+    blind = env.behaviour_policy(quality)
+    constants = SimpleNamespace(n_agents=64, map_size=env.map_size, dead_actions="ignore")
+    blind.reset(constants, np.random.default_rng(9))
+    for obs, actions in record:
+        assert np.array_equal(blind.act(obs.copy(), {}), actions)
+
+
+def test_view_mode_appends_magent2s_view_to_the_compact_features():
+    compact, view = make("battle-64"), make("battle-64", obs_mode="view")
+    assert view.state_size == len(OBS_FIELDS) + 13 * 13 * 5 and view.config()["obs_mode"] == "view"
+    assert Battle.observation_view(view.config()) == (13, 13, 5) and Battle.observation_view({}) is None
+    a, _ = compact.reset(seed=3)
+    b, _ = view.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        assert np.array_equal(a, b[:, : len(OBS_FIELDS)])
+        local, _ = view.local_view()
+        assert np.array_equal(b[:, len(OBS_FIELDS) :], local.reshape(64, -1))
+        actions = rng.integers(0, 21, size=64)
+        a, *_ = compact.step(actions)
+        b, *_ = view.step(actions)
+    with pytest.raises(ValueError, match="obs_mode"):
+        make("battle-64", obs_mode="pixels")
+
+
+def test_shipped_checker_in_view_mode():
+    checker = pytest.importorskip("mfdiffuser.envs.checker")
+    checker.check_env(make("battle", n_agents=16, map_size=24, horizon=10, obs_mode="view"))
 
 
 def test_bad_input_gives_clear_errors():

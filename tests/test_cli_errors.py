@@ -76,6 +76,12 @@ GRIDS = {
     "trainer_list": _grid(trainer=[1, 2]),
     "options_list": _grid(methods__bc__options=[1, 2]),
     "benchmark_options_list": _grid(methods__bc__benchmarks={"gs": {"options": [1]}}),
+    "seeds_beyond_64_bits": _grid(seeds=[10**30]),
+    "seeds_bool": _grid(seeds=[True]),
+    "name_escapes": _grid(name="../../escaped"),
+    "name_absolute": _grid(name="/tmp/abs"),
+    "method_name_with_slash": _grid(methods={"a/b": {"algo": "bc"}}),
+    "data_episodes_huge": _grid(data__episodes=10**20),
 }
 
 
@@ -155,6 +161,13 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         (root / f"grid_{name}.yaml").write_text(json.dumps(grid))  # JSON is YAML
         paths[f"grid_{name}"] = root / f"grid_{name}.yaml"
     (root / "grid_bad_yaml.yaml").write_text("benchmarks: [\n")
+    paths["grid_dup_keys"] = root / "grid_dup_keys.yaml"  # JSON with a key twice is YAML too
+    paths["grid_dup_keys"].write_text(json.dumps(GRID)[:-1] + ', "seeds": [1]}')
+    paths["dangling"] = root / "dangling"
+    os.symlink(root / "nowhere", paths["dangling"])
+    paths["loop"] = root / "loop1"
+    os.symlink(root / "loop2", paths["loop"])
+    os.symlink(paths["loop"], root / "loop2")
     (root / "grid_list.yaml").write_text("- 1\n- 2\n")
     (root / "grid_deep.yaml").write_text("seeds: " + "[" * 100_000 + "]" * 100_000 + "\n")
     paths["grid_deep"] = root / "grid_deep.yaml"
@@ -784,6 +797,16 @@ CASES = [
         id="evaluate-huge-episodes",
     ),
     pytest.param(
+        ["evaluate", "--behaviour", "random", "--env", "gs-100", *EVAL, "--ref-episodes", "1000000000000"],
+        "needs about .* of memory",
+        id="evaluate-huge-ref-episodes",
+    ),
+    pytest.param(
+        ["evaluate", "--run", "{run}", *EVAL, "--n-agents", "64", "--ref-episodes", "1000000000000"],
+        "needs about .* of memory",
+        id="evaluate-run-huge-ref-episodes",
+    ),
+    pytest.param(
         ["evaluate", "--run", "{run}", *EVAL, "--n-agents", "100", "1000000000000"],
         "needs about .* TiB of memory",
         id="evaluate-run-huge-n",
@@ -860,6 +883,115 @@ CASES = [
     pytest.param(["demo", "--preset", "{grid_list}", "--out", "d"], "mapping", id="demo-preset-is-a-list"),
     pytest.param(["demo", "--preset", "{gs}", "--out", "d"], "gs.h5", id="demo-preset-is-binary"),
     pytest.param(["demo", "--out"], "expected one argument", id="demo-out-no-value"),
+    # options that would be silently ignored
+    pytest.param(
+        ["data", "generate", *GS, "--ray-address", "1.2.3.4:1", "--out", "o.h5"],
+        "--ray-address goes with --ray",
+        id="generate-ray-address-without-ray",
+    ),
+    pytest.param(
+        ["evaluate", "--behaviour", "random", "--env", "gs-100", *EVAL, "--policy-opt", "temperature=1"],
+        "--policy-opt .* goes with --run",
+        id="evaluate-behaviour-policy-opt",
+    ),
+    # Ray addresses are checked before Ray sees them (it would log its own complaints first)
+    pytest.param(
+        ["data", "generate", *GS, "--ray", "--ray-address", "nohost:abc", "--out", "o.h5"],
+        "--ray-address 'nohost:abc' is not a Ray address",
+        id="generate-ray-address-no-port",
+    ),
+    pytest.param(
+        ["sweep", "{grid_ok}", "--address", "::::", "--results", "res"],
+        "--address '::::' is not a Ray address",
+        id="sweep-address-garbage",
+    ),
+    pytest.param(
+        ["sweep", "{grid_ok}", "--address", "127.0.0.1:99999", "--results", "res"],
+        "port in 1..65535",
+        id="sweep-address-port-out-of-range",
+    ),
+    pytest.param(
+        ["sweep", "{grid_ok}", "--address", "nohost:abc", "--dry-run"],
+        "not a Ray address",
+        id="sweep-dry-run-address-garbage",
+    ),
+    pytest.param(
+        ["demo", "--preset", "{grid_ok}", "--address", "nohost:abc", "--out", "d"],
+        "not a Ray address",
+        id="demo-address-garbage",
+    ),
+    # directories that can never be directories, checked before anything starts
+    pytest.param(
+        ["sweep", "{grid_ok}", "--results", "res", "--data-dir", "{text}", "--num-cpus", "1"],
+        "datasets directory .*notes.txt is not a directory",
+        id="sweep-data-dir-is-a-file",
+    ),
+    pytest.param(
+        ["sweep", "{grid_ok}", "--results", "{text}", "--dry-run"],
+        "results directory .*notes.txt is not a directory",
+        id="sweep-dry-run-results-is-a-file",
+    ),
+    pytest.param(
+        ["sweep", "{grid_ok}", "--results", "{text}/r", "--dry-run"],
+        "is not a directory .*is a file",
+        id="sweep-dry-run-results-under-a-file",
+    ),
+    # grids the dry run must refuse
+    pytest.param(
+        ["sweep", "{grid_seeds_beyond_64_bits}", "--dry-run"],
+        "2\\*\\*64",
+        id="sweep-seed-beyond-64-bits",
+    ),
+    pytest.param(["sweep", "{grid_seeds_bool}", "--dry-run"], "seeds", id="sweep-seed-bool"),
+    pytest.param(
+        ["sweep", "{grid_dup_keys}", "--dry-run"],
+        "duplicate key 'seeds'",
+        id="sweep-duplicate-key",
+    ),
+    pytest.param(
+        ["sweep", "{grid_name_escapes}", "--dry-run"],
+        "cannot name a file",
+        id="sweep-name-escapes",
+    ),
+    pytest.param(
+        ["sweep", "{grid_name_absolute}", "--dry-run"],
+        "cannot name a file",
+        id="sweep-name-absolute",
+    ),
+    pytest.param(
+        ["sweep", "{grid_method_name_with_slash}", "--dry-run"],
+        "'a/b' cannot name",
+        id="sweep-method-name-slash",
+    ),
+    pytest.param(
+        ["sweep", "{grid_data_episodes_huge}", "--dry-run"], "episodes must be at most", id="sweep-huge-data"
+    ),
+    # bench names
+    pytest.param(["bench", "nope"], "unknown benchmark 'nope'", id="bench-unknown-name"),
+    pytest.param(["bench", "../../etc/passwd"], "unknown benchmark", id="bench-name-traversal"),
+    pytest.param(["bench", ""], "unknown benchmark ''", id="bench-empty-name"),
+    # an --out that is a symbolic link to nothing is refused by every command
+    pytest.param(
+        ["data", "generate", *GS, "--out", "{dangling}"],
+        "symbolic link",
+        id="generate-out-dangling",
+    ),
+    pytest.param([*TRAIN, "--out", "{dangling}"], "symbolic link", id="train-out-dangling"),
+    pytest.param(
+        ["data", "generate", *GS, "--out", "{loop}"],
+        "symbolic link that leads nowhere",
+        id="generate-out-loop",
+    ),
+    pytest.param(
+        ["evaluate", "--behaviour", "random", "--env", "gs-100", *EVAL, "--out", "{dangling}"],
+        "symbolic link",
+        id="evaluate-out-dangling",
+    ),
+    pytest.param(["report", "{dir}", "--out", "{dangling}"], "symbolic link", id="report-out-dangling"),
+    pytest.param(["select", "{dir}", "--out", "{dangling}"], "symbolic link", id="select-out-dangling"),
+    pytest.param(
+        ["demo", "--preset", "{grid_ok}", "--out", "{dangling}"], "symbolic link", id="demo-out-dangling"
+    ),
 ]
 
 

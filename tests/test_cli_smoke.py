@@ -407,7 +407,8 @@ def test_bench(workdir, capsys):
     # the script runs as its own process: its output goes to the real stdout, the summary here
     assert main(["bench", "tiny", "--dir", str(bench), "--arg=--quick"]) == 0
     assert "tiny         ok" in capsys.readouterr().out
-    assert main(["bench", "nope", "--dir", str(bench)]) == 1  # a missing script fails the run
+    assert main(["bench", "envs", "--dir", str(bench)]) == 1  # a shipped benchmark's missing script
+    assert main(["bench", "nope", "--dir", str(bench)]) == 2  # a name no benchmark has
 
 
 def test_demo_when_available(workdir, capsys):
@@ -442,6 +443,7 @@ def test_sweep_and_report_end_to_end(tmp_path):
     proc = subprocess.run(sweep, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 done" in proc.stdout
+    assert proc.stderr == "", "Ray's log lines stay in its session logs"
     again = subprocess.run(sweep, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert again.returncode == 0 and "3 already finished" in again.stdout
     rep = subprocess.run(

@@ -66,6 +66,12 @@ def test_generation_and_evaluation_cost_by_hand():
     ev = cost.evaluation_cost(agent, n_agents=[100, 10**6], horizon=10, episodes=5, seeds=3)
     per_episode = cost.EPISODE_RESULT_BYTES + cost.ACT_TIME_BYTES * 10
     assert ev.memory_bytes == 1000 + 20e6 + 15 * per_episode
+    # references at N = 10^6 only: 7 episodes of random, then of expert, while the 15 records are held
+    ev = cost.evaluation_cost(agent, n_agents=[100, 10**6], horizon=10, episodes=5, seeds=3, ref_episodes=7,
+                              ref_n_agents=[10**6])
+    assert ev.memory_bytes == 1000 + 20e6 + (15 + 7) * per_episode
+    step_100 = 0.5 + 1e-6 * (100 - cost.PROBE_SIZES[1])
+    assert ev.seconds == pytest.approx(15 * 10 * step_100 + 15 * 10 * step + 2 * 7 * 10 * step)
     unmeasured = AgentCost(0.0, 14.0, 0.0, 0.0, measured=False)
     assert cost.evaluation_cost(unmeasured, n_agents=[100], horizon=1, episodes=1, seeds=1).seconds is None
 

@@ -86,6 +86,8 @@ def check_batch(batch: TrajBatch, records, gamma=1.0):
         pdisc = gamma ** np.arange(rec.length - t0)
         assert batch.pop_rtg[b].item() == pytest.approx(float((pdisc * rec.pop_reward[t0:rec.length]).sum()))
         assert batch.episode_return[b].item() == pytest.approx(float(rec.pop_reward.sum()))
+        team = [rec.pop_reward[t0 + j] if t0 + j < rec.length else 0.0 for j in range(h)]
+        assert batch.pop_rewards is not None and batch.pop_rewards[b].tolist() == pytest.approx(team)
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
@@ -210,3 +212,23 @@ def test_expert_flag_follows_episode_labels(tmp_path):
     handmade(tmp_path / "m.h5")
     plain = WindowSampler(load_dataset(tmp_path / "m.h5"), horizon=2, batch_size=50, seed=0).sample()
     assert not plain.expert.any()
+
+
+def test_state_dict_restores_the_pool_and_the_generator(tmp_path):
+    handmade(tmp_path / "d.h5", lengths=[3] * 40, chunk_bytes=1000)  # 20 blocks of 2 episodes
+    ds = load_dataset(tmp_path / "d.h5", in_memory=False)
+    a = WindowSampler(ds, horizon=2, batch_size=8, m_range=(2, 3), seed=0, cache_bytes=5000)
+    assert a.pool_blocks == 3 and not a.resident
+    for _ in range(7):  # 6 swaps: every pool position replaced twice
+        a.sample()
+    state = a.state_dict()
+    b = WindowSampler(ds, horizon=2, batch_size=8, m_range=(2, 3), seed=1, cache_bytes=5000)
+    assert b.state_dict()["blocks"] != state["blocks"]
+    b.load_state_dict(state)
+    assert b.state_dict() == state
+    assert np.flatnonzero(b._is_resident).tolist() == sorted(state["blocks"])
+    for _ in range(5):
+        x, y = a.sample(), b.sample()
+        assert torch.equal(x.states, y.states) and torch.equal(x.actions, y.actions)
+    with pytest.raises(ValueError, match="does not fit this pool"):
+        b.load_state_dict({**state, "blocks": [0, 1, 99]})

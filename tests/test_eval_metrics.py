@@ -7,7 +7,7 @@ from mfdiffuser import envs
 from mfdiffuser.cli import main
 from mfdiffuser.eval.evaluate import env_args_at, evaluate_policy
 from mfdiffuser.eval.exploitability import exploitability
-from mfdiffuser.eval.metrics import battle_outcome, normalized_score, summarize
+from mfdiffuser.eval.metrics import battle_outcome, battle_survivors, normalized_score, summarize
 from mfdiffuser.eval.rollout import EpisodeResult, RolloutResult, rollout
 
 
@@ -62,6 +62,15 @@ def test_battle_draw_counts_half_a_win():
     out = summarize(RolloutResult(10, (draw, won, lost), 0.0, 0.0))
     assert out["win_rate"]["values"] == pytest.approx([0.5, 1.0, 0.0])
     assert out["win_rate"]["mean"] == pytest.approx(0.5)
+    assert "survivors" not in out  # these episodes report no survivor count
+
+
+def test_battle_survivors_share_of_the_team():
+    eps = [_ep(0, 0, 0.0, win=1.0, survivors=6), _ep(1, 0, 0.0, win=0.0, survivors=0)]
+    out = summarize(RolloutResult(8, tuple(eps), 0.0, 0.0))
+    assert out["survivors"]["values"] == pytest.approx([0.75, 0.0])
+    assert out["survivors"]["mean"] == pytest.approx(0.375)
+    assert battle_survivors(_ep(0, 0, 0.0), 8) is None
 
 
 def test_reference_episodes_are_disjoint_from_evaluation_episodes():

@@ -210,9 +210,12 @@ def test_mfd_bench_runs_scripts_and_reports_missing(tmp_path, capsys):
     (tmp_path / "bench_fast.py").write_text("print('figure: 42 agent-steps/s')\n")
     (tmp_path / "bench_broken.py").write_text("raise SystemExit(3)\n")
     assert main(["bench", "fast", "--dir", str(tmp_path)]) == 0
-    assert main(["bench", "fast", "broken", "nothere", "--dir", str(tmp_path)]) == 1
+    # "envs" ships with the project but has no script in this directory: reported missing
+    assert main(["bench", "fast", "broken", "envs", "--dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert "failed (exit 3)" in out and "missing" in out
+    assert "failed (exit 3)" in out and "envs         missing" in out
+    assert main(["bench", "fast", "nothere", "--dir", str(tmp_path)]) == 2  # a name nothing has
+    assert "unknown benchmark 'nothere'" in capsys.readouterr().err
     assert main(["bench", "--list", "--dir", str(tmp_path)]) == 0
     listed = capsys.readouterr().out.split()
     assert {"envs", "fast", "broken"} <= set(listed)

@@ -124,9 +124,12 @@ PRE = OPTIONS["stats_batches"]
 """Batches MF-Diffuser's build draws (data statistics) before training's first step."""
 
 
-def _interrupt_sampler_at(monkeypatch, step: int, action) -> None:
-    """Make the batch draw of training step ``step`` (part-way through that step) run ``action()``."""
-    call = step + PRE
+def _interrupt_sampler_at(monkeypatch, step: int, action, pre: int = PRE) -> None:
+    """Make the batch draw of training step ``step`` (part-way through that step) run ``action()``.
+
+    ``pre``: batches the learner's build draws before training (MF-Diffuser's statistics).
+    """
+    call = step + pre
     original = WindowSampler.sample
     calls = {"n": 0}
 
@@ -186,6 +189,102 @@ def test_interrupt_before_the_first_checkpoint(dataset, tmp_path, monkeypatch):
         _train(dataset, tmp_path / "run")
     assert info.value.step is None and not (tmp_path / "run" / CHECKPOINT).exists()
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_signal_while_loading_the_checkpoint_is_an_interrupted_run(dataset, straight, tmp_path, monkeypatch):
+    # a Ctrl-C or SIGTERM before the first step of a resumed run (here: while its checkpoint loads)
+    # stops it cleanly: the checkpoint on disk stays the one to resume from, run.json says so
+    import mfdiffuser.algos.trainer as trainer_module
+
+    run_dir = tmp_path / "run"
+    _interrupt_sampler_at(monkeypatch, 23, lambda: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(TrainingInterrupted):
+        _train(dataset, run_dir)
+    monkeypatch.undo()
+    original = trainer_module.read_checkpoint
+
+    def read_then_signal(*args, **kwargs):
+        state = original(*args, **kwargs)
+        signal.raise_signal(signal.SIGTERM)  # the default handler would kill the process here
+        return state
+
+    monkeypatch.setattr(trainer_module, "read_checkpoint", read_then_signal)
+    with pytest.raises(TrainingInterrupted) as info:
+        _train(dataset, run_dir)
+    assert (info.value.step, info.value.signum) == (23, signal.SIGTERM)
+    assert read_checkpoint(run_dir / CHECKPOINT)["step"] == 23
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["step"] == 23
+    monkeypatch.undo()
+    _train(dataset, run_dir)
+    assert_same_checkpoint(run_dir, straight)
+
+
+def test_signal_before_any_checkpoint_saves_none(dataset, tmp_path, monkeypatch):
+    import mfdiffuser.tracking as tracking
+
+    original = tracking.Tracker.__init__
+
+    def init_then_signal(self, *args, **kwargs):  # while the loggers start, before the first step
+        original(self, *args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(tracking.Tracker, "__init__", init_then_signal)
+    with pytest.raises(TrainingInterrupted) as info:
+        _train(dataset, tmp_path / "run")
+    assert info.value.step is None and not (tmp_path / "run" / CHECKPOINT).exists()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "interrupted"
+
+
+# ----------------------------------------------------------------- a dataset larger than the pool
+POOL_BYTES = 5000
+"""The window sampler's pool in the test below: 3 blocks of 2 episodes out of 20 blocks."""
+
+
+@pytest.fixture(scope="module")
+def chunked(tmp_path_factory) -> Path:
+    """A hand-made dataset of 40 short episodes stored 2 per chunk (one block of the pool)."""
+    from test_data_sampler import handmade
+
+    path = tmp_path_factory.mktemp("chunked") / "d.h5"
+    handmade(path, lengths=[3] * 40, chunk_bytes=1000)
+    return path
+
+
+def _small_pool(monkeypatch) -> None:
+    original = WindowSampler.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **{**kwargs, "cache_bytes": POOL_BYTES})
+        assert not self.resident
+
+    monkeypatch.setattr(WindowSampler, "__init__", init)
+
+
+def _train_chunked(dataset: Path, run_dir: Path):
+    seed_everything(0)
+    options = {"horizon": 2, "m_range": [2, 4], "hidden": 8}
+    return train("bc", dataset, run_dir, options, _trainer())
+
+
+def test_resume_is_exact_when_the_dataset_exceeds_the_sampler_pool(chunked, tmp_path, monkeypatch):
+    """The pool's blocks are part of the checkpoint: a resumed run samples the same episodes."""
+    _small_pool(monkeypatch)
+    straight_dir = tmp_path / "straight"
+    _train_chunked(chunked, straight_dir)
+    run_dir = tmp_path / "run"
+    # the 40th batch drawn (bc's build draws some for its statistics first): part-way through training
+    _interrupt_sampler_at(monkeypatch, 40, lambda: signal.raise_signal(signal.SIGINT), pre=0)
+    with pytest.raises(TrainingInterrupted) as info:
+        _train_chunked(chunked, run_dir)
+    assert 10 < info.value.step < STEPS and info.value.step % 10  # saved between two checkpoints
+    state = read_checkpoint(run_dir / CHECKPOINT)["sampler"]
+    assert len(state["blocks"]) == 3 and state["batches"] == info.value.step
+    monkeypatch.undo()
+    _small_pool(monkeypatch)
+    _train_chunked(chunked, run_dir)
+    assert_same_checkpoint(run_dir, straight_dir)
+    assert _metrics(run_dir) == _metrics(straight_dir)
 
 
 # ----------------------------------------------------------------- real signals to `mfd train`
@@ -319,8 +418,9 @@ def test_checkpoint_with_code_is_refused_before_it_runs(dataset, trained, tmp_pa
 
 def test_checkpoint_state_is_weights_only(straight):
     state = read_checkpoint(straight / CHECKPOINT)
-    assert set(state) == {"learner", "ema", "optim", "torch_rng", "sampler_rng", "step"}
+    assert set(state) == {"learner", "ema", "optim", "torch_rng", "sampler_rng", "sampler", "step"}
     assert isinstance(state["sampler_rng"], dict) and state["step"] == STEPS
+    assert state["sampler"]["rng"] == state["sampler_rng"] and state["sampler"]["blocks"] == [0]
 
 
 def test_torn_last_metrics_line_is_dropped_other_damage_named(dataset, trained):

@@ -83,6 +83,16 @@ def debug_enabled() -> bool:
     return os.environ.get("MFD_DEBUG", "").strip().lower() in DEBUG_ON
 
 
+def _exit_now_if_ray_hangs(code: int) -> None:
+    """End the process at once when a Ray join attempt still hangs (see ``raycluster.join_abandoned``)."""
+    from mfdiffuser.raycluster import join_abandoned
+
+    if join_abandoned():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``mfd`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     parser = build_parser()
@@ -103,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug_enabled():
             raise
         sys.stderr.write(f"mfd {command_name(args)}: error: {error_message(exc)}\n")
+        if argv is None:  # run as the program (a caller passing argv keeps its process)
+            _exit_now_if_ray_hangs(2)
         return 2
     except MemoryError as exc:  # past the cost estimates (pass --force, or an estimate too low)
         if debug_enabled():

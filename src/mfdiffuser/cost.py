@@ -256,16 +256,23 @@ def evaluation_cost(
     horizon: int,
     episodes: int,
     seeds: int,
+    ref_episodes: int = 0,
+    ref_n_agents: Sequence[int] = (),
 ) -> CostEstimate:
     """Peak memory and time of ``mfd evaluate``: the N are evaluated one after another.
 
     At each N the env and its policy are held, plus every finished episode's record (about
-    :data:`EPISODE_RESULT_BYTES` and :data:`ACT_TIME_BYTES` per step) until the N is summarised.
+    :data:`EPISODE_RESULT_BYTES` and :data:`ACT_TIME_BYTES` per step) until the N is summarised. At
+    each N of ``ref_n_agents`` (those with no stored reference returns) the random and the expert
+    behaviour then play ``ref_episodes`` episodes each, one policy after the other, while the
+    evaluation's records are still held; their steps are counted at the evaluated policy's cost.
     """
     per_episode = EPISODE_RESULT_BYTES + ACT_TIME_BYTES * horizon
     runs = episodes * seeds
-    peak = max(agent.bytes_at(int(n)) for n in n_agents) + runs * per_episode
+    refs = ref_episodes if len(ref_n_agents) else 0
+    peak = max(agent.bytes_at(int(n)) for n in n_agents) + (runs + refs) * per_episode
     seconds = sum(runs * horizon * agent.step_seconds_at(int(n)) for n in n_agents)
+    seconds += sum(2 * ref_episodes * horizon * agent.step_seconds_at(int(n)) for n in ref_n_agents)
     return CostEstimate("this evaluation", peak, seconds if agent.measured else None)
 
 
@@ -292,9 +299,13 @@ def check_evaluation(
     *,
     episodes: int,
     seeds: int,
+    ref_episodes: int = 0,
+    ref_n_agents: Sequence[int] = (),
     force: bool = False,
 ) -> CostEstimate | None:
     """Estimate an evaluation (probing env and policy when some N exceeds the probe sizes) and check it.
+
+    ``ref_episodes`` and ``ref_n_agents`` are the reference rollouts of :func:`evaluation_cost`.
 
     Returns:
         The estimate, or None when the env cannot be built at a probe size (the evaluation then
@@ -317,6 +328,14 @@ def check_evaluation(
         agent = probe_agent_cost(make_env, lambda env: [make_policy(env)], state_size, n_actions)
     else:
         agent = AgentCost(0.0, float(step_array_bytes(state_size, n_actions)), 0.0, 0.0, measured=False)
-    estimate = evaluation_cost(agent, n_agents=n_agents, horizon=horizon, episodes=episodes, seeds=seeds)
+    estimate = evaluation_cost(
+        agent,
+        n_agents=n_agents,
+        horizon=horizon,
+        episodes=episodes,
+        seeds=seeds,
+        ref_episodes=ref_episodes,
+        ref_n_agents=ref_n_agents,
+    )
     check_memory(estimate, force=force)
     return estimate

@@ -6,11 +6,38 @@ joins a cluster, and ``auto`` only one of this user's. Joining fails with one li
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from mfdiffuser.errors import MfdError, first_line
+
+
+def check_ray_address(address: str, what: str = "--address") -> str:
+    """Return ``address`` if it has a form Ray can join: ``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``.
+
+    HOST is a name or an IPv4 address, or an IPv6 address in brackets (``[::1]:6379``); PORT lies in
+    1..65535. Checked before Ray sees it: Ray logs its own complaints about a malformed address to
+    the terminal before it fails.
+
+    Raises:
+        MfdError: naming ``what`` and the address.
+    """
+    import re
+
+    if address == "auto":
+        return address
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    plain = re.fullmatch(r"[A-Za-z0-9_.-]+", host) is not None
+    bracketed = re.fullmatch(r"\[[0-9A-Fa-f:.]+\]", host) is not None
+    if not sep or not (plain or bracketed) or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise MfdError(
+            f"{what} {address!r} is not a Ray address: give auto or HOST:PORT (a port in 1..65535, "
+            "an IPv6 host in brackets)"
+        )
+    return address
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -83,6 +110,35 @@ def resolve_ray_address(address: str) -> str:
     return text
 
 
+def check_cluster(address: str) -> str:
+    """The ``host:port`` of ``--address``, checked before anything is written.
+
+    It must be well formed and something must answer there (``auto`` is resolved as
+    :func:`resolve_ray_address` does).
+
+    Raises:
+        MfdError: a malformed address, no cluster of this user's for ``auto``, or nothing answering.
+    """
+    target = resolve_ray_address(check_ray_address(address))
+    if target != address:
+        check_ray_address(target, "the Ray cluster recorded for auto,")
+    _check_reachable(target)
+    return target
+
+
+_abandoned: list[Any] = []
+"""Join attempts given up on that may still be running (their threads cannot be stopped)."""
+
+
+def join_abandoned() -> bool:
+    """Whether a join attempt given up on is still running in this process.
+
+    Such a process must end with ``os._exit``: while the interpreter shuts down, Ray's C++ threads
+    of the hanging attempt can abort the process (``std::bad_alloc``) after its error was printed.
+    """
+    return any(t.is_alive() for t in _abandoned)
+
+
 def _join_ray(ray: Any, address: str, kwargs: dict[str, Any], timeout: float) -> None:
     """``ray.init(address=...)``, giving up after ``timeout`` seconds (Ray itself waits for minutes).
 
@@ -104,6 +160,7 @@ def _join_ray(ray: Any, address: str, kwargs: dict[str, Any], timeout: float) ->
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
+        _abandoned.append(thread)
         raise MfdError(f"cannot join the Ray cluster at {address!r}: no answer within {timeout:g} s")
     exc = outcome["error"]
     if exc is None:
@@ -154,10 +211,15 @@ def init_ray(
     ray = require("ray", "ray")
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+    # Ray's own log lines (its start, token notices, worker warnings) stay in its session logs: on
+    # the terminal they would come before, or instead of, the command's one-line messages.
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.ERROR,
+    }
     if address is not None:
-        target = resolve_ray_address(address)
-        _check_reachable(target)
+        target = check_cluster(address)
         _join_ray(ray, target, kwargs, timeout)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)

@@ -8,11 +8,12 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,6 +26,10 @@ UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 def utc_timestamp() -> str:
     """The current UTC time as ``YYYY-MM-DDTHH:MM:SSZ`` (the stamp records and datasets carry)."""
     return time.strftime(UTC_FORMAT, time.gmtime())
+
+
+SEED_LIMIT = 2**64
+"""Seeds are integers in ``[0, SEED_LIMIT)``: torch's generators take 64-bit seeds."""
 
 
 def seed_everything(seed: int) -> None:
@@ -86,12 +91,91 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as exc:  # a failed write names the file the caller asked for, not the temporary one
-        if exc.filename == str(tmp_path) and exc.filename2 is None:
-            exc.filename = str(path)
+        if exc.filename in (None, str(tmp_path)) and exc.filename2 is None:
+            exc.filename = str(path)  # None: a write() on the open file (disk full) names no file
         raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def append_text(path: str | os.PathLike[str], text: str) -> None:
+    """Append ``text`` to the file at ``path``; a failed write (disk full) names the file."""
+    try:
+        with open(path, "a") as f:
+            f.write(text)
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
+def check_not_dangling(path: str | os.PathLike[str], what: str = "--out") -> None:
+    """Refuse an output ``path`` that is a symbolic link to nothing.
+
+    Every command refuses it the same way: writing would replace the link with a file (the rename
+    of an atomic write) or fail to create a directory there, neither of which a link asks for.
+
+    Raises:
+        ValueError: naming the link and its missing target.
+    """
+    if os.path.islink(path) and not os.path.exists(path):
+        raise ValueError(
+            f"{what} {os.fspath(path)} is a symbolic link that leads nowhere (to {os.readlink(path)!r}); "
+            f"create its target or choose another {what}"
+        )
+
+
+def check_dir_target(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse a directory ``path`` that can never be one: a file, a dangling link, or under a file.
+
+    A missing directory is fine (it is created with its parents when something is written).
+
+    Raises:
+        ValueError: naming ``what`` (e.g. ``--results``) and the path at fault.
+    """
+    check_not_dangling(path, what)
+    for candidate in [Path(path), *Path(path).parents]:
+        if candidate.exists():
+            if not candidate.is_dir():
+                at = "" if candidate == Path(path) else f" ({candidate} is a file)"
+                raise ValueError(f"{what} {os.fspath(path)} is not a directory{at}")
+            return
+
+
+def outermost_missing(path: str | os.PathLike[str]) -> Path | None:
+    """The outermost directory that creating ``path`` with its parents would make; None if it exists.
+
+    A dangling symbolic link counts as existing (it is not ours to remove).
+    """
+    missing = None
+    for candidate in [Path(os.path.abspath(path)), *Path(os.path.abspath(path)).parents]:
+        if os.path.lexists(candidate):
+            break
+        missing = candidate
+    return missing
+
+
+@contextlib.contextmanager
+def removed_on_failure(
+    directory: str | os.PathLike[str],
+    *,
+    keep: Callable[[], bool] = lambda: False,
+    errors: tuple[type[BaseException], ...] = (Exception,),
+) -> Iterator[None]:
+    """Run a block that creates ``directory``; if it raises one of ``errors``, remove what it created.
+
+    Only directories that did not exist when the block started are removed (``directory`` and any
+    missing parents): an existing directory and everything in it stay. ``keep()`` is asked after the
+    failure: True keeps the new directory too (it holds something worth resuming from).
+    """
+    created = outermost_missing(directory)
+    try:
+        yield
+    except errors:
+        if created is not None and not keep():
+            shutil.rmtree(created, ignore_errors=True)
+        raise
 
 
 def save_figure(fig: object, path: str | os.PathLike[str], **savefig_kwargs: object) -> Path:

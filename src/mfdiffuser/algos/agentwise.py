@@ -208,6 +208,37 @@ def taken(q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     return q.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
 
 
+def signal_rtg(batch: TrajBatch, signal: str) -> torch.Tensor:
+    """``[B, M]`` return-to-go from each window's start: the agent's own, or the team's for all M.
+
+    ``signal`` is ``agent`` (``batch.rtg``) or ``team`` (``batch.pop_rtg``, the population's mean
+    return-to-go, repeated over the segment's agents): with sparse per-agent rewards (a kill pays
+    the agent that lands the last hit), the team's return credits everyone who took part.
+    """
+    if signal == "team":
+        return batch.pop_rtg[:, None].expand_as(batch.rtg)
+    return batch.rtg
+
+
+def signal_rewards(st: Steps, batch: TrajBatch, signal: str) -> Steps:
+    """``st`` with ``rewards [B, H, M]`` the agents' own (``agent``) or the team's mean (``team``).
+
+    Raises:
+        ValueError: ``team`` asked of a batch without ``pop_rewards``.
+    """
+    if signal != "team":
+        return st
+    if batch.pop_rewards is None:
+        raise ValueError("signal=team needs batches with pop_rewards (the window sampler provides them)")
+    team = batch.pop_rewards[:, :, None].expand_as(st.rewards)
+    return st._replace(rewards=torch.where(st.mask, team, torch.zeros_like(team)))
+
+
+def signal_return_values(batch: TrajBatch, signal: str) -> torch.Tensor:
+    """``[n]`` the returns-to-go a learner with this ``signal`` standardises (real agents only)."""
+    return signal_rtg(batch, signal)[batch.mask[:, :, 0]]
+
+
 def td_target(st: Steps, next_value: torch.Tensor, gamma: float, reward_scale: torch.Tensor) -> torch.Tensor:
     """``r / scale + gamma (1 - done) V(s')`` per transition ``[B, H, M]`` (no gradient)."""
     return (st.rewards / reward_scale + gamma * (1.0 - st.done) * next_value).detach()
@@ -224,7 +255,9 @@ class PerAgentLearner(nn.Module):
     def __init__(self, config: AgentConfig, dims: Dims) -> None:
         super().__init__()
         self.config, self.dims = config, dims
-        self.policy = PolicyNet(dims.state_size, dims.context_size, dims.n_actions, config.hidden)
+        self.policy = PolicyNet(
+            dims.state_size, dims.context_size, dims.n_actions, config.hidden, view_shape=dims.view_shape
+        )
         self.returns = Standardizer()
 
     @classmethod

@@ -22,12 +22,14 @@ ACTING_MODES = ("sample", "greedy")
 
 
 class Dims(NamedTuple):
-    """Sizes a learner is built for: S state, A actions, P summary, T episode length."""
+    """Sizes a learner is built for: S state, A actions, P summary, T episode length, the view's shape."""
 
     state_size: int
     n_actions: int
     summary_size: int
     episode_length: int
+    view_shape: tuple[int, int, int] | None = None
+    """``[V, V, C]`` of the image view closing each observation (``battle``'s view mode), or None."""
 
     @property
     def context_size(self) -> int:
@@ -36,8 +38,12 @@ class Dims(NamedTuple):
 
 
 def dims_from_meta(meta: Any) -> Dims:
-    """The :class:`Dims` of a dataset's metadata (``DatasetMeta``)."""
-    return Dims(int(meta.state_size), int(meta.n_actions), int(meta.summary_size), int(meta.horizon))
+    """The :class:`Dims` of a dataset's metadata (``DatasetMeta``), with the env's observation view."""
+    from mfdiffuser.envs import observation_view
+
+    env = getattr(meta, "env", None)
+    view = observation_view(env, dict(getattr(meta, "env_args", {}))) if env else None
+    return Dims(int(meta.state_size), int(meta.n_actions), int(meta.summary_size), int(meta.horizon), view)
 
 
 INF = float("inf")
@@ -66,7 +72,14 @@ BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "assumed_gflops": (0, INF, False, False),
 }
 # option name -> accepted values.
-CHOICES: dict[str, tuple[str, ...]] = {"acting": ACTING_MODES, "weight_by": ("segment", "episode")}
+SIGNALS = ("agent", "team")
+"""What the weighted per-agent baselines learn from: each agent's own rewards, or the team's (the
+population's mean reward, which every agent of a segment shares)."""
+CHOICES: dict[str, tuple[str, ...]] = {
+    "acting": ACTING_MODES,
+    "weight_by": ("segment", "episode"),
+    "signal": SIGNALS,
+}
 
 
 @dataclass

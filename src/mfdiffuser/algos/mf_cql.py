@@ -39,7 +39,9 @@ class MFCQL(PerAgentLearner):
 
     def __init__(self, config: Config, dims: Dims) -> None:
         super().__init__(config, dims)
-        self.q = TwinQNet(dims.state_size, dims.context_size, dims.n_actions, config.hidden)
+        self.q = TwinQNet(
+            dims.state_size, dims.context_size, dims.n_actions, config.hidden, view_shape=dims.view_shape
+        )
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.policy.requires_grad_(False)
 

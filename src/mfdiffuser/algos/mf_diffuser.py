@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,6 +22,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from mfdiffuser.algos.base import LossOutput, ParamGroup
+from mfdiffuser.algos.critics import (
+    CRITICS,
+    check_search_options,
+    make_critic,
+    resolve_critic,
+    select_candidate,
+)
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.diffusion import (
     SCHEDULES,
@@ -43,6 +51,7 @@ WEIGHTINGS = ("segment", "agent", "episode")
 MODES = ("representatives", "population")
 DECODERS = ("categorical", "argmax", "head")
 M_DRAWS = ("uniform", "log")
+SELECTS = ("best", "softmax")
 
 
 @dataclass
@@ -125,6 +134,29 @@ class Config:
     """Bound on B x M per batch: batches with large M hold fewer segments (None: B segments always)."""
     gate: bool = False
     """Scale each interaction block's output by a learned scalar initialised at 0 (starts as identity)."""
+    # critics and search
+    critic: str = "none"
+    """TD critic trained with the denoiser to rank candidate plans: none, agent (per-agent IQL),
+    population (segment critic, shared-reward games) or auto (population where every agent gets the
+    population's reward, as in gaussian-squeeze; else agent)."""
+    critic_hidden: int = 128
+    """Width of the critic networks."""
+    critic_gamma: float = 0.99
+    """Discount of the critic's TD targets."""
+    critic_expectile: float = 0.7
+    """Expectile tau of the critic's state value against its target Q."""
+    critic_tau: float = 0.005
+    """Polyak rate of the critic's target Q."""
+    critic_lr: float = 3e-4
+    """Learning rate of the critic's parameter group."""
+    critic_clip: float = 10.0
+    """Gradient-norm clip of the critic's parameter group (0 disables)."""
+    candidates: int = 1
+    """Candidate plans drawn at the coarsest level and ranked by the critic (1: no search)."""
+    select: str = "best"
+    """Which candidate is refined: best (highest score) or softmax (drawn with p ~ exp(score / T))."""
+    select_temperature: float = 1.0
+    """T of softmax selection, in units of the data's return-to-go s.d. (the critic's reward scale)."""
 
     def __post_init__(self) -> None:
         self.m_range = tuple(int(v) for v in self.m_range)  # type: ignore[assignment]
@@ -141,6 +173,8 @@ class Config:
             "mode": MODES,
             "action_decode": DECODERS,
             "m_draw": M_DRAWS,
+            "critic": CRITICS,
+            "select": SELECTS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -173,6 +207,7 @@ class Config:
             raise ValueError(
                 f"mf-diffuser: replan_every must lie in [1, H={self.horizon}], got {self.replan_every}"
             )
+        check_search_options(self)
         levels = LevelSchedule(self.levels, self.steps_per_level)
         if levels.total_steps > self.diffusion_steps:
             raise ValueError(
@@ -213,7 +248,15 @@ class MFDiffuser(nn.Module):
     channel_mask: torch.Tensor
     value_target: ValueNet | None
 
-    def __init__(self, config: Config, state_size: int, n_actions: int, summary_size: int, episode_len: int):
+    def __init__(
+        self,
+        config: Config,
+        state_size: int,
+        n_actions: int,
+        summary_size: int,
+        episode_len: int,
+        critic: str | None = None,
+    ):
         super().__init__()
         self.config = config
         self.S, self.A, self.P, self.T = state_size, n_actions, summary_size, episode_len
@@ -235,6 +278,7 @@ class MFDiffuser(nn.Module):
             copy.deepcopy(self.value).requires_grad_(False) if config.value_target_tau > 0 else None
         )
         self.action_head = ActionHead(state_size, ctx, n_actions, config.head_hidden)
+        self.critic = make_critic(config, critic or config.critic, state_size, n_actions, ctx)
         self.register_buffer("state_mean", torch.zeros(state_size))
         self.register_buffer("state_std", torch.ones(state_size))
         self.register_buffer("summary_mean", torch.zeros(summary_size))
@@ -451,28 +495,38 @@ class MFDiffuser(nn.Module):
             expert = batch.expert.unsqueeze(1) & valid
             if expert.any() and not bool(expert.eq(valid).all()):  # both kinds of episode in the batch
                 metrics["expert_weight_share"] = float(w[expert].sum() / w[valid].sum())
+        if self.critic is not None:  # disjoint parameters, own param group: the sum trains each apart
+            critic_out = self.critic.loss(self, batch)
+            total, metrics = total + critic_out.loss, {**metrics, **critic_out.metrics}
         return LossOutput(total, {**metrics, **w_metrics})
 
     def after_step(self) -> None:
-        """Count the optimizer step (for the weights' warm-up) and move the target value towards the value."""
+        """Per optimiser step: count it (the weights' warm-up); target value and critic follow (Polyak)."""
         self.weight_step.add_(1)
         if self.value_target is not None:
             polyak_update(self.value_target, self.value, self.config.value_target_tau)
+        if self.critic is not None:
+            self.critic.update_target()
 
     def param_groups(self) -> list[ParamGroup]:
-        """The value net in its own group (own lr and clip), the denoiser and the action head in theirs."""
+        """Optimiser groups: value and critic (if any) with their own lr and clip, the rest the trainer's."""
         cfg = self.config
-        return [
+        groups = [
             ParamGroup("denoiser", list(self.denoiser.parameters()), None, None),
             ParamGroup("value", list(self.value.parameters()), cfg.value_lr, cfg.value_clip),
             ParamGroup("action_head", list(self.action_head.parameters()), None, None),
         ]
+        critic = self.critic.trainable() if self.critic is not None else []
+        if critic:
+            groups.append(ParamGroup("critic", critic, cfg.critic_lr, cfg.critic_clip))
+        return groups
 
 
 # ------------------------------------------------------------------------- build
 def build(config: Config, meta: Any, dataset: Any) -> MFDiffuser:
     """The MF-Diffuser learner for a dataset's dimensions; statistics from ``dataset`` when given."""
-    learner = MFDiffuser(config, meta.state_size, meta.n_actions, meta.summary_size, meta.horizon)
+    critic = resolve_critic(config.critic, meta.env)
+    learner = MFDiffuser(config, meta.state_size, meta.n_actions, meta.summary_size, meta.horizon, critic)
     if dataset is not None:
         from mfdiffuser.algos.run import sampler_options
         from mfdiffuser.data import WindowSampler
@@ -503,6 +557,14 @@ class PlanOutput(NamedTuple):
     """``[N]`` int64: particle each agent follows."""
     levels: LevelSchedule
     """The level schedule used (capped at N)."""
+    scores: np.ndarray | None = None
+    """``[K]`` float32: the critic's score of each candidate (None with one candidate)."""
+    chosen: int = 0
+    """Index of the candidate that was refined."""
+
+
+Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(segments [K, M, H, D], context [K, C]) -> scores [K]``: ranks clean candidate segments."""
 
 
 @torch.inference_mode()
@@ -517,6 +579,10 @@ def sample_plan(
     eta: float = 1.0,
     action_decode: str = "categorical",
     branch_keep: float = 0.0,
+    candidates: int = 1,
+    select: str = "best",
+    select_temperature: float = 1.0,
+    scorer: Scorer | None = None,
 ) -> PlanOutput:
     """Sample one plan for N agents by coarse-to-fine denoising, and lift it to every agent.
 
@@ -524,6 +590,11 @@ def sample_plan(
     are tied to representative agents (middle of their rank block in :func:`state_order`), whose
     current states are inpainted and given explicitly; at a level boundary each particle branches
     into children re-noised from its predicted clean sample (:func:`branch`).
+
+    Critic-guided search: with K ``candidates`` the coarsest level denoises K particle sets at once
+    (batch B = K); after its steps the critic scores each candidate's predicted clean segment, one
+    survivor is kept (:func:`~mfdiffuser.algos.critics.select_candidate`) and only it is refined
+    through the finer levels. One candidate draws exactly what the planner without search draws.
 
     Args:
         learner: a trained :class:`MFDiffuser` (EMA weights).
@@ -536,7 +607,19 @@ def sample_plan(
         eta: DDIM eta.
         action_decode: ``categorical``, ``argmax`` or ``head`` (:meth:`MFDiffuser.decode_actions`).
         branch_keep: correlation of a child's noise with its parent's (see :func:`branch`).
+        candidates: K, candidate plans at the coarsest level (1: no search).
+        select: ``best`` or ``softmax`` (see :func:`~mfdiffuser.algos.critics.select_candidate`).
+        select_temperature: temperature of ``softmax`` selection.
+        scorer: ranks the candidates; default the learner's critic (required when K > 1).
     """
+    if candidates < 1:
+        raise ValueError(f"mf-diffuser: candidates must be >= 1, got {candidates}")
+    if candidates > 1 and scorer is None:
+        if learner.critic is None:
+            raise ValueError(
+                "mf-diffuser: candidates > 1 needs a critic (train with critic=agent, population or auto)"
+            )
+        scorer = learner.critic.score
     n = states.shape[0]
     levels = levels.capped(n)
     sched = learner.scheduler
@@ -556,10 +639,13 @@ def sample_plan(
     clip = (clip_lo, -clip_lo)
     timesteps = sched.timesteps(levels.total_steps)
     m = levels.sizes[0]
-    s0 = rep_states(m)  # [1, M_0, S]
-    x = torch.randn((1, m, learner.H, learner.D), generator=generator, device=device)
+    s0 = rep_states(m).expand(candidates, -1, -1)  # [K, M_0, S]
+    ctx = ctx.expand(candidates, -1)  # [K, C]
+    x = torch.randn((candidates, m, learner.H, learner.D), generator=generator, device=device)
     i = 0
     x0 = x
+    scores: torch.Tensor | None = None
+    chosen = 0
     for j, n_steps in enumerate(levels.steps):
         for _ in range(n_steps):
             k, k_prev = timesteps[i], (timesteps[i + 1] if i + 1 < len(timesteps) else -1)
@@ -567,6 +653,11 @@ def sample_plan(
             eps = learner.denoiser(x, k, s0, ctx)
             x, x0 = sched.ddim_step(eps, k, k_prev, x, eta=eta, generator=generator, clip=clip)
             i += 1
+        if candidates > 1 and scorer is not None and j == 0:  # rank the coarse candidates, refine one
+            scores = scorer(learner.inpaint(x0, s0), ctx)
+            chosen = select_candidate(scores, select, select_temperature, generator)
+            keep = slice(chosen, chosen + 1)
+            x, x0, s0, ctx = x[keep], x0[keep], s0[keep], ctx[keep]
         if j + 1 < len(levels.sizes):
             m_next = levels.sizes[j + 1]
             s0 = rep_states(m_next)
@@ -577,7 +668,10 @@ def sample_plan(
     actions = learner.decode_actions(x0, generator, action_decode, step_ctx)[0].cpu().numpy().astype(np.int64)
     plan_states = (x0[0, :, :, : learner.S] * learner.state_std + learner.state_mean).cpu().numpy()
     assignment = assign_blocks(order, m)
-    return PlanOutput(actions[assignment], actions, plan_states.astype(np.float32), assignment, levels)
+    return PlanOutput(
+        actions[assignment], actions, plan_states.astype(np.float32), assignment, levels,
+        None if scores is None else scores.float().cpu().numpy(), chosen,
+    )
 
 
 # ------------------------------------------------------------------------ acting
@@ -596,6 +690,9 @@ class MFDiffuserPolicy:
         population_cap: override of the population mode's cap.
         branch_keep: override of the branching noise correlation.
         sample_steps: override of the number of denoising steps per plan (DDIM stride).
+        candidates: override of the number of candidate plans ranked by the critic.
+        select: override of the candidate selection (best or softmax).
+        select_temperature: override of the softmax selection's temperature.
     """
 
     def __init__(
@@ -611,6 +708,9 @@ class MFDiffuserPolicy:
         population_cap: int | None = None,
         branch_keep: float | None = None,
         sample_steps: int | None = None,
+        candidates: int | None = None,
+        select: str | None = None,
+        select_temperature: float | None = None,
     ) -> None:
         over: dict[str, Any] = {
             "mode": mode,
@@ -622,8 +722,16 @@ class MFDiffuserPolicy:
             "population_cap": population_cap,
             "branch_keep": branch_keep,
             "sample_steps": sample_steps,
+            "candidates": candidates,
+            "select": select,
+            "select_temperature": select_temperature,
         }
         self.config = dataclasses.replace(config, **{k: v for k, v in over.items() if v is not None})
+        if self.config.candidates > 1 and learner.critic is None:
+            raise ValueError(
+                f"mf-diffuser: candidates={self.config.candidates} needs a critic, and this model has none "
+                "(train with critic=agent, population or auto)"
+            )
         self.learner = learner.eval()
         self.last_plan: PlanOutput | None = None
         self._cursor = 0
@@ -663,6 +771,9 @@ class MFDiffuserPolicy:
                 self.config.eta,
                 self.config.action_decode,
                 self.config.branch_keep,
+                self.config.candidates,
+                self.config.select,
+                self.config.select_temperature,
             )
             self._cursor = 0
         actions = self.last_plan.actions[:, self._cursor]

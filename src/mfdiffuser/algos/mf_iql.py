@@ -4,7 +4,8 @@ Per agent: ``Q(s_i, a, c)`` (twin heads, Polyak target), an expectile value ``V(
 target Q at the data's actions, and a policy extracted by advantage-weighted regression
 ``exp(beta (Q - V))``, with ``c = [phi(mu_t), t/T]``. Rewards are divided by the standard deviation
 of the data's returns-to-go (a buffer), so that ``beta`` is in units of that spread (optionally in
-units of the batch's advantage spread instead).
+units of the batch's advantage spread instead). With ``signal=team`` every agent learns from the
+team's reward (the population's mean reward at each step) instead of its own sparse one.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from mfdiffuser.algos.agentwise import (
     exp_weights,
     make_agentwise_policy,
     policy_loss,
-    taken,
-    td_target,
+    signal_return_values,
+    signal_rewards,
 )
 from mfdiffuser.algos.base import LossOutput
 from mfdiffuser.algos.common import Dims, scalars, steps
+from mfdiffuser.algos.critics import iql_losses
 from mfdiffuser.data.batch import TrajBatch
-from mfdiffuser.models.blocks import ValueNet, expectile_loss, masked_mean
+from mfdiffuser.models.blocks import ValueNet
 from mfdiffuser.models.policy import TwinQNet, polyak_update
 
 
@@ -44,6 +46,8 @@ class Config(TDConfig):
     normalize_advantage: bool = False
     """Divide advantages by their batch standard deviation before weighting (beta becomes scale-free:
     per-step advantages of a long episode are small against the return's spread)."""
+    signal: str = "agent"
+    """Reward the Q and V functions learn: agent (the agent's own) or team (the team's mean reward)."""
 
 
 class MFIQL(PerAgentLearner):
@@ -54,22 +58,19 @@ class MFIQL(PerAgentLearner):
     def __init__(self, config: Config, dims: Dims) -> None:
         super().__init__(config, dims)
         S, C, A, h = dims.state_size, dims.context_size, dims.n_actions, config.hidden
-        self.q = TwinQNet(S, C, A, h)
+        self.q = TwinQNet(S, C, A, h, view_shape=dims.view_shape)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
-        self.value = ValueNet(S, C, h)
+        self.value = ValueNet(S, C, h, view_shape=dims.view_shape)
+
+    def return_values(self, batch: TrajBatch) -> torch.Tensor:
+        return signal_return_values(batch, self.config.signal)
 
     def loss(self, batch: TrajBatch) -> LossOutput:
         cfg = self.config
-        st = steps(batch, self.dims.episode_length)
-        with torch.no_grad():
-            q_data = taken(self.q_target.min_q(st.states, st.context), st.actions)  # [B, H, M]
-            target = td_target(st, self.value(st.next_states, st.next_context), cfg.gamma, self.returns.std)
-        v = self.value(st.states, st.context)
-        v_loss = masked_mean(expectile_loss(q_data - v, cfg.expectile), st.mask)
-        q1, q2 = self.q(st.states, st.context)
-        td = (taken(q1, st.actions) - target).pow(2) + (taken(q2, st.actions) - target).pow(2)
-        q_loss = masked_mean(td, st.mask)
-        adv = q_data - v.detach()
+        st = signal_rewards(steps(batch, self.dims.episode_length), batch, cfg.signal)
+        iql = iql_losses(self.q, self.q_target, self.value, st, cfg.gamma, cfg.expectile, self.returns.std)
+        v_loss, q_loss = iql.v_loss, iql.q_loss
+        adv = iql.q_data - iql.value.detach()
         if cfg.normalize_advantage:
             adv = adv / adv[st.mask].std().clamp_min(1e-6)
         w, metrics = exp_weights(adv, cfg.beta, cfg.w_max, st.mask)

@@ -9,6 +9,7 @@ computed from data must live in buffers); ``make_policy(learner, config, env, **
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -33,7 +34,7 @@ from mfdiffuser.algos.trainer import CHECKPOINT, TrainerConfig, TrainingInterrup
 from mfdiffuser.cost import check_memory, training_batch_cost
 from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy
 from mfdiffuser.errors import MfdError, first_line
-from mfdiffuser.utils import check_device, seed_everything
+from mfdiffuser.utils import check_device, removed_on_failure, seed_everything
 
 
 class LoadedRun(NamedTuple):
@@ -121,18 +122,25 @@ def train(
                 f"{run_dir} holds a different run (algorithm, options or dataset differ); "
                 "choose another --out or delete it"
             )
-    write_json(run_dir / "run.json", {**record, "status": "running"})
-    try:
-        result = fit(learner, sampler, run_dir, trainer)
-    except TrainingInterrupted as exc:
-        # resumable: rerunning the same command continues from the saved step
-        write_json(run_dir / "run.json", {**record, "status": "interrupted", "step": exc.step})
-        raise
-    except Exception as exc:
-        write_json(run_dir / "run.json", {**record, "status": "failed", "error": first_line(exc)})
-        raise
-    done = {**record, "status": "done", "step": result.step, "metrics": result.metrics}
-    write_json(run_dir / "run.json", done)
+    # A run directory this call creates is removed again if training fails before its first
+    # checkpoint (a full disk, a bad batch): nothing in it could be resumed.
+    with removed_on_failure(run_dir, keep=(run_dir / CHECKPOINT).exists):
+        write_json(run_dir / "run.json", {**record, "status": "running"})
+        try:
+            result = fit(learner, sampler, run_dir, trainer)
+        except TrainingInterrupted as exc:
+            # resumable: rerunning the same command continues from the saved step
+            write_json(run_dir / "run.json", {**record, "status": "interrupted", "step": exc.step})
+            raise
+        except KeyboardInterrupt:  # outside fit's signal handling: no step was saved by this call
+            write_json(run_dir / "run.json", {**record, "status": "interrupted"})
+            raise
+        except Exception as exc:
+            with contextlib.suppress(OSError):  # on a full disk this write fails too: report the first
+                write_json(run_dir / "run.json", {**record, "status": "failed", "error": first_line(exc)})
+            raise
+        done = {**record, "status": "done", "step": result.step, "metrics": result.metrics}
+        write_json(run_dir / "run.json", done)
     return LoadedRun(algo, module, config, result.ema.eval(), dataset.meta, result.step, run_dir)
 
 

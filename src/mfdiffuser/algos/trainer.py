@@ -40,7 +40,7 @@ from mfdiffuser.algos.base import Learner, ParamGroup, coerce_value
 from mfdiffuser.errors import MfdError, first_line
 from mfdiffuser.integrity import IntegrityError, sealed_bytes, unseal_bytes
 from mfdiffuser.progress import ProgressBar, format_duration
-from mfdiffuser.utils import atomic_path, check_device, resolve_device
+from mfdiffuser.utils import SEED_LIMIT, append_text, atomic_path, check_device, resolve_device
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -98,6 +98,8 @@ class TrainerConfig:
                 raise ValueError(f"trainer: {name} must be >= 1, got {getattr(self, name)}")
         if self.seed < 0 or self.ema_start < 0:
             raise ValueError(f"trainer: seed and ema_start must be >= 0, got {self.seed}, {self.ema_start}")
+        if self.seed >= SEED_LIMIT:
+            raise ValueError(f"trainer: seed must be below 2**64 (torch's generators), got {self.seed}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"trainer: ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -182,7 +184,9 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
     Args:
         learner: module with ``loss(batch) -> LossOutput`` and optionally ``after_step()``.
         sampler: object with ``sample() -> TrajBatch`` and ``rng`` (its ``np.random.Generator``,
-            whose state is checkpointed so that a resumed run draws the same batches).
+            whose state is checkpointed so that a resumed run draws the same batches), and
+            optionally ``state_dict()`` / ``load_state_dict()`` for any further state it draws
+            from (the window sampler's pool of dataset blocks).
         run_dir: directory for ``checkpoint.pt``, ``metrics.jsonl`` and ``tb/``.
         cfg: trainer options.
 
@@ -207,35 +211,40 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
     torch.set_rng_state(torch_gen_state)
     step = 0
 
-    ckpt_path = run_dir / CHECKPOINT
-    saved: int | None = None  # the step of the checkpoint on disk
-    if ckpt_path.exists():
-        state = read_checkpoint(ckpt_path, device)
-        try:
-            learner.load_state_dict(state["learner"])
-            ema.load_state_dict(state["ema"])
-            optim.load_state_dict(state["optim"])
-            torch.set_rng_state(state["torch_rng"])
-            sampler.rng.bit_generator.state = state["sampler_rng"]
-        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-            raise MfdError(
-                f"{ckpt_path}: the checkpoint does not match this run ({first_line(exc)}); {_RECOVER}"
-            ) from None
-        if "cuda_rng" in state and device.type == "cuda":
-            torch.cuda.set_rng_state_all(list(state["cuda_rng"])[: torch.cuda.device_count()])
-        step = saved = int(state["step"])
-    _truncate_metrics(run_dir / METRICS, step)
-
-    from mfdiffuser.tracking import Tracker
-
-    tracker = Tracker(run_dir, purge_step=step, wandb=cfg.wandb)
-    metrics: dict[str, float] = {}
-    progress = ProgressBar(cfg.steps, "train", done=step) if cfg.progress else None
-    eta = _EtaNote(cfg.steps, step, device) if cfg.progress else None
-    t_start, last_log = time.perf_counter(), step
+    # SIGINT and SIGTERM only request a stop from here on, loading the checkpoint included: a
+    # signal before the first step still ends in an interrupted run, not a killed one.
     stop = _StopOnSignal()
-    try:
-        with stop.active():
+    with stop.active():
+        ckpt_path = run_dir / CHECKPOINT
+        saved: int | None = None  # the step of the checkpoint on disk
+        if ckpt_path.exists():
+            state = read_checkpoint(ckpt_path, device)
+            try:
+                learner.load_state_dict(state["learner"])
+                ema.load_state_dict(state["ema"])
+                optim.load_state_dict(state["optim"])
+                torch.set_rng_state(state["torch_rng"])
+                if "sampler" in state and hasattr(sampler, "load_state_dict"):
+                    sampler.load_state_dict(state["sampler"])  # its pool of blocks too
+                else:
+                    sampler.rng.bit_generator.state = state["sampler_rng"]
+            except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+                raise MfdError(
+                    f"{ckpt_path}: the checkpoint does not match this run ({first_line(exc)}); {_RECOVER}"
+                ) from None
+            if "cuda_rng" in state and device.type == "cuda":
+                torch.cuda.set_rng_state_all(list(state["cuda_rng"])[: torch.cuda.device_count()])
+            step = saved = int(state["step"])
+        _truncate_metrics(run_dir / METRICS, step)
+
+        from mfdiffuser.tracking import Tracker
+
+        tracker = Tracker(run_dir, purge_step=step, wandb=cfg.wandb)
+        metrics: dict[str, float] = {}
+        progress = ProgressBar(cfg.steps, "train", done=step) if cfg.progress else None
+        eta = _EtaNote(cfg.steps, step, device) if cfg.progress else None
+        t_start, last_log = time.perf_counter(), step
+        try:
             # A signal only sets stop.signum; the loop ends between steps, so what is saved below is
             # the state after the last completed step (RNGs, buffers and optimizer all at one step).
             while step < cfg.steps and stop.signum is None:
@@ -256,8 +265,8 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
                     metrics["steps_per_s"] = (step - last_log) / interval
                     t_start, last_log = time.perf_counter(), step
                     tracker.log(metrics, step, "train")
-                    with open(run_dir / METRICS, "a") as f:
-                        f.write(json.dumps({"step": step, **metrics, "interval_s": interval}) + "\n")
+                    line = json.dumps({"step": step, **metrics, "interval_s": interval})
+                    append_text(run_dir / METRICS, line + "\n")
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                     save_checkpoint(ckpt_path, learner, ema, optim, sampler, step)
                     saved = step
@@ -266,20 +275,21 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
                 if eta is not None:
                     eta.update(step)
             if stop.signum is not None:
-                if saved != step:
+                if saved != step and step > 0:  # step 0: stopped while loading, nothing to save
                     save_checkpoint(ckpt_path, learner, ema, optim, sampler, step)
                     saved = step
                 raise TrainingInterrupted(saved, cfg.steps, stop.signum, ckpt_path)
-    except TrainingInterrupted:
-        raise
-    except KeyboardInterrupt:
-        # raised part-way through a step (a second signal, or no handler in this thread): the state
-        # in memory is not a completed step, so nothing is saved; the last checkpoint stays
-        raise TrainingInterrupted(saved, cfg.steps, stop.signum or signal.SIGINT, ckpt_path) from None
-    finally:
-        tracker.close()
-        if progress is not None:
-            progress.close()
+        except TrainingInterrupted:
+            raise
+        except KeyboardInterrupt:
+            # raised part-way through a step (a second signal, or no handler in this thread): the
+            # state in memory is not a completed step, so nothing is saved; the last checkpoint stays
+            signum = stop.signum or signal.SIGINT
+            raise TrainingInterrupted(saved, cfg.steps, signum, ckpt_path) from None
+        finally:
+            tracker.close()
+            if progress is not None:
+                progress.close()
     return TrainResult(step, metrics, ema)
 
 
@@ -342,6 +352,8 @@ def save_checkpoint(
         "sampler_rng": sampler.rng.bit_generator.state,
         "step": int(step),
     }
+    if hasattr(sampler, "state_dict"):  # a sampler that holds more than its generator (a block pool)
+        state["sampler"] = sampler.state_dict()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     buffer = io.BytesIO()
@@ -359,7 +371,8 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
 
     Returns:
         The state :func:`save_checkpoint` wrote: ``learner``, ``ema``, ``optim``, ``torch_rng``,
-        ``sampler_rng``, ``step`` and, for CUDA runs, ``cuda_rng``.
+        ``sampler_rng``, ``step``, ``sampler`` (a sampler's :meth:`state_dict`, when it has one) and,
+        for CUDA runs, ``cuda_rng``.
 
     Raises:
         MfdError: the file is unreadable, empty, truncated, corrupted, has no digest (written

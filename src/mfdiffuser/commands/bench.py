@@ -26,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         usage="mfd bench [-h] [--dir DIR] [--list] [--arg ARG] [names ...] [-- SCRIPT_ARG ...]",
         description=(
             "Run each benchmark script as its own process and print its figures, then a summary. "
-            "A missing script is reported, not fatal; the exit code is 1 if any script failed or is missing. "
+            "A name that is neither a shipped benchmark nor a script in the directory is an error; a shipped "
+            "benchmark whose script is missing is reported, not fatal; the exit code is 1 if any script "
+            "failed or is missing. "
             "Everything after -- is passed to every script (mfd bench data -- --quick)."
         ),
     )
@@ -102,9 +104,18 @@ def discover(bench_dir: Path) -> list[str]:
     return list(KNOWN) + [n for n in found if n not in KNOWN]
 
 
+def _script_name(name: str) -> str:
+    """The benchmark a command-line name means (``planner``, ``bench_planner``, ``bench_planner.py``)."""
+    return name.removeprefix("bench_").removesuffix(".py")
+
+
 def run(args: argparse.Namespace) -> int:
     bench_dir = find_dir(args.dir)
     names = args.names or discover(bench_dir)
+    found = discover(bench_dir)
+    unknown = [n for n in names if _script_name(n) not in found]
+    if unknown:
+        raise ValueError(f"unknown benchmark {unknown[0]!r}; known: {', '.join(found)}")
     if args.list:
         for name in discover(bench_dir):
             status = "" if (bench_dir / f"bench_{name}.py").is_file() else "  (missing)"
@@ -112,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     results: list[tuple[str, str, float]] = []
     for name in names:
-        script = bench_dir / f"bench_{name.removeprefix('bench_').removesuffix('.py')}.py"
+        script = bench_dir / f"bench_{_script_name(name)}.py"
         if not script.is_file():
             print(f"== {name}: missing ({script} not found)", flush=True)
             results.append((name, "missing", 0.0))

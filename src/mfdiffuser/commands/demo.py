@@ -40,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     spec = Path(args.preset) if args.preset else preset_path("demo")
     if not spec.is_file():
         raise FileNotFoundError(f"no such preset: {spec}")
+    from mfdiffuser.utils import check_dir_target
+
     out = Path(args.out)
+    check_dir_target(out, "--out")
     t0 = time.perf_counter()
     print(f"demo: 1/2 running the grid {spec.name} (datasets, training, evaluation) on Ray", flush=True)
     summary = run_grid(

@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Roll out a policy at every --n-agents for --episodes episodes per seed and report the "
             "per-agent return, normalized score (reference returns of the random and expert "
-            "behaviour at each N), Ising order parameter, battle win rate and kill ratio, act "
+            "behaviour at each N), Ising order parameter, battle win rate, kill ratio and survivors, act "
             "latency and memory: mean and 95% confidence interval over seeds. Episodes come from "
             "the validation split's evaluation seeds unless --split test is given: make every "
             "choice on validation and report test."
@@ -80,15 +80,19 @@ def check_results_out(out: str) -> None:
     is empty or holds JSON (an earlier result); a directory is left to the write to refuse.
 
     Raises:
-        ValueError: ``out`` exists and is neither a directory, an empty file nor a JSON file.
+        ValueError: ``out`` exists and is neither a directory, an empty file nor a JSON file, or is
+            a symbolic link to nothing.
     """
     import os
     import stat
 
+    from mfdiffuser.utils import check_not_dangling
+
+    check_not_dangling(out)
     try:
         mode = os.stat(out).st_mode
     except OSError:
-        return  # nothing there (or a dangling link): a new file is written
+        return  # nothing there: a new file is written
     if stat.S_ISDIR(mode):
         return
     if not stat.S_ISREG(mode):
@@ -139,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.env:
             raise ValueError("--behaviour needs --env (an env or setting name)")
+        if policy_opts:
+            raise ValueError("--policy-opt sets acting options of a trained run: it goes with --run")
         quality = args.behaviour
         if quality not in ("expert", "medium", "random", "mixed"):
             raise ValueError(f"--behaviour must be expert, medium, random or mixed, got {quality!r}")
@@ -169,7 +175,16 @@ def run(args: argparse.Namespace) -> int:
     from mfdiffuser.utils import set_threads
 
     print(set_threads(args.threads).describe())
-    check_evaluation(make_env, policy_for, n_list, episodes=args.episodes, seeds=args.seeds, force=args.force)
+    check_evaluation(
+        make_env,
+        policy_for,
+        n_list,
+        episodes=args.episodes,
+        seeds=args.seeds,
+        ref_episodes=args.ref_episodes,
+        ref_n_agents=[n for n in n_list if stored is None or n != stored[0]],
+        force=args.force,
+    )
     result = evaluate_policy(
         make_env, policy_for, n_list, seeds, args.episodes, refs, by="seed", progress=not args.no_progress
     )
@@ -225,7 +240,8 @@ def _print(result: dict[str, Any]) -> None:
         f"seeds ({seeds[0]}..{seeds[-1]})"
     )
     cols = [("return", "return", 3), ("score", "score", 1), ("order_parameter", "|m|", 3)]
-    cols += [("win_rate", "win rate", 2), ("kill_ratio", "kill ratio", 2), ("act_ms", "act ms", 2)]
+    cols += [("win_rate", "win rate", 2), ("kill_ratio", "kill ratio", 2), ("survivors", "survivors", 2)]
+    cols += [("act_ms", "act ms", 2)]
     present = [c for c in cols if any(c[0] in r for r in result["results"].values())]
     table.add_column("N", justify="right")
     for _, title, _ in present:

@@ -31,8 +31,10 @@ def run(args: argparse.Namespace) -> int:
 
     from mfdiffuser.experiments.report import REPORT_KEYS, build_report, unreadable_message
     from mfdiffuser.experiments.store import ResultStore
+    from mfdiffuser.utils import check_dir_target
 
     out = Path(args.out) if args.out else Path("reports") / Path(args.results).name
+    check_dir_target(out, "--out")
     path = build_report(args.results, out, skip_unreadable=args.skip_unreadable)
     store = ResultStore(args.results)
     unreadable = store.scan(REPORT_KEYS).unreadable

@@ -36,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
 
     from mfdiffuser.experiments.store import ResultStore
     from mfdiffuser.experiments.tune import plot_learning_curves, select, write_selection
+    from mfdiffuser.utils import check_not_dangling
 
+    check_not_dangling(args.out)
+    if args.plot:
+        check_not_dangling(args.plot, "--plot")
     root = Path(args.results)
     if not root.is_dir():
         raise ValueError(f"{root} is not a results directory")

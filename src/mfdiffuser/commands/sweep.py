@@ -52,8 +52,17 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.connect_timeout < float("inf"):
         raise ValueError(f"--connect-timeout must be a positive finite number, got {args.connect_timeout:g}")
     if args.dry_run:
+        from mfdiffuser.utils import check_dir_target
+
         grid = parse_grid(args.spec)
         results = Path(args.results or grid.spec.get("results") or Path("results") / grid.name)
+        check_dir_target(results, "the results directory")
+        if args.data_dir is not None:
+            check_dir_target(args.data_dir, "the datasets directory")
+        if args.address is not None:
+            from mfdiffuser.raycluster import check_ray_address
+
+            check_ray_address(args.address)
         store = ResultStore(results)
         cells = select_cells(grid.cells, args.only)
         for cell in cells:

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from mfdiffuser.algos.base import algo_module
     from mfdiffuser.algos.run import field_docs, train
     from mfdiffuser.algos.trainer import TrainerConfig, TrainingInterrupted
-    from mfdiffuser.utils import seed_everything, set_threads
+    from mfdiffuser.utils import check_not_dangling, seed_everything, set_threads
 
     module = algo_module(args.algo)
     if args.list_options:
@@ -93,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.dataset or not args.out:
         raise ValueError("--dataset and --out are required (or --list-options)")
+    check_not_dangling(args.out)
     if args.wandb:
         from mfdiffuser.tracking import import_wandb
 

@@ -8,7 +8,6 @@ rewards have H (a_t .. a_{t+H-1}). Steps past an episode's end or of dead agents
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any
 
 import torch
 
@@ -37,6 +36,9 @@ class TrajBatch:
     """``[B]`` float32: the whole episode's per-agent mean return (for episode-level weighting)."""
     expert: torch.Tensor | None = None
     """``[B]`` bool: the window's episode was played by the expert behaviour policy (None: unknown)."""
+    pop_rewards: torch.Tensor | None = None
+    """``[B, H]`` float32: the population's mean reward r_t..r_{t+H-1} over all N agents (0 past the
+    episode's end); None where a batch was built without it."""
 
     @property
     def batch_size(self) -> int:
@@ -53,8 +55,9 @@ class TrajBatch:
         return int(self.actions.shape[2])
 
     def to(self, device: str | torch.device) -> TrajBatch:
-        moved: dict[str, Any] = {}
+        moved: dict[str, torch.Tensor] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            moved[f.name] = None if value is None else value.to(device)
+            if value is not None:
+                moved[f.name] = value.to(device)
         return TrajBatch(**moved)

@@ -11,12 +11,14 @@ one-line message on any problem.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import io
 import json
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,40 @@ EPISODE_ARRAYS: dict[str, tuple[int, str]] = {
     "agent_index": (2, "i"),  # [E, K]
 }
 ALL_ARRAYS: dict[str, tuple[int, str]] = {**STEP_ARRAYS, **EPISODE_ARRAYS}
+VIEW_ARRAYS: dict[str, tuple[int, str]] = {"views": (4, "u")}  # [E, T+1, K, V] uint8, when view_size > 0
+VIEW_LEVELS = 255
+"""A stored view value ``x`` in [0, 1] is the byte ``round(255 x)``, read back as ``byte / 255``."""
+
+
+def step_arrays(meta: DatasetMeta) -> dict[str, tuple[int, str]]:
+    """The step arrays of a dataset: :data:`STEP_ARRAYS`, plus ``views`` when it stores views."""
+    return {**STEP_ARRAYS, **(VIEW_ARRAYS if meta.view_size else {})}
+
+
+def all_arrays(meta: DatasetMeta) -> dict[str, tuple[int, str]]:
+    """Every array of a dataset: its :func:`step_arrays` and :data:`EPISODE_ARRAYS`."""
+    return {**step_arrays(meta), **EPISODE_ARRAYS}
+
+
+def split_views(states: np.ndarray, view_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``states[..., S]`` -> ``(features [..., S - V] float32, views [..., V] uint8)``.
+
+    Raises:
+        ValueError: a view value outside [0, 1] (it would not survive the byte).
+    """
+    cut = states.shape[-1] - view_size
+    views = states[..., cut:]
+    if views.size and (views.min() < 0.0 or views.max() > 1.0):
+        raise ValueError(f"stored views must lie in [0, 1], got [{views.min()}, {views.max()}]")
+    return states[..., :cut], np.rint(views * VIEW_LEVELS).astype(np.uint8)
+
+
+def join_views(features: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`split_views` (up to the byte's 1/255 steps): ``[..., S]`` float32 states."""
+    out = np.empty((*features.shape[:-1], features.shape[-1] + views.shape[-1]), dtype=np.float32)
+    out[..., : features.shape[-1]] = features
+    np.multiply(views, np.float32(1.0 / VIEW_LEVELS), out=out[..., features.shape[-1] :], casting="unsafe")
+    return out
 
 
 class DatasetError(MfdError):
@@ -107,6 +143,9 @@ class DatasetMeta:
     """sha256 over the arrays (see docs/datasets.md); identifies the data."""
     split: str = ""
     """Split of the data: ``test``, ``validation`` (:mod:`mfdiffuser.splits`) or empty (none named)."""
+    view_size: int = 0
+    """V, trailing features of every state that are an image view (values in [0, 1]), stored apart as
+    bytes (``views``, see :data:`VIEW_LEVELS`); 0: none (all S features in ``states``)."""
 
     @property
     def all_agents_stored(self) -> bool:
@@ -182,7 +221,8 @@ def expected_shapes(meta: DatasetMeta) -> dict[str, tuple[int, ...]]:
     """Shape of every array of a dataset with metadata ``meta``."""
     e, t, k = meta.n_episodes, meta.horizon, meta.stored_agents
     return {
-        "states": (e, t + 1, k, meta.state_size),
+        "states": (e, t + 1, k, meta.state_size - meta.view_size),
+        **({"views": (e, t + 1, k, meta.view_size)} if meta.view_size else {}),
         "actions": (e, t, k),
         "rewards": (e, t, k),
         "alive": (e, t + 1, k),
@@ -216,7 +256,7 @@ def chunk_shape(name: str, shape: tuple[int, ...], ce: int, ct: int) -> tuple[in
     """HDF5 chunk of array ``name`` with ``ce`` episodes and ``ct`` steps per chunk."""
     chunk = list(shape)
     chunk[0] = min(ce, shape[0])
-    if name in STEP_ARRAYS:
+    if name in STEP_ARRAYS or name in VIEW_ARRAYS:
         chunk[1] = max(1, min(ct, shape[1]))
     return tuple(max(1, c) for c in chunk)
 
@@ -228,8 +268,8 @@ class ArrayHasher:
     the arrays in sorted name order, so one pass over episode blocks computes it for any number of arrays.
     """
 
-    def __init__(self) -> None:
-        self._h = {name: hashlib.sha256() for name in ALL_ARRAYS}
+    def __init__(self, names: Iterable[str] = ALL_ARRAYS) -> None:
+        self._h = {name: hashlib.sha256() for name in names}
 
     def update(self, name: str, block: np.ndarray) -> None:
         self._h[name].update(np.ascontiguousarray(block).tobytes())
@@ -270,8 +310,10 @@ def _read_meta(f: Any, path: Path) -> DatasetMeta:
 
 
 def _check_layout(f: Any, meta: DatasetMeta, path: Path) -> None:
+    if not 0 <= meta.view_size < meta.state_size:
+        raise DatasetError(f"{path}: view size {meta.view_size} not in [0, S={meta.state_size})")
     shapes = expected_shapes(meta)
-    for name, (_, kind) in ALL_ARRAYS.items():
+    for name, (_, kind) in all_arrays(meta).items():
         if name not in f:
             raise DatasetError(f"{path}: array {name!r} is missing")
         ds = f[name]
@@ -285,6 +327,7 @@ def _check_layout(f: Any, meta: DatasetMeta, path: Path) -> None:
             "i": np.issubdtype(dt, np.integer),
             "b": dt == np.bool_,
             "S": dt.kind == "S",
+            "u": dt == np.uint8,
         }[kind]
         if not ok:
             raise DatasetError(f"{path}: array {name!r} has dtype {dt}, expected kind {kind!r}")
@@ -331,7 +374,7 @@ class OfflineDataset:
         self.pop_reward = f["pop_reward"][()].astype(np.float64)
         self._mem: dict[str, np.ndarray] | None = None
         if in_memory:
-            self._mem = arrays if arrays is not None else {name: f[name][()] for name in STEP_ARRAYS}
+            self._mem = arrays if arrays is not None else {name: f[name][()] for name in step_arrays(meta)}
             f.close()
             self._f = None
 
@@ -369,22 +412,23 @@ class OfflineDataset:
         f = self._f
         if self._mem is not None:
             return int(sum(a.nbytes for a in self._mem.values()))
-        return int(sum(np.prod(f[n].shape) * f[n].dtype.itemsize for n in STEP_ARRAYS))
+        return int(sum(np.prod(f[n].shape) * f[n].dtype.itemsize for n in step_arrays(self.meta)))
 
     # ----------------------------------------------------------------- arrays
     def read_block(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Padded step arrays of episodes ``start:stop`` (``states [E', T+1, K, S]``, ...).
 
-        Views into memory for in-memory datasets; a fresh read of whole chunks otherwise.
+        Views into memory for in-memory datasets; a fresh read of whole chunks otherwise. Stored views
+        come back inside ``states`` (its last V features, as :func:`join_views` decodes them).
         """
         if not 0 <= start <= stop <= self.n_episodes:
             raise IndexError(f"episode block {start}:{stop} outside 0:{self.n_episodes}")
         if self._mem is not None:
-            return {name: a[start:stop] for name, a in self._mem.items()}
+            return self._with_views({name: a[start:stop] for name, a in self._mem.items()})
         if self._f is None:
             raise DatasetError(f"{self.path}: dataset is closed")
         out = {}
-        for name in STEP_ARRAYS:
+        for name in step_arrays(self.meta):
             try:
                 out[name] = self._f[name][start:stop]
             except OSError as exc:
@@ -392,7 +436,13 @@ class OfflineDataset:
                     f"{self.path}: array {name!r} episodes {start}:{stop} unreadable (corrupted file?): "
                     f"{str(exc).splitlines()[0]}"
                 ) from None
-        return out
+        return self._with_views(out)
+
+    @staticmethod
+    def _with_views(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "views" in block:
+            block["states"] = join_views(block["states"], block.pop("views"))
+        return block
 
     def episode(self, i: int) -> Episode:
         """Episode ``i`` trimmed to its length."""
@@ -447,12 +497,13 @@ def _verify(
     With ``keep`` (a dict of preallocated step arrays), the blocks read are also copied into it, so
     an in-memory load reads the file once.
     """
-    hasher = ArrayHasher()
+    names = all_arrays(meta)
+    hasher = ArrayHasher(names)
     ce = int(f["states"].chunks[0])
     e = meta.n_episodes
     for start in range(0, e, ce):
         stop = min(e, start + ce)
-        for name, (_, kind) in ALL_ARRAYS.items():
+        for name, (_, kind) in names.items():
             try:
                 block = f[name][start:stop]
             except OSError as exc:
@@ -561,20 +612,20 @@ def load_dataset(
     try:
         meta = _read_meta(f, path)
         _check_layout(f, meta, path)
-        stored = {name: str(f[name].attrs.get(CHECKSUM_ALGORITHM, "")) for name in ALL_ARRAYS}
+        stored = {name: str(f[name].attrs.get(CHECKSUM_ALGORITHM, "")) for name in all_arrays(meta)}
         length = f["length"][()]
         if length.size and (length.min() < 1 or length.max() > meta.horizon):
             raise DatasetError(f"{path}: episode lengths must lie in [1, T={meta.horizon}]")
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        step_bytes = sum(int(np.prod(f[n].shape)) * f[n].dtype.itemsize for n in STEP_ARRAYS)
+        step_bytes = sum(int(np.prod(f[n].shape)) * f[n].dtype.itemsize for n in step_arrays(meta))
         rtg_bytes = meta.n_episodes * (meta.horizon + 1) * meta.stored_agents * 4
         if in_memory is None:
             in_memory = step_bytes + rtg_bytes <= memory_limit
-        keep = {n: np.empty(f[n].shape, dtype=f[n].dtype) for n in STEP_ARRAYS} if in_memory else None
+        keep = {n: np.empty(f[n].shape, dtype=f[n].dtype) for n in step_arrays(meta)} if in_memory else None
         if verify:
             _verify(f, meta, path, stored, keep)
         elif keep is not None:
-            for name in STEP_ARRAYS:
+            for name in step_arrays(meta):
                 f[name].read_direct(keep[name])
         return OfflineDataset(path, f, meta, bool(in_memory), attrs, keep, digest, verify)
     except DatasetError:
@@ -643,6 +694,57 @@ def hdf5_write_error(exc: RuntimeError, path: str | Path) -> OSError | None:
     return OSError(code, os.strerror(code), str(path))
 
 
+class _WriteOnce(io.FileIO):
+    """The file HDF5 writes a dataset through: the first failed write is kept, later ones skipped.
+
+    HDF5 cannot recover from a failed write (a full disk, a file size limit): the file stays open
+    inside the library, which crashes the process when it exits (h5py issue 914). Through this file
+    object (h5py's ``fileobj`` driver) HDF5 never sees a failure: after the first one, writes and
+    truncations only move the position, and :attr:`error` holds the failure for the caller to raise
+    once HDF5 has closed the file.
+    """
+
+    error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        size = view.nbytes
+        if self.error is None:
+            try:
+                done = 0
+                while done < size:  # a short write is retried: the next call reports why it stopped
+                    n = super().write(view[done:])
+                    if not n:
+                        raise OSError(errno.EIO, os.strerror(errno.EIO))
+                    done += n
+                return size
+            except OSError as exc:
+                self.error = exc
+        self.seek(size, os.SEEK_CUR)
+        return size
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return super().truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return self.tell() if size is None else size
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                super().flush()
+            except OSError as exc:
+                self.error = exc
+
+    def check(self, path: str | Path) -> None:
+        """Raise the kept failure as an ``OSError`` naming ``path`` (nothing if every write succeeded)."""
+        if self.error is not None:
+            code = self.error.errno or 0
+            raise OSError(code, self.error.strerror or os.strerror(code), str(path))
+
+
 def write_dataset(
     path: str | Path,
     meta: DatasetMeta,
@@ -692,21 +794,24 @@ def write_dataset(
         "env_seed": np.uint64,
         "policy_seed": np.uint64,
         "agent_index": np.int32,
+        "views": np.uint8,
     }
-    hasher = ArrayHasher()
+    names = all_arrays(meta)
+    hasher = ArrayHasher(names)
     filters: dict[str, Any] = {"fletcher32": True}
     if compression:
         filters.update(compression=compression, shuffle=True)
         if compression == "gzip":
             filters["compression_opts"] = compression_level
+    sink = _WriteOnce(path, "w+")
     try:
-        with h5py.File(path, "w", userblock_size=HEADER_SIZE) as f:
+        with sink, h5py.File(sink, "w", userblock_size=HEADER_SIZE) as f:
             dsets = {
                 name: f.create_dataset(
                     name, shape=shapes[name], dtype=dtypes[name],
                     chunks=chunk_shape(name, shapes[name], ce, ct), **filters,
                 )
-                for name in ALL_ARRAYS
+                for name in names
             }
             buffer: list[dict[str, np.ndarray]] = []
             start = 0
@@ -716,10 +821,14 @@ def write_dataset(
                 if not buffer:
                     return
                 stop = start + len(buffer)
+                blocks = {name: np.stack([row[name] for row in buffer]) for name in ALL_ARRAYS}
+                if meta.view_size:
+                    blocks["states"], blocks["views"] = split_views(blocks["states"], meta.view_size)
                 for name, ds in dsets.items():
-                    block = np.stack([row[name] for row in buffer]).astype(dtypes[name], copy=False)
+                    block = blocks[name].astype(dtypes[name], copy=False)
                     ds[start:stop] = block
                     hasher.update(name, block)
+                sink.check(path)  # stop at the first failed write rather than compress the rest
                 start, buffer = stop, []
 
             for row in episodes:
@@ -745,5 +854,6 @@ def write_dataset(
         if error is None:
             raise
         raise error from None
+    sink.check(path)
     seal_file(path, DIGEST_KIND)
     return checksum

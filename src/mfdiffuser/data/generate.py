@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import sys
@@ -35,7 +36,7 @@ from mfdiffuser.data.dataset import (
 )
 from mfdiffuser.errors import MfdError
 from mfdiffuser.progress import ProgressBar
-from mfdiffuser.utils import die_with_parent, utc_timestamp
+from mfdiffuser.utils import atomic_path, check_not_dangling, die_with_parent, utc_timestamp
 
 DEFAULT_MAX_STORED_AGENTS = 2048
 """Without ``store_agents``, all N agents are stored up to this N, and this many otherwise."""
@@ -281,14 +282,12 @@ def _compute(job: _Job, task: _Task) -> tuple[Any, int]:
 
 def _save(workdir: Path, task: _Task, payload: Any) -> None:
     """Write a finished task's file atomically (temp file + rename): its existence marks it done."""
-    final = workdir / task.filename
-    tmp = workdir / f".{task.filename}.{os.getpid()}.tmp"
-    if task.kind == "ref":
-        tmp.write_text(json.dumps({"return": float(payload)}))
-    else:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **payload)
-    os.replace(tmp, final)
+    with atomic_path(workdir / task.filename) as tmp:
+        if task.kind == "ref":
+            tmp.write_text(json.dumps({"return": float(payload)}))
+        else:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **payload)
 
 
 def _run_and_save(job: _Job, task: _Task) -> tuple[_Task, int]:
@@ -341,6 +340,12 @@ def _validate(cfg: GenerateConfig) -> None:
             raise ValueError(f"seed {cfg.seed} lies outside the {cfg.split} split's range of dataset seeds")
     if cfg.compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {cfg.compression!r}; choose from {', '.join(COMPRESSIONS)}")
+    if cfg.ray_address is not None:
+        if not cfg.use_ray:
+            raise ValueError("--ray-address goes with --ray (without it episodes run in local processes)")
+        from mfdiffuser.raycluster import check_ray_address
+
+        check_ray_address(cfg.ray_address, "--ray-address")
     if not 0 <= cfg.compression_level <= 9:
         raise ValueError(f"compression level must lie in [0, 9], got {cfg.compression_level}")
 
@@ -411,10 +416,12 @@ def check_output_path(out: Path, *, overwrite: bool) -> None:
 
     Raises:
         FileExistsError: ``out`` exists and ``overwrite`` is false, or ``out`` is a directory.
+        ValueError: ``out`` is a symbolic link to nothing.
         NotADirectoryError: a parent of ``out`` is a file.
         OSError: no file can be created in the nearest existing parent directory (e.g. permission
             denied, read-only file system), naming that directory.
     """
+    check_not_dangling(out)
     if out.is_dir():
         raise FileExistsError(f"{out} exists and is a directory; --out must name a file")
     if out.exists() and not overwrite:
@@ -470,9 +477,8 @@ def _prepare_workdir(workdir: Path, manifest: dict[str, Any], overwrite: bool) -
             shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if not path.exists():
-        tmp = workdir / ".manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def _execute(
@@ -542,7 +548,6 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
         MfdError: ``<out>.partial`` holds an unfinished run with other settings.
     """
     from mfdiffuser import __version__
-    from mfdiffuser.utils import atomic_path
 
     _validate(cfg)
     out = Path(cfg.out)
@@ -632,7 +637,7 @@ def generate_dataset(cfg: GenerateConfig) -> GenerateResult:
         state_size=env.state_size, n_actions=env.n_actions, summary_size=env.summary_size,
         n_episodes=int(cfg.episodes), stored_agents=k, ref_returns=refs,
         ref_episodes=int(cfg.ref_episodes), seed=int(cfg.seed), behaviour_policy=policies,
-        split=cfg.split,
+        split=cfg.split, view_size=math.prod(env.observation_view(env.config()) or (0,)),
     )
 
     def rows() -> Iterator[dict[str, np.ndarray]]:

@@ -11,7 +11,8 @@ blocks, one block swapped per batch (docs/datasets.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,6 +119,7 @@ class WindowSampler:
         meta = dataset.meta
         e, t = meta.n_episodes, meta.horizon
         self._pop_rtg = discounted_to_go(dataset.pop_reward, self.gamma, axis=1).astype(np.float32)
+        self._pop_reward = np.asarray(dataset.pop_reward, dtype=np.float32)  # [E, T]
         self._episode_return = dataset.episode_returns.astype(np.float32)
         self._expert = np.asarray(dataset.quality_labels == "expert", dtype=bool)
         self._length_all = dataset.length.astype(np.int64)
@@ -201,6 +203,41 @@ class WindowSampler:
             self._put(self._next_victim, block)
             self._next_victim = (self._next_victim + 1) % self.pool_blocks
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to draw the same batches: generator and pool contents.
+
+        Plain Python values only (a checkpoint loads with ``weights_only=True``): the generator's
+        state, the dataset block in each pool position, the next position to swap and the number
+        of batches drawn (which decides when the next swap comes).
+        """
+        return {
+            "rng": self.rng.bit_generator.state,
+            "blocks": [int(b) for b in self._block_in_slot],
+            "next_victim": int(self._next_victim),
+            "batches": int(self._batches),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`: reload the pool's blocks where they were, then the generator.
+
+        Raises:
+            ValueError: the state is not one of this dataset and pool size.
+        """
+        blocks = [int(b) for b in state["blocks"]]
+        if len(blocks) != self.pool_blocks or not all(0 <= b < self.n_blocks for b in blocks):
+            raise ValueError(
+                f"sampler state of {len(blocks)} pool blocks does not fit this pool "
+                f"({self.pool_blocks} of {self.n_blocks} blocks)"
+            )
+        for slot_block, block in enumerate(blocks):
+            if self._block_in_slot[slot_block] != block:
+                self._put(slot_block, block)
+        self._is_resident[:] = False  # _put unmarks a block it moved away from, even if it moved in
+        self._is_resident[self._block_in_slot] = True
+        self._next_victim = int(state["next_victim"]) % self.pool_blocks
+        self._batches = int(state["batches"])
+        self.rng.bit_generator.state = state["rng"]
+
     # ------------------------------------------------------------------ sampling
     def _choose_agents(self, b: int, m: int) -> np.ndarray:
         """``[B, M]`` distinct agent positions among the K stored, a uniformly random subset per row."""
@@ -271,6 +308,7 @@ class WindowSampler:
         rtg = np.take(self._rtg.reshape(-1), lane * (t_max + 1) + t0[:, None])  # [B, M]
         episode = self._slot_episode[slot]
         pop_rtg = self._pop_rtg[episode, t0]
+        pop_rewards = np.where(valid, self._pop_reward[episode[:, None], ta], 0.0)  # [B, H]
         dev = self.device
 
         def tt_(x: np.ndarray) -> torch.Tensor:
@@ -287,6 +325,7 @@ class WindowSampler:
             timestep=tt_(t0.astype(np.int64)),
             episode_return=tt_(self._episode_return[episode]),
             expert=tt_(self._expert[episode]),
+            pop_rewards=tt_(pop_rewards.astype(np.float32)),
         )
 
     def __iter__(self) -> Iterator[TrajBatch]:

@@ -24,6 +24,7 @@ __all__ = [
     "list_envs",
     "list_settings",
     "make",
+    "observation_view",
     "resolve",
 ]
 
@@ -89,6 +90,14 @@ def env_class(name: str) -> type[PopulationEnv]:
     if name not in REGISTRY:
         raise ValueError(f"unknown env {name!r}; choose from {', '.join(REGISTRY)}")
     return REGISTRY[name]()
+
+
+def observation_view(name: str, config: dict[str, Any]) -> tuple[int, int, int] | None:
+    """``[V, V, C]`` of the view closing each observation of env ``name`` built with ``config``, or None.
+
+    See :meth:`~mfdiffuser.envs.base.PopulationEnv.observation_view`.
+    """
+    return env_class(name).observation_view(config)
 
 
 def env_parameters(name: str) -> dict[str, Any]:

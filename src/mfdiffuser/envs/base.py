@@ -9,6 +9,7 @@ Gymnasium's contract with the agent axis in front: ``reset(*, seed, options) -> 
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import gymnasium as gym
@@ -43,6 +44,9 @@ class PopulationEnv(abc.ABC):
     """
 
     name: ClassVar[str]
+    reward_scope: ClassVar[str] = "agent"
+    """``population`` where every agent receives the population's reward (the same for all agents);
+    ``agent`` where each agent's reward is its own."""
     n_agents: int
     horizon: int
     observation_space: gym.spaces.Box
@@ -55,6 +59,16 @@ class PopulationEnv(abc.ABC):
         self._needs_reset = True
 
     # ----------------------------------------------------------------- public API
+    @classmethod
+    def observation_view(cls, config: Mapping[str, Any]) -> tuple[int, int, int] | None:
+        """``[V, V, C]`` of the image view that closes each observation of an env built with ``config``.
+
+        The last ``V * V * C`` features of ``obs[N, S]`` are then that view, flattened row-major, and the
+        networks encode them with a convolution (:class:`~mfdiffuser.models.view.ObsEncoder`). None
+        (the default) when the observation is a plain feature vector.
+        """
+        return None
+
     @property
     def state_size(self) -> int:
         """S: per-agent observation feature size."""

@@ -9,40 +9,43 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Mapping
 from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
 
 from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy, check_bool, check_float, check_int
-from mfdiffuser.envs.battle_policies import (
+from mfdiffuser.envs.battle_obs import (
     ATTACK_BASE,
     ATTACKS,
+    BLOCKED,
+    COMPACT_SIZE,
+    MOVES,
     N_ACTIONS,
+    OBS_FIELDS,
+    OBS_MODES,
+    REACH_HP,
+    STEPS,
+    TARGET,
+    TARGET_BLOCK,
+    TIME,
+    VIEW_SHAPE,
+    TeamView,
+    off_map,
+    offset_scale,
+    view_shape,
+)
+from mfdiffuser.envs.battle_policies import (
     OPPONENTS,
     MixedScriptPolicy,
     ScriptedPolicy,
-    TeamView,
     expert_actions,
     random_actions,
 )
 from mfdiffuser.errors import require
 
-OBS_FIELDS: tuple[str, ...] = (
-    "x",  # column, (x - 1) / (W - 3): 0 at the west wall, 1 at the east wall
-    "y",  # row, same scale
-    "hp",  # health / maximum health (10)
-    "ally_density",  # other allies in the view (radius 6) / cells of the view
-    "enemy_density",  # enemies in the view / cells of the view
-    "adjacent_enemies",  # enemies in attack reach (8 neighbours) / 8
-    "nearest_dx",  # offset to the nearest enemy in view / view radius (0 when none is in view)
-    "nearest_dy",
-    "centroid_dx",  # offset to the centroid of all alive enemies / (W - 3): the direction of the army
-    "centroid_dy",
-    "alive",  # 1 alive, 0 dead (a dead row is all zeros apart from time)
-    "time",  # t / T
-)
-"""Names of the S = 12 per-agent observation features, in order."""
+__all__ = ["DEAD_ACTION", "MEDIUM_EXPERT_FRACTION", "OBS_FIELDS", "Battle", "BattleOutcome"]
 
 MEDIUM_EXPERT_FRACTION = 0.65
 """Share of scripted-expert agents in the ``medium`` behaviour policy (the rest act at random)."""
@@ -53,6 +56,13 @@ DEAD_ACTION = -1
 _BATTLE_MODULE = "magent2.environments.battle.battle"
 _ENEMY_CODE = 256.0  # > the number of cells in a view, see Battle._observe
 _GAP = 3  # half-distance between the two opening blocks, as battle_v4's generate_map
+
+
+def _reach_hp(views: np.ndarray, radius: int) -> np.ndarray:
+    """``[n, 8]`` other-team health in the attack cells (order of ``ATTACKS``) from ``views[n, V, V, C]``."""
+    side, channels = 2 * radius + 1, views.shape[-1]
+    flat = ((ATTACKS[:, 1] + radius) * side + ATTACKS[:, 0] + radius) * channels + 4  # (dy, dx, channel 4)
+    return views.reshape(len(views), -1)[:, flat]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +101,18 @@ class Battle(PopulationEnv):
     killing hit nets 4.895); an agent killed during a step receives ``dead_penalty`` (-0.1) for it, and
     dead rows earn 0 afterwards. These numbers are pinned by a hand-played duel in the tests.
 
-    Observation ``obs[N, S]`` (S = 12, :data:`OBS_FIELDS`): a compact state for planning. The engine's
-    full local view is available through :meth:`local_view`. Summary ``phi(mu_t)`` (P = 2 G^2 + 3):
-    a G x G histogram of each team's alive agents over the map (normalized by N, so it sums to the
-    alive fraction), then both alive fractions and the mean health fraction of our alive agents. (The
-    opponent's health is left out: reading it takes the engine's full view of the opponent team, its
-    costliest call, which nothing else in a step needs; :meth:`health` gives it on demand.)
+    Observation ``obs[N, S]`` (S = 34, :data:`~mfdiffuser.envs.battle_obs.OBS_FIELDS`): a compact
+    state for planning that carries everything the behaviour policies decide from (the offset to the
+    nearest enemy, exact in view and to the nearest group of enemies beyond, the enemies' health in
+    the 8 attack cells, which moves are blocked), so a learner can reproduce them (docs/battle.md).
+    With ``obs_mode="view"`` each row continues with MAgent2's standard observation of the agent, its
+    13 x 13 x 5 view flattened (``obs[N, 34 + 845]``; zeros for dead rows). The engine's full local
+    view and feature vector are available through :meth:`local_view`. Summary ``phi(mu_t)``
+    (P = 2 G^2 + 3): a G x G histogram of each team's alive agents over the map (normalized by N, so it
+    sums to the alive fraction), then both alive fractions and the mean health fraction of our alive
+    agents. (The opponent's health is left out: reading it takes the engine's full view of the
+    opponent team, its costliest call, which nothing else in a step needs; :meth:`health` gives it on
+    demand.)
 
     Actions ``[N]`` in ``0..20``. Dead rows are ignored: with ``dead_actions="ignore"`` (default) they
     may carry any valid id or :data:`DEAD_ACTION` (-1); with ``"strict"`` they must carry -1, so that a
@@ -134,6 +150,7 @@ class Battle(PopulationEnv):
         summary_grid: int = 4,
         jitter: bool = True,
         dead_actions: str = "ignore",
+        obs_mode: str = "compact",
     ) -> None:
         """Build the engine.
 
@@ -150,6 +167,8 @@ class Battle(PopulationEnv):
             summary_grid: G, cells per axis of the position histograms in ``phi(mu_t)``.
             jitter: randomize slots and jitter positions in the opening formation.
             dead_actions: ``"ignore"`` or ``"strict"`` (see the class docstring).
+            obs_mode: ``"compact"`` (the 34 features) or ``"view"`` (the 34 features, then MAgent2's
+                13 x 13 x 5 view of the agent, flattened; see :data:`~mfdiffuser.envs.battle_obs.OBS_MODES`).
         """
         super().__init__()
         magent2 = require("magent2", "battle")
@@ -170,6 +189,9 @@ class Battle(PopulationEnv):
         self.summary_grid = int(summary_grid)
         self.jitter = check_bool(self.name, "jitter", jitter)
         self.dead_actions = dead_actions
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"{self.name}: obs_mode must be one of {', '.join(OBS_MODES)}, got {obs_mode!r}")
+        self.obs_mode = obs_mode
         self._slots = self._formation()  # validates that N fits on the map
 
         battle_mod = importlib.import_module(_BATTLE_MODULE)
@@ -192,13 +214,16 @@ class Battle(PopulationEnv):
         if self._gw.get_action_space(self._handles[0])[0] != N_ACTIONS:
             raise RuntimeError(f"{self.name}: engine reports an action count other than {N_ACTIONS}")
         self._check_attack_layout()
+        if view != VIEW_SHAPE:
+            raise RuntimeError(f"{self.name}: the installed magent2 has a view of {view}, not {VIEW_SHAPE}")
         self.view_shape = view  # (view, view, C)
         self.view_radius = (view[0] - 1) // 2
         self.feature_size = int(self._gw.get_feature_space(self._handles[0])[0])
         self._init_view_geometry()
 
         n, g = self.n_agents, self.summary_grid
-        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(len(OBS_FIELDS),), dtype=np.float32)
+        size = COMPACT_SIZE + (int(np.prod(view)) if obs_mode == "view" else 0)
+        self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(size,), dtype=np.float32)
         self.action_space = gym.spaces.Discrete(N_ACTIONS)
         self.summary_space = gym.spaces.Box(0.0, 1.0, shape=(2 * g * g + 3,), dtype=np.float32)
         # Per side (0 ours, 1 opponent), fixed N-row arrays refreshed after every engine step.
@@ -217,6 +242,10 @@ class Battle(PopulationEnv):
         self._opponent_fn = OPPONENTS[opponent]
 
     # ------------------------------------------------------------------ config and geometry
+    @classmethod
+    def observation_view(cls, config: Mapping[str, Any]) -> tuple[int, int, int] | None:
+        return view_shape(str(config.get("obs_mode", "compact")))
+
     def config(self) -> dict[str, Any]:
         return {
             "n_agents": self.n_agents,
@@ -227,6 +256,7 @@ class Battle(PopulationEnv):
             "summary_grid": self.summary_grid,
             "jitter": self.jitter,
             "dead_actions": self.dead_actions,
+            "obs_mode": self.obs_mode,
         }
 
     def _formation(self) -> np.ndarray:
@@ -278,6 +308,11 @@ class Battle(PopulationEnv):
         # by a fixed cell order), so an enemy cell (code 256) always beats an ally cell (code 1)
         rank = np.argsort(np.argsort(d2, kind="stable"), kind="stable")  # 0 for the centre
         self._nearest_score = np.where(d2 > 0, d2.size - rank, 0).astype(np.float32)
+        self._cell_cells = np.stack([dx, dy], axis=1)  # [V*V, 2] offset in cells
+        self._cell_cells[0] = 0
+        self._n_blocks = -(-self.map_size // TARGET_BLOCK)
+        # flat view cells of the 12 moves that change the cell (order of STEPS)
+        self._step_cells = (MOVES[STEPS, 1] + r) * (2 * r + 1) + MOVES[STEPS, 0] + r
         # map cell -> summary grid cell along one axis (walkable cells 1..W-2)
         g, w = self.summary_grid, self.map_size
         self._coarse = np.clip((np.arange(w) - 1) * g // (w - 2), 0, g - 1)
@@ -399,18 +434,24 @@ class Battle(PopulationEnv):
 
     def _observe(self, t: int) -> np.ndarray:
         """Build ``obs[N, S]`` for our team from the engine's views in two passes over the buffer."""
-        obs = np.zeros((self.n_agents, len(OBS_FIELDS)), dtype=np.float32)
-        obs[:, -1] = t / self.horizon
+        obs = np.zeros((self.n_agents, self.state_size), dtype=np.float32)
+        obs[:, TIME] = t / self.horizon
         rows, view = self._rows[0], cast(np.ndarray, self._views[0])
         n = rows.size
         if n == 0:
             return obs
+        if self.obs_mode == "view":
+            obs[rows, COMPACT_SIZE:] = view.reshape(n, -1)
         w, cells = self.map_size - 3, self._n_view_cells
         # One code per view cell: ally presence + 256 * enemy presence (a cell holds one agent at most),
         # so sums over cells split back into both counts, and enemies outrank allies in the argmax.
         code = np.multiply(view[..., 3], _ENEMY_CODE).reshape(n, -1)  # [n, V*V]
         code += view[..., 1].reshape(n, -1)
         sums = code @ self._count_weights  # [n, 2]: over all cells, over the 8 cells in attack reach
+        # a move is refused onto an agent of either team, or off the walkable cells (the only walls
+        # are the map's border)
+        taken = code[:, self._step_cells] > 0  # [n, 12]
+        blocked = taken | off_map(self._engine_pos[0], self.map_size)[:, STEPS]
         enemies = np.floor(sums * (1.0 / _ENEMY_CODE))  # [n, 2] enemy counts
         code *= self._nearest_score  # enemy cells score >= 256, ally cells < 256
         nearest = np.argmax(code, axis=1)
@@ -425,10 +466,43 @@ class Battle(PopulationEnv):
         o[6:8] = self._cell_offset_t[:, nearest]
         opp = self._engine_pos[1]
         o[8:10] = (opp.sum(axis=0)[:, None] / len(opp) - pos) / w if len(opp) else 0.0
-        o[10] = 1.0
-        o[11] = t / self.horizon
-        obs[rows] = o.T
+        o[TARGET] = self._target_offset(nearest, enemies[:, 0] > 0).T / offset_scale(self.map_size)
+        o[REACH_HP] = _reach_hp(view, self.view_radius).T
+        o[BLOCKED] = blocked.T
+        o[-2] = 1.0
+        o[-1] = t / self.horizon
+        obs[rows, :COMPACT_SIZE] = o.T
         return obs
+
+    def _target_offset(self, nearest: np.ndarray, in_view: np.ndarray) -> np.ndarray:
+        """``[n, 2]`` cells from each alive agent of ours (engine order) to the enemy it should head for.
+
+        An agent with an enemy in view (radius 6) gets its nearest one, exactly: the view's nearest
+        enemy cell ``nearest[n]`` (any enemy out of view is farther). The others get the nearest group
+        of enemies: the rounded centroid of the enemies in the nearest block of ``TARGET_BLOCK`` x
+        ``TARGET_BLOCK`` cells holding any (nearest on the block grid, by a Euclidean distance
+        transform), which points about the same way as the nearest enemy at a fraction of the cost of
+        a search over the whole army (an exact search at 1,024 per side costs a quarter of the
+        engine's step).
+        """
+        ours, theirs = self._engine_pos
+        out = self._cell_cells[nearest].astype(np.float32)  # [n, 2]
+        far = np.flatnonzero(~in_view)
+        if far.size == 0 or len(theirs) == 0:
+            out[far] = 0.0
+            return out
+        b, nb = TARGET_BLOCK, self._n_blocks
+        key = (theirs[:, 0] // b) * nb + theirs[:, 1] // b
+        count = np.bincount(key, minlength=nb * nb)
+        empty = (count == 0).reshape(nb, nb)
+        ndimage = require("scipy.ndimage", "battle")
+        near_block = ndimage.distance_transform_edt(empty, return_distances=False, return_indices=True)
+        mine = ours[far] // b
+        block = near_block[0, mine[:, 0], mine[:, 1]] * nb + near_block[1, mine[:, 0], mine[:, 1]]
+        sums = [np.bincount(key, weights=theirs[:, a], minlength=nb * nb)[block] for a in range(2)]
+        centre = np.stack(sums)  # [2, f]
+        out[far] = (np.rint(centre / count[block]) - ours[far].T).T
+        return out
 
     # ------------------------------------------------------------------ relabelling
     def permute(self, perm: np.ndarray) -> np.ndarray:
@@ -532,10 +606,7 @@ class Battle(PopulationEnv):
         out = np.zeros((self.n_agents, len(ATTACKS)), dtype=np.float32)
         if from_views if from_views is not None else self._views[side] is not None:
             self._fetch_views(side)
-            c = self.view_radius
-            views = cast(np.ndarray, self._views[side])
-            block = views[:, c - 1 : c + 2, c - 1 : c + 2, 4].reshape(len(rows), 9)
-            out[rows] = block[:, [0, 1, 2, 3, 5, 6, 7, 8]]  # row-major (dy, dx) without the centre
+            out[rows] = _reach_hp(cast(np.ndarray, self._views[side]), self.view_radius)
             return out
         other = 1 - side
         self._fetch_views(other)

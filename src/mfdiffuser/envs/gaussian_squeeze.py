@@ -30,6 +30,7 @@ class GaussianSqueeze(PopulationEnv):
 
     name = "gaussian-squeeze"
     stochastic_transitions = False  # no state: rewards are a function of the joint action
+    reward_scope = "population"  # every agent gets G(x) / N
 
     def __init__(
         self,

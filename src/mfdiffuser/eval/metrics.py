@@ -1,7 +1,7 @@
 """Evaluation metrics summarised over seeds as a mean with a 95% confidence interval.
 
-Per-agent return, normalized score, Ising order parameter, battle win rate and kill ratio, plan
-latency and memory.
+Per-agent return, normalized score, Ising order parameter, battle win rate, kill ratio and survivors,
+plan latency and memory.
 
 Normalized score (D4RL convention): ``100 * (R - R_random) / (R_expert - R_random)``, with the
 reference returns of the env's random and expert behaviour policies at the same N.
@@ -73,6 +73,12 @@ def battle_outcome(ep: EpisodeResult) -> tuple[float, float] | None:
     return win, ratio
 
 
+def battle_survivors(ep: EpisodeResult, n_agents: int) -> float | None:
+    """Share of our team alive at a battle episode's end (``survivors / N``), or None for other envs."""
+    survivors = ep.info_final.get("survivors")
+    return None if survivors is None else float(survivors) / max(int(n_agents), 1)
+
+
 def per_seed(episodes: Sequence[EpisodeResult], value: Any, by: str = "seed") -> dict[Any, float]:
     """Mean of ``value(episode)`` over the episodes of each seed (episodes returning None are skipped).
 
@@ -124,7 +130,7 @@ def summarize(
 
     Returns:
         ``{"n_agents", "episodes", "return", "score"?, "order_parameter"?, "win_rate"?,
-        "kill_ratio"?, "act_ms", "act_ms_max", "peak_mem_mb", "info"}``; ``info`` holds the
+        "kill_ratio"?, "survivors"?, "act_ms", "act_ms_max", "peak_mem_mb", "info"}``; ``info`` holds the
         seed means of every other scalar the env reported at the episode's end. With
         ``by="episode"`` and one episode per evaluation seed (a grid's split stream), the result
         and every metric also carry ``episode_seeds``, aligned with the metric's ``values`` (a
@@ -153,6 +159,9 @@ def summarize(
         ratio = group(lambda e: (battle_outcome(e) or (None, None))[1])
         if ratio:
             out["kill_ratio"] = _ci(ratio)
+        alive = group(lambda e: battle_survivors(e, result.n_agents))
+        if alive:
+            out["survivors"] = _ci(alive)
     out["act_ms"] = _ci(group(lambda e: 1000.0 * float(np.mean(e.act_s))))
     out["act_ms_max"] = _ci(group(lambda e: 1000.0 * float(np.max(e.act_s))))
     out["peak_mem_mb"] = result.peak_mem_mb

@@ -60,7 +60,7 @@ from typing import Any
 import yaml
 
 from mfdiffuser.splits import STREAM_SIZE, check_split, data_seed
-from mfdiffuser.utils import fingerprint, plain
+from mfdiffuser.utils import SEED_LIMIT, fingerprint, plain
 
 DATA_DEFAULTS: dict[str, Any] = {"episodes": 100, "ref_episodes": 10, "seed": 0, "store_agents": None}
 EVAL_DEFAULTS: dict[str, Any] = {"episodes": 30, "episodes_by_n": {}}
@@ -249,6 +249,30 @@ class Grid:
         return {c.dataset.key: c.dataset for c in self.cells if c.dataset is not None}
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that names a key twice (safe_load keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the safe loader's own error names it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys: a grid written twice over means a mistake."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_spec(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     """Read a grid spec from a YAML path, or copy a dict.
 
@@ -270,7 +294,7 @@ def load_spec(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     except OSError as exc:
         raise ValueError(f"grid spec {path} cannot be read ({exc.strerror or exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as exc:
         message = " ".join(str(exc).split())
         raise ValueError(f"{path}: not valid YAML ({message})") from None
@@ -280,6 +304,21 @@ def load_spec(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{path}: a grid spec must be a mapping")
     data.setdefault("name", path.stem)
     return data
+
+
+def check_name(name: object, what: str) -> str:
+    """Return ``name`` if it can name a file inside the results directory, else raise ValueError.
+
+    Grid, benchmark and method names become file and directory names (``results/<grid>``,
+    ``cells/<benchmark>__<quality>__<method>__s<seed>.json``): no path separator, no leading dot
+    (``..`` would leave the directory), nothing empty.
+    """
+    text = name if isinstance(name, str) else None
+    if not text or text.startswith(".") or any(c in text for c in "/\\\0") or text != text.strip():
+        raise ValueError(
+            f"{what}: {name!r} cannot name a file (no '/', no leading '.', no surrounding spaces)"
+        )
+    return text
 
 
 def _unknown(keys: Any, allowed: set[str], where: str) -> None:
@@ -329,6 +368,9 @@ def check_data(data: Mapping[str, Any], qualities: list[str], where: str) -> Non
     least = 2 if "mixed" in qualities else 1  # a mixed dataset holds random and expert episodes
     _count(data["episodes"], least, f"{where}.data: episodes" + (" (mixed needs 2)" if least == 2 else ""))
     _count(data["ref_episodes"], 1, f"{where}.data: ref_episodes")
+    for key in ("episodes", "ref_episodes"):
+        if data[key] > STREAM_SIZE:
+            raise ValueError(f"{where}.data: {key} must be at most {STREAM_SIZE:,}, got {data[key]:,}")
     _count(data["seed"], 0, f"{where}.data: seed")
     if data["seed"] >= STREAM_SIZE:
         raise ValueError(f"{where}.data: seed must be below {STREAM_SIZE:,} (an offset in the split's range)")
@@ -525,20 +567,26 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
 
     raw = load_spec(spec)
     _unknown(raw, TOP_KEYS, "grid")
-    name = str(raw.get("name", "grid"))
+    name = check_name(str(raw.get("name", "grid")), "grid: name")
     try:
         split = check_split(raw.get("split", "validation"))
     except ValueError as exc:
         raise ValueError(f"grid: {exc}") from None
     seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ValueError(f"grid: seeds must be a non-empty list of non-negative integers, got {seeds!r}")
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(type(s) is int and 0 <= s < SEED_LIMIT for s in seeds)
+    ):
+        raise ValueError(f"grid: seeds must be a non-empty list of integers in [0, 2**64), got {seeds!r}")
     benches = raw.get("benchmarks")
     methods = raw.get("methods")
     if not isinstance(benches, dict) or not benches:
         raise ValueError("grid: 'benchmarks' must be a non-empty mapping")
     if not isinstance(methods, dict) or not methods:
         raise ValueError("grid: 'methods' must be a non-empty mapping")
+    for key in [*benches, *methods]:  # they name the cells' record files
+        check_name(key, "grid: benchmark and method names")
     max_retries = _count(raw.get("max_retries", 2), 0, "grid: max_retries")
     check_overrides(methods, list(benches))
     selected: dict[str, dict[str, dict[str, Any]]] = {}

@@ -54,6 +54,7 @@ METRICS: dict[str, tuple[str, bool, int]] = {
     "return": ("Per-agent return", True, 3),
     "win_rate": ("Battle win rate", True, 2),
     "kill_ratio": ("Battle kill ratio", True, 2),
+    "survivors": ("Battle survivors (share of our team alive at the end)", True, 2),
     "order_parameter": ("Ising order parameter |m|", True, 3),
     "act_ms": ("Mean act latency (ms per step)", False, 2),
     "act_ms_max": ("Plan latency (ms, slowest act call: a replanning step)", False, 1),
@@ -917,10 +918,20 @@ def build_report(results_dir: str | Path, out_dir: str | Path, *, skip_unreadabl
     Returns:
         Path of the Markdown report.
 
+    A failure part-way (a full disk, an interrupt) removes ``out_dir`` again if this call created it;
+    an existing ``out_dir`` keeps what it held, each file whole (every file is written atomically).
+
     Raises:
         FileNotFoundError: ``results_dir`` holds no readable cell records.
         MfdError: some record files are unreadable and ``skip_unreadable`` is False.
     """
+    from mfdiffuser.utils import removed_on_failure
+
+    with removed_on_failure(out_dir, errors=(BaseException,)):
+        return _write_report(results_dir, out_dir, skip_unreadable)
+
+
+def _write_report(results_dir: str | Path, out_dir: str | Path, skip_unreadable: bool) -> Path:
     store = ResultStore(results_dir)
     scan = store.scan(REPORT_KEYS)
     if scan.unreadable and not skip_unreadable:
@@ -1099,7 +1110,11 @@ def build_report(results_dir: str | Path, out_dir: str | Path, *, skip_unreadabl
     for title, path in plots:
         if path is not None:
             md += [f"![{title}]({path.name})", ""]
-    (out / "tables.tex").write_text("\n".join(tex))
+    from mfdiffuser.utils import atomic_path
+
+    with atomic_path(out / "tables.tex") as tmp:
+        tmp.write_text("\n".join(tex))
     report = out / "report.md"
-    report.write_text("\n".join(md) + "\n")
+    with atomic_path(report) as tmp:
+        tmp.write_text("\n".join(md) + "\n")
     return report

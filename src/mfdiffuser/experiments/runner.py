@@ -24,8 +24,8 @@ from mfdiffuser.experiments.cell import failed_record, one_line, prepare_dataset
 from mfdiffuser.experiments.grid import Cell, DatasetSpec, Grid, parse_grid, select_cells
 from mfdiffuser.experiments.store import STARTED, ResultStore
 from mfdiffuser.progress import ProgressBar
-from mfdiffuser.raycluster import RAY_CONNECT_TIMEOUT_S, init_ray, resolve_ray_address
-from mfdiffuser.utils import utc_timestamp
+from mfdiffuser.raycluster import RAY_CONNECT_TIMEOUT_S, check_cluster, init_ray
+from mfdiffuser.utils import check_dir_target, removed_on_failure, utc_timestamp
 
 CellHook = Callable[[Cell, str], None]
 """Called in the worker before a cell runs, with the cell and the results directory."""
@@ -139,24 +139,27 @@ def run_grid(
     t0 = time.perf_counter()
     started_at = utc_timestamp()
     if address is not None:
-        resolve_ray_address(address)  # fail on a missing cluster before anything is written
+        check_cluster(address)  # a malformed address or no cluster fails before anything is written
     grid: Grid = parse_grid(spec)
     results = Path(results_dir or grid.spec.get("results") or Path("results") / grid.name)
     data = Path(data_dir or grid.spec.get("datasets_dir") or results / "datasets")
+    check_dir_target(results, "the results directory")
+    check_dir_target(data, "the datasets directory")
     store = ResultStore(results)
-    results.mkdir(parents=True, exist_ok=True)
-    store.fill_train_times()
-    (results / "grid.yaml").write_text(yaml.safe_dump(grid.spec, sort_keys=False))
-    cells = select_cells(grid.cells, only)
-    summary = GridSummary(results, len(cells), started_at=started_at)
-    todo = [c for c in cells if not all(store.is_finished(r, c.fingerprint) for r in c.record_ids)]
-    summary.skipped_existing = len(cells) - len(todo)
-    if not todo:
-        summary.seconds = time.perf_counter() - t0
-        write_json(results / "summary.json", summary.as_dict())
-        return summary
-
-    started = init_ray(address, num_cpus, timeout=connect_timeout)
+    # until the first task runs, a failure (Ray does not start) leaves no new results directory
+    with removed_on_failure(results, errors=(BaseException,)):
+        results.mkdir(parents=True, exist_ok=True)
+        store.fill_train_times()
+        (results / "grid.yaml").write_text(yaml.safe_dump(grid.spec, sort_keys=False))
+        cells = select_cells(grid.cells, only)
+        summary = GridSummary(results, len(cells), started_at=started_at)
+        todo = [c for c in cells if not all(store.is_finished(r, c.fingerprint) for r in c.record_ids)]
+        summary.skipped_existing = len(cells) - len(todo)
+        if not todo:
+            summary.seconds = time.perf_counter() - t0
+            write_json(results / "summary.json", summary.as_dict())
+            return summary
+        started = init_ray(address, num_cpus, timeout=connect_timeout)
     summary.cpus = float(ray.cluster_resources().get("CPU", 0.0))
     # A first line now, so that a sweep killed with its machine still shows in the log.
     store.log_sweep(

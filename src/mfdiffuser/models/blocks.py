@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mfdiffuser.models.view import ObsEncoder
+
 
 class MLP(nn.Sequential):
     """``Linear -> act`` repeated, then a final ``Linear`` to ``out_dim``."""
@@ -32,12 +34,21 @@ class AgentEncoder(nn.Module):
     the input of a mean-field policy or value (Yang et al. 2018).
     """
 
-    def __init__(self, state_size: int, summary_size: int, hidden: int, out_dim: int | None = None):
+    def __init__(
+        self,
+        state_size: int,
+        summary_size: int,
+        hidden: int,
+        out_dim: int | None = None,
+        view_shape: tuple[int, int, int] | None = None,
+    ):
         super().__init__()
-        self.net = MLP(state_size + summary_size, hidden, out_dim or hidden, n_layers=2)
+        self.obs = ObsEncoder(state_size, view_shape)  # the identity unless observations end in a view
+        self.net = MLP(self.obs.out_size + summary_size, hidden, out_dim or hidden, n_layers=2)
 
     def forward(self, states: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
         """``states [..., M, S]`` and ``summary [..., P]`` (broadcast over M) -> ``[..., M, E]``."""
+        states = self.obs(states)
         summary = summary.unsqueeze(-2).expand(*states.shape[:-1], summary.shape[-1])
         return self.net(torch.cat([states, summary], dim=-1))
 
@@ -45,9 +56,15 @@ class AgentEncoder(nn.Module):
 class ValueNet(nn.Module):
     """``V(s, phi(mu), t/T)``: a per-agent value of the mean-field state, trained by expectile regression."""
 
-    def __init__(self, state_size: int, summary_size: int, hidden: int = 128):
+    def __init__(
+        self,
+        state_size: int,
+        summary_size: int,
+        hidden: int = 128,
+        view_shape: tuple[int, int, int] | None = None,
+    ):
         super().__init__()
-        self.encoder = AgentEncoder(state_size, summary_size, hidden)
+        self.encoder = AgentEncoder(state_size, summary_size, hidden, view_shape=view_shape)
         self.head = nn.Sequential(nn.Mish(), nn.Linear(hidden, 1))
 
     def forward(self, states: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:

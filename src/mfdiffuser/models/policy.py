@@ -15,9 +15,16 @@ from mfdiffuser.models.blocks import AgentEncoder
 class PolicyNet(nn.Module):
     """``pi(a | s_i, c)``: action logits of every agent, ``[..., M, S] x [..., C] -> [..., M, A]``."""
 
-    def __init__(self, state_size: int, context_size: int, n_actions: int, hidden: int = 128) -> None:
+    def __init__(
+        self,
+        state_size: int,
+        context_size: int,
+        n_actions: int,
+        hidden: int = 128,
+        view_shape: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__()
-        self.encoder = AgentEncoder(state_size, context_size, hidden)
+        self.encoder = AgentEncoder(state_size, context_size, hidden, view_shape=view_shape)
         self.head = nn.Sequential(nn.Mish(), nn.Linear(hidden, n_actions))
 
     def forward(self, states: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -27,10 +34,17 @@ class PolicyNet(nn.Module):
 class TwinQNet(nn.Module):
     """Two independent ``Q(s_i, a, c)`` heads, each ``[..., M, S] x [..., C] -> [..., M, A]``."""
 
-    def __init__(self, state_size: int, context_size: int, n_actions: int, hidden: int = 128) -> None:
+    def __init__(
+        self,
+        state_size: int,
+        context_size: int,
+        n_actions: int,
+        hidden: int = 128,
+        view_shape: tuple[int, int, int] | None = None,
+    ) -> None:
         super().__init__()
-        self.q1 = PolicyNet(state_size, context_size, n_actions, hidden)
-        self.q2 = PolicyNet(state_size, context_size, n_actions, hidden)
+        self.q1 = PolicyNet(state_size, context_size, n_actions, hidden, view_shape)
+        self.q2 = PolicyNet(state_size, context_size, n_actions, hidden, view_shape)
 
     def forward(self, states: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.q1(states, context), self.q2(states, context)
