@@ -43,6 +43,7 @@ from mfdiffuser.diffusion import (
 from mfdiffuser.envs.base import PopulationEnv
 from mfdiffuser.models.action_head import ActionHead
 from mfdiffuser.models.blocks import ValueNet, expectile_loss
+from mfdiffuser.models.critics import channel_probs
 from mfdiffuser.models.denoiser import MeanFieldDenoiser
 from mfdiffuser.models.policy import polyak_update
 
@@ -366,9 +367,7 @@ class MFDiffuser(nn.Module):
             return picks.reshape(chans.shape[:-1])
         # A clean one-hot in {-1, 1} has exactly one positive channel: sample among the positive
         # channels in proportion to their height (argmax where none is positive).
-        probs = chans.clamp_min(0.0)
-        none = probs.sum(-1, keepdim=True) <= 0
-        probs = torch.where(none, F.one_hot(chans.argmax(-1), self.A).to(chans.dtype), probs)
+        probs = channel_probs(chans)
         return torch.multinomial(probs.reshape(-1, self.A), 1, generator=generator).reshape(chans.shape[:-1])
 
     # ---------------------------------------------------------------------- loss
