@@ -37,6 +37,11 @@ TINY: dict[str, dict] = {
         "steps_per_level": [2, 2],
         "diffusion_steps": 8,
     },
+    # the search and decoding options: both critics ranking K candidates, the action head, the gate
+    "mf-diffuser-agent-critic": {"algo": "mf-diffuser", "critic": "agent", "candidates": 3, "gate": True},
+    "mf-diffuser-population-critic": {"algo": "mf-diffuser", "critic": "population", "candidates": 3,
+                                      "select": "softmax"},
+    "mf-diffuser-head": {"algo": "mf-diffuser", "action_decode": "head"},
     "bc": {"hidden": 32},
     "rwbc": {"hidden": 32},
     "awbc": {"hidden": 32},
@@ -54,7 +59,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("algo", list(TINY))
 def test_train_and_plan_on_device(algo: str, device: str, gs_dataset: Path, tmp_path: Path) -> None:
     trainer = TrainerConfig(steps=3, batch_size=4, device=device, progress=False, log_every=1)
-    trained = train(algo, gs_dataset, tmp_path / "run", TINY[algo], trainer)
+    options = dict(TINY[algo])
+    if "algo" in options:  # a variant: the base method's tiny config with the variant's options on top
+        algo = options.pop("algo")
+        options = {**TINY[algo], **options}
+    trained = train(algo, gs_dataset, tmp_path / "run", options, trainer)
     assert trained.step == 3
     assert {p.device.type for p in trained.learner.parameters()} == {device}
     run = load_run(tmp_path / "run", device=device)

@@ -317,7 +317,7 @@ def _cli_args(dataset: Path, out: Path, steps: int) -> list[str]:
     sets = [f"--set={k}={json.dumps(v)}" for k, v in OPTIONS.items()]
     return ["train", "--algo", "mf-diffuser", "--dataset", str(dataset), "--out", str(out), "--steps",
             str(steps), "--batch-size", "4", "--checkpoint-every", "10", "--device", "cpu", "--no-progress",
-            *sets]
+            "--threads", "1", *sets]  # one thread everywhere: the same float sums on any machine
 
 
 CLI_STEPS = 80
@@ -418,7 +418,8 @@ def test_checkpoint_with_code_is_refused_before_it_runs(dataset, trained, tmp_pa
 
 def test_checkpoint_state_is_weights_only(straight):
     state = read_checkpoint(straight / CHECKPOINT)
-    assert set(state) == {"learner", "ema", "optim", "torch_rng", "sampler_rng", "sampler", "step"}
+    cuda = {"cuda_rng"} if torch.cuda.is_available() and torch.cuda.is_initialized() else set()
+    assert set(state) == {"learner", "ema", "optim", "torch_rng", "sampler_rng", "sampler", "step", *cuda}
     assert isinstance(state["sampler_rng"], dict) and state["step"] == STEPS
     assert state["sampler"]["rng"] == state["sampler_rng"] and state["sampler"]["blocks"] == [0]
 
@@ -442,7 +443,7 @@ def test_cuda_rng_state_is_saved_and_restored(dataset, tmp_path, monkeypatch):
     def run(run_dir, steps):
         seed_everything(0)
         cfg = TrainerConfig(steps=steps, batch_size=4, log_every=5, checkpoint_every=10, ema_start=5,
-                            progress=False, device="cuda")
+                            progress=False, device="cuda", deterministic=True)
         return train("mf-diffuser", dataset, run_dir, OPTIONS, cfg)
 
     run(tmp_path / "straight", 30)
@@ -454,6 +455,24 @@ def test_cuda_rng_state_is_saved_and_restored(dataset, tmp_path, monkeypatch):
     torch.cuda.manual_seed_all(12345)  # the resumed run must not depend on the generator's state now
     run(tmp_path / "resumed", 30)
     assert_same_checkpoint(tmp_path / "resumed", tmp_path / "straight")
+    assert not torch.are_deterministic_algorithms_enabled()  # the mode ends with the run
+
+
+def test_deterministic_mode_is_scoped_to_the_run(dataset, tmp_path):
+    assert not torch.are_deterministic_algorithms_enabled()
+    cfg = TrainerConfig(steps=3, batch_size=4, progress=False, device="cpu", deterministic=True)
+    seen = []
+    original = WindowSampler.sample
+
+    def sample(self, *args, **kwargs):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(WindowSampler, "sample", sample)
+        train("mf-diffuser", dataset, tmp_path / "run", OPTIONS, cfg)
+    assert seen[-3:] == [True, True, True]  # the 3 training batches (the build draws some before)
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_save_checkpoint_without_cuda_has_no_cuda_state(tmp_path):

@@ -21,6 +21,7 @@ import copy
 import io
 import json
 import math
+import os
 import pickle
 import signal
 import sys
@@ -88,6 +89,10 @@ class TrainerConfig:
     """Compute the forward pass and loss under bfloat16 autocast (for GPUs; weights stay float32)."""
     wandb: bool = False
     """Also log to Weights & Biases (extra ``wandb``; ``WANDB_MODE=offline`` needs no network)."""
+    deterministic: bool = False
+    """Use only deterministic kernels (``torch.use_deterministic_algorithms``), so that a CUDA run
+    resumed from a checkpoint equals an uninterrupted one bit for bit; slower on GPUs. CPU runs are
+    reproducible without it."""
 
     def __post_init__(self) -> None:
         # the same typed check that algorithm options get (ints not bools, finite floats, ...)
@@ -198,7 +203,32 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
             ``metrics.jsonl`` is damaged before its last line.
         TrainingInterrupted: SIGINT or SIGTERM arrived; the last completed step was saved first.
     """
-    run_dir = Path(run_dir)
+    with deterministic_kernels(cfg.deterministic):
+        return _fit(learner, sampler, Path(run_dir), cfg)
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """Use only deterministic torch kernels inside the block (no-op when ``enabled`` is False).
+
+    cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` for deterministic matrix products; it is set here unless
+    the environment already sets it, and takes effect if cuBLAS was not yet used in this process.
+    The previous mode is restored on exit.
+    """
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _fit(learner: nn.Module, sampler: Any, run_dir: Path, cfg: TrainerConfig) -> TrainResult:
+    """The training loop of :func:`fit` (``run_dir`` resolved, kernel mode set)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(resolve_device(cfg.device))
     learner.to(device)
@@ -223,7 +253,7 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
                 learner.load_state_dict(state["learner"])
                 ema.load_state_dict(state["ema"])
                 optim.load_state_dict(state["optim"])
-                torch.set_rng_state(state["torch_rng"])
+                torch.set_rng_state(state["torch_rng"].cpu())  # generator states live on the CPU
                 if "sampler" in state and hasattr(sampler, "load_state_dict"):
                     sampler.load_state_dict(state["sampler"])  # its pool of blocks too
                 else:
@@ -233,7 +263,8 @@ def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfi
                     f"{ckpt_path}: the checkpoint does not match this run ({first_line(exc)}); {_RECOVER}"
                 ) from None
             if "cuda_rng" in state and device.type == "cuda":
-                torch.cuda.set_rng_state_all(list(state["cuda_rng"])[: torch.cuda.device_count()])
+                cuda_states = [s.cpu() for s in state["cuda_rng"]]
+                torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
             step = saved = int(state["step"])
         _truncate_metrics(run_dir / METRICS, step)
 

@@ -47,6 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--force", action="store_true", help="start even when a training batch exceeds the memory available"
     )
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast of forward and loss (GPUs)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels only: a resumed CUDA run equals an uninterrupted one (slower)")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (extra: wandb)")
     p.set_defaults(func=run)
 
@@ -103,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         "device": args.device,
         "progress": not args.no_progress,
         "bf16": args.bf16,
+        "deterministic": args.deterministic,
         "wandb": args.wandb,
     }
     for name in ("steps", "batch_size", "lr", "checkpoint_every"):
