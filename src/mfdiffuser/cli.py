@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from mfdiffuser import __version__
@@ -63,6 +65,41 @@ def command_name(args: argparse.Namespace) -> str:
     return " ".join(words)
 
 
+RESUMABLE = {
+    "sweep": "finished cells are kept",
+    "demo": "finished cells are kept",
+    "data generate": "finished episodes are kept in <out>.partial",
+}
+"""Commands that continue where they stopped when run again, and what they keep."""
+
+
+def command_line(name: str) -> str:
+    """The command line that started this process, as ``mfd ...`` when it was the ``mfd`` script.
+
+    Args:
+        name: the subcommand (``command_name``), used when the process was started some other way.
+    """
+    if Path(sys.argv[0]).name == "mfd":
+        return shlex.join(["mfd", *sys.argv[1:]])
+    if Path(sys.argv[0]).parts[-2:] == ("mfdiffuser", "cli.py"):
+        return shlex.join(["python", "-m", "mfdiffuser.cli", *sys.argv[1:]])
+    return f"`mfd {name}` with the same arguments"
+
+
+def interrupted_message(name: str, kept: str | None = None) -> str:
+    """The line printed when ``mfd <name>`` is interrupted, with how to resume where it resumes.
+
+    Args:
+        name: the subcommand.
+        kept: what was saved (default: the ``RESUMABLE`` entry of ``name``; without one, the line
+            says only that the command was interrupted).
+    """
+    kept = kept or RESUMABLE.get(name)
+    if kept is None:
+        return "mfd: interrupted"
+    return f"mfd {name}: interrupted ({kept}); resume with the same command: {command_line(name)}"
+
+
 def error_message(exc: BaseException) -> str:
     """One line describing a user-facing error.
 
@@ -102,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe surfaces here, not at interpreter exit
         return code
     except KeyboardInterrupt:
-        sys.stderr.write("mfd: interrupted\n")
+        sys.stderr.write(interrupted_message(command_name(args)) + "\n")
         return 130
     except BrokenPipeError:
         # the reader went away (`mfd envs | head -1`): stop quietly, as a shell tool does on SIGPIPE

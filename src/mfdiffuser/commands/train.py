@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shlex
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import yaml
@@ -70,19 +68,11 @@ def parse_options(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _command() -> str:
-    """The command line that started this process, as ``mfd ...`` when it was the ``mfd`` script."""
-    if Path(sys.argv[0]).name == "mfd":
-        return shlex.join(["mfd", *sys.argv[1:]])
-    if Path(sys.argv[0]).parts[-2:] == ("mfdiffuser", "cli.py"):
-        return shlex.join(["python", "-m", "mfdiffuser.cli", *sys.argv[1:]])
-    return "`mfd train` with the same arguments"
-
-
 def run(args: argparse.Namespace) -> int:
     from mfdiffuser.algos.base import algo_module
     from mfdiffuser.algos.run import field_docs, train
     from mfdiffuser.algos.trainer import TrainerConfig, TrainingInterrupted
+    from mfdiffuser.cli import interrupted_message
     from mfdiffuser.utils import check_not_dangling, seed_everything, set_threads
 
     module = algo_module(args.algo)
@@ -121,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except TrainingInterrupted as exc:
         saved = f"saved step {exc.step} of {exc.total}" if exc.step is not None else "no checkpoint yet"
-        sys.stderr.write(f"mfd train: interrupted ({saved}); resume with the same command: {_command()}\n")
+        sys.stderr.write(interrupted_message("train", saved) + "\n")
         return 128 + exc.signum
 
     if args.steps is not None and result.step > args.steps:
