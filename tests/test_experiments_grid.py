@@ -179,13 +179,14 @@ def test_driver_killed_midway_then_rerun_completes_missing(ray_session, tmp_path
         assert len(Path(results, "attempts", k).read_text().splitlines()) == 1
 
 
-@pytest.mark.parametrize("name", ["main", "demo"])
+@pytest.mark.parametrize("name", ["main", "tune", "ablation", "demo"])
 def test_shipped_grids_parse_with_valid_options(name, tmp_path, capsys):
     from mfdiffuser.algos.base import algo_module, config_from_dict
     from mfdiffuser.cli import main
 
     root = Path(__file__).resolve().parents[1]
-    path = root / "experiments" / "main.yaml" if name == "main" else root / "src/mfdiffuser/presets/demo.yaml"
+    demo = root / "src/mfdiffuser/presets/demo.yaml"
+    path = demo if name == "demo" else root / "experiments" / f"{name}.yaml"
     grid = parse_grid(path)
     assert grid.name == name
     for cell in grid.cells:
@@ -303,3 +304,43 @@ def test_cells_give_the_same_records_in_either_order_in_one_process(tmp_path):
         torch.manual_seed(123 if name == "fwd" else 456)  # whatever the process did before
         out[name] = {c.id: stable(run_cell(c, data, tmp_path / name)) for c in order}
     assert out["fwd"] == out["rev"]
+
+
+def test_methods_differing_only_in_policy_share_one_training(tmp_path):
+    from mfdiffuser.experiments.cell import prepare_dataset, run_cell
+
+    methods = {"bc": {"algo": "bc"}, "bc-greedy": {"algo": "bc", "policy": {"acting": "greedy"}},
+               "bc-lr": {"algo": "bc", "trainer": {"lr": 1e-3}}}
+    grid = parse_grid(_spec(methods, seeds=(0,)))
+    first, greedy, other = grid.cells
+    assert first.run_name == greedy.run_name != other.run_name
+    data = prepare_dataset(first.dataset, tmp_path / "data")
+    recs = [run_cell(c, data, tmp_path / "r") for c in (first, greedy)]
+    assert recs[0]["train"]["run_dir"] == recs[1]["train"]["run_dir"]
+    assert "trained_by" not in recs[0]["train"] and recs[1]["train"]["trained_by"] == first.id
+    # trained once: the second cell loaded the run, and its record counts no training time
+    run_dir = Path(recs[0]["train"]["run_dir"])
+    logged = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in logged] == [5, 10]
+    assert recs[0]["timings"]["train_run_s"] > 0 and recs[1]["timings"]["train_run_s"] == 0.0
+    assert recs[0]["config"]["policy"] != recs[1]["config"]["policy"]
+
+
+def test_run_lock_makes_a_second_cell_wait(tmp_path):
+    import threading
+
+    from mfdiffuser.experiments.cell import run_lock
+
+    run_dir = tmp_path / "runs" / "x"
+    entered = threading.Event()
+
+    def second():
+        with run_lock(run_dir):
+            entered.set()
+
+    with run_lock(run_dir):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not entered.wait(0.3)  # blocked while the first holds the lock
+    assert entered.wait(10)
+    thread.join()

@@ -2,6 +2,7 @@
 
 
 import pytest
+import yaml
 
 from grid_specs import with_changes
 from mfdiffuser.experiments.grid import load_spec, parse_grid
@@ -120,3 +121,12 @@ def test_unreachable_cluster_address_fails_in_one_line_at_once(tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert f"cannot join the Ray cluster at '127.0.0.1:{port}': nothing answers there" in err
+
+
+def test_yaml_merge_keys_override_without_counting_as_duplicates():
+    from mfdiffuser.experiments.grid import yaml_load
+
+    text = "a: &base {x: 1, y: 2}\nb:\n  <<: *base\n  y: 3\n"
+    assert yaml_load(text) == {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}
+    with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key 'y'"):
+        yaml_load("b:\n  <<: {x: 1}\n  y: 3\n  y: 4\n")

@@ -8,17 +8,19 @@ where the env has a measure, and writes the cell's record to the results store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from mfdiffuser.errors import BudgetExceeded, MfdError
 from mfdiffuser.experiments.grid import Cell, DatasetSpec
 from mfdiffuser.experiments.store import ResultStore, versions
+from mfdiffuser.utils import atomic_path
 
 
 def prepare_dataset(spec: DatasetSpec, data_dir: str | Path) -> str:
@@ -42,6 +44,37 @@ def prepare_dataset(spec: DatasetSpec, data_dir: str | Path) -> str:
     )
     generate_dataset(cfg)
     return str(path)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<run_dir>.lock`` (``flock``): cells sharing a run train it in turn.
+
+    Ray may start two cells of one run at once; the second waits here, then finds the run trained.
+    The lock is advisory, per host (a cluster whose nodes share a results directory over a network
+    file system gets whatever ``flock`` does there).
+    """
+    import fcntl
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f"{run_dir.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def claim_run(run_dir: Path, cell_id: str) -> str:
+    """The id of the cell that trains the run: the first to claim it (call under ``run_lock``)."""
+    path = run_dir.parent / f"{run_dir.name}.owner"
+    if path.is_file():
+        owner = path.read_text().strip()
+        if owner:
+            return owner
+    with atomic_path(path) as tmp:
+        tmp.write_text(cell_id + "\n")
+    return cell_id
 
 
 def _base_record(cell: Cell, attempt: int) -> dict[str, Any]:
@@ -164,17 +197,23 @@ def _run_budget(
                 raise ValueError(f"cell {cell.id} needs a dataset")
             steps: dict[str, Any] = {"steps": budget} if budget is not None else {}
             trainer = TrainerConfig(**{"progress": False, **cell.trainer, **steps, "seed": cell.seed})
-            run_dir = store.run_dir(cell.id, cell.train_fingerprint)
-            run = train(cell.algo, dataset_path, run_dir, dict(cell.options), trainer)
+            run_dir = store.run_dir(cell.run_name)
+            with run_lock(run_dir):  # one cell at a time trains a shared run; the others then load it
+                owner = claim_run(run_dir, cell.id)
+                run = train(cell.algo, dataset_path, run_dir, dict(cell.options), trainer)
             if budget is not None and run.step != budget:
                 raise MfdError(
                     f"{run_dir} is trained to step {run.step}, past the budget {budget} to evaluate; "
                     "delete it to evaluate the earlier budgets again"
                 )
             timings["train_s"] = time.perf_counter() - t0
-            # the run's own training time, also when an earlier attempt trained it
-            timings["train_run_s"] = max(logged_train_seconds(run_dir) - trained_s, 0.0)
+            # the run's own training time, also when an earlier attempt trained it; counted in the
+            # record of the cell that trained it only, so a store's records add up to its compute
+            own = owner == cell.id
+            timings["train_run_s"] = max(logged_train_seconds(run_dir) - trained_s, 0.0) if own else 0.0
             record["train"] = {"step": run.step, "run_dir": str(run_dir)}
+            if not own:
+                record["train"]["trained_by"] = owner
             record["dataset"] = {
                 "path": str(dataset_path),
                 "checksum": run.meta.checksum,

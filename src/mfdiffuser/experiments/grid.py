@@ -202,6 +202,19 @@ class Cell:
         d = self.to_dict()
         return fingerprint({k: d[k] for k in ("algo", "options", "trainer", "dataset", "seed", "budgets")})
 
+    @property
+    def run_name(self) -> str:
+        """Name of the cell's run directory.
+
+        Cells that train the same thing (algorithm, options, trainer, dataset and seed: the
+        ``train_fingerprint``) share one run, whatever their method's name: methods that differ only
+        in ``policy`` (planner variants) are trained once and evaluated each their own way. A cell
+        with several ``budgets`` keeps a run of its own, since it evaluates the run part-way.
+        """
+        if self.budgets:
+            return f"{self.id}-{self.train_fingerprint[:8]}"
+        return f"{self.benchmark}__{self.quality}__{self.algo}__s{self.seed}-{self.train_fingerprint[:8]}"
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly description (stored in the cell's record)."""
         return json.loads(json.dumps(plain(self), sort_keys=True, default=str))
@@ -250,11 +263,17 @@ class Grid:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a mapping that names a key twice (safe_load keeps the last)."""
+    """YAML's safe loader, refusing a mapping that names a key twice (safe_load keeps the last).
+
+    Merge keys (``<<: *anchor``) work as in YAML 1.1: a key written in the mapping overrides the one
+    merged in, which is not a duplicate.
+    """
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=True)
             try:
                 duplicate = key in seen

@@ -163,9 +163,9 @@ class ResultStore:
         """Path of a cell's record."""
         return self.cells_dir / f"{cell_id}.json"
 
-    def run_dir(self, cell_id: str, train_hash: str) -> Path:
-        """Run directory of a cell's training (named by the hash of its training config)."""
-        return self.root / "runs" / f"{cell_id}-{train_hash[:8]}"
+    def run_dir(self, name: str) -> Path:
+        """Run directory of a training (``Cell.run_name``: shared by cells that train the same)."""
+        return self.root / "runs" / name
 
     def read(self, cell_id: str) -> dict[str, Any] | None:
         """The record of a cell, or None if absent (an unreadable record counts as absent)."""
