@@ -130,3 +130,20 @@ def test_yaml_merge_keys_override_without_counting_as_duplicates():
     assert yaml_load(text) == {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}
     with pytest.raises(yaml.constructor.ConstructorError, match="duplicate key 'y'"):
         yaml_load("b:\n  <<: {x: 1}\n  y: 3\n  y: 4\n")
+
+
+def test_seeds_by_quality_sets_the_seeds_of_those_qualities():
+    spec = {
+        "seeds": [0, 1, 2],
+        "seeds_by_quality": {"medium": [0, 1, 2, 3, 4]},
+        "benchmarks": {"crowd": {"train": 100, "eval": [100], "qualities": ["medium", "expert"]}},
+        "methods": {"bc": {"algo": "bc"}},
+    }
+    seeds = {}
+    for cell in parse_grid(spec).cells:
+        seeds.setdefault(cell.quality, []).append(cell.seed)
+    assert seeds == {"medium": [0, 1, 2, 3, 4], "expert": [0, 1, 2]}
+    with pytest.raises(ValueError, match="seeds_by_quality names mixed, a quality no benchmark"):
+        parse_grid({**spec, "seeds_by_quality": {"mixed": [0]}})
+    with pytest.raises(ValueError, match=r"seeds_by_quality.medium must be a non-empty list"):
+        parse_grid({**spec, "seeds_by_quality": {"medium": []}})

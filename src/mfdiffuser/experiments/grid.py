@@ -9,6 +9,7 @@ Schema (every key but ``benchmarks`` and ``methods`` optional)::
     name: main
     split: test                       # test (reported tables) or validation (every choice; default)
     seeds: [0, 1, 2]                  # training seeds; statistics are over these
+    seeds_by_quality: {medium: [0, 1, 2, 3, 4]}   # other seeds for some qualities
     data: {episodes: 100, ref_episodes: 10, seed: 0, store_agents: null}   # seed: offset in the
                                       # split's own range of dataset seeds (mfdiffuser.splits)
     eval: {episodes: 30, episodes_by_n: {10000: 10}}   # also per benchmark (eval_options) and method
@@ -65,8 +66,9 @@ from mfdiffuser.utils import SEED_LIMIT, fingerprint, plain
 DATA_DEFAULTS: dict[str, Any] = {"episodes": 100, "ref_episodes": 10, "seed": 0, "store_agents": None}
 EVAL_DEFAULTS: dict[str, Any] = {"episodes": 30, "episodes_by_n": {}}
 TOP_KEYS = {
-    "name", "seeds", "data", "eval", "trainer", "resources", "max_retries", "exploitability",
-    "benchmarks", "methods", "description", "results", "datasets_dir", "split", "budgets", "selected",
+    "name", "seeds", "seeds_by_quality", "data", "eval", "trainer", "resources", "max_retries",
+    "exploitability", "benchmarks", "methods", "description", "results", "datasets_dir", "split",
+    "budgets", "selected",
 }  # fmt: skip
 BENCH_KEYS = {"env", "env_args", "train", "eval", "qualities", "data", "eval_options", "exploitability"}
 METHOD_KEYS = {
@@ -340,6 +342,17 @@ def check_name(name: object, what: str) -> str:
     return text
 
 
+def check_seeds(seeds: Any, where: str) -> list[int]:
+    """A non-empty list of training seeds, each an integer in [0, 2**64)."""
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(type(s) is int and 0 <= s < SEED_LIMIT for s in seeds)
+    ):
+        raise ValueError(f"{where} must be a non-empty list of integers in [0, 2**64), got {seeds!r}")
+    return seeds
+
+
 def _unknown(keys: Any, allowed: set[str], where: str) -> None:
     bad = sorted(set(keys) - allowed)
     if bad:
@@ -591,13 +604,13 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
         split = check_split(raw.get("split", "validation"))
     except ValueError as exc:
         raise ValueError(f"grid: {exc}") from None
-    seeds = raw.get("seeds", [0])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(type(s) is int and 0 <= s < SEED_LIMIT for s in seeds)
-    ):
-        raise ValueError(f"grid: seeds must be a non-empty list of integers in [0, 2**64), got {seeds!r}")
+    seeds = check_seeds(raw.get("seeds", [0]), "grid: seeds")
+    seeds_by_quality = raw.get("seeds_by_quality") or {}
+    if not isinstance(seeds_by_quality, dict):
+        raise ValueError(f"grid: seeds_by_quality must map qualities to seed lists, got {seeds_by_quality!r}")
+    seeds_by_quality = {
+        q: check_seeds(v, f"grid: seeds_by_quality.{q}") for q, v in seeds_by_quality.items()
+    }
     benches = raw.get("benchmarks")
     methods = raw.get("methods")
     if not isinstance(benches, dict) or not benches:
@@ -702,7 +715,8 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
                 for q in qualities:
                     cells.extend(
                         _cells(
-                            raw, b, m, over, str(bname), str(mname), q, seeds, split, data, train_pt,
+                            raw, b, m, over, str(bname), str(mname), q, seeds_by_quality.get(q, seeds),
+                            split, data, train_pt,
                             eval_pts, ev, by_n, cell_expl, algo, behaviour,
                             options=_merge(options, entry.get("options")),
                             trainer={
@@ -729,6 +743,10 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
                 f"benchmark {bname}: every trained method needs the same number of tuning "
                 f"configurations; got {listed}"
             )
+    unused = sorted(set(seeds_by_quality) - {c.quality for c in cells})
+    if unused:
+        names = ", ".join(unused)
+        raise ValueError(f"grid: seeds_by_quality names {names}, a quality no benchmark of the grid has")
     ids = [c.id for c in cells]
     if len(set(ids)) != len(ids):
         raise ValueError("grid: duplicate cells (benchmark, quality, method and seed must be unique)")
