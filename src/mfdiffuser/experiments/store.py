@@ -39,6 +39,27 @@ RECORD_KEYS = ("id", "status")
 """Keys every cell record has (string-valued); a file without one of them is unreadable as a record."""
 
 
+VOLATILE = frozenset({"timings", "host", "pid", "written_at", "attempt", "run_dir", "path", "trained_by"})
+"""Keys of a record, at any depth, that a rerun changes without changing the result: what measures
+time, names places (host, process, paths) or counts the sweep's own work (attempts; which of the
+cells sharing a run happened to train it)."""
+VOLATILE_METRICS = frozenset({"act_ms", "act_ms_max", "peak_mem_mb", "wall_s"})
+"""Keys of one N's metrics (a mapping with ``n_agents``) that measure latency or memory."""
+
+
+def stable(obj: Any) -> Any:
+    """A record (or any part of one) without its :data:`VOLATILE` and :data:`VOLATILE_METRICS` keys.
+
+    What remains must repeat exactly when a cell is run again from its config with the same code.
+    """
+    if isinstance(obj, dict):
+        drop = VOLATILE | (VOLATILE_METRICS if "n_agents" in obj else frozenset())
+        return {k: stable(v) for k, v in obj.items() if k not in drop}
+    if isinstance(obj, list):
+        return [stable(v) for v in obj]
+    return obj
+
+
 class Unreadable(NamedTuple):
     """A file under ``cells/`` that is no cell record, and why."""
 
