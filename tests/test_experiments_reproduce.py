@@ -79,7 +79,12 @@ def test_a_swept_store_is_reproduced(swept, tmp_path, capsys):
     assert len(list((work / "datasets").glob("*.h5"))) == 1
 
 
-def test_an_edited_record_is_reported_with_the_field(swept, tmp_path, capsys):
+def test_an_edited_record_is_reported_with_the_field(swept, tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     store = _copy(swept, tmp_path)
     path = store / "cells" / f"{BC4}.json"
     rec = json.loads(path.read_text())
@@ -98,6 +103,7 @@ def test_an_edited_record_is_reported_with_the_field(swept, tmp_path, capsys):
     assert [d["path"] for d in cell["versions"]] == ["versions.commit"]
     assert f"{BC4}: differs in 1 field (first: metrics.100.score.mean)" in printed
     assert "0 of 1 records reproduced" in printed and "versions.commit" in printed
+    assert list(temp.iterdir()) == []  # the rerun's temporary directory is gone
 
 
 def _tiny_store(root: Path, seeds: int = 10) -> Path:

@@ -197,12 +197,14 @@ def filter_targets(targets: Sequence[Target], only: Sequence[str]) -> list[Targe
 def choose(targets: Sequence[Target], count: int | None, seed: int) -> list[Target]:
     """``count`` of the targets drawn at random without replacement (all when None or more), by id.
 
-    The draw depends on ``seed`` and the set of targets only (they are ordered by id first).
+    Each record's rank in the draw is the sha256 of ``"<seed>/<record id>"``: the draw depends on
+    ``seed`` and the records only (not on the order they are listed in), and stays the same across
+    Python and NumPy versions, so a draw named by its seed can be made again later.
 
     Raises:
         ValueError: ``count`` below 1 or a negative ``seed``.
     """
-    import numpy as np
+    import hashlib
 
     if count is not None and count < 1:
         raise ValueError(f"--cells must be >= 1, got {count}")
@@ -211,8 +213,12 @@ def choose(targets: Sequence[Target], count: int | None, seed: int) -> list[Targ
     pool = sorted(targets, key=lambda t: t.id)
     if count is None or count >= len(pool):
         return pool
-    picks = np.random.default_rng(seed).choice(len(pool), size=count, replace=False)
-    return [pool[i] for i in sorted(int(i) for i in picks)]
+
+    def rank(target: Target) -> str:
+        return hashlib.sha256(f"{seed}/{target.id}".encode()).hexdigest()
+
+    picked = {t.id for t in sorted(pool, key=rank)[:count]}
+    return [t for t in pool if t.id in picked]
 
 
 def compare_records(recorded: dict[str, Any], now: dict[str, Any]) -> list[Difference]:
