@@ -41,16 +41,28 @@ EXPERT = "gaussian-squeeze__medium__expert__s0"
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    """A store written by one sweep of ``SPEC`` on a local Ray (2 CPUs), as ``mfd sweep`` writes it."""
+    """A store written by one sweep of ``SPEC`` on a local Ray (2 CPUs), as ``mfd sweep`` writes it.
+
+    The grid file takes bc's learning rate from a selection file beside it (``selected:``).
+    """
     if ray.is_initialized():
         ray.shutdown()
-    store = tmp_path_factory.mktemp("swept") / "store"
+    root = tmp_path_factory.mktemp("swept")
+    (root / "experiments").mkdir()
+    (root / "experiments" / "grid.yaml").write_text(yaml.safe_dump({**SPEC, "selected": "chosen.yaml"}))
+    chosen = {"methods": {"bc": {"gaussian-squeeze": {"trainer": {"lr": 0.002}, "reason": "test"}}}}
+    (root / "experiments" / "chosen.yaml").write_text(yaml.safe_dump(chosen))
+    store = root / "store"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        summary = run_grid(SPEC, store, progress=False)
+        summary = run_grid(root / "experiments" / "grid.yaml", store, progress=False)
     finally:
         ray.shutdown()
     assert summary.done == 2 and summary.failed == 0 and len(ResultStore(store).records()) == 3
+    # the store holds its own copy of the selection, which its grid.yaml names
+    assert yaml.safe_load((store / "grid.yaml").read_text())["selected"] == "selected.yaml"
+    assert yaml.safe_load((store / "selected.yaml").read_text()) == chosen
+    assert ResultStore(store).read(BC4)["config"]["trainer"]["lr"] == 0.002
     return store
 
 

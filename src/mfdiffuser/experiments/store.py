@@ -3,6 +3,7 @@
 Layout of a results directory::
 
     grid.yaml              the spec the grid ran with
+    selected.yaml          a copy of the settings its ``selected:`` names (grid.yaml names the copy)
     cells/<cell id>.json   one record per cell: config, status, metrics, timings, versions
     attempts/<cell id>     attempts started for the cell (one line each; Ray retries included)
     runs/<cell id>-<hash>/ the trained run (resumable checkpoint)
