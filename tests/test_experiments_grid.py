@@ -13,7 +13,7 @@ import torch
 
 from mfdiffuser.algos.trainer import read_checkpoint
 from mfdiffuser.experiments import parse_grid, run_grid
-from mfdiffuser.experiments.store import ResultStore
+from mfdiffuser.experiments.store import ResultStore, stable
 
 ray = pytest.importorskip("ray")
 
@@ -228,21 +228,6 @@ def test_fill_train_times_adds_the_runs_own_training_time_once(tmp_path):
     assert after["c__s0"]["written_at"] == before["c__s0"]["written_at"]
     assert after["d__s0"] == before["d__s0"] and after["e__s0"] == before["e__s0"]
     assert store.fill_train_times() == 0
-
-
-# Measurements of time and memory, and where a store keeps things: everything else must repeat.
-VOLATILE = {"timings", "host", "pid", "written_at", "attempt", "run_dir", "path"}
-VOLATILE_METRICS = {"act_ms", "act_ms_max", "peak_mem_mb", "wall_s"}
-
-
-def stable(obj, key=None):
-    """A record without its volatile fields (timings, host, pid, stamps, paths, latency, memory)."""
-    if isinstance(obj, dict):
-        drop = VOLATILE | (VOLATILE_METRICS if "n_agents" in obj else set())
-        return {k: stable(v, k) for k, v in obj.items() if k not in drop}
-    if isinstance(obj, list):
-        return [stable(v) for v in obj]
-    return obj
 
 
 def _repro_spec():

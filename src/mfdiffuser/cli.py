@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "evaluate",
     "sweep": "sweep",
     "select": "select",
+    "reproduce": "reproduce",
     "report": "report",
     "bench": "bench",
     "demo": "demo",

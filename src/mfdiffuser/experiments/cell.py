@@ -23,8 +23,11 @@ from mfdiffuser.experiments.store import ResultStore, versions
 from mfdiffuser.utils import atomic_path
 
 
-def prepare_dataset(spec: DatasetSpec, data_dir: str | Path) -> str:
-    """Generate the dataset of ``spec`` under ``data_dir`` unless it exists; return its path."""
+def prepare_dataset(spec: DatasetSpec, data_dir: str | Path, *, progress: bool = False) -> str:
+    """Generate the dataset of ``spec`` under ``data_dir`` unless it exists; return its path.
+
+    ``progress`` shows the generation's progress bar.
+    """
     from mfdiffuser.data.generate import GenerateConfig, generate_dataset
 
     path = spec.path(Path(data_dir))
@@ -40,7 +43,7 @@ def prepare_dataset(spec: DatasetSpec, data_dir: str | Path) -> str:
         store_agents=spec.store_agents,
         ref_episodes=spec.ref_episodes,
         split=spec.split,
-        progress=False,
+        progress=progress,
     )
     generate_dataset(cfg)
     return str(path)
@@ -121,6 +124,7 @@ def run_cell(
     *,
     progress: bool = False,
     hook: Callable[[Cell, str], None] | None = None,
+    only_budget: int | None = None,
 ) -> dict:
     """Train (unless a behaviour method), evaluate at every N and store the cell's record(s).
 
@@ -138,6 +142,11 @@ def run_cell(
     others before storing ``failed``). ``hook(cell, results_dir)``
     runs first, once the attempt is counted.
 
+    ``only_budget`` (one of the cell's budgets) writes that budget's record alone: the run is trained
+    through the earlier budgets, stopping and resuming at each as a full run of the cell does, without
+    evaluating them, and the later budgets are not run. ``progress`` shows the progress of training
+    and evaluation (records do not depend on it).
+
     Returns:
         The last record written.
     """
@@ -145,6 +154,8 @@ def run_cell(
 
     from mfdiffuser.utils import seed_everything
 
+    if only_budget is not None and only_budget not in cell.budgets:
+        raise ValueError(f"cell {cell.id} has no training budget {only_budget} (has {list(cell.budgets)})")
     store = ResultStore(results_dir)
     attempt = store.start_attempt(cell.id)
     torch.set_num_threads(max(int(cell.resources.get("num_cpus", 1)), 1))
@@ -152,6 +163,12 @@ def run_cell(
     record: dict[str, Any] = {}
     trained_s = 0.0  # the run's training time counted by earlier budgets' records
     for budget in budgets:
+        if only_budget is not None and budget is not None and budget != only_budget:
+            if budget > only_budget:
+                break
+            seed_everything(cell.seed)  # as before a budget that is evaluated
+            _train_run(cell, dataset_path, store, budget, progress)
+            continue
         if budget is not None and store.is_finished(cell.record_id(budget), cell.fingerprint):
             record = store.read(cell.record_id(budget)) or {}
         else:
@@ -190,22 +207,11 @@ def _run_budget(
         if hook is not None:
             hook(cell, str(results_dir))
         if cell.algo is not None:
-            from mfdiffuser.algos.run import make_policy, train
-            from mfdiffuser.algos.trainer import TrainerConfig, logged_train_seconds
+            from mfdiffuser.algos.run import make_policy
+            from mfdiffuser.algos.trainer import logged_train_seconds
 
-            if dataset_path is None:
-                raise ValueError(f"cell {cell.id} needs a dataset")
-            steps: dict[str, Any] = {"steps": budget} if budget is not None else {}
-            trainer = TrainerConfig(**{"progress": False, **cell.trainer, **steps, "seed": cell.seed})
-            run_dir = store.run_dir(cell.run_name)
-            with run_lock(run_dir):  # one cell at a time trains a shared run; the others then load it
-                owner = claim_run(run_dir, cell.id)
-                run = train(cell.algo, dataset_path, run_dir, dict(cell.options), trainer)
-            if budget is not None and run.step != budget:
-                raise MfdError(
-                    f"{run_dir} is trained to step {run.step}, past the budget {budget} to evaluate; "
-                    "delete it to evaluate the earlier budgets again"
-                )
+            run, owner = _train_run(cell, dataset_path, store, budget, progress)
+            run_dir = run.run_dir
             timings["train_s"] = time.perf_counter() - t0
             # the run's own training time, also when an earlier attempt trained it; counted in the
             # record of the cell that trained it only, so a store's records add up to its compute
@@ -274,6 +280,38 @@ def _run_budget(
     timings["total_s"] = time.perf_counter() - t0
     record["timings"] = timings
     return record
+
+
+def _train_run(
+    cell: Cell, dataset_path: str | None, store: ResultStore, budget: int | None, progress: bool
+) -> tuple[Any, str]:
+    """Train (or resume, or load) the cell's run to ``budget`` steps (None: ``trainer.steps``).
+
+    Returns:
+        The loaded run and the id of the cell that trains it (the first to claim a shared run).
+
+    Raises:
+        MfdError: the run is already trained past ``budget``.
+    """
+    from mfdiffuser.algos.run import train
+    from mfdiffuser.algos.trainer import TrainerConfig
+
+    if cell.algo is None:
+        raise ValueError(f"cell {cell.id} trains nothing (a behaviour policy)")
+    if dataset_path is None:
+        raise ValueError(f"cell {cell.id} needs a dataset")
+    steps: dict[str, Any] = {"steps": budget} if budget is not None else {}
+    trainer = TrainerConfig(**{"progress": progress, **cell.trainer, **steps, "seed": cell.seed})
+    run_dir = store.run_dir(cell.run_name)
+    with run_lock(run_dir):  # one cell at a time trains a shared run; the others then load it
+        owner = claim_run(run_dir, cell.id)
+        run = train(cell.algo, dataset_path, run_dir, dict(cell.options), trainer)
+    if budget is not None and run.step != budget:
+        raise MfdError(
+            f"{run_dir} is trained to step {run.step}, past the budget {budget} to evaluate; "
+            "delete it to evaluate the earlier budgets again"
+        )
+    return run, owner
 
 
 def _exploitability(cell: Cell, policy_for: Any, n_agents: int, timings: dict[str, float]) -> dict[str, Any]:

@@ -572,6 +572,20 @@ def load_selected(path: Path) -> dict[str, dict[str, dict[str, Any]]]:
     return methods
 
 
+def selected_path(spec: str | Path | Mapping[str, Any], raw: Mapping[str, Any]) -> Path | None:
+    """The selection file a grid's ``selected:`` names, or None.
+
+    Args:
+        spec: the grid as given (a YAML path: ``selected`` is relative to its directory; a dict:
+            to the working directory).
+        raw: the grid's spec as read.
+    """
+    if raw.get("selected") is None:
+        return None
+    base = Path(spec).parent if isinstance(spec, str | Path) else Path.cwd()
+    return base / str(raw["selected"])
+
+
 def _merge(*dicts: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for d in dicts:
@@ -622,9 +636,9 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
     max_retries = _count(raw.get("max_retries", 2), 0, "grid: max_retries")
     check_overrides(methods, list(benches))
     selected: dict[str, dict[str, dict[str, Any]]] = {}
-    if raw.get("selected") is not None:
-        base = Path(spec).parent if isinstance(spec, str | Path) else Path.cwd()
-        selected = load_selected(base / str(raw["selected"]))
+    chosen_path = selected_path(spec, raw)
+    if chosen_path is not None:
+        selected = load_selected(chosen_path)
         for mname, by_bench in selected.items():
             if mname not in methods:
                 raise ValueError(f"grid: selected settings name method {mname!r}, not in the grid")

@@ -21,11 +21,11 @@ import yaml
 from mfdiffuser.algos.base import write_json
 from mfdiffuser.errors import MfdError
 from mfdiffuser.experiments.cell import failed_record, one_line, prepare_dataset, run_cell
-from mfdiffuser.experiments.grid import Cell, DatasetSpec, Grid, parse_grid, select_cells
+from mfdiffuser.experiments.grid import Cell, DatasetSpec, Grid, parse_grid, select_cells, selected_path
 from mfdiffuser.experiments.store import STARTED, ResultStore
 from mfdiffuser.progress import ProgressBar
 from mfdiffuser.raycluster import RAY_CONNECT_TIMEOUT_S, check_cluster, init_ray
-from mfdiffuser.utils import check_dir_target, removed_on_failure, utc_timestamp
+from mfdiffuser.utils import atomic_path, check_dir_target, removed_on_failure, utc_timestamp
 
 CellHook = Callable[[Cell, str], None]
 """Called in the worker before a cell runs, with the cell and the results directory."""
@@ -150,7 +150,7 @@ def run_grid(
     with removed_on_failure(results, errors=(BaseException,)):
         results.mkdir(parents=True, exist_ok=True)
         store.fill_train_times()
-        (results / "grid.yaml").write_text(yaml.safe_dump(grid.spec, sort_keys=False))
+        write_grid_spec(spec, grid, results)
         cells = select_cells(grid.cells, only)
         summary = GridSummary(results, len(cells), started_at=started_at)
         todo = [c for c in cells if not all(store.is_finished(r, c.fingerprint) for r in c.record_ids)]
@@ -234,6 +234,27 @@ def run_grid(
         write_json(results / "summary.json", summary.as_dict())
         store.log_sweep({k: v for k, v in summary.as_dict().items() if k not in ("failures", "results_dir")})
     return summary
+
+
+STORED_SELECTION = "selected.yaml"
+"""Name of the copy of a grid's ``selected:`` file in its results store."""
+
+
+def write_grid_spec(spec: str | Path | Mapping[str, Any], grid: Grid, results: Path) -> None:
+    """Store the grid's spec as ``<results>/grid.yaml``, self-contained.
+
+    A ``selected:`` file is copied next to it (:data:`STORED_SELECTION`) and the stored spec names
+    the copy, so that the store's ``grid.yaml`` alone gives the same cells (``mfd reproduce``).
+    """
+    stored = dict(grid.spec)
+    source = selected_path(spec, grid.spec)
+    if source is not None:
+        text = source.read_text()  # parse_grid has read it: it exists and is valid
+        with atomic_path(results / STORED_SELECTION) as tmp:
+            tmp.write_text(text)
+        stored["selected"] = STORED_SELECTION
+    with atomic_path(results / "grid.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(stored, sort_keys=False))
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -3,6 +3,7 @@
 Layout of a results directory::
 
     grid.yaml              the spec the grid ran with
+    selected.yaml          a copy of the settings its ``selected:`` names (grid.yaml names the copy)
     cells/<cell id>.json   one record per cell: config, status, metrics, timings, versions
     attempts/<cell id>     attempts started for the cell (one line each; Ray retries included)
     runs/<cell id>-<hash>/ the trained run (resumable checkpoint)
@@ -37,6 +38,27 @@ STARTED = "started"
 """``state`` of the sweep-log line written when a sweep's cells start (its end line has no ``state``)."""
 RECORD_KEYS = ("id", "status")
 """Keys every cell record has (string-valued); a file without one of them is unreadable as a record."""
+
+
+VOLATILE = frozenset({"timings", "host", "pid", "written_at", "attempt", "run_dir", "path", "trained_by"})
+"""Keys of a record, at any depth, that a rerun changes without changing the result: what measures
+time, names places (host, process, paths) or counts the sweep's own work (attempts; which of the
+cells sharing a run happened to train it)."""
+VOLATILE_METRICS = frozenset({"act_ms", "act_ms_max", "peak_mem_mb", "wall_s"})
+"""Keys of one N's metrics (a mapping with ``n_agents``) that measure latency or memory."""
+
+
+def stable(obj: Any) -> Any:
+    """A record (or any part of one) without its :data:`VOLATILE` and :data:`VOLATILE_METRICS` keys.
+
+    What remains must repeat exactly when a cell is run again from its config with the same code.
+    """
+    if isinstance(obj, dict):
+        drop = VOLATILE | (VOLATILE_METRICS if "n_agents" in obj else frozenset())
+        return {k: stable(v) for k, v in obj.items() if k not in drop}
+    if isinstance(obj, list):
+        return [stable(v) for v in obj]
+    return obj
 
 
 class Unreadable(NamedTuple):
