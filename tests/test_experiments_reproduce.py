@@ -85,6 +85,7 @@ def test_a_swept_store_is_reproduced(swept, tmp_path, capsys):
     recorded = ResultStore(swept).read(BC4)["dataset"]["checksum"]
     assert result["cells"][1]["dataset_checksum"] == recorded
     assert f"{BC4}: dataset checksum {recorded[:12]} as recorded" in printed
+    assert f"{BC2}: generating dataset" in printed and f"{BC4}: dataset " in printed  # generated once
     assert f"[2/3] {BC4}: identical" in printed and "3 of 3 records reproduced" in printed
     # each record was rerun from scratch in its own store, which holds that record only
     assert [p.name for p in (work / BC4 / "cells").iterdir()] == [f"{BC4}.json"]

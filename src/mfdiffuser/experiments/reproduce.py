@@ -287,7 +287,9 @@ def rerun(target: Target, work: Path, *, progress: bool = False, echo: Echo = pr
                  "(this code reads the config differently)")
         dataset_path = None
         if cell.dataset is not None:
-            echo(f"{target.id}: generating dataset {cell.dataset.key}")
+            reused = cell.dataset.path(work / "datasets").is_file()
+            echo(f"{target.id}: {'dataset' if reused else 'generating dataset'} {cell.dataset.key}"
+                 f"{' (generated for an earlier record)' if reused else ''}")
             dataset_path = prepare_dataset(cell.dataset, work / "datasets", progress=progress)
             checksum = load_dataset(dataset_path, verify=False).meta.checksum
             recorded = (target.record.get("dataset") or {}).get("checksum")
