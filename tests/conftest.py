@@ -37,3 +37,25 @@ def gs_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def battle_view_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny battle dataset in the view mode: 16 per side on a 24 x 24 map, 3 expert episodes of 12 steps."""
+    pytest.importorskip("magent2")
+    from mfdiffuser.data.generate import GenerateConfig, generate_dataset
+
+    out = tmp_path_factory.mktemp("views") / "v.h5"
+    generate_dataset(
+        GenerateConfig(
+            env="battle",
+            env_args={"n_agents": 16, "map_size": 24, "horizon": 12, "obs_mode": "view"},
+            out=str(out),
+            quality="expert",
+            episodes=3,
+            seed=5,
+            ref_episodes=1,
+            progress=False,
+        )
+    )
+    return out

@@ -3,10 +3,10 @@
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from mfdiffuser.data import WindowSampler, load_dataset
 from mfdiffuser.data.dataset import CHECKSUM_ALGORITHM, DatasetError, join_views, split_views
-from mfdiffuser.data.generate import GenerateConfig, generate_dataset
 
 
 def test_split_and_join_views_by_hand():
@@ -22,23 +22,9 @@ def test_split_and_join_views_by_hand():
         split_views(np.array([[0.0, 1.5]], dtype=np.float32), 1)
 
 
-@pytest.fixture(scope="module")
-def view_data(tmp_path_factory):
-    pytest.importorskip("magent2")
-    path = tmp_path_factory.mktemp("views") / "v.h5"
-    generate_dataset(
-        GenerateConfig(
-            env="battle",
-            env_args={"n_agents": 16, "map_size": 24, "horizon": 12, "obs_mode": "view"},
-            out=str(path),
-            quality="expert",
-            episodes=3,
-            seed=5,
-            ref_episodes=1,
-            progress=False,
-        )
-    )
-    return path
+@pytest.fixture
+def view_data(battle_view_dataset):
+    return battle_view_dataset
 
 
 def test_view_datasets_store_bytes_and_load_full_states(view_data):
@@ -62,6 +48,20 @@ def test_view_datasets_store_bytes_and_load_full_states(view_data):
     assert np.array_equal(lazy.read_block(0, 3)["states"], ds.read_block(0, 3)["states"])
     batch = WindowSampler(ds, horizon=2, batch_size=4, m_range=(4, 8), seed=0).sample()
     assert batch.states.shape[-1] == 34 + 845
+
+
+def test_the_sampler_pool_keeps_views_as_bytes_and_decodes_each_batch(view_data):
+    ds = load_dataset(view_data)
+    sampler = WindowSampler(ds, horizon=2, batch_size=4, m_range=(16, 16), seed=0)
+    assert sampler._views.dtype == np.uint8 and sampler._views.shape[-1] == 845
+    assert sampler._states.shape[-1] == 34
+    batch = sampler.sample()
+    assert batch.states.dtype == torch.float32 and batch.states.shape[-1] == 34 + 845
+    # every drawn window holds exactly the dataset's decoded states of some stored agent and step
+    stored = ds.read_block(0, ds.n_episodes)["states"].reshape(-1, 34 + 845)
+    drawn = batch.states.reshape(-1, 34 + 845).numpy()
+    known = {row.tobytes() for row in stored}
+    assert all(row.tobytes() in known for row in drawn)
 
 
 def test_a_changed_view_byte_fails_the_checksum(view_data, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -235,6 +236,11 @@ class MFDiffuser(nn.Module):
     Segments are laid out per agent per step as ``[normalised state (S), action one-hot in {-1, 1} (A)]``,
     ``x [B, M, H, D]`` with ``D = S + A``; the first step's state channels are the conditioning and are
     inpainted (fixed) both in training and sampling.
+
+    With ``view_shape`` (observations ``[..., S + V*V*C]`` that end in an image view, ``battle``'s view
+    mode) only the S features are planned; the current view conditions the denoiser, the value and
+    the action head, each through the shared encoders of :mod:`mfdiffuser.models.view`, as in every
+    other learner (:meth:`cond_states`).
     """
 
     state_mean: torch.Tensor
@@ -257,9 +263,18 @@ class MFDiffuser(nn.Module):
         summary_size: int,
         episode_len: int,
         critic: str | None = None,
+        view_shape: tuple[int, int, int] | None = None,
     ):
         super().__init__()
         self.config = config
+        view_size = math.prod(view_shape) if view_shape is not None else 0
+        if view_size >= state_size:
+            raise ValueError(
+                f"mf-diffuser: a {view_shape} view needs more than {state_size} observation features"
+            )
+        self.view_shape = view_shape
+        self.obs_size = state_size  # features of an observation: the planned S, then the view's if any
+        state_size -= view_size
         self.S, self.A, self.P, self.T = state_size, n_actions, summary_size, episode_len
         self.H = config.horizon
         self.scheduler = NoiseSchedule(config.diffusion_steps, config.schedule)
@@ -273,12 +288,13 @@ class MFDiffuser(nn.Module):
             config.n_blocks,
             config.interaction,
             gate=config.gate,
+            view_shape=view_shape,
         )
-        self.value = ValueNet(state_size, ctx, config.value_hidden)
+        self.value = ValueNet(self.obs_size, ctx, config.value_hidden, view_shape=view_shape)
         self.value_target = (
             copy.deepcopy(self.value).requires_grad_(False) if config.value_target_tau > 0 else None
         )
-        self.action_head = ActionHead(state_size, ctx, n_actions, config.head_hidden)
+        self.action_head = ActionHead(state_size, ctx, n_actions, config.head_hidden, view_shape=view_shape)
         self.critic = make_critic(config, critic or config.critic, state_size, n_actions, ctx)
         self.register_buffer("state_mean", torch.zeros(state_size))
         self.register_buffer("state_std", torch.ones(state_size))
@@ -303,7 +319,7 @@ class MFDiffuser(nn.Module):
     def fit_statistics(self, batches: list[TrajBatch]) -> None:
         """Set the normalisation buffers and the data's action histogram from sample batches."""
         valid = torch.cat([b.mask.reshape(-1) for b in batches])
-        states = torch.cat([b.states[:, :, :-1].reshape(-1, self.S) for b in batches])[valid]
+        states = torch.cat([b.states[:, :, :-1].reshape(-1, self.obs_size) for b in batches])[valid, : self.S]
         summaries = torch.cat([b.summaries.reshape(-1, self.P) for b in batches])
         actions = torch.cat([b.actions.reshape(-1) for b in batches])[valid]
         self.state_mean.copy_(states.mean(0))
@@ -315,7 +331,22 @@ class MFDiffuser(nn.Module):
         self.return_scale.copy_(rtg.std(correction=0).clamp_min(1e-3))
 
     def norm_states(self, s: torch.Tensor) -> torch.Tensor:
-        return (s - self.state_mean) / self.state_std
+        """Normalised planned features ``[..., S]`` of observations ``[..., S]`` (or ``[..., S + view]``)."""
+        return (s[..., : self.S] - self.state_mean) / self.state_std
+
+    def cond_states(self, s: torch.Tensor) -> torch.Tensor:
+        """The denoiser's conditioning on observations ``s``: normalised features, then the view if any."""
+        if self.view_shape is None:
+            return self.norm_states(s)
+        return torch.cat([self.norm_states(s), s[..., self.S :]], dim=-1)
+
+    def views(self, cond: torch.Tensor | None) -> torch.Tensor | None:
+        """The views ``[..., V*V*C]`` closing observations or conditioning states (None without a view)."""
+        if self.view_shape is None:
+            return None
+        if cond is None:
+            raise ValueError("mf-diffuser: this model conditions on the agents' views; none were given")
+        return cond[..., self.S :]
 
     def context(self, summary: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``[..., P]`` summary and ``[...]`` step -> ``[..., P+1]`` normalised ``[phi(mu_t), t/T]``."""
@@ -338,9 +369,12 @@ class MFDiffuser(nn.Module):
         return torch.cat([s, a], dim=-1)
 
     def inpaint(self, x: torch.Tensor, s0: torch.Tensor) -> torch.Tensor:
-        """Fix the first step's state channels of ``x [B, M, H, D]`` to ``s0 [B, M, S]`` (normalised)."""
+        """Fix the first step's state channels of ``x [B, M, H, D]`` to ``s0 [B, M, S]`` (normalised).
+
+        ``s0`` may be conditioning states (:meth:`cond_states`): only its first S features are used.
+        """
         x = x.clone()
-        x[:, :, 0, : self.S] = s0
+        x[:, :, 0, : self.S] = s0[..., : self.S]
         return x
 
     def decode_actions(
@@ -349,11 +383,13 @@ class MFDiffuser(nn.Module):
         generator: torch.Generator | None,
         mode: str,
         step_context: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Actions ``[B, M, H]`` of clean segments ``[B, M, H, D]``.
 
         ``categorical`` and ``argmax`` read the action channels; ``head`` samples from the action
-        head on the planned states, which needs ``step_context [B, H, P+1]`` (:meth:`step_context`).
+        head on the planned states, which needs ``step_context [B, H, P+1]`` (:meth:`step_context`)
+        and, for a model with a view, the conditioning states ``cond [B, M, S + view]``.
         """
         chans = x0[..., self.S :]
         if mode == "argmax":
@@ -362,7 +398,7 @@ class MFDiffuser(nn.Module):
             if step_context is None:
                 raise ValueError("mf-diffuser: head decoding needs the steps' context")
             ctx = step_context.unsqueeze(1).expand(*x0.shape[:-1], step_context.shape[-1])
-            probs = self.action_head(x0[..., : self.S], ctx).softmax(-1)
+            probs = self.action_head(x0[..., : self.S], ctx, self.views(cond)).softmax(-1)
             picks = torch.multinomial(probs.reshape(-1, self.A), 1, generator=generator)
             return picks.reshape(chans.shape[:-1])
         # A clean one-hot in {-1, 1} has exactly one positive channel: sample among the positive
@@ -384,7 +420,8 @@ class MFDiffuser(nn.Module):
 
         Args:
             x0: ``[B, M, H, D]`` clean segments.
-            s0: ``[B, M, S]`` normalised current states (inpainted and given explicitly).
+            s0: ``[B, M, S]`` normalised current states (inpainted and given explicitly), followed by
+                the views with a view model (:meth:`cond_states`).
             ctx: ``[B, P+1]`` context.
             noise: ``[B, M, H, D]`` the noise eps.
             k: ``[B]`` diffusion steps.
@@ -472,7 +509,7 @@ class MFDiffuser(nn.Module):
         """Value-weighted chaotic entropy surrogate + expectile value regression (disjoint parameters)."""
         b = batch.batch_size
         x0 = self.encode(batch)
-        s0 = x0[:, :, 0, : self.S]
+        s0 = self.cond_states(batch.states[:, :, 0])  # [B, M, S (+ view)]
         ctx = self.context(batch.summaries[:, 0], batch.timestep)
         k = torch.randint(0, self.scheduler.n_steps, (b,), device=x0.device)
         noise = torch.randn_like(x0)
@@ -487,6 +524,7 @@ class MFDiffuser(nn.Module):
             batch.actions,
             batch.mask,
             weights=w,
+            views=self.views(batch.states[:, :, 0]),
         )
         total = diff_loss + self.config.value_coef * v_loss + self.config.head_coef * head_loss
         metrics |= {"diffusion_loss": float(diff_loss.detach()), "head_loss": float(head_loss.detach())}
@@ -524,8 +562,18 @@ class MFDiffuser(nn.Module):
 # ------------------------------------------------------------------------- build
 def build(config: Config, meta: Any, dataset: Any) -> MFDiffuser:
     """The MF-Diffuser learner for a dataset's dimensions; statistics from ``dataset`` when given."""
+    from mfdiffuser.algos.common import dims_from_meta
+
     critic = resolve_critic(config.critic, meta.env)
-    learner = MFDiffuser(config, meta.state_size, meta.n_actions, meta.summary_size, meta.horizon, critic)
+    learner = MFDiffuser(
+        config,
+        meta.state_size,
+        meta.n_actions,
+        meta.summary_size,
+        meta.horizon,
+        critic,
+        view_shape=dims_from_meta(meta).view_shape,
+    )
     if dataset is not None:
         from mfdiffuser.algos.run import sampler_options
         from mfdiffuser.data import WindowSampler
@@ -628,7 +676,7 @@ def sample_plan(
     def rep_states(m: int) -> torch.Tensor:
         """``[1, m, S]`` normalised states of the m representatives (only they are normalised: O(m))."""
         rep = np.asarray(states[representatives(order, m)], dtype=np.float32)
-        return learner.norm_states(torch.as_tensor(rep, device=device))[None]
+        return learner.cond_states(torch.as_tensor(rep, device=device))[None]
 
     ctx = learner.context(
         torch.as_tensor(summary, dtype=torch.float32, device=device)[None], torch.tensor([t], device=device)
@@ -664,7 +712,8 @@ def sample_plan(
             m = m_next
     x0 = learner.inpaint(x0, s0)
     step_ctx = learner.step_context(ctx.new_tensor(summary)[None], torch.tensor([t], device=device))
-    actions = learner.decode_actions(x0, generator, action_decode, step_ctx)[0].cpu().numpy().astype(np.int64)
+    actions = learner.decode_actions(x0, generator, action_decode, step_ctx, s0)[0]
+    actions = actions.cpu().numpy().astype(np.int64)
     plan_states = (x0[0, :, :, : learner.S] * learner.state_std + learner.state_mean).cpu().numpy()
     assignment = assign_blocks(order, m)
     return PlanOutput(
@@ -744,10 +793,11 @@ class MFDiffuserPolicy:
 
     def reset(self, env: PopulationEnv, rng: np.random.Generator) -> None:
         dims = (env.state_size, env.n_actions, env.summary_size)
-        if dims != (self.learner.S, self.learner.A, self.learner.P):
+        if dims != (self.learner.obs_size, self.learner.A, self.learner.P):
             raise ValueError(
                 f"mf-diffuser: env has S={env.state_size}, A={env.n_actions}, P={env.summary_size}; "
-                f"the model was trained with S={self.learner.S}, A={self.learner.A}, P={self.learner.P}"
+                f"the model was trained with S={self.learner.obs_size}, A={self.learner.A}, "
+                f"P={self.learner.P}"
             )
         self._n = env.n_agents
         self._rng = rng

@@ -415,16 +415,18 @@ class OfflineDataset:
         return int(sum(np.prod(f[n].shape) * f[n].dtype.itemsize for n in step_arrays(self.meta)))
 
     # ----------------------------------------------------------------- arrays
-    def read_block(self, start: int, stop: int) -> dict[str, np.ndarray]:
+    def read_block(self, start: int, stop: int, join: bool = True) -> dict[str, np.ndarray]:
         """Padded step arrays of episodes ``start:stop`` (``states [E', T+1, K, S]``, ...).
 
         Views into memory for in-memory datasets; a fresh read of whole chunks otherwise. Stored views
-        come back inside ``states`` (its last V features, as :func:`join_views` decodes them).
+        come back inside ``states`` (its last V features, as :func:`join_views` decodes them), or, with
+        ``join=False``, as they are stored: ``states [..., S - V]`` float32 and ``views [..., V]`` uint8.
         """
         if not 0 <= start <= stop <= self.n_episodes:
             raise IndexError(f"episode block {start}:{stop} outside 0:{self.n_episodes}")
         if self._mem is not None:
-            return self._with_views({name: a[start:stop] for name, a in self._mem.items()})
+            block = {name: a[start:stop] for name, a in self._mem.items()}
+            return self._with_views(block) if join else block
         if self._f is None:
             raise DatasetError(f"{self.path}: dataset is closed")
         out = {}
@@ -436,7 +438,7 @@ class OfflineDataset:
                     f"{self.path}: array {name!r} episodes {start}:{stop} unreadable (corrupted file?): "
                     f"{str(exc).splitlines()[0]}"
                 ) from None
-        return self._with_views(out)
+        return self._with_views(out) if join else out
 
     @staticmethod
     def _with_views(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mfdiffuser.data.batch import TrajBatch
-from mfdiffuser.data.dataset import OfflineDataset
+from mfdiffuser.data.dataset import OfflineDataset, join_views
 
 DEFAULT_CACHE_BYTES = 512 << 20
 """Default memory budget of the sampler's episode pool (bytes)."""
@@ -149,8 +149,11 @@ class WindowSampler:
     def _init_pool(self) -> None:
         meta, c = self.meta, self.pool_blocks * self.block_episodes
         t, k = meta.horizon, self.k
-        first = self.dataset.read_block(0, min(meta.n_episodes, self.block_episodes))
-        self._states = np.zeros((c, k, t + 1, meta.state_size), dtype=np.float32)
+        first = self.dataset.read_block(0, min(meta.n_episodes, self.block_episodes), join=False)
+        # image views stay bytes in the pool (a quarter of float32) and are decoded per batch
+        view_size = int(getattr(meta, "view_size", 0))
+        self._states = np.zeros((c, k, t + 1, meta.state_size - view_size), dtype=np.float32)
+        self._views = np.zeros((c, k, t + 1, view_size), dtype=np.uint8) if view_size else None
         self._actions = np.zeros((c, k, t), dtype=first["actions"].dtype)
         self._rewards = np.zeros((c, k, t), dtype=np.float32)
         self._alive = np.zeros((c, k, t + 1), dtype=bool)
@@ -174,10 +177,12 @@ class WindowSampler:
         e0 = block * be
         e1 = min(self.meta.n_episodes, e0 + be)
         n = e1 - e0
-        data = self.dataset.read_block(e0, e1)
+        data = self.dataset.read_block(e0, e1, join=False)
         s0 = slot_block * be
         sl = slice(s0, s0 + n)
         self._states[sl] = data["states"].transpose(0, 2, 1, 3)
+        if self._views is not None:
+            self._views[sl] = data["views"].transpose(0, 2, 1, 3)
         self._actions[sl] = data["actions"].transpose(0, 2, 1)
         self._rewards[sl] = data["rewards"].transpose(0, 2, 1)
         self._alive[sl] = data["alive"].transpose(0, 2, 1)
@@ -299,7 +304,10 @@ class WindowSampler:
         flat_s = lane[:, :, None] * (t_max + 1) + ts[:, None, :]  # [B, M, H+1]
         flat_alive = lane[:, :, None] * (t_max + 1) + ta[:, None, :]  # [B, M, H]
         flat_a = lane[:, :, None] * t_max + ta[:, None, :]  # [B, M, H]
-        states = np.take(self._states.reshape(-1, self.meta.state_size), flat_s, axis=0)  # [B, M, H+1, S]
+        states = np.take(self._states.reshape(-1, self._states.shape[-1]), flat_s, axis=0)  # [B, M, H+1, S]
+        if self._views is not None:  # decoded for this batch only
+            views = np.take(self._views.reshape(-1, self._views.shape[-1]), flat_s, axis=0)
+            states = join_views(states, views)
         mask = valid[:, None, :] & np.take(self._alive.reshape(-1), flat_alive)
         actions = np.where(mask, np.take(self._actions.reshape(-1), flat_a), 0).astype(np.int64)
         rewards = np.where(mask, np.take(self._rewards.reshape(-1), flat_a), 0.0).astype(np.float32)

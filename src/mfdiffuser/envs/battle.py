@@ -58,11 +58,15 @@ _ENEMY_CODE = 256.0  # > the number of cells in a view, see Battle._observe
 _GAP = 3  # half-distance between the two opening blocks, as battle_v4's generate_map
 
 
+def _reach_cells(radius: int, channels: int) -> np.ndarray:
+    """``[8]`` flat view entries of the other team's health in the attack cells (order of ``ATTACKS``)."""
+    side = 2 * radius + 1
+    return ((ATTACKS[:, 1] + radius) * side + ATTACKS[:, 0] + radius) * channels + 4  # (dy, dx, channel 4)
+
+
 def _reach_hp(views: np.ndarray, radius: int) -> np.ndarray:
     """``[n, 8]`` other-team health in the attack cells (order of ``ATTACKS``) from ``views[n, V, V, C]``."""
-    side, channels = 2 * radius + 1, views.shape[-1]
-    flat = ((ATTACKS[:, 1] + radius) * side + ATTACKS[:, 0] + radius) * channels + 4  # (dy, dx, channel 4)
-    return views.reshape(len(views), -1)[:, flat]
+    return views.reshape(len(views), -1)[:, _reach_cells(radius, views.shape[-1])]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -301,7 +305,6 @@ class Battle(PopulationEnv):
         # offsets of the view cells / view radius; index 0 stands for "no enemy in view": (0, 0)
         self._cell_offset = (np.stack([dx, dy], axis=1) / r).astype(np.float32)
         self._cell_offset[0] = 0.0
-        self._cell_offset_t = np.ascontiguousarray(self._cell_offset.T)  # [2, V*V]
         # code @ weights -> sums over all cells and over the 8 cells in attack reach
         self._count_weights = np.stack([np.ones(d2.size), (d2 > 0) & (d2 <= 2)], axis=1).astype(np.float32)
         # code * score, argmax -> nearest enemy cell: scores in 1..V*V-1 fall with distance (ties broken
@@ -316,6 +319,10 @@ class Battle(PopulationEnv):
         # map cell -> summary grid cell along one axis (walkable cells 1..W-2)
         g, w = self.summary_grid, self.map_size
         self._coarse = np.clip((np.arange(w) - 1) * g // (w - 2), 0, g - 1)
+        # the flat view entries of the other team's health in the 8 attack cells; a reused buffer for the
+        # per-cell codes
+        self._reach_cells = _reach_cells(self.view_radius, self.view_shape[-1])
+        self._code = np.empty((self.n_agents, (2 * r + 1) ** 2), dtype=np.float32)
 
     # ------------------------------------------------------------------ episode
     def _reset(self, options: dict[str, Any]) -> np.ndarray:
@@ -433,45 +440,55 @@ class Battle(PopulationEnv):
         self._views[side], self._feats[side], self._engine_hp[side] = view, feat, hp
 
     def _observe(self, t: int) -> np.ndarray:
-        """Build ``obs[N, S]`` for our team from the engine's views in two passes over the buffer."""
-        obs = np.zeros((self.n_agents, self.state_size), dtype=np.float32)
-        obs[:, TIME] = t / self.horizon
+        """Build ``obs[N, S]`` for our team from the engine's views.
+
+        Only the two presence channels are read in full (into a reused per-cell code buffer); the
+        rest are small gathers. Features are built agent-major, so each row is written as one run;
+        only dead rows are zeroed (no memset of the whole array).
+        """
+        obs = np.empty((self.n_agents, self.state_size), dtype=np.float32)
+        dead = np.flatnonzero(~self._alive[0])
+        if dead.size:
+            obs[dead] = 0.0
+            obs[dead, TIME] = t / self.horizon
         rows, view = self._rows[0], cast(np.ndarray, self._views[0])
         n = rows.size
         if n == 0:
             return obs
+        flat = view.reshape(n, -1)  # [n, V*V*C], no copy
         if self.obs_mode == "view":
-            obs[rows, COMPACT_SIZE:] = view.reshape(n, -1)
-        w, cells = self.map_size - 3, self._n_view_cells
+            obs[rows, COMPACT_SIZE:] = flat
+        w, cells, c = self.map_size - 3, self._n_view_cells, view.shape[-1]
         # One code per view cell: ally presence + 256 * enemy presence (a cell holds one agent at most),
         # so sums over cells split back into both counts, and enemies outrank allies in the argmax.
-        code = np.multiply(view[..., 3], _ENEMY_CODE).reshape(n, -1)  # [n, V*V]
-        code += view[..., 1].reshape(n, -1)
+        code = np.multiply(flat[:, 3::c], _ENEMY_CODE, out=self._code[:n])  # [n, V*V]
+        code += flat[:, 1::c]
         sums = code @ self._count_weights  # [n, 2]: over all cells, over the 8 cells in attack reach
         # a move is refused onto an agent of either team, or off the walkable cells (the only walls
         # are the map's border)
-        taken = code[:, self._step_cells] > 0  # [n, 12]
-        blocked = taken | off_map(self._engine_pos[0], self.map_size)[:, STEPS]
+        pos = self._engine_pos[0]  # [n, 2], alive agents in engine order, like the views
+        blocked = code[:, self._step_cells] > 0  # [n, 12]
+        blocked |= off_map(pos, self.map_size)[:, STEPS]
         enemies = np.floor(sums * (1.0 / _ENEMY_CODE))  # [n, 2] enemy counts
+        in_view = enemies[:, 0] > 0
         code *= self._nearest_score  # enemy cells score >= 256, ally cells < 256
         nearest = np.argmax(code, axis=1)
-        nearest[enemies[:, 0] == 0] = 0  # no enemy in view: cell 0 has offset (0, 0)
-        pos = self._engine_pos[0].T  # [2, n], alive agents in engine order, like the views
-        o = np.empty((len(OBS_FIELDS), n), dtype=np.float32)  # feature-major: rows are contiguous
-        o[0:2] = (pos - 1) / w
-        o[2] = self._engine_hp[0]
-        o[3] = (sums[:, 0] - _ENEMY_CODE * enemies[:, 0] - 1) / cells  # the agent sees itself
-        o[4] = enemies[:, 0] / cells
-        o[5] = enemies[:, 1] / 8.0
-        o[6:8] = self._cell_offset_t[:, nearest]
+        nearest[~in_view] = 0  # no enemy in view: cell 0 has offset (0, 0)
+        o = np.empty((n, COMPACT_SIZE), dtype=np.float32)
+        o[:, 0:2] = (pos - 1) / w
+        o[:, 2] = self._engine_hp[0]
+        o[:, 3] = (sums[:, 0] - _ENEMY_CODE * enemies[:, 0] - 1) / cells  # the agent sees itself
+        o[:, 4] = enemies[:, 0] / cells
+        o[:, 5] = enemies[:, 1] / 8.0
+        o[:, 6:8] = self._cell_offset[nearest]
         opp = self._engine_pos[1]
-        o[8:10] = (opp.sum(axis=0)[:, None] / len(opp) - pos) / w if len(opp) else 0.0
-        o[TARGET] = self._target_offset(nearest, enemies[:, 0] > 0).T / offset_scale(self.map_size)
-        o[REACH_HP] = _reach_hp(view, self.view_radius).T
-        o[BLOCKED] = blocked.T
-        o[-2] = 1.0
-        o[-1] = t / self.horizon
-        obs[rows, :COMPACT_SIZE] = o.T
+        o[:, 8:10] = (opp.sum(axis=0) / len(opp) - pos) / w if len(opp) else 0.0
+        o[:, TARGET] = self._target_offset(nearest, in_view) / offset_scale(self.map_size)
+        o[:, REACH_HP] = flat[:, self._reach_cells]
+        o[:, BLOCKED] = blocked
+        o[:, -2] = 1.0
+        o[:, -1] = t / self.horizon
+        obs[rows, :COMPACT_SIZE] = o  # agent-major: one contiguous run per row
         return obs
 
     def _target_offset(self, nearest: np.ndarray, in_view: np.ndarray) -> np.ndarray:
@@ -494,14 +511,16 @@ class Battle(PopulationEnv):
         b, nb = TARGET_BLOCK, self._n_blocks
         key = (theirs[:, 0] // b) * nb + theirs[:, 1] // b
         count = np.bincount(key, minlength=nb * nb)
-        empty = (count == 0).reshape(nb, nb)
         ndimage = require("scipy.ndimage", "battle")
-        near_block = ndimage.distance_transform_edt(empty, return_distances=False, return_indices=True)
-        mine = ours[far] // b
-        block = near_block[0, mine[:, 0], mine[:, 1]] * nb + near_block[1, mine[:, 0], mine[:, 1]]
-        sums = [np.bincount(key, weights=theirs[:, a], minlength=nb * nb)[block] for a in range(2)]
-        centre = np.stack(sums)  # [2, f]
-        out[far] = (np.rint(centre / count[block]) - ours[far].T).T
+        near = ndimage.distance_transform_edt(
+            (count == 0).reshape(nb, nb), return_distances=False, return_indices=True
+        )  # [2, nb, nb]: the nearest block holding enemies, per block
+        near = (near[0] * nb + near[1]).ravel()
+        # per block: the rounded centroid of its nearest group, gathered once for every far agent
+        sums = np.stack([np.bincount(key, weights=theirs[:, a], minlength=nb * nb)[near] for a in range(2)])
+        centre = np.rint(sums / count[near]).T  # [nb * nb, 2]
+        mine = ours[far]
+        out[far] = centre[(mine[:, 0] // b) * nb + mine[:, 1] // b] - mine
         return out
 
     # ------------------------------------------------------------------ relabelling

@@ -5,6 +5,8 @@ over the M particles.
 
 Input ``x_k [B, M, H, D]`` (D = S state features + A action channels per step), the diffusion step k,
 the current states ``s_t [B, M, S]`` of the M agents and the population summary ``phi(mu_t) [B, P]``.
+When observations end in an image view, the current observation ``[B, M, S + V*V*C]`` conditions the
+denoiser through the shared :class:`~mfdiffuser.models.view.ObsEncoder`; only the S features are planned.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from mfdiffuser.models.blocks import MLP
+from mfdiffuser.models.view import ObsEncoder
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -124,6 +127,8 @@ class MeanFieldDenoiser(nn.Module):
         interaction: False drops the interaction blocks (independent agents; an ablation).
         kernel: temporal convolution width.
         gate: scale each interaction block by a learned scalar initialised at 0.
+        view_shape: ``[V, V, C]`` of the image view that follows the S features of the current
+            observation (conditioning only, not planned); None: observations are the S features.
     """
 
     def __init__(
@@ -137,6 +142,7 @@ class MeanFieldDenoiser(nn.Module):
         interaction: bool = True,
         kernel: int = 3,
         gate: bool = False,
+        view_shape: tuple[int, int, int] | None = None,
     ) -> None:
         super().__init__()
         self.state_size, self.n_actions, self.horizon = state_size, n_actions, horizon
@@ -146,7 +152,9 @@ class MeanFieldDenoiser(nn.Module):
         self.k_embed = nn.Sequential(
             SinusoidalEmbedding(hidden), MLP(hidden, hidden, hidden, n_layers=1, act=nn.SiLU)
         )
-        self.cond = MLP(state_size + summary_size, hidden, hidden, n_layers=2, act=nn.SiLU)
+        view_size = math.prod(view_shape) if view_shape is not None else 0
+        self.obs = ObsEncoder(state_size + view_size, view_shape)  # the identity without a view
+        self.cond = MLP(self.obs.out_size + summary_size, hidden, hidden, n_layers=2, act=nn.SiLU)
         self.temporal = nn.ModuleList(TemporalBlock(hidden, kernel) for _ in range(n_blocks))
         self.interact = (
             nn.ModuleList(MeanFieldInteraction(hidden, gate) for _ in range(n_blocks))
@@ -165,7 +173,8 @@ class MeanFieldDenoiser(nn.Module):
         Args:
             x: ``[B, M, H, D]`` noisy segments.
             k: ``[B]`` (or scalar) diffusion step.
-            states: ``[B, M, S]`` current (normalised) states of the M agents.
+            states: ``[B, M, S]`` current (normalised) states of the M agents, followed by their views
+                (``[B, M, S + V*V*C]``) when the denoiser was built with a ``view_shape``.
             summary: ``[B, P]`` population summary phi(mu_t) over all N agents.
 
         Returns:
@@ -176,7 +185,8 @@ class MeanFieldDenoiser(nn.Module):
             raise ValueError(f"denoiser: expected [B, M, {self.horizon}, {self.dim}], got {tuple(x.shape)}")
         k = torch.as_tensor(k, device=x.device).reshape(-1).expand(b)
         phi = summary.unsqueeze(1).expand(b, m, summary.shape[-1])
-        cond = self.cond(torch.cat([states, phi], dim=-1)) + self.k_embed(k).unsqueeze(1)  # [B, M, C]
+        cond = self.cond(torch.cat([self.obs(states), phi], dim=-1))
+        cond = cond + self.k_embed(k).unsqueeze(1)  # [B, M, C]
         h = self.inp(x) + self.pos
         for j, block in enumerate(self.temporal):
             h = block(h, cond)
