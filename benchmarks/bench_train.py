@@ -5,7 +5,10 @@ the shared trainer (sampling, forward, backward, AdamW, EMA; the rate of the las
 after a warm-up), and the wall time of one act for N = 10,000 agents on crowd (an MF-Diffuser plan
 in representatives mode, 128/256/1,024 particles; an mf-iql forward over all agents). CUDA timings
 synchronise the device. ``--bf16`` also trains under bfloat16 autocast on CUDA.
-Run: ``python benchmarks/bench_train.py [--quick] [--devices cpu cuda] [--json out.json]``.
+``--algos`` measures other learners (``all``: every one), ``--no-act`` training only, ``--threads`` sets
+torch's CPU threads (1: the one-thread figure a sweep's runs see).
+Run: ``python benchmarks/bench_train.py [--quick] [--algos all] [--no-act] [--devices cpu cuda]
+[--json out.json]``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mfdiffuser.algos.base import ALGOS as ALL_ALGOS
 from mfdiffuser.algos.run import load_run, make_policy, train
 from mfdiffuser.algos.trainer import TrainerConfig
 from mfdiffuser.data.generate import GenerateConfig, generate_dataset
@@ -73,9 +77,18 @@ def main() -> None:
     p.add_argument("--bf16", action="store_true", help="also train under bf16 autocast on CUDA")
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--dir", help="working directory (default: a temp dir, removed)")
+    p.add_argument("--algos", nargs="+", default=list(ALGOS), choices=[*ALL_ALGOS, "all"],
+                   help=f"learners to measure (default: {' '.join(ALGOS)}; all: every one)")
+    p.add_argument("--no-act", action="store_true", help="measure training only, not acting")
+    p.add_argument("--steps", type=int, help="measured training steps (default 50, 10 with --quick)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    algos = list(ALL_ALGOS) if "all" in args.algos else args.algos
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     warmup, steps, repeats = (3, 10, 2) if args.quick else (10, 50, 5)
+    steps = args.steps or steps
     figures: dict[str, dict] = {
         "machine": {
             "cpu_threads": torch.get_num_threads(),
@@ -95,16 +108,19 @@ def main() -> None:
                 ref_episodes=2, progress=False,
             ))
         for device in devices:
-            for algo in ALGOS:
+            for algo in algos:
                 variants = [False] + ([True] if args.bf16 and device.startswith("cuda") else [])
                 for bf16 in variants:
                     name = f"{algo}{' bf16' if bf16 else ''} on {device}"
                     run_dir = work / f"{algo}-{device}{'-bf16' if bf16 else ''}"
                     rate = steps_per_second(algo, data, run_dir, device, warmup, steps, bf16)
-                    act = act_seconds(run_dir, device, repeats)
-                    figures[name] = {"train_steps_per_s": rate, "act_s_at_10000": act}
-                    print(f"{name:28s} train {rate:8.2f} steps/s   act at N=10,000 {act * 1000:9.1f} ms",
-                          flush=True)
+                    figures[name] = {"train_steps_per_s": rate}
+                    line = f"{name:28s} train {rate:8.2f} steps/s"
+                    if not args.no_act:
+                        act = act_seconds(run_dir, device, repeats)
+                        figures[name]["act_s_at_10000"] = act
+                        line += f"   act at N=10,000 {act * 1000:9.1f} ms"
+                    print(line, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
         print(f"wrote {args.json}")

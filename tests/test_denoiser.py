@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mfdiffuser.models.denoiser import MeanFieldDenoiser, TemporalConv
+from mfdiffuser.models.denoiser import MeanFieldDenoiser, ShiftedSteps, TemporalConv
 
 S, A, P, H = 3, 4, 5, 6
 
@@ -85,6 +85,30 @@ def test_temporal_conv_equals_conv1d():
     conv.bias.data = tc.linear.bias.data.clone()
     h = torch.randn(5, 6, 8)
     assert torch.allclose(tc(h), conv(h.transpose(1, 2)).transpose(1, 2), atol=1e-5)
+
+
+def _padded_slices(h, kernel):
+    """The plain definition: slices of a zero-padded copy, concatenated."""
+    r, length = kernel // 2, h.shape[-2]
+    padded = torch.nn.functional.pad(h, (0, 0, r, r))
+    return torch.cat([padded[..., i : i + length, :] for i in range(kernel)], dim=-1)
+
+
+@pytest.mark.parametrize("kernel", [3, 5, 7])
+@pytest.mark.parametrize("length", [1, 2, 4, 9])
+def test_shifted_steps_equal_padded_slices_bit_for_bit(kernel, length):
+    g = torch.Generator().manual_seed(kernel * 10 + length)
+    # magnitudes 1e-3..1e3 so that adding the gradient's terms in another order changes the result
+    h = (torch.randn(2, 3, length, 6, generator=g) * torch.logspace(-3, 3, 6)).requires_grad_()
+    grad = torch.randn(2, 3, length, kernel * 6, generator=g) * torch.logspace(-4, 4, kernel * 6)
+    grad[0, 0] = -0.0  # the zeros the padded gradient adds turn -0.0 into 0.0
+    want = _padded_slices(h, kernel)
+    got = ShiftedSteps.apply(h, kernel)
+    assert torch.equal(got, want)
+    (want_grad,) = torch.autograd.grad(want, h, grad)
+    (got_grad,) = torch.autograd.grad(got, h, grad)
+    assert torch.equal(got_grad, want_grad)
+    assert torch.equal(got_grad.signbit(), want_grad.signbit())
 
 
 def test_gate_at_zero_equals_the_model_without_interaction():

@@ -40,6 +40,7 @@ from torch import nn
 from mfdiffuser.algos.base import Learner, ParamGroup, coerce_value
 from mfdiffuser.errors import MfdError, first_line
 from mfdiffuser.integrity import IntegrityError, sealed_bytes, unseal_bytes
+from mfdiffuser.models.policy import polyak_update
 from mfdiffuser.progress import ProgressBar, format_duration
 from mfdiffuser.utils import SEED_LIMIT, append_text, atomic_path, check_device, resolve_device
 
@@ -176,11 +177,13 @@ class _StopOnSignal:
 
 
 def _update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-            pe.lerp_(pm, 1.0 - decay)
-        for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
-            be.copy_(bm)
+    polyak_update(ema, model, 1.0 - decay)
+    ema_buffers, buffers = list(ema.buffers()), list(model.buffers())
+    if len(ema_buffers) != len(buffers):
+        raise ValueError(f"EMA: {len(ema_buffers)} buffers for the model's {len(buffers)}")
+    if buffers:
+        with torch.no_grad():
+            torch._foreach_copy_(ema_buffers, buffers)
 
 
 def fit(learner: nn.Module, sampler: Any, run_dir: str | Path, cfg: TrainerConfig) -> TrainResult:
@@ -235,7 +238,10 @@ def _fit(learner: nn.Module, sampler: Any, run_dir: Path, cfg: TrainerConfig) ->
     ema = copy.deepcopy(learner).requires_grad_(False)
     groups = param_groups(learner, cfg)
     optim = torch.optim.AdamW(
-        [{"params": g.params, "lr": g.lr} for g in groups], lr=cfg.lr, weight_decay=cfg.weight_decay
+        [{"params": g.params, "lr": g.lr} for g in groups],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        foreach=True,  # one multi-tensor kernel per update (CPU's default is a loop; same arithmetic)
     )
     torch_gen_state = torch.Generator().manual_seed(cfg.seed).get_state()
     torch.set_rng_state(torch_gen_state)

@@ -251,15 +251,17 @@ class WindowSampler:
             return self.rng.permuted(np.broadcast_to(np.arange(k), (b, k)), axis=1)
         if 4 * m <= k:
             # Floyd's algorithm vectorized over rows: M steps of O(B), cheaper than O(B K) random keys.
-            out = np.empty((b, m), dtype=np.int64)
-            taken = np.zeros((b, k), dtype=bool)
-            rows = np.arange(b)
-            for i, j in enumerate(range(k - m, k)):
-                r = self.rng.integers(0, j + 1, size=b)
-                pick = np.where(taken[rows, r], j, r)
-                taken[rows, pick] = True
-                out[:, i] = pick
-            return out
+            # All M x B draws in one call: the generator yields the same numbers as one call per step.
+            js = np.arange(k - m, k)
+            draws = self.rng.integers(0, js[:, None] + 1, size=(m, b))  # [M, B]
+            out = np.empty((m, b), dtype=np.int64)
+            taken = np.zeros(b * k, dtype=bool)  # flat [B, K]
+            row_start = np.arange(b) * k
+            for i, j in enumerate(js):
+                pick = np.where(taken[row_start + draws[i]], j, draws[i])
+                taken[row_start + pick] = True
+                out[i] = pick
+            return out.T
         keys = self.rng.random((b, k), dtype=np.float32)
         return np.argpartition(keys, m - 1, axis=1)[:, :m]
 

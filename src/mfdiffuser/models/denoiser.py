@@ -12,7 +12,7 @@ denoiser through the shared :class:`~mfdiffuser.models.view.ObsEncoder`; only th
 from __future__ import annotations
 
 import math
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -56,12 +56,62 @@ class TemporalConv(nn.Module):
         self.linear = nn.Linear(kernel * hidden, hidden)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        r = self.kernel // 2
-        if r == 0:
+        if self.kernel == 1:
             return self.linear(h)
-        length = h.shape[-2]
-        padded = nn.functional.pad(h, (0, 0, r, r))
-        return self.linear(torch.cat([padded[..., i : i + length, :] for i in range(self.kernel)], dim=-1))
+        return self.linear(cast(torch.Tensor, ShiftedSteps.apply(h, self.kernel)))
+
+
+class ShiftedSteps(torch.autograd.Function):
+    """``[..., H, C] -> [..., H, kernel * C]``: block i of step t holds step ``t + i - kernel // 2``.
+
+    Steps off either end are zeros: the input of a zero-padded convolution, as one matmul sees it.
+    The same values, and input gradient, as slicing a padded copy and concatenating the slices, in
+    one pass over memory each way instead of several (padding, slicing and their gradients are a
+    large part of the denoiser's step on CPU at the short horizons of planning).
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, h: torch.Tensor, kernel: int) -> torch.Tensor:
+        r, length, c = kernel // 2, h.shape[-2], h.shape[-1]
+        cast(Any, ctx).kernel = kernel
+        out = h.new_empty(*h.shape[:-1], kernel * c)
+        for i in range(kernel):
+            lo, hi = _inside(i, r, length)
+            block = out[..., i * c : (i + 1) * c]
+            block[..., lo:hi, :] = h[..., lo + i - r : hi + i - r, :]
+            block[..., :lo, :] = 0.0
+            block[..., hi:, :] = 0.0
+        return out
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        # The gradient of the padded copy is the sum of each slice's gradient placed in a zero
+        # tensor, added in the order autograd adds them (last slice first): the same order here,
+        # including the zeros added at the ends (they turn a -0.0 into 0.0), so results match bit
+        # for bit.
+        kernel = cast(Any, ctx).kernel
+        r, length = kernel // 2, grad.shape[-2]
+        c = grad.shape[-1] // kernel
+        out = grad.new_empty(*grad.shape[:-1], c)
+        for n, i in enumerate(reversed(range(kernel))):
+            lo, hi = _inside(i, r, length, shift=-1)
+            src = grad[..., lo + r - i : hi + r - i, i * c : (i + 1) * c]
+            if n == 0:
+                out[..., lo:hi, :] = src
+                out[..., :lo, :] = 0.0
+                out[..., hi:, :] = 0.0
+            else:
+                out[..., lo:hi, :] += src
+                out[..., :lo, :] += 0.0
+                out[..., hi:, :] += 0.0
+        return out, None
+
+
+def _inside(i: int, r: int, length: int, shift: int = 1) -> tuple[int, int]:
+    """Steps ``[lo, hi)`` of a window of ``length`` whose source ``t + shift (i - r)`` lies inside it."""
+    off = shift * (i - r)
+    lo, hi = max(0, -off), min(length, length - off)
+    return (lo, hi) if lo < hi else (0, 0)
 
 
 class TemporalBlock(nn.Module):

@@ -57,6 +57,13 @@ class TwinQNet(nn.Module):
 
 @torch.no_grad()
 def polyak_update(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """``target <- (1 - tau) target + tau source`` for every parameter (soft target-network update)."""
-    for pt, ps in zip(target.parameters(), source.parameters(), strict=True):
-        pt.lerp_(ps, tau)
+    """``target <- (1 - tau) target + tau source`` for every parameter (soft target-network update).
+
+    One fused ``lerp`` over all parameters (the same arithmetic as one ``lerp_`` per parameter).
+    """
+    targets: list[torch.Tensor] = list(target.parameters())
+    sources: list[torch.Tensor] = list(source.parameters())
+    if len(targets) != len(sources):
+        raise ValueError(f"polyak update: {len(targets)} target parameters for {len(sources)} source ones")
+    if targets:
+        torch._foreach_lerp_(targets, sources, tau)
