@@ -56,9 +56,18 @@ class TemporalConv(nn.Module):
         r = self.kernel // 2
         if r == 0:
             return self.linear(h)
-        length = h.shape[-2]
-        padded = nn.functional.pad(h, (0, 0, r, r))
-        return self.linear(torch.cat([padded[..., i : i + length, :] for i in range(self.kernel)], dim=-1))
+        # The shifted copies are written into one [..., H, kernel C] buffer (no padded intermediate):
+        # slot i holds h[t + i - r], zero where that falls outside [0, H).
+        length, c = h.shape[-2], h.shape[-1]
+        stacked = h.new_empty(*h.shape[:-1], self.kernel * c)
+        for i in range(self.kernel):
+            lo, hi = max(0, r - i), min(length, length + r - i)  # rows t with 0 <= t + i - r < H
+            slot = stacked[..., i * c : (i + 1) * c]
+            if hi > lo:
+                slot[..., lo:hi, :] = h[..., lo + i - r : hi + i - r, :]
+            slot[..., :lo, :] = 0.0
+            slot[..., max(hi, lo) :, :] = 0.0
+        return self.linear(stacked)
 
 
 class TemporalBlock(nn.Module):
@@ -171,12 +180,32 @@ class MeanFieldDenoiser(nn.Module):
         Returns:
             ``[B, M, H, D]`` noise estimate.
         """
-        b, m, h_len, d = x.shape
-        if d != self.dim or h_len != self.horizon:
+        return self.denoise(x, k, self.condition(states, summary))
+
+    def condition(self, states: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        """The agents' conditioning before the step embedding: ``[B, M, S], [B, P] -> [B, M, C]``.
+
+        It does not depend on the noisy sample or the step, so a sampler computes it once for every
+        step over the same particles (:meth:`denoise`).
+        """
+        phi = summary.unsqueeze(1).expand(states.shape[0], states.shape[1], summary.shape[-1])
+        return self.cond(torch.cat([states, phi], dim=-1))
+
+    def denoise(self, x: torch.Tensor, k: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+        """Predict the noise of ``x [B, M, H, D]`` at step ``k`` from the conditioning of :meth:`condition`.
+
+        Args:
+            x: ``[B, M, H, D]`` noisy segments.
+            k: ``[B]``, ``[1]`` (or scalar) diffusion step.
+            cond: ``[B, M, C]`` the agents' conditioning.
+
+        Returns:
+            ``[B, M, H, D]`` noise estimate.
+        """
+        if x.shape[-1] != self.dim or x.dim() != 4 or x.shape[-2] != self.horizon:
             raise ValueError(f"denoiser: expected [B, M, {self.horizon}, {self.dim}], got {tuple(x.shape)}")
-        k = torch.as_tensor(k, device=x.device).reshape(-1).expand(b)
-        phi = summary.unsqueeze(1).expand(b, m, summary.shape[-1])
-        cond = self.cond(torch.cat([states, phi], dim=-1)) + self.k_embed(k).unsqueeze(1)  # [B, M, C]
+        k = torch.as_tensor(k, device=x.device).reshape(-1).expand(x.shape[0])
+        cond = cond + self.k_embed(k).unsqueeze(1)  # [B, M, C]
         h = self.inp(x) + self.pos
         for j, block in enumerate(self.temporal):
             h = block(h, cond)
