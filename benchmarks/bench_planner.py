@@ -86,7 +86,7 @@ def plan_latency(levels: LevelSchedule, sizes=SIZES, repeats: int = 3) -> dict[i
     return out
 
 
-SECTIONS = ("latency", "stride", "c2f", "madiff", "train", "memory", "candidates")
+SECTIONS = ("latency", "fast", "stride", "c2f", "madiff", "train", "memory", "candidates")
 """Sections of the benchmark (``--only``)."""
 STRIDES = (20, 10, 8, 5)
 """Sampling steps per plan compared at N = 10,000 (20 = K: the default schedule, no stride)."""
@@ -108,6 +108,56 @@ def stride_latency(n: int = 10000, strides=STRIDES, repeats: int = 3) -> dict[in
         out[k] = best_cpu_time(
             functools.partial(mfd.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen), repeats
         )
+    return out
+
+
+FAST_VARIANTS = (
+    ("default, eager", None, False), ("10 steps, eager", 10, False), ("8 steps, eager", 8, False),
+    ("default, compiled", None, True), ("10 steps, compiled", 10, True), ("8 steps, compiled", 8, True),
+)
+"""(label, sample_steps, compile) of the plans timed by :func:`fast_variants` (None: the default 20 steps)."""
+FAST_TARGET_MS = 120.0
+"""Target cost of one plan at N = 10,000 on one CPU thread."""
+
+
+class FastVariant(NamedTuple):
+    """Cost of one planner variant at N = 10,000."""
+
+    plan_s: float
+    """Best CPU seconds per plan after the warm-up."""
+    first_s: float
+    """Wall seconds of the first plan (the compilation of every level, for a compiled variant)."""
+    steps: tuple[int, ...]
+    """Denoising steps per level."""
+
+
+def fast_variants(
+    n: int = 10000, variants=FAST_VARIANTS, repeats: int = 3, compile: bool = True
+) -> dict[str, FastVariant]:
+    """CPU seconds per plan of the default planner and of its fast variants (crowd, representatives mode).
+
+    Every variant plans the same states with the default levels (128 -> 256 -> 1,024 particles): eager
+    (``torch.inference_mode``, conditioning once per level), compiled (:func:`mfd.compiled_denoiser`,
+    static shapes, compiled at the first plan), and with fewer sampling steps (``sample_steps``: a DDIM
+    stride over the K = 20 training steps). ``compile=False`` leaves the compiled variants out.
+    """
+    env = make("crowd", n_agents=n)
+    learner, cfg = _learner(env)
+    obs, info = env.reset(seed=0)
+    out: dict[str, FastVariant] = {}
+    for label, sample_steps, compiled in variants:
+        if compiled and not compile:
+            continue
+        lv = dataclasses.replace(cfg, sample_steps=sample_steps).level_schedule.capped(n)
+        denoise = mfd.compiled_denoiser(learner) if compiled else None
+        rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+        plan = functools.partial(
+            mfd.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen, denoise=denoise
+        )
+        t0 = time.perf_counter()
+        plan()
+        first = time.perf_counter() - t0
+        out[label] = FastVariant(best_cpu_time(plan, repeats), first, lv.steps)
     return out
 
 
@@ -319,6 +369,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument(
         "--only", nargs="*", choices=SECTIONS, default=list(SECTIONS), help="sections to run (default: all)"
     )
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave the compiled variants out of the fast section (compiling takes minutes)")
     parser.add_argument("--peak-rss-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
     only = set(args.only)
@@ -336,6 +388,18 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             results[f"latency {label}"] = lat
             cells = "  ".join(f"N={n}: {s * 1000:.0f} ms" for n, s in lat.items())
             print(f"  {label:<28} {cells}  ratio 10k/100 = {lat[10000] / lat[100]:.2f} (target <= 1.5)")
+
+    if "fast" in only:
+        print("default plan and fast variants at N = 10,000 (crowd, 128/256/1,024 particles, K = 20), "
+              f"CPU ms per plan, one thread (target <= {FAST_TARGET_MS:.0f} ms)")
+        fast = fast_variants(compile=not args.no_compile)
+        results["fast"] = fast
+        base = next(iter(fast.values())).plan_s
+        for label, row in fast.items():
+            steps = "/".join(map(str, row.steps))
+            mark = "meets" if row.plan_s * 1000 <= FAST_TARGET_MS else "misses"
+            print(f"  {label:<20} ({steps:>7}) {row.plan_s * 1000:7.0f} ms  {row.plan_s / base:.2f}x  "
+                  f"first plan {row.first_s:6.1f} s wall  {mark} the target")
 
     if "stride" in only:
         print("plan latency at N = 10,000 vs sampling steps (DDIM stride over K = 20), CPU ms per plan")

@@ -111,6 +111,27 @@ def test_shifted_steps_equal_padded_slices_bit_for_bit(kernel, length):
     assert torch.equal(got_grad.signbit(), want_grad.signbit())
 
 
+@pytest.mark.parametrize(("kernel", "length"), [(3, 6), (3, 1), (5, 2), (1, 4)])
+def test_temporal_conv_equals_the_padded_shifted_copies_exactly(kernel, length):
+    torch.manual_seed(0)
+    tc = TemporalConv(8, kernel)
+    h = torch.randn(2, 5, length, 8)
+    r = kernel // 2
+    padded = torch.nn.functional.pad(h, (0, 0, r, r))
+    shifted = torch.cat([padded[..., i : i + length, :] for i in range(kernel)], dim=-1)
+    assert torch.equal(tc(h), tc.linear(shifted))  # bit for bit: the plans do not change
+
+
+def test_denoise_from_the_cached_conditioning_equals_forward_exactly():
+    net = _net()
+    x, k, s, phi = _inputs(2, 7)
+    cond = net.condition(s, phi)
+    assert cond.shape == (2, 7, 32)
+    assert torch.equal(net.denoise(x, k, cond), net(x, k, s, phi))
+    with pytest.raises(ValueError, match="expected"):
+        net.denoise(x[..., :-1], k, cond)
+
+
 def test_gate_at_zero_equals_the_model_without_interaction():
     gated, solo = _net(gate=True), _net(interaction=False)
     missing, unexpected = gated.load_state_dict(solo.state_dict(), strict=False)

@@ -42,6 +42,7 @@ from mfdiffuser.diffusion import (
     state_order,
 )
 from mfdiffuser.envs.base import PopulationEnv
+from mfdiffuser.errors import MfdError, first_line
 from mfdiffuser.models.action_head import ActionHead
 from mfdiffuser.models.blocks import ValueNet, expectile_loss
 from mfdiffuser.models.critics import channel_probs
@@ -110,6 +111,9 @@ class Config:
     sample_steps: int | None = None
     """Denoising steps of a plan, spread evenly over the K training steps (a DDIM stride) and shared
     among the levels in proportion to steps_per_level; None: the sum of steps_per_level."""
+    compile: bool = False
+    """Plan with the denoiser compiled by ``torch.compile`` (once per particle count; the first plan at
+    each level pays the compilation, tens of seconds on a CPU). A failed compilation is an error."""
     action_decode: str = "categorical"
     """Decoding of a plan's actions: categorical (sample from the clipped one-hot channels), argmax (of
     the channels) or head (sample from the action head on the planned states: inverse dynamics
@@ -612,6 +616,38 @@ class PlanOutput(NamedTuple):
 
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``(segments [K, M, H, D], context [K, C]) -> scores [K]``: ranks clean candidate segments."""
+Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(x_k [B, M, H, D], step [1], conditioning [B, M, C]) -> eps [B, M, H, D]``: the noise predictor."""
+
+
+class CompileError(MfdError):
+    """``torch.compile`` could not compile the denoiser (the planner does not fall back to eager)."""
+
+
+def compiled_denoiser(learner: MFDiffuser) -> Denoise:
+    """The learner's denoiser (:meth:`~mfdiffuser.models.denoiser.MeanFieldDenoiser.denoise`), compiled.
+
+    Shapes are static (one graph per particle count, compiled at its first call); the diffusion step
+    is a tensor, so a new step does not recompile. A failure to compile raises :class:`CompileError`
+    with a one-line reason instead of running eager unannounced.
+    """
+    compiled = torch.compile(learner.denoiser.denoise, dynamic=False)
+    seen: set[tuple[int, ...]] = set()
+
+    def denoise(x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        if x.shape in seen:
+            return compiled(x, k, cond)
+        try:
+            out = compiled(x, k, cond)
+        except Exception as exc:  # any failure of dynamo / inductor / the C++ toolchain
+            raise CompileError(
+                f"mf-diffuser: compile=True could not compile the denoiser for x of shape {tuple(x.shape)} "
+                f"({type(exc).__name__}: {first_line(exc)[:300]}); plan with compile=False"
+            ) from exc
+        seen.add(tuple(x.shape))
+        return out
+
+    return denoise
 
 
 @torch.inference_mode()
@@ -630,6 +666,7 @@ def sample_plan(
     select: str = "best",
     select_temperature: float = 1.0,
     scorer: Scorer | None = None,
+    denoise: Denoise | None = None,
 ) -> PlanOutput:
     """Sample one plan for N agents by coarse-to-fine denoising, and lift it to every agent.
 
@@ -658,6 +695,8 @@ def sample_plan(
         select: ``best`` or ``softmax`` (see :func:`~mfdiffuser.algos.critics.select_candidate`).
         select_temperature: temperature of ``softmax`` selection.
         scorer: ranks the candidates; default the learner's critic (required when K > 1).
+        denoise: the noise predictor; default the learner's denoiser (:func:`compiled_denoiser` for a
+            compiled one).
     """
     if candidates < 1:
         raise ValueError(f"mf-diffuser: candidates must be >= 1, got {candidates}")
@@ -685,6 +724,8 @@ def sample_plan(
     clip_lo[learner.S :] = -1.0
     clip = (clip_lo, -clip_lo)
     timesteps = sched.timesteps(levels.total_steps)
+    k_index = torch.tensor(timesteps, device=device).unsqueeze(-1)  # [steps, 1]: no per-step host copy
+    denoise = denoise or learner.denoiser.denoise
     m = levels.sizes[0]
     s0 = rep_states(m).expand(candidates, -1, -1)  # [K, M_0, S]
     ctx = ctx.expand(candidates, -1)  # [K, C]
@@ -694,10 +735,11 @@ def sample_plan(
     scores: torch.Tensor | None = None
     chosen = 0
     for j, n_steps in enumerate(levels.steps):
+        cond = learner.denoiser.condition(s0, ctx)  # [K, M_j, C]: the same for every step of the level
         for _ in range(n_steps):
             k, k_prev = timesteps[i], (timesteps[i + 1] if i + 1 < len(timesteps) else -1)
-            x = learner.inpaint(x, s0)
-            eps = learner.denoiser(x, k, s0, ctx)
+            x[:, :, 0, : learner.S] = s0[..., : learner.S]  # inpaint (x is this step's own tensor)
+            eps = denoise(x, k_index[i], cond)
             x, x0 = sched.ddim_step(eps, k, k_prev, x, eta=eta, generator=generator, clip=clip)
             i += 1
         if candidates > 1 and scorer is not None and j == 0:  # rank the coarse candidates, refine one
@@ -712,8 +754,8 @@ def sample_plan(
             m = m_next
     x0 = learner.inpaint(x0, s0)
     step_ctx = learner.step_context(ctx.new_tensor(summary)[None], torch.tensor([t], device=device))
-    actions = learner.decode_actions(x0, generator, action_decode, step_ctx, s0)[0]
-    actions = actions.cpu().numpy().astype(np.int64)
+    decoded = learner.decode_actions(x0, generator, action_decode, step_ctx, s0)[0]
+    actions = decoded.cpu().numpy().astype(np.int64)
     plan_states = (x0[0, :, :, : learner.S] * learner.state_std + learner.state_mean).cpu().numpy()
     assignment = assign_blocks(order, m)
     return PlanOutput(
@@ -741,6 +783,7 @@ class MFDiffuserPolicy:
         candidates: override of the number of candidate plans ranked by the critic.
         select: override of the candidate selection (best or softmax).
         select_temperature: override of the softmax selection's temperature.
+        compile: override of compiling the denoiser (:func:`compiled_denoiser`).
     """
 
     def __init__(
@@ -759,6 +802,7 @@ class MFDiffuserPolicy:
         candidates: int | None = None,
         select: str | None = None,
         select_temperature: float | None = None,
+        compile: bool | None = None,
     ) -> None:
         over: dict[str, Any] = {
             "mode": mode,
@@ -773,6 +817,7 @@ class MFDiffuserPolicy:
             "candidates": candidates,
             "select": select,
             "select_temperature": select_temperature,
+            "compile": compile,
         }
         self.config = dataclasses.replace(config, **{k: v for k, v in over.items() if v is not None})
         if self.config.candidates > 1 and learner.critic is None:
@@ -781,6 +826,7 @@ class MFDiffuserPolicy:
                 "(train with critic=agent, population or auto)"
             )
         self.learner = learner.eval()
+        self.denoise = compiled_denoiser(self.learner) if self.config.compile else None
         self.last_plan: PlanOutput | None = None
         self._cursor = 0
 
@@ -823,6 +869,7 @@ class MFDiffuserPolicy:
                 self.config.candidates,
                 self.config.select,
                 self.config.select_temperature,
+                denoise=self.denoise,
             )
             self._cursor = 0
         actions = self.last_plan.actions[:, self._cursor]

@@ -230,12 +230,31 @@ class MeanFieldDenoiser(nn.Module):
         Returns:
             ``[B, M, H, D]`` noise estimate.
         """
-        b, m, h_len, d = x.shape
-        if d != self.dim or h_len != self.horizon:
+        return self.denoise(x, k, self.condition(states, summary))
+
+    def condition(self, states: torch.Tensor, summary: torch.Tensor) -> torch.Tensor:
+        """The agents' conditioning before the step embedding: ``[B, M, S], [B, P] -> [B, M, C]``.
+
+        It does not depend on the noisy sample or the step, so a sampler computes it once for every
+        step over the same particles (:meth:`denoise`).
+        """
+        phi = summary.unsqueeze(1).expand(states.shape[0], states.shape[1], summary.shape[-1])
+        return self.cond(torch.cat([self.obs(states), phi], dim=-1))
+
+    def denoise(self, x: torch.Tensor, k: torch.Tensor | int, cond: torch.Tensor) -> torch.Tensor:
+        """Predict the noise of ``x [B, M, H, D]`` at step ``k`` from the conditioning of :meth:`condition`.
+
+        Args:
+            x: ``[B, M, H, D]`` noisy segments.
+            k: ``[B]``, ``[1]`` (or scalar) diffusion step.
+            cond: ``[B, M, C]`` the agents' conditioning.
+
+        Returns:
+            ``[B, M, H, D]`` noise estimate.
+        """
+        if x.shape[-1] != self.dim or x.dim() != 4 or x.shape[-2] != self.horizon:
             raise ValueError(f"denoiser: expected [B, M, {self.horizon}, {self.dim}], got {tuple(x.shape)}")
-        k = torch.as_tensor(k, device=x.device).reshape(-1).expand(b)
-        phi = summary.unsqueeze(1).expand(b, m, summary.shape[-1])
-        cond = self.cond(torch.cat([self.obs(states), phi], dim=-1))
+        k = torch.as_tensor(k, device=x.device).reshape(-1).expand(x.shape[0])
         cond = cond + self.k_embed(k).unsqueeze(1)  # [B, M, C]
         h = self.inp(x) + self.pos
         for j, block in enumerate(self.temporal):
