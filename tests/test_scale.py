@@ -41,10 +41,21 @@ def _learner(env, **kw):
     return mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon).eval(), cfg
 
 
+def _on_denoise(learner, record):
+    """Call ``record(x)`` on the noisy sample of every denoising step of ``learner``'s planner."""
+    denoise = learner.denoiser.denoise
+
+    def spy(x, k, cond):
+        record(x)
+        return denoise(x, k, cond)
+
+    learner.denoiser.denoise = spy
+
+
 def _count_particles(learner):
     """Record the particle count M of every denoiser call."""
     seen: list[int] = []
-    learner.denoiser.register_forward_hook(lambda mod, args, out: seen.append(int(args[0].shape[1])))
+    _on_denoise(learner, lambda x: seen.append(int(x.shape[1])))
     return seen
 
 
@@ -101,7 +112,7 @@ def test_default_schedule_unchanged_and_plans_in_inference_mode():
     env = make("gaussian-squeeze", n_agents=100)
     learner, _ = _learner(env)
     modes: list[bool] = []
-    learner.denoiser.register_forward_hook(lambda *a: modes.append(torch.is_inference_mode_enabled()))
+    _on_denoise(learner, lambda x: modes.append(torch.is_inference_mode_enabled()))
     obs, info = env.reset(seed=0)
     mfd.sample_plan(learner, obs, info["summary"], 0, learner.config.level_schedule, np.random.default_rng(0))
     assert modes and all(modes)
