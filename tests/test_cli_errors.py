@@ -580,6 +580,19 @@ CASES = [
         ["sweep", "{grid_deep}", "--dry-run"], "nested too deeply", id="sweep-yaml-nested-too-deeply"
     ),
     pytest.param(["sweep", "{grid_ok}", "--dry-run", "--num-cpus", "0"], "--num-cpus", id="sweep-zero-cpus"),
+    pytest.param(
+        ["sweep", "{grid_ok}", "--estimate", "{dir}"], "--dry-run", id="sweep-estimate-without-dry-run"
+    ),
+    pytest.param(
+        ["sweep", "{grid_ok}", "--dry-run", "--estimate", "{dir}"],
+        "no results store",
+        id="sweep-estimate-not-a-store",
+    ),
+    pytest.param(
+        ["sweep", "{grid_ok}", "--dry-run", "--estimate", "{text}"],
+        "not a directory",
+        id="sweep-estimate-a-file",
+    ),
     pytest.param(["sweep", "{grid_unknown_env}", "--dry-run"], "unknown env", id="sweep-unknown-env"),
     pytest.param(["sweep", "{grid_unknown_algo}", "--dry-run"], "unknown algorithm", id="sweep-unknown-algo"),
     pytest.param(

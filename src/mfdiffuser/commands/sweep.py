@@ -36,6 +36,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run a subset: benchmark, quality, method or seed in the values (repeatable, all must match)",
     )
     p.add_argument("--dry-run", action="store_true", help="list the cells and their status, run nothing")
+    p.add_argument(
+        "--estimate",
+        action="append",
+        default=[],
+        metavar="STORE",
+        help=(
+            "with --dry-run: estimate the unfinished cells' time from the timings of the finished records "
+            "in STORE (repeatable; e.g. this grid's own results or a tuning store)"
+        ),
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -65,17 +75,39 @@ def run(args: argparse.Namespace) -> int:
             check_ray_address(args.address)
         store = ResultStore(results)
         cells = select_cells(grid.cells, args.only)
+        done: dict[str, list[int] | None] = {}
         for cell in cells:
             rec = store.read(cell.record_ids[-1])  # the last budget's record, if any
             status = "todo"
             if rec is not None:
                 status = rec["status"] if rec.get("fingerprint") == cell.fingerprint else "stale"
+            done[cell.id] = (
+                None
+                if store.is_finished(cell.record_ids[-1], cell.fingerprint)
+                else [b for b in cell.budgets if store.is_finished(cell.record_id(b), cell.fingerprint)]
+            )
             print(f"{status:8s} {cell.id}")
         print(
             f"{len(cells)} of {len(grid.cells)} cells, {len(grid.datasets())} datasets, "
             f"{grid.split} split -> {results}"
         )
+        if args.estimate:
+            import os
+
+            from mfdiffuser.experiments.estimate import estimate_grid, estimate_table, gather
+
+            refs = []
+            for ref in args.estimate:
+                check_dir_target(ref, "the --estimate store")
+                if not (Path(ref) / "cells").is_dir():
+                    raise ValueError(f"--estimate: {ref} is no results store (it has no cells/ directory)")
+                refs.extend(ResultStore(ref).records())
+            rates = gather(refs)
+            print(f"rates from {rates.records} finished records in {', '.join(args.estimate)}")
+            print(estimate_table(estimate_grid(cells, done, rates), args.num_cpus or os.cpu_count() or 1))
         return 0
+    if args.estimate:
+        raise ValueError("--estimate only sizes a grid: use it with --dry-run")
     summary = run_grid(
         args.spec,
         args.results,
