@@ -55,6 +55,7 @@ MODES = ("representatives", "population")
 DECODERS = ("categorical", "argmax", "head")
 M_DRAWS = ("uniform", "log")
 SELECTS = ("best", "softmax")
+HEAD_INPUTS = ("data", "denoised", "both")
 
 
 @dataclass
@@ -124,6 +125,13 @@ class Config:
     """Width of the action head (inverse dynamics and last-step policy, trained by cross-entropy)."""
     head_coef: float = 1.0
     """Weight of the action head's cross-entropy in the summed loss."""
+    head_inputs: str = "data"
+    """States the action head is trained on: data (the batch's states), denoised (the denoiser's
+    prediction x0-hat of the clean segment from the denoising loss's noised batch, detached) or both
+    (the mean of the two cross-entropies)."""
+    head_denoised_steps: float = 0.25
+    """With head_inputs denoised or both: the least noisy share of the K diffusion steps whose x0-hat
+    trains the head (the planner decodes the prediction of its last, least noisy steps)."""
     value_lr: float | None = None
     """Learning rate of the value net's parameter group (None: the trainer's lr)."""
     value_clip: float | None = None
@@ -179,6 +187,7 @@ class Config:
             "mode": MODES,
             "action_decode": DECODERS,
             "m_draw": M_DRAWS,
+            "head_inputs": HEAD_INPUTS,
             "critic": CRITICS,
             "select": SELECTS,
         }
@@ -195,6 +204,10 @@ class Config:
             raise ValueError(
                 f"mf-diffuser: need head_hidden >= 1, head_coef >= 0 and weight_warmup >= 0, got "
                 f"{self.head_hidden}, {self.head_coef}, {self.weight_warmup}"
+            )
+        if not 0.0 < self.head_denoised_steps <= 1.0:
+            raise ValueError(
+                f"mf-diffuser: head_denoised_steps must lie in (0, 1], got {self.head_denoised_steps}"
             )
         for name in ("value_lr", "value_clip", "weight_scale"):
             value = getattr(self, name)
@@ -232,6 +245,15 @@ class Config:
         """The planner's coarse-to-fine schedule (steps rescaled to ``sample_steps`` when set)."""
         levels = LevelSchedule(self.levels, self.steps_per_level)
         return levels if self.sample_steps is None else levels.with_total_steps(self.sample_steps)
+
+
+class DenoisingPass(NamedTuple):
+    """The denoising loss of a batch and, when asked for, the denoiser's prediction of its clean segments."""
+
+    per_particle: torch.Tensor
+    """``[B, M]`` masked mean of ``||eps - eps_theta||^2`` over (H, D)."""
+    x0_hat: torch.Tensor | None
+    """``[B, M, H, D]`` detached prediction x0-hat of the clean segments, current states inpainted."""
 
 
 class MFDiffuser(nn.Module):
@@ -419,8 +441,14 @@ class MFDiffuser(nn.Module):
         noise: torch.Tensor,
         k: torch.Tensor,
         step_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """Per-particle denoising loss ``[B, M]``: masked mean of ``||eps - eps_theta||^2`` over (H, D).
+        predict: bool = False,
+    ) -> DenoisingPass:
+        """Per-particle denoising loss, and with ``predict`` the denoiser's clean-segment prediction x0-hat.
+
+        The loss is the masked mean of ``||eps - eps_theta||^2`` over (H, D). x0-hat inverts the
+        forward process with the denoiser's noise estimate at the same noised batch (no second
+        forward), detached, with the current states inpainted: what the planner decodes after its
+        last step.
 
         Args:
             x0: ``[B, M, H, D]`` clean segments.
@@ -430,11 +458,53 @@ class MFDiffuser(nn.Module):
             noise: ``[B, M, H, D]`` the noise eps.
             k: ``[B]`` diffusion steps.
             step_mask: ``[B, M, H]`` valid steps.
+            predict: also return x0-hat (None otherwise).
         """
         x_k = self.inpaint(self.scheduler.add_noise(x0, noise, k), s0)
         eps = self.denoiser(x_k, k, s0, ctx)
         m = step_mask.unsqueeze(-1).to(x0.dtype) * self.channel_mask
-        return ((eps - noise).pow(2) * m).sum((-1, -2)) / m.sum((-1, -2)).clamp_min(1.0)
+        per_particle = ((eps - noise).pow(2) * m).sum((-1, -2)) / m.sum((-1, -2)).clamp_min(1.0)
+        x0_hat = None
+        if predict:
+            x0_hat = self.inpaint(self.scheduler.predict_x0(x_k, eps.detach(), k), s0)
+        return DenoisingPass(per_particle, x0_hat)
+
+    def head_loss(
+        self,
+        batch: TrajBatch,
+        x0: torch.Tensor,
+        x0_hat: torch.Tensor | None,
+        k: torch.Tensor,
+        w: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy of the action head on the states ``head_inputs`` names, and its parts as metrics.
+
+        Args:
+            batch: the training batch (actions, masks, summaries, views).
+            x0: ``[B, M, H, D]`` clean data segments.
+            x0_hat: ``[B, M, H, D]`` the denoiser's detached prediction of them (None with ``data``).
+            k: ``[B]`` diffusion step of each row: only rows with ``k < head_denoised_steps * K``
+                train the head on x0-hat.
+            w: ``[B, M]`` value weights of the policy head's step.
+        """
+        step_ctx = self.step_context(batch.summaries[:, 0], batch.timestep).unsqueeze(1)
+        views = self.views(batch.states[:, :, 0])
+
+        def cross_entropy(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return self.action_head.loss(states[..., : self.S], step_ctx, batch.actions, mask, w, views)
+
+        inputs = self.config.head_inputs
+        if inputs == "data":
+            return cross_entropy(x0, batch.mask), {}
+        if x0_hat is None:
+            raise ValueError(f"mf-diffuser: head_inputs={inputs} needs the denoiser's prediction x0-hat")
+        low = k < self.config.head_denoised_steps * self.scheduler.n_steps  # [B]
+        denoised = cross_entropy(x0_hat, batch.mask & low[:, None, None])
+        metrics = {"head_loss_denoised": float(denoised.detach())}
+        if inputs == "denoised":
+            return denoised, metrics
+        data = cross_entropy(x0, batch.mask)
+        return 0.5 * (data + denoised), metrics | {"head_loss_data": float(data.detach())}
 
     def segment_value(self, batch: TrajBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """Value regression loss and the (un-standardised) centred values ``V - b`` per agent ``[B, M]``."""
@@ -517,21 +587,16 @@ class MFDiffuser(nn.Module):
         ctx = self.context(batch.summaries[:, 0], batch.timestep)
         k = torch.randint(0, self.scheduler.n_steps, (b,), device=x0.device)
         noise = torch.randn_like(x0)
-        per_particle = self.denoising_loss(x0, s0, ctx, noise, k, batch.mask)  # [B, M]
+        predict = self.config.head_inputs != "data"
+        per_particle, x0_hat = self.denoising_loss(x0, s0, ctx, noise, k, batch.mask, predict)  # [B, M]
         v_loss, centred, metrics = self.segment_value(batch)
         valid = batch.mask.any(-1)
         w, w_metrics = self.weights(centred, valid)
         diff_loss = (w * per_particle).sum() / valid.sum().clamp_min(1)
-        head_loss = self.action_head.loss(
-            x0[..., : self.S],
-            self.step_context(batch.summaries[:, 0], batch.timestep).unsqueeze(1),
-            batch.actions,
-            batch.mask,
-            weights=w,
-            views=self.views(batch.states[:, :, 0]),
-        )
+        head_loss, head_metrics = self.head_loss(batch, x0, x0_hat, k, w)
         total = diff_loss + self.config.value_coef * v_loss + self.config.head_coef * head_loss
         metrics |= {"diffusion_loss": float(diff_loss.detach()), "head_loss": float(head_loss.detach())}
+        metrics |= head_metrics
         if batch.expert is not None:
             expert = batch.expert.unsqueeze(1) & valid
             if expert.any() and not bool(expert.eq(valid).all()):  # both kinds of episode in the batch
