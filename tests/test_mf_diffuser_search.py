@@ -152,3 +152,44 @@ def test_policy_plans_with_the_learner_critic(critic):
     actions = policy.act(obs, info)
     assert actions.shape == (300,) and policy.last_plan.scores.shape == (3,)
     assert np.isfinite(policy.last_plan.scores).all()
+
+
+# Plans with head decoding and with critic search, as the planner drew them before the options that
+# change what is decoded and scored (snap_states, score_actions) existed; their defaults keep these.
+# (critic, sizes, steps, seed, decoding, K, particle actions, chosen, scores)
+PINNED_SEARCH = [
+    ("none", (4, 8, 24), (2, 2, 2), 3, "head", 1,
+     "333333333333333333333333333333330333333333333333333333330330330330330330", 0, None),
+    ("agent", (4, 8, 24), (2, 2, 2), 4, "head", 4,
+     "331333331333331331333333333333333333330030030030330330333333333333333333", 3,
+     [-0.19278186559677124, -0.19110745191574097, -0.18084867298603058, -0.1785629242658615]),
+    ("agent", (16,), (4,), 5, "categorical", 3,
+     "021030311023321103102330023003332112103301223203", 2,
+     [-0.17939943075180054, -0.1862502247095108, -0.17682230472564697]),
+    ("population", (4, 8, 24), (2, 2, 2), 6, "head", 4,
+     "333333333333333333330330330330330330333333333333333333330330330330330330", 1,
+     [-6.959361553192139, -6.561956405639648, -6.715035915374756, -7.606952667236328]),
+    ("population", (4, 8, 24), (2, 2, 2), 7, "argmax", 4,
+     "201111031312312322001023200012031122130330110323323330213210203101101101", 3,
+     [-10.588156700134277, -7.950594425201416, -4.638703346252441, -3.263380289077759]),
+]
+
+
+@pytest.mark.parametrize(
+    ("critic", "sizes", "steps", "seed", "decode", "k", "actions", "chosen", "scores"), PINNED_SEARCH
+)
+def test_default_decoding_and_scoring_reproduce_the_pinned_plans(
+    critic, sizes, steps, seed, decode, k, actions, chosen, scores
+):
+    learner = _learner(critic=critic, critic_hidden=16)
+    states, summary = _inputs(seed)
+    plan = mfd.sample_plan(
+        learner, states, summary, 2, LevelSchedule(sizes, steps), np.random.default_rng(seed),
+        torch.Generator().manual_seed(seed), 1.0, decode, 0.0, candidates=k,
+    )
+    assert "".join(map(str, plan.particle_actions.ravel().tolist())) == actions
+    assert plan.chosen == chosen
+    if scores is None:
+        assert plan.scores is None
+    else:
+        np.testing.assert_allclose(plan.scores, scores, rtol=1e-5)
