@@ -30,7 +30,7 @@ from mfdiffuser.algos.base import LossOutput
 from mfdiffuser.algos.common import Steps, scalars, steps
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.models.blocks import ValueNet, expectile_loss, masked_mean
-from mfdiffuser.models.critics import AgentCritic, PopulationCritic, segment_features
+from mfdiffuser.models.critics import AgentCritic, PopulationCritic, channel_probs, segment_features
 from mfdiffuser.models.policy import TwinQNet
 
 if TYPE_CHECKING:
@@ -151,9 +151,17 @@ class PlanCritic(nn.Module):
         self.net.update_target(self.tau)
 
     @torch.no_grad()
-    def score(self, segments: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``[K]`` scores of clean candidate segments ``[K, M, H, D]`` (normalised) at context ``[K, C]``."""
-        return self.net.score(segments, self.state_size, context)
+    def score(
+        self, segments: torch.Tensor, context: torch.Tensor, action_probs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[K]`` scores of clean candidate segments ``[K, M, H, D]`` (normalised) at context ``[K, C]``.
+
+        ``action_probs [K, M, H, A]`` is the law each particle's actions are drawn from (default: the
+        action channels', :func:`~mfdiffuser.models.critics.channel_probs`).
+        """
+        states, channels = segments[..., : self.state_size], segments[..., self.state_size :]
+        probs = channel_probs(channels) if action_probs is None else action_probs
+        return self.net.score(states, probs, context)
 
     # ---------------------------------------------------------------------- losses
     def loss(self, learner: MFDiffuser, batch: TrajBatch) -> LossOutput:

@@ -56,6 +56,7 @@ DECODERS = ("categorical", "argmax", "head")
 M_DRAWS = ("uniform", "log")
 SELECTS = ("best", "softmax")
 HEAD_INPUTS = ("data", "denoised", "both")
+SCORE_ACTIONS = ("channels", "decoded")
 
 
 @dataclass
@@ -119,6 +120,10 @@ class Config:
     """Decoding of a plan's actions: categorical (sample from the clipped one-hot channels), argmax (of
     the channels) or head (sample from the action head on the planned states: inverse dynamics
     p(a | s_h, s_h+1, c), and a policy head p(a | s, c) for the last planned step)."""
+    snap_states: bool = False
+    """With action_decode=head: project each planned state to the nearest (normalised) state the env
+    can be in at that step before the head (and a critic ranking candidates) reads it. Needs an env
+    that lists its cells' observations (crowd, crowd-2d: ``cell_observations``)."""
 
     # --- calibrated actions, weights from the first step, the range of M
     head_hidden: int = 128
@@ -171,6 +176,10 @@ class Config:
     """Which candidate is refined: best (highest score) or softmax (drawn with p ~ exp(score / T))."""
     select_temperature: float = 1.0
     """T of softmax selection, in units of the data's return-to-go s.d. (the critic's reward scale)."""
+    score_actions: str = "channels"
+    """Actions the critic reads when it ranks candidates: channels (the law of the action channels) or
+    decoded (the law action_decode draws from: the head's probabilities with head, a one-hot of the
+    channels' argmax with argmax), so that what is ranked is what is executed."""
 
     def __post_init__(self) -> None:
         self.m_range = tuple(int(v) for v in self.m_range)  # type: ignore[assignment]
@@ -188,6 +197,7 @@ class Config:
             "action_decode": DECODERS,
             "m_draw": M_DRAWS,
             "head_inputs": HEAD_INPUTS,
+            "score_actions": SCORE_ACTIONS,
             "critic": CRITICS,
             "select": SELECTS,
         }
@@ -204,6 +214,11 @@ class Config:
             raise ValueError(
                 f"mf-diffuser: need head_hidden >= 1, head_coef >= 0 and weight_warmup >= 0, got "
                 f"{self.head_hidden}, {self.head_coef}, {self.weight_warmup}"
+            )
+        if self.snap_states and self.action_decode != "head":
+            raise ValueError(
+                f"mf-diffuser: snap_states projects the states the action head reads; it needs "
+                f"action_decode=head, got {self.action_decode!r}"
             )
         if not 0.0 < self.head_denoised_steps <= 1.0:
             raise ValueError(
@@ -403,6 +418,30 @@ class MFDiffuser(nn.Module):
         x[:, :, 0, : self.S] = s0[..., : self.S]
         return x
 
+    def action_probs(
+        self,
+        x0: torch.Tensor,
+        mode: str,
+        step_context: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The law ``[B, M, H, A]`` decoding ``mode`` draws the actions of segments ``[B, M, H, D]`` from.
+
+        ``categorical``: the positive part of the action channels, normalised (:func:`channel_probs`);
+        ``argmax``: a one-hot of the channels' argmax; ``head``: the action head's softmax on the
+        planned states, which needs ``step_context [B, H, P+1]`` (:meth:`step_context`) and, for a
+        model with a view, the conditioning states ``cond [B, M, S + view]``.
+        """
+        chans = x0[..., self.S :]
+        if mode == "argmax":
+            return F.one_hot(chans.argmax(-1), self.A).to(chans.dtype)
+        if mode == "head":
+            if step_context is None:
+                raise ValueError("mf-diffuser: head decoding needs the steps' context")
+            ctx = step_context.unsqueeze(1).expand(*x0.shape[:-1], step_context.shape[-1])
+            return self.action_head(x0[..., : self.S], ctx, self.views(cond)).softmax(-1)
+        return channel_probs(chans)
+
     def decode_actions(
         self,
         x0: torch.Tensor,
@@ -413,24 +452,15 @@ class MFDiffuser(nn.Module):
     ) -> torch.Tensor:
         """Actions ``[B, M, H]`` of clean segments ``[B, M, H, D]``.
 
-        ``categorical`` and ``argmax`` read the action channels; ``head`` samples from the action
-        head on the planned states, which needs ``step_context [B, H, P+1]`` (:meth:`step_context`)
-        and, for a model with a view, the conditioning states ``cond [B, M, S + view]``.
+        ``categorical`` and ``argmax`` read the action channels (a clean one-hot in {-1, 1} has
+        exactly one positive channel: categorical samples among the positive channels in proportion
+        to their height, argmax where none is positive); ``head`` samples from the action head on
+        the planned states. Arguments as :meth:`action_probs`.
         """
-        chans = x0[..., self.S :]
         if mode == "argmax":
-            return chans.argmax(-1)
-        if mode == "head":
-            if step_context is None:
-                raise ValueError("mf-diffuser: head decoding needs the steps' context")
-            ctx = step_context.unsqueeze(1).expand(*x0.shape[:-1], step_context.shape[-1])
-            probs = self.action_head(x0[..., : self.S], ctx, self.views(cond)).softmax(-1)
-            picks = torch.multinomial(probs.reshape(-1, self.A), 1, generator=generator)
-            return picks.reshape(chans.shape[:-1])
-        # A clean one-hot in {-1, 1} has exactly one positive channel: sample among the positive
-        # channels in proportion to their height (argmax where none is positive).
-        probs = channel_probs(chans)
-        return torch.multinomial(probs.reshape(-1, self.A), 1, generator=generator).reshape(chans.shape[:-1])
+            return x0[..., self.S :].argmax(-1)
+        probs = self.action_probs(x0, mode, step_context, cond)
+        return torch.multinomial(probs.reshape(-1, self.A), 1, generator=generator).reshape(probs.shape[:-1])
 
     # ---------------------------------------------------------------------- loss
     def denoising_loss(
@@ -679,8 +709,9 @@ class PlanOutput(NamedTuple):
     """Index of the candidate that was refined."""
 
 
-Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``(segments [K, M, H, D], context [K, C]) -> scores [K]``: ranks clean candidate segments."""
+Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(segments [K, M, H, D], context [K, C], action_probs [K, M, H, A]) -> scores [K]``: ranks clean
+candidate segments whose particles draw their actions from ``action_probs``."""
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(x_k [B, M, H, D], step [1], conditioning [B, M, C]) -> eps [B, M, H, D]``: the noise predictor."""
 
@@ -715,6 +746,29 @@ def compiled_denoiser(learner: MFDiffuser) -> Denoise:
     return denoise
 
 
+def snap_to_lattice(learner: MFDiffuser, x0: torch.Tensor, lattice: torch.Tensor) -> torch.Tensor:
+    """Clean segments ``x0 [B, M, H, D]`` with each planned state moved to the nearest state of its step.
+
+    Args:
+        learner: the learner whose normalisation the distance is measured in (the denoiser's space).
+        x0: ``[B, M, H, D]`` clean segments (normalised states).
+        lattice: ``[H, X, S]`` observations of the X states an agent can be in at each planned step,
+            de-normalised (an env's ``cell_observations`` at the plan's times).
+
+    Returns:
+        A copy of ``x0`` whose state channels at step h hold the normalised lattice state of step h
+        nearest (Euclidean) to the planned one; action channels unchanged.
+    """
+    b, m, h, _ = x0.shape
+    grid = learner.norm_states(lattice.to(x0.dtype))  # [H, X, S]
+    planned = x0[..., : learner.S].movedim(2, 0).reshape(h, b * m, learner.S)
+    nearest = torch.cdist(planned, grid).argmin(-1)  # [H, B*M]
+    snapped = torch.gather(grid, 1, nearest.unsqueeze(-1).expand(-1, -1, learner.S))
+    out = x0.clone()
+    out[..., : learner.S] = snapped.reshape(h, b, m, learner.S).movedim(0, 2)
+    return out
+
+
 @torch.inference_mode()
 def sample_plan(
     learner: MFDiffuser,
@@ -732,6 +786,8 @@ def sample_plan(
     select_temperature: float = 1.0,
     scorer: Scorer | None = None,
     denoise: Denoise | None = None,
+    lattice: torch.Tensor | None = None,
+    score_actions: str = "channels",
 ) -> PlanOutput:
     """Sample one plan for N agents by coarse-to-fine denoising, and lift it to every agent.
 
@@ -744,6 +800,8 @@ def sample_plan(
     (batch B = K); after its steps the critic scores each candidate's predicted clean segment, one
     survivor is kept (:func:`~mfdiffuser.algos.critics.select_candidate`) and only it is refined
     through the finer levels. One candidate draws exactly what the planner without search draws.
+    The critic reads each particle's actions as the law of its action channels or, with
+    ``score_actions=decoded``, as the law ``action_decode`` draws from (the head's probabilities).
 
     Args:
         learner: a trained :class:`MFDiffuser` (EMA weights).
@@ -762,9 +820,15 @@ def sample_plan(
         scorer: ranks the candidates; default the learner's critic (required when K > 1).
         denoise: the noise predictor; default the learner's denoiser (:func:`compiled_denoiser` for a
             compiled one).
+        lattice: ``[H, X, S]`` de-normalised states an agent can be in at each planned step: when
+            given, the clean segments' states are projected onto it (:func:`snap_to_lattice`) before
+            they are scored and decoded (``particle_states`` stay the denoiser's).
+        score_actions: ``channels`` or ``decoded``: the actions the critic reads.
     """
     if candidates < 1:
         raise ValueError(f"mf-diffuser: candidates must be >= 1, got {candidates}")
+    if score_actions not in SCORE_ACTIONS:
+        raise ValueError(f"mf-diffuser: score_actions must be channels or decoded, got {score_actions!r}")
     if candidates > 1 and scorer is None:
         if learner.critic is None:
             raise ValueError(
@@ -785,6 +849,13 @@ def sample_plan(
     ctx = learner.context(
         torch.as_tensor(summary, dtype=torch.float32, device=device)[None], torch.tensor([t], device=device)
     )
+    step_ctx = learner.step_context(ctx.new_tensor(summary)[None], torch.tensor([t], device=device))
+
+    def decoded_segments(x0: torch.Tensor, s0: torch.Tensor) -> torch.Tensor:
+        """Clean segments as scored and decoded: current states inpainted, snapped with a lattice."""
+        x0 = learner.inpaint(x0, s0)
+        return x0 if lattice is None else snap_to_lattice(learner, x0, lattice)
+
     clip_lo = torch.full((learner.D,), -torch.inf, device=device)
     clip_lo[learner.S :] = -1.0
     clip = (clip_lo, -clip_lo)
@@ -808,7 +879,10 @@ def sample_plan(
             x, x0 = sched.ddim_step(eps, k, k_prev, x, eta=eta, generator=generator, clip=clip)
             i += 1
         if candidates > 1 and scorer is not None and j == 0:  # rank the coarse candidates, refine one
-            scores = scorer(learner.inpaint(x0, s0), ctx)
+            segments = decoded_segments(x0, s0)
+            mode = action_decode if score_actions == "decoded" else "categorical"
+            probs = learner.action_probs(segments, mode, step_ctx.expand(candidates, -1, -1), s0)
+            scores = scorer(segments, ctx, probs)
             chosen = select_candidate(scores, select, select_temperature, generator)
             keep = slice(chosen, chosen + 1)
             x, x0, s0, ctx = x[keep], x0[keep], s0[keep], ctx[keep]
@@ -817,9 +891,8 @@ def sample_plan(
             s0 = rep_states(m_next)
             x = branch(x0, parent_index(m, m_next), k_prev, sched, generator, x, branch_keep)
             m = m_next
+    decoded = learner.decode_actions(decoded_segments(x0, s0), generator, action_decode, step_ctx, s0)[0]
     x0 = learner.inpaint(x0, s0)
-    step_ctx = learner.step_context(ctx.new_tensor(summary)[None], torch.tensor([t], device=device))
-    decoded = learner.decode_actions(x0, generator, action_decode, step_ctx, s0)[0]
     actions = decoded.cpu().numpy().astype(np.int64)
     plan_states = (x0[0, :, :, : learner.S] * learner.state_std + learner.state_mean).cpu().numpy()
     assignment = assign_blocks(order, m)
@@ -849,6 +922,8 @@ class MFDiffuserPolicy:
         select: override of the candidate selection (best or softmax).
         select_temperature: override of the softmax selection's temperature.
         compile: override of compiling the denoiser (:func:`compiled_denoiser`).
+        snap_states: override of projecting planned states onto the env's lattice before decoding.
+        score_actions: override of the actions the critic reads (channels or decoded).
     """
 
     def __init__(
@@ -868,6 +943,8 @@ class MFDiffuserPolicy:
         select: str | None = None,
         select_temperature: float | None = None,
         compile: bool | None = None,
+        snap_states: bool | None = None,
+        score_actions: str | None = None,
     ) -> None:
         over: dict[str, Any] = {
             "mode": mode,
@@ -883,6 +960,8 @@ class MFDiffuserPolicy:
             "select": select,
             "select_temperature": select_temperature,
             "compile": compile,
+            "snap_states": snap_states,
+            "score_actions": score_actions,
         }
         self.config = dataclasses.replace(config, **{k: v for k, v in over.items() if v is not None})
         if self.config.candidates > 1 and learner.critic is None:
@@ -894,6 +973,7 @@ class MFDiffuserPolicy:
         self.denoise = compiled_denoiser(self.learner) if self.config.compile else None
         self.last_plan: PlanOutput | None = None
         self._cursor = 0
+        self._lattice: torch.Tensor | None = None
 
     def levels_for(self, n: int) -> LevelSchedule:
         """The level schedule used for a population of ``n`` agents."""
@@ -915,6 +995,7 @@ class MFDiffuserPolicy:
         self._gen = torch.Generator(device=self.learner.state_mean.device)
         self._gen.manual_seed(int(rng.integers(2**62)))
         self._levels = self.levels_for(self._n)
+        self._lattice = env_lattice(env, self.learner.state_mean.device) if self.config.snap_states else None
         self.last_plan = None
         self._cursor = 0
 
@@ -935,11 +1016,37 @@ class MFDiffuserPolicy:
                 self.config.select,
                 self.config.select_temperature,
                 denoise=self.denoise,
+                lattice=self._plan_lattice(int(info["t"])),
+                score_actions=self.config.score_actions,
             )
             self._cursor = 0
         actions = self.last_plan.actions[:, self._cursor]
         self._cursor += 1
         return actions
+
+    def _plan_lattice(self, t: int) -> torch.Tensor | None:
+        """``[H, X, S]`` the env's states at the steps ``t..t+H-1`` of a plan (the last one past T)."""
+        if self._lattice is None:
+            return None
+        last = self._lattice.shape[0] - 1
+        steps = torch.arange(t, t + self.learner.H).clamp_max(last)
+        return self._lattice[steps.to(self._lattice.device)]
+
+
+def env_lattice(env: PopulationEnv, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[T+1, X, S]`` the observation of an agent in each of the env's X cells at every step 0..T.
+
+    From the env's ``cell_observations(t)`` (crowd and crowd-2d: a one-hot cell and t/T); a
+    ValueError for an env without a finite table of states.
+    """
+    cells = getattr(env, "cell_observations", None)
+    if not callable(cells):
+        raise ValueError(
+            f"mf-diffuser: snap_states needs an env that lists its states (cell_observations, as crowd "
+            f"and crowd-2d do); {env.name} does not"
+        )
+    table = np.stack([np.asarray(cells(t), dtype=np.float32) for t in range(env.horizon + 1)])
+    return torch.as_tensor(table, device=device)
 
 
 PLAN_OPTIONS = tuple(inspect.signature(MFDiffuserPolicy.__init__).parameters)[3:]

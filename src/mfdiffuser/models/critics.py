@@ -5,7 +5,8 @@
 the ``mf-iql`` baseline. :class:`PopulationCritic` values a whole population segment through
 permutation-invariant features of its M particles (:func:`segment_features`: per step, the action
 histogram and the mean and spread of the states), for games whose reward is the population's.
-Both score candidate plans, ``[K, M, H, D]`` clean segments, with one number per candidate.
+Both score candidate plans (their planned states and each particle's action law) with one number per
+candidate.
 """
 
 from __future__ import annotations
@@ -78,16 +79,15 @@ class AgentCritic(nn.Module):
         """Move the target Q toward the online Q by ``tau`` (Polyak)."""
         polyak_update(self.q_target, self.q, tau)
 
-    def score(self, segments: torch.Tensor, state_size: int, context: torch.Tensor) -> torch.Tensor:
+    def score(self, states: torch.Tensor, action_probs: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``[K]`` particles' mean expected ``min(Q1, Q2)(s_0, a_0, c)`` under the first step's actions.
 
         Args:
-            segments: ``[K, M, H, D]`` clean candidate segments (``D = S + A``).
-            state_size: S (the first S channels are states).
+            states: ``[K, M, H, S]`` planned states of the clean candidate segments.
+            action_probs: ``[K, M, H, A]`` law each particle's actions are drawn from.
             context: ``[K, C]`` context of the plan's first step.
         """
-        s0 = segments[:, :, 0, :state_size]
-        probs = channel_probs(segments[:, :, 0, state_size:])
+        s0, probs = states[:, :, 0], action_probs[:, :, 0]
         q = self.q.min_q(s0, context)  # [K, M, A]
         return (probs * q).sum(-1).mean(-1)
 
@@ -129,7 +129,13 @@ class PopulationCritic(nn.Module):
         """``[B]`` V of the population state described by its context ``[B, C]``."""
         return self.value(context).squeeze(-1)
 
-    def score(self, segments: torch.Tensor, state_size: int, context: torch.Tensor) -> torch.Tensor:
-        """``[K]`` Q of each clean candidate segment ``[K, M, H, D]`` at context ``[K, C]``."""
-        feats = segment_features(segments[..., :state_size], channel_probs(segments[..., state_size:]))
+    def score(self, states: torch.Tensor, action_probs: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``[K]`` Q of candidate segments at context ``[K, C]``.
+
+        Args:
+            states: ``[K, M, H, S]`` planned states of the clean candidate segments.
+            action_probs: ``[K, M, H, A]`` law each particle's actions are drawn from.
+            context: ``[K, C]`` context of the plan's first step.
+        """
+        feats = segment_features(states, action_probs)
         return self.q_value(feats, context)
