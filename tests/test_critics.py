@@ -255,3 +255,73 @@ def test_critic_has_its_own_param_group():
     others = {id(p) for name, g in groups.items() if name != "critic" for p in g.params}
     assert not critic_ids & others and all(g.lr == 3e-4 for n, g in groups.items() if n != "critic")
     assert "critic" not in {g.name for g in param_groups(_learner("none"), TrainerConfig())}
+
+
+# ------------------------------------------------------- support penalty of the population critic
+@pytest.mark.parametrize("critic", ["population", "agent", "none"])
+def test_config_rejects_bad_critic_support(critic):  # negative, or no population critic to penalise
+    with pytest.raises(ValueError, match="critic_support"):
+        mfd.Config(critic=critic, critic_support=-1.0 if critic == "population" else 1.0)
+
+
+def test_support_statistics_exist_only_with_the_penalty():
+    # without the penalty the critic's state is what it always was: older checkpoints still load
+    plain = _learner("population").state_dict()
+    assert not any("feature_" in key or "support" in key for key in plain)
+    keys = set(_learner("population", critic_support=0.5).state_dict())
+    added = {"critic.net.feature_mean", "critic.net.feature_var", "critic.net.support_ready"}
+    assert keys - set(plain) == added
+
+
+def _support_batch(seed):
+    g = torch.Generator().manual_seed(seed)
+    return _batch(
+        timestep=[1, 3, 5],
+        rewards=torch.rand(3, 4, 2, generator=g).tolist(),
+        actions=torch.randint(0, A, (3, 4, 2), generator=g).tolist(),
+        mask=[[[True, True]] * 4] * 3,
+    )
+
+
+def test_support_statistics_track_the_data_features():
+    learner = _learner("population", critic_support=0.5).train()
+    net = learner.critic.net
+    first, second = _support_batch(0), _support_batch(1)
+    f1 = population_targets(learner, first, net, 0.99).features
+    f2 = population_targets(learner, second, net, 0.99).features
+    learner.loss(first)
+    torch.testing.assert_close(net.feature_mean, f1.mean(0))
+    torch.testing.assert_close(net.feature_var, f1.var(0, correction=0))
+    learner.loss(second)  # then a running average, momentum 0.99
+    torch.testing.assert_close(net.feature_mean, 0.99 * f1.mean(0) + 0.01 * f2.mean(0))
+    learner.eval().loss(first)  # evaluation batches leave the statistics alone
+    torch.testing.assert_close(net.feature_mean, 0.99 * f1.mean(0) + 0.01 * f2.mean(0))
+
+
+def _population_candidates(shares):
+    """Candidates of 100 particles (H = 2, S = 1, A = 2): a share of them takes action 1 at both steps."""
+    k, m = len(shares), 100
+    segments = torch.zeros(k, m, 2, S + A)
+    segments[..., S] = 1.0  # action 0 ...
+    for i, share in enumerate(shares):
+        segments[i, : round(share * m), :, S:] = torch.tensor([0.0, 1.0])  # ... or action 1
+    return segments, torch.zeros(k, P + 1)
+
+
+def test_support_penalty_by_hand_and_its_ranking():
+    shares = [0.2, 0.45, 0.6]
+    segments, ctx = _population_candidates(shares)
+    learner = _learner("population", critic_support=0.08)
+    net = learner.critic.net
+    # a critic that extrapolates: the fewer action-1 particles the better, without bound
+    net.q_value = lambda features, context, target=False: -features[:, 1]
+    # the data's features: action 1 taken by 60% +- 10% of the particles at each step, states 0 +- 1
+    n_feat = net.feature_mean.numel()
+    net.feature_mean.copy_(torch.tensor([0.4, 0.6, 0.0, 0.0] * 2))
+    net.feature_var.copy_(torch.tensor([0.01, 0.01, 1.0, 1.0] * 2))
+    z2 = torch.tensor([(s - 0.6) ** 2 / 0.01 for s in shares]) * 4 / n_feat  # 4 of 8 features move
+    want = -torch.tensor(shares) - 0.08 * z2  # -0.84, -0.54, -0.6
+    torch.testing.assert_close(learner.critic.score(segments, ctx), want)
+    assert int(want.argmax()) == 1  # the penalty keeps the candidate near the data: 0.45, not 0.2
+    net.support = 0.0
+    assert int(learner.critic.score(segments, ctx).argmax()) == 0  # without it the critic extrapolates

@@ -106,15 +106,34 @@ class PopulationCritic(nn.Module):
         horizon: H.
         context_size: C.
         hidden: width of both networks.
+        support: weight of the support penalty of :meth:`score` (0: none, and no statistics kept, so
+            the module's state is that of a critic without it).
     """
 
-    def __init__(self, state_size: int, n_actions: int, horizon: int, context_size: int, hidden: int = 128):
+    feature_mean: torch.Tensor
+    feature_var: torch.Tensor
+    support_ready: torch.Tensor
+
+    def __init__(
+        self,
+        state_size: int,
+        n_actions: int,
+        horizon: int,
+        context_size: int,
+        hidden: int = 128,
+        support: float = 0.0,
+    ):
         super().__init__()
         self.state_size = state_size
         n_features = horizon * (n_actions + 2 * state_size)
         self.q = MLP(n_features + context_size, hidden, 1)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.value = MLP(context_size, hidden, 1)
+        self.support = support
+        if support > 0:
+            self.register_buffer("feature_mean", torch.zeros(n_features))
+            self.register_buffer("feature_var", torch.ones(n_features))
+            self.register_buffer("support_ready", torch.zeros((), dtype=torch.bool))
 
     def update_target(self, tau: float) -> None:
         """Move the target Q toward the online Q by ``tau`` (Polyak)."""
@@ -125,12 +144,31 @@ class PopulationCritic(nn.Module):
         net = self.q_target if target else self.q
         return net(torch.cat([features, context], dim=-1)).squeeze(-1)
 
+    @torch.no_grad()
+    def track_support(self, features: torch.Tensor, momentum: float = 0.99) -> None:
+        """Update the running mean and variance of the data's segment features ``[B, F]`` (with support)."""
+        if self.support <= 0:
+            return
+        mean, var = features.mean(0), features.var(0, correction=0)
+        if bool(self.support_ready):
+            self.feature_mean.lerp_(mean, 1 - momentum)
+            self.feature_var.lerp_(var, 1 - momentum)
+        else:
+            self.feature_mean.copy_(mean)
+            self.feature_var.copy_(var)
+            self.support_ready.fill_(True)
+
+    def support_distance(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B]`` mean over features of the squared z-score of ``features [B, F]`` against the data's."""
+        sd = self.feature_var.sqrt().clamp_min(1e-3)
+        return ((features - self.feature_mean) / sd).pow(2).mean(-1)
+
     def state_value(self, context: torch.Tensor) -> torch.Tensor:
         """``[B]`` V of the population state described by its context ``[B, C]``."""
         return self.value(context).squeeze(-1)
 
     def score(self, states: torch.Tensor, action_probs: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``[K]`` Q of candidate segments at context ``[K, C]``.
+        """``[K]`` Q of candidate segments at context ``[K, C]``, less the support penalty if any.
 
         Args:
             states: ``[K, M, H, S]`` planned states of the clean candidate segments.
@@ -138,4 +176,6 @@ class PopulationCritic(nn.Module):
             context: ``[K, C]`` context of the plan's first step.
         """
         feats = segment_features(states, action_probs)
+        if self.support > 0:
+            return self.q_value(feats, context) - self.support * self.support_distance(feats)
         return self.q_value(feats, context)
