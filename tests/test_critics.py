@@ -196,19 +196,23 @@ def test_checkpoint_round_trip_of_a_learner_with_critic(tmp_path):
 
     ds_path = tmp_path / "gs.h5"
     _gs_dataset(ds_path).close()
-    run = train("mf-diffuser", ds_path, tmp_path / "run", {**SMALL, "critic": "auto"},
+    options = {**SMALL, "critic": "auto", "critic_support": 0.5, "head_inputs": "both"}
+    run = train("mf-diffuser", ds_path, tmp_path / "run", options,
                 TrainerConfig(steps=6, batch_size=4, progress=False, ema_start=2, checkpoint_every=3))
     assert run.learner.critic is not None and run.learner.critic.kind == "population"
     loaded = load_run(tmp_path / "run")
     a, b = run.learner.state_dict(), loaded.learner.state_dict()
     assert a.keys() == b.keys() and any(k.startswith("critic.net.q_target") for k in a)
+    assert bool(a["critic.net.support_ready"]) and a["critic.net.feature_var"].sum() > 0
     assert all(torch.equal(a[k], b[k]) for k in a)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("critic_q_loss" in m for m in metrics)
     env = make("gaussian-squeeze", n_agents=100)
     plans = []
     for r in (run, loaded):
-        policy = make_policy(r, env, candidates=4, select="softmax")
+        policy = make_policy(
+            r, env, candidates=4, select="softmax", action_decode="head", score_actions="decoded"
+        )
         obs, info = env.reset(seed=0)
         policy.reset(env, np.random.default_rng(0))
         policy.act(obs, info)
@@ -230,8 +234,16 @@ def test_cli_train_and_evaluate_with_candidates(tmp_path, capsys):
                  "--steps", "4", "--batch-size", "4", "--no-progress", *sets]) == 0
     out = tmp_path / "eval.json"
     assert main(["evaluate", "--run", str(run_dir), "--n-agents", "64", "--episodes", "2", "--seeds", "1",
-                 "--policy-opt", "candidates=4", "--policy-opt", "select=best", "--out", str(out)]) == 0
+                 "--policy-opt", "candidates=4", "--policy-opt", "select=best",
+                 "--policy-opt", "action_decode=head", "--policy-opt", "score_actions=decoded",
+                 "--out", str(out)]) == 0
     assert out.is_file()
+    # gaussian-squeeze has no lattice of states to snap to: one line, exit code 2
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run_dir), "--n-agents", "64", "--episodes", "1", "--seeds", "1",
+                 "--policy-opt", "action_decode=head", "--policy-opt", "snap_states=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cell_observations" in err[0]
     # a model without critic refuses candidates with one line
     plain = tmp_path / "plain"
     assert main(["train", "--algo", "mf-diffuser", "--dataset", str(ds_path), "--out", str(plain),
