@@ -299,8 +299,10 @@ def test_support_statistics_track_the_data_features():
     learner = _learner("population", critic_support=0.5).train()
     net = learner.critic.net
     first, second = _support_batch(0), _support_batch(1)
-    f1 = population_targets(learner, first, net, 0.99).features
-    f2 = population_targets(learner, second, net, 0.99).features
+    # the statistics are of the action histograms: per step, the first A of the A + 2S features
+    f1 = population_targets(learner, first, net, 0.99).features.view(3, 2, A + 2 * S)[..., :A].flatten(1)
+    f2 = population_targets(learner, second, net, 0.99).features.view(3, 2, A + 2 * S)[..., :A].flatten(1)
+    assert f1.shape == (3, 4) and torch.allclose(f1.view(3, 2, A).sum(-1), torch.ones(3, 2))
     learner.loss(first)
     torch.testing.assert_close(net.feature_mean, f1.mean(0))
     torch.testing.assert_close(net.feature_var, f1.var(0, correction=0))
@@ -323,17 +325,18 @@ def _population_candidates(shares):
 def test_support_penalty_by_hand_and_its_ranking():
     shares = [0.2, 0.45, 0.6]
     segments, ctx = _population_candidates(shares)
-    learner = _learner("population", critic_support=0.08)
+    learner = _learner("population", critic_support=0.04)
     net = learner.critic.net
     # a critic that extrapolates: the fewer action-1 particles the better, without bound
     net.q_value = lambda features, context, target=False: -features[:, 1]
-    # the data's features: action 1 taken by 60% +- 10% of the particles at each step, states 0 +- 1
-    n_feat = net.feature_mean.numel()
-    net.feature_mean.copy_(torch.tensor([0.4, 0.6, 0.0, 0.0] * 2))
-    net.feature_var.copy_(torch.tensor([0.01, 0.01, 1.0, 1.0] * 2))
-    z2 = torch.tensor([(s - 0.6) ** 2 / 0.01 for s in shares]) * 4 / n_feat  # 4 of 8 features move
-    want = -torch.tensor(shares) - 0.08 * z2  # -0.84, -0.54, -0.6
+    # the data's histograms: action 1 taken by 60% +- 10% of the particles at each step
+    net.feature_mean.copy_(torch.tensor([0.4, 0.6] * 2))
+    net.feature_var.copy_(torch.tensor([0.01, 0.01] * 2))
+    z2 = torch.tensor([(s - 0.6) ** 2 / 0.01 for s in shares])  # every bin moves by the same amount
+    want = -torch.tensor(shares) - 0.04 * z2  # -0.84, -0.54, -0.6
     torch.testing.assert_close(learner.critic.score(segments, ctx), want)
     assert int(want.argmax()) == 1  # the penalty keeps the candidate near the data: 0.45, not 0.2
+    net.feature_var.zero_()  # a spread of 0 counts as 0.01: (0.15 / 0.01)^2 for the 0.45 candidate
+    assert learner.critic.score(segments, ctx)[1].item() == pytest.approx(-0.45 - 0.04 * 225.0, rel=1e-5)
     net.support = 0.0
     assert int(learner.critic.score(segments, ctx).argmax()) == 0  # without it the critic extrapolates

@@ -172,8 +172,8 @@ class Config:
     """Gradient-norm clip of the critic's parameter group (0 disables)."""
     critic_support: float = 0.0
     """Population critic: weight of a support penalty subtracted from a candidate's score, the mean
-    squared z-score of its segment features against running estimates of the data's (kept in the
-    checkpoint from training); 0: none. Needs critic=population or auto (where auto picks the agent
+    squared z-score of its per-step action histograms against running estimates of the data's (kept
+    in the checkpoint from training); 0: none. Needs critic=population or auto (where auto picks the agent
     critic, as on ising, crowd and battle, there is no penalty)."""
     candidates: int = 1
     """Candidate plans drawn at the coarsest level and ranked by the critic (1: no search)."""

@@ -106,8 +106,8 @@ class PopulationCritic(nn.Module):
         horizon: H.
         context_size: C.
         hidden: width of both networks.
-        support: weight of the support penalty of :meth:`score` (0: none, and no statistics kept, so
-            the module's state is that of a critic without it).
+        support: weight of the support penalty of :meth:`score` on the action histograms (0: none,
+            and no statistics kept, so the module's state is that of a critic without it).
     """
 
     feature_mean: torch.Tensor
@@ -129,10 +129,10 @@ class PopulationCritic(nn.Module):
         self.q = MLP(n_features + context_size, hidden, 1)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.value = MLP(context_size, hidden, 1)
-        self.support = support
+        self.support, self.n_actions, self.horizon = support, n_actions, horizon
         if support > 0:
-            self.register_buffer("feature_mean", torch.zeros(n_features))
-            self.register_buffer("feature_var", torch.ones(n_features))
+            self.register_buffer("feature_mean", torch.zeros(horizon * n_actions))
+            self.register_buffer("feature_var", torch.ones(horizon * n_actions))
             self.register_buffer("support_ready", torch.zeros((), dtype=torch.bool))
 
     def update_target(self, tau: float) -> None:
@@ -144,12 +144,22 @@ class PopulationCritic(nn.Module):
         net = self.q_target if target else self.q
         return net(torch.cat([features, context], dim=-1)).squeeze(-1)
 
+    def histograms(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B, H * A]`` the per-step action histograms of segment features ``[B, F]``."""
+        return features.view(features.shape[0], self.horizon, -1)[..., : self.n_actions].flatten(1)
+
     @torch.no_grad()
     def track_support(self, features: torch.Tensor, momentum: float = 0.99) -> None:
-        """Update the running mean and variance of the data's segment features ``[B, F]`` (with support)."""
+        """Update the running mean and variance of the data's action histograms (with a support penalty).
+
+        Args:
+            features: ``[B, F]`` :func:`segment_features` of a batch of data segments.
+            momentum: weight of the running estimates against the batch's (the first batch sets them).
+        """
         if self.support <= 0:
             return
-        mean, var = features.mean(0), features.var(0, correction=0)
+        hist = self.histograms(features)
+        mean, var = hist.mean(0), hist.var(0, correction=0)
         if bool(self.support_ready):
             self.feature_mean.lerp_(mean, 1 - momentum)
             self.feature_var.lerp_(var, 1 - momentum)
@@ -159,9 +169,13 @@ class PopulationCritic(nn.Module):
             self.support_ready.fill_(True)
 
     def support_distance(self, features: torch.Tensor) -> torch.Tensor:
-        """``[B]`` mean over features of the squared z-score of ``features [B, F]`` against the data's."""
-        sd = self.feature_var.sqrt().clamp_min(1e-3)
-        return ((features - self.feature_mean) / sd).pow(2).mean(-1)
+        """``[B]`` mean squared z-score of the action histograms of ``features [B, F]`` against the data's.
+
+        Each histogram bin is scaled by the data's s.d. of that bin, floored at 0.01 (one particle in
+        a hundred), so an action the data never takes at that step costs ``(share / 0.01)^2``.
+        """
+        sd = self.feature_var.sqrt().clamp_min(1e-2)
+        return ((self.histograms(features) - self.feature_mean) / sd).pow(2).mean(-1)
 
     def state_value(self, context: torch.Tensor) -> torch.Tensor:
         """``[B]`` V of the population state described by its context ``[B, C]``."""
