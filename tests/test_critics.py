@@ -196,19 +196,23 @@ def test_checkpoint_round_trip_of_a_learner_with_critic(tmp_path):
 
     ds_path = tmp_path / "gs.h5"
     _gs_dataset(ds_path).close()
-    run = train("mf-diffuser", ds_path, tmp_path / "run", {**SMALL, "critic": "auto"},
+    options = {**SMALL, "critic": "auto", "critic_support": 0.5, "head_inputs": "both"}
+    run = train("mf-diffuser", ds_path, tmp_path / "run", options,
                 TrainerConfig(steps=6, batch_size=4, progress=False, ema_start=2, checkpoint_every=3))
     assert run.learner.critic is not None and run.learner.critic.kind == "population"
     loaded = load_run(tmp_path / "run")
     a, b = run.learner.state_dict(), loaded.learner.state_dict()
     assert a.keys() == b.keys() and any(k.startswith("critic.net.q_target") for k in a)
+    assert bool(a["critic.net.support_ready"]) and a["critic.net.feature_var"].sum() > 0
     assert all(torch.equal(a[k], b[k]) for k in a)
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("critic_q_loss" in m for m in metrics)
     env = make("gaussian-squeeze", n_agents=100)
     plans = []
     for r in (run, loaded):
-        policy = make_policy(r, env, candidates=4, select="softmax")
+        policy = make_policy(
+            r, env, candidates=4, select="softmax", action_decode="head", score_actions="decoded"
+        )
         obs, info = env.reset(seed=0)
         policy.reset(env, np.random.default_rng(0))
         policy.act(obs, info)
@@ -230,8 +234,16 @@ def test_cli_train_and_evaluate_with_candidates(tmp_path, capsys):
                  "--steps", "4", "--batch-size", "4", "--no-progress", *sets]) == 0
     out = tmp_path / "eval.json"
     assert main(["evaluate", "--run", str(run_dir), "--n-agents", "64", "--episodes", "2", "--seeds", "1",
-                 "--policy-opt", "candidates=4", "--policy-opt", "select=best", "--out", str(out)]) == 0
+                 "--policy-opt", "candidates=4", "--policy-opt", "select=best",
+                 "--policy-opt", "action_decode=head", "--policy-opt", "score_actions=decoded",
+                 "--out", str(out)]) == 0
     assert out.is_file()
+    # gaussian-squeeze has no lattice of states to snap to: one line, exit code 2
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run_dir), "--n-agents", "64", "--episodes", "1", "--seeds", "1",
+                 "--policy-opt", "action_decode=head", "--policy-opt", "snap_states=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cell_observations" in err[0]
     # a model without critic refuses candidates with one line
     plain = tmp_path / "plain"
     assert main(["train", "--algo", "mf-diffuser", "--dataset", str(ds_path), "--out", str(plain),
@@ -255,3 +267,76 @@ def test_critic_has_its_own_param_group():
     others = {id(p) for name, g in groups.items() if name != "critic" for p in g.params}
     assert not critic_ids & others and all(g.lr == 3e-4 for n, g in groups.items() if n != "critic")
     assert "critic" not in {g.name for g in param_groups(_learner("none"), TrainerConfig())}
+
+
+# ------------------------------------------------------- support penalty of the population critic
+@pytest.mark.parametrize("critic", ["population", "agent", "none"])
+def test_config_rejects_bad_critic_support(critic):  # negative, or no population critic to penalise
+    with pytest.raises(ValueError, match="critic_support"):
+        mfd.Config(critic=critic, critic_support=-1.0 if critic == "population" else 1.0)
+
+
+def test_support_statistics_exist_only_with_the_penalty():
+    # without the penalty the critic's state is what it always was: older checkpoints still load
+    plain = _learner("population").state_dict()
+    assert not any("feature_" in key or "support" in key for key in plain)
+    keys = set(_learner("population", critic_support=0.5).state_dict())
+    added = {"critic.net.feature_mean", "critic.net.feature_var", "critic.net.support_ready"}
+    assert keys - set(plain) == added
+
+
+def _support_batch(seed):
+    g = torch.Generator().manual_seed(seed)
+    return _batch(
+        timestep=[1, 3, 5],
+        rewards=torch.rand(3, 4, 2, generator=g).tolist(),
+        actions=torch.randint(0, A, (3, 4, 2), generator=g).tolist(),
+        mask=[[[True, True]] * 4] * 3,
+    )
+
+
+def test_support_statistics_track_the_data_features():
+    learner = _learner("population", critic_support=0.5).train()
+    net = learner.critic.net
+    first, second = _support_batch(0), _support_batch(1)
+    # the statistics are of the action histograms: per step, the first A of the A + 2S features
+    f1 = population_targets(learner, first, net, 0.99).features.view(3, 2, A + 2 * S)[..., :A].flatten(1)
+    f2 = population_targets(learner, second, net, 0.99).features.view(3, 2, A + 2 * S)[..., :A].flatten(1)
+    assert f1.shape == (3, 4) and torch.allclose(f1.view(3, 2, A).sum(-1), torch.ones(3, 2))
+    learner.loss(first)
+    torch.testing.assert_close(net.feature_mean, f1.mean(0))
+    torch.testing.assert_close(net.feature_var, f1.var(0, correction=0))
+    learner.loss(second)  # then a running average, momentum 0.99
+    torch.testing.assert_close(net.feature_mean, 0.99 * f1.mean(0) + 0.01 * f2.mean(0))
+    learner.eval().loss(first)  # evaluation batches leave the statistics alone
+    torch.testing.assert_close(net.feature_mean, 0.99 * f1.mean(0) + 0.01 * f2.mean(0))
+
+
+def _population_candidates(shares):
+    """Candidates of 100 particles (H = 2, S = 1, A = 2): a share of them takes action 1 at both steps."""
+    k, m = len(shares), 100
+    segments = torch.zeros(k, m, 2, S + A)
+    segments[..., S] = 1.0  # action 0 ...
+    for i, share in enumerate(shares):
+        segments[i, : round(share * m), :, S:] = torch.tensor([0.0, 1.0])  # ... or action 1
+    return segments, torch.zeros(k, P + 1)
+
+
+def test_support_penalty_by_hand_and_its_ranking():
+    shares = [0.2, 0.45, 0.6]
+    segments, ctx = _population_candidates(shares)
+    learner = _learner("population", critic_support=0.04)
+    net = learner.critic.net
+    # a critic that extrapolates: the fewer action-1 particles the better, without bound
+    net.q_value = lambda features, context, target=False: -features[:, 1]
+    # the data's histograms: action 1 taken by 60% +- 10% of the particles at each step
+    net.feature_mean.copy_(torch.tensor([0.4, 0.6] * 2))
+    net.feature_var.copy_(torch.tensor([0.01, 0.01] * 2))
+    z2 = torch.tensor([(s - 0.6) ** 2 / 0.01 for s in shares])  # every bin moves by the same amount
+    want = -torch.tensor(shares) - 0.04 * z2  # -0.84, -0.54, -0.6
+    torch.testing.assert_close(learner.critic.score(segments, ctx), want)
+    assert int(want.argmax()) == 1  # the penalty keeps the candidate near the data: 0.45, not 0.2
+    net.feature_var.zero_()  # a spread of 0 counts as 0.01: (0.15 / 0.01)^2 for the 0.45 candidate
+    assert learner.critic.score(segments, ctx)[1].item() == pytest.approx(-0.45 - 0.04 * 225.0, rel=1e-5)
+    net.support = 0.0
+    assert int(learner.critic.score(segments, ctx).argmax()) == 0  # without it the critic extrapolates

@@ -108,12 +108,12 @@ def test_loss_invariant_to_duplicating_every_particle():
     s0, ctx = x0[:, :, 0, :S], learner.context(batch.summaries[:, 0], batch.timestep)
     noise = torch.randn_like(x0)
     k = torch.tensor([3, 17])
-    per = learner.denoising_loss(x0, s0, ctx, noise, k, batch.mask)
+    per = learner.denoising_loss(x0, s0, ctx, noise, k, batch.mask).per_particle
     dup = _repeat_agents(batch, 3)
     x0d = learner.encode(dup)
     per_d = learner.denoising_loss(
         x0d, x0d[:, :, 0, :S], ctx, noise.repeat_interleave(3, dim=1), k, dup.mask
-    )
+    ).per_particle
     assert torch.allclose(per_d.mean(1), per.mean(1), atol=1e-6)
     # the weights of duplicated particles are the duplicated weights
     for weighting in ("segment", "agent"):
@@ -492,3 +492,30 @@ def test_a_single_row_leaves_the_per_row_scale_alone():
     assert learner.value_var.item() == 4.0 and torch.allclose(w, torch.ones(1, 6))
     learner.weights(torch.tensor([[1.0, 1.0], [-1.0, -1.0]]), torch.ones(2, 2, dtype=torch.bool))
     assert learner.value_var.item() == pytest.approx(0.99 * 4.0 + 0.01 * 1.0)
+
+
+def test_config_rejects_bad_head_inputs():
+    with pytest.raises(ValueError, match="head_inputs"):
+        mfd.Config(head_inputs="noisy")
+    with pytest.raises(ValueError, match="head_denoised_steps"):
+        mfd.Config(head_denoised_steps=0.0)
+
+
+def test_denoising_loss_predicts_the_clean_segment_without_gradient():
+    learner = _learner()
+    batch = _batch()
+    x0 = learner.encode(batch)
+    s0, ctx = x0[:, :, 0, :S], learner.context(batch.summaries[:, 0], batch.timestep)
+    noise, k = torch.randn_like(x0), torch.tensor([0, 5])
+    out = learner.denoising_loss(x0, s0, ctx, noise, k, batch.mask, predict=True)
+    plain = learner.denoising_loss(x0, s0, ctx, noise, k, batch.mask)
+    assert torch.equal(out.per_particle, plain.per_particle) and plain.x0_hat is None
+    # x0-hat = (x_k - sqrt(1 - abar) eps_theta) / sqrt(abar), the current states inpainted
+    x_k = learner.inpaint(learner.scheduler.add_noise(x0, noise, k), s0)
+    eps = learner.denoiser(x_k, k, s0, ctx)
+    abar = learner.scheduler.abar(k).float().view(2, 1, 1, 1)
+    want = (x_k - (1 - abar).sqrt() * eps) / abar.sqrt()
+    assert not out.x0_hat.requires_grad
+    assert torch.allclose(out.x0_hat[:, :, 1:], want[:, :, 1:], atol=1e-5)
+    assert torch.equal(out.x0_hat[:, :, 0, :S], s0)
+    assert torch.allclose(out.x0_hat[:, :, 0, S:], want[:, :, 0, S:], atol=1e-5)

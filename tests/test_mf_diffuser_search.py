@@ -67,7 +67,7 @@ def test_one_candidate_with_a_critic_still_draws_the_pinned_plan():
     plan = mfd.sample_plan(
         learner, states, summary, 2, LevelSchedule(sizes, steps), np.random.default_rng(seed),
         torch.Generator().manual_seed(seed), eta, decode, keep, candidates=1, select="softmax",
-        scorer=lambda x0, ctx: x0.sum((1, 2, 3)),
+        scorer=lambda x0, ctx, probs: x0.sum((1, 2, 3)),
     )
     assert "".join(map(str, plan.particle_actions.ravel().tolist())) == actions
     assert plan.scores is None and plan.chosen == 0
@@ -80,7 +80,7 @@ class ActionShareCritic:
         self.action = action
         self.seen = []
 
-    def __call__(self, x0, ctx):
+    def __call__(self, x0, ctx, probs):
         self.seen.append(x0.clone())
         return (x0[:, :, 0, S:].argmax(-1) == self.action).float().mean(1)
 
@@ -152,3 +152,187 @@ def test_policy_plans_with_the_learner_critic(critic):
     actions = policy.act(obs, info)
     assert actions.shape == (300,) and policy.last_plan.scores.shape == (3,)
     assert np.isfinite(policy.last_plan.scores).all()
+
+
+# Plans with head decoding and with critic search, as the planner drew them before the options that
+# change what is decoded and scored (snap_states, score_actions) existed; their defaults keep these.
+# (critic, sizes, steps, seed, decoding, K, particle actions, chosen, scores)
+PINNED_SEARCH = [
+    ("none", (4, 8, 24), (2, 2, 2), 3, "head", 1,
+     "333333333333333333333333333333330333333333333333333333330330330330330330", 0, None),
+    ("agent", (4, 8, 24), (2, 2, 2), 4, "head", 4,
+     "331333331333331331333333333333333333330030030030330330333333333333333333", 3,
+     [-0.19278186559677124, -0.19110745191574097, -0.18084867298603058, -0.1785629242658615]),
+    ("agent", (16,), (4,), 5, "categorical", 3,
+     "021030311023321103102330023003332112103301223203", 2,
+     [-0.17939943075180054, -0.1862502247095108, -0.17682230472564697]),
+    ("population", (4, 8, 24), (2, 2, 2), 6, "head", 4,
+     "333333333333333333330330330330330330333333333333333333330330330330330330", 1,
+     [-6.959361553192139, -6.561956405639648, -6.715035915374756, -7.606952667236328]),
+    ("population", (4, 8, 24), (2, 2, 2), 7, "argmax", 4,
+     "201111031312312322001023200012031122130330110323323330213210203101101101", 3,
+     [-10.588156700134277, -7.950594425201416, -4.638703346252441, -3.263380289077759]),
+]
+
+
+@pytest.mark.parametrize(
+    ("critic", "sizes", "steps", "seed", "decode", "k", "actions", "chosen", "scores"), PINNED_SEARCH
+)
+def test_default_decoding_and_scoring_reproduce_the_pinned_plans(
+    critic, sizes, steps, seed, decode, k, actions, chosen, scores
+):
+    learner = _learner(critic=critic, critic_hidden=16)
+    states, summary = _inputs(seed)
+    plan = mfd.sample_plan(
+        learner, states, summary, 2, LevelSchedule(sizes, steps), np.random.default_rng(seed),
+        torch.Generator().manual_seed(seed), 1.0, decode, 0.0, candidates=k,
+    )
+    assert "".join(map(str, plan.particle_actions.ravel().tolist())) == actions
+    assert plan.chosen == chosen
+    if scores is None:
+        assert plan.scores is None
+    else:
+        np.testing.assert_allclose(plan.scores, scores, rtol=1e-5)
+
+
+# ------------------------------------------------ what the critic reads: the executed actions' law
+class NextStateHead(torch.nn.Module):
+    """A hand-made action head: the inverse dynamics prefers action 0 the lower the next planned
+    state's second feature; the last step's policy is uniform."""
+
+    def forward(self, states, context, views=None):
+        logits = torch.zeros(*states.shape[:-1], A)
+        logits[..., :-1, 0] = -2.0 * states[..., 1:, 1]
+        return logits
+
+
+class ProbsCritic:
+    """A hand-made critic: the mean probability of action 0 at the first step, from the law it is given."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, segments, ctx, probs):
+        self.seen.append((segments.clone(), probs.clone()))
+        return probs[:, :, 0, 0].mean(1)
+
+
+@pytest.mark.parametrize("score_actions", ["channels", "decoded"])
+def test_the_critic_reads_the_head_probabilities_with_decoded_scoring(score_actions):
+    learner = _learner()
+    learner.action_head = NextStateHead()
+    states, summary = _inputs(3, n=64)
+    critic = ProbsCritic()
+    plan = mfd.sample_plan(
+        learner, states, summary, 2, LevelSchedule((16,), (4,)), np.random.default_rng(0),
+        torch.Generator().manual_seed(0), action_decode="head", candidates=8, scorer=critic,
+        score_actions=score_actions,
+    )
+    ((segments, probs),) = critic.seen
+    head = torch.softmax(NextStateHead()(segments[..., :S], None), -1)
+    channels = mfd.channel_probs(segments[..., S:])
+    torch.testing.assert_close(probs, head if score_actions == "decoded" else channels)
+    by_head = head[:, :, 0, 0].mean(1)
+    by_channels = channels[:, :, 0, 0].mean(1)
+    assert int(by_head.argmax()) != int(by_channels.argmax())  # the two laws rank differently here
+    assert plan.chosen == int((by_head if score_actions == "decoded" else by_channels).argmax())
+
+
+@pytest.mark.parametrize("kind", ["agent", "population"])
+def test_decoded_scoring_by_the_learner_critics_reads_the_head(kind):
+    learner = _learner(critic=kind, critic_hidden=16)
+    learner.action_head = NextStateHead()
+    states, summary = _inputs(3, n=64)
+    seen = []
+
+    def spy(segments, ctx, probs):
+        seen.append((segments, ctx))
+        return learner.critic.score(segments, ctx, probs)
+
+    plan = mfd.sample_plan(
+        learner, states, summary, 2, LevelSchedule((16,), (4,)), np.random.default_rng(0),
+        torch.Generator().manual_seed(0), action_decode="head", candidates=4, scorer=spy,
+        score_actions="decoded",
+    )
+    ((segments, ctx),) = seen
+    head = torch.softmax(NextStateHead()(segments[..., :S], None), -1)
+    np.testing.assert_allclose(plan.scores, learner.critic.score(segments, ctx, head).numpy(), rtol=1e-6)
+    by_channels = learner.critic.score(segments, ctx).numpy()  # what the default scoring reads
+    assert np.abs(plan.scores - by_channels).max() > 1e-4
+    assert plan.chosen == int(np.argmax(plan.scores))
+
+
+def test_agent_critic_score_reads_the_given_action_law():
+    learner = _learner(critic="agent", critic_hidden=16)
+    net = learner.critic.net
+    for q in (net.q.q1, net.q.q2):
+        with torch.no_grad():
+            q.head[-1].weight.zero_()
+            q.head[-1].bias.copy_(torch.tensor([1.0, 0.0, 0.0, -1.0]))  # Q(., a) = (1, 0, 0, -1)[a]
+    segments = torch.randn(2, 5, 3, S + A)
+    ctx = torch.zeros(2, P + 1)
+    probs = torch.zeros(2, 5, 3, A)
+    probs[0, :, 0, 0] = 1.0  # candidate 0 takes action 0 at its first step: Q = 1
+    probs[1, :, 0, 3] = 1.0  # candidate 1 takes action 3: Q = -1
+    probs[:, :, 1:, 1] = 1.0  # later steps are not scored
+    torch.testing.assert_close(learner.critic.score(segments, ctx, probs), torch.tensor([1.0, -1.0]))
+    # without a law, the channels' own (the default)
+    want = (mfd.channel_probs(segments[:, :, 0, S:]) * torch.tensor([1.0, 0.0, 0.0, -1.0])).sum(-1).mean(1)
+    torch.testing.assert_close(learner.critic.score(segments, ctx), want)
+
+
+# ------------------------------------------------ projecting planned states onto the env's lattice
+def test_snap_to_lattice_by_hand():
+    learner = mfd.MFDiffuser(mfd.Config(horizon=2, hidden=16, n_blocks=1), 2, A, P, T)
+    learner.state_mean.fill_(1.0)
+    learner.state_std.fill_(2.0)
+    lattice = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [[5.0, 5.0], [6.0, 5.0], [5.0, 6.0]]])
+    raw = torch.tensor([[[0.9, 0.2], [5.1, 5.8]], [[0.1, 0.1], [6.4, 4.0]]])  # [M, H, S], de-normalised
+    x0 = torch.cat([(raw - 1.0) / 2.0, torch.randn(2, 2, A)], dim=-1)[None]  # [1, M, H, D]
+    out = mfd.snap_to_lattice(learner, x0, lattice)
+    want = torch.tensor([[[1.0, 0.0], [5.0, 6.0]], [[0.0, 0.0], [6.0, 5.0]]])
+    torch.testing.assert_close(out[0, ..., :2] * 2.0 + 1.0, want)
+    assert torch.equal(out[..., 2:], x0[..., 2:])
+
+
+def _crowd_policy(snap):
+    env = make("crowd", n_agents=60, size=5, horizon=6)
+    torch.manual_seed(0)
+    cfg = mfd.Config(horizon=3, hidden=16, n_blocks=1, levels=(8, 16), steps_per_level=(2, 2),
+                     action_decode="head", snap_states=snap, replan_every=1)
+    learner = mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon).eval()
+    seen = []
+    forward = learner.action_head.forward
+    learner.action_head.forward = lambda states, *a: seen.append(states.clone()) or forward(states, *a)
+    return env, learner, cfg, seen
+
+
+@pytest.mark.parametrize("snap", [False, True])
+def test_snapped_plans_decode_lattice_states(snap):
+    env, learner, cfg, seen = _crowd_policy(snap)
+    policy = mfd.make_policy(learner, cfg, env)
+    obs, info = env.reset(seed=0)
+    policy.reset(env, np.random.default_rng(0))
+    for _ in range(5):  # the last plans reach past T: their later steps snap to step T's states
+        t = int(info["t"])
+        policy.act(obs, info)
+        states = seen[-1][0] * learner.state_std + learner.state_mean  # [M, H, S] read by the head
+        cells = [torch.as_tensor(env.cell_observations(min(t + h, env.horizon))) for h in range(3)]
+        gaps = torch.stack([torch.cdist(states[:, h], cells[h]).amin(-1) for h in range(3)])
+        assert bool((gaps < 1e-5).all()) == snap
+        # the plan reports the denoiser's states (off the lattice), snapped or not
+        assert np.allclose(policy.last_plan.particle_states, states.numpy(), atol=1e-4) == (not snap)
+        obs, _, _, _, info = env.step(policy.last_plan.actions[:, 0])
+
+
+def test_snap_states_needs_head_decoding_and_an_env_lattice():
+    with pytest.raises(ValueError, match="snap_states"):
+        mfd.Config(snap_states=True)
+    with pytest.raises(ValueError, match="score_actions"):
+        mfd.Config(score_actions="head")
+    env = make("gaussian-squeeze", n_agents=10)
+    cfg = mfd.Config(horizon=1, hidden=16, n_blocks=1, replan_every=1, action_decode="head", snap_states=True)
+    learner = mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon)
+    policy = mfd.make_policy(learner, cfg, env)
+    with pytest.raises(ValueError, match="cell_observations"):
+        policy.reset(env, np.random.default_rng(0))

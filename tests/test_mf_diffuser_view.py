@@ -9,7 +9,7 @@ import torch
 from mfdiffuser.algos import mf_diffuser as mfd
 from mfdiffuser.algos.trainer import TrainerConfig, fit
 from mfdiffuser.data.batch import TrajBatch
-from mfdiffuser.diffusion import LevelSchedule
+from mfdiffuser.diffusion import LevelSchedule, representatives, state_order
 
 F, A, P, T = 3, 4, 5, 10  # planned features, actions, summary, episode length
 VIEW = (3, 3, 2)
@@ -71,8 +71,9 @@ def test_only_the_features_are_planned_and_the_view_conditions():
         learner.action_head(x0[..., :F], step_ctx)
 
 
-def test_the_loss_trains_every_view_encoder():
-    learner = _learner()
+@pytest.mark.parametrize("head_inputs", ["data", "both"])
+def test_the_loss_trains_every_view_encoder(head_inputs):
+    learner = _learner(head_inputs=head_inputs, head_denoised_steps=1.0)
     learner.loss(_batch()).loss.backward()
     for name in ("denoiser.obs.view", "value.encoder.obs.view", "action_head.view"):
         grads = [p.grad for n, p in learner.named_parameters() if n.startswith(name)]
@@ -100,6 +101,31 @@ def test_sample_plan_on_views_plans_features_and_decodes_with_the_head():
         assert plan.actions.min() >= 0 and plan.actions.max() < A
         # the first planned state is the features of the agents that follow the particle (inpainted)
         np.testing.assert_allclose(plan.particle_states[:, 0][plan.assignment], states[:, :F], atol=1e-5)
+
+
+@pytest.mark.parametrize("critic", ["agent", "population"])
+def test_decoded_scoring_on_views_reads_the_head_with_the_views(critic):
+    learner = _learner(critic=critic, critic_hidden=16).eval()
+    rng = np.random.default_rng(1)
+    states = np.concatenate([rng.normal(size=(32, F)), rng.random((32, 18))], axis=1).astype(np.float32)
+    seen = []
+
+    def spy(segments, ctx, probs):
+        seen.append((segments, probs))
+        return learner.critic.score(segments, ctx, probs)
+
+    plan = mfd.sample_plan(
+        learner, states, np.zeros(P, np.float32), 2, LevelSchedule((8, 16), (2, 2)), np.random.default_rng(2),
+        torch.Generator().manual_seed(0), action_decode="head", candidates=3, scorer=spy,
+        score_actions="decoded",
+    )
+    ((segments, probs),) = seen
+    assert probs.shape == (3, 8, 3, A) and plan.scores.shape == (3,)
+    # the head's law on the candidates' planned features and their agents' views
+    reps = representatives(state_order(states, np.random.default_rng(2)), 8)
+    cond = learner.cond_states(torch.as_tensor(states[reps]))[None].expand(3, -1, -1)
+    step_ctx = learner.step_context(torch.zeros(1, P), torch.tensor([2])).expand(3, -1, -1)
+    torch.testing.assert_close(probs, learner.action_probs(segments, "head", step_ctx, cond))
 
 
 # The compact mode is unchanged: the losses (seed 0) of the model before it learned views, without a

@@ -38,6 +38,7 @@ CASES: dict[str, tuple[str, dict]] = {
     "mf-diffuser-critic": (
         "mf-diffuser", {**MFD, "critic": "agent", "critic_hidden": 16, "weight_warmup": 1}
     ),
+    "mf-diffuser-head-both": ("mf-diffuser", {**MFD, "head_inputs": "both", "head_denoised_steps": 0.5}),
 }
 
 # case -> (loss at each step, sum of the final EMA weights)
@@ -77,6 +78,10 @@ PINS: dict[str, tuple[list[float], float]] = {
     'mf-diffuser-critic': (
         [6.099945545196533, 5.524139881134033, 3.6084036827087402, 6.329008102416992],
         190.87200472771278,
+    ),
+    'mf-diffuser-head-both': (
+        [5.99237060546875, 4.838169574737549, 3.241558313369751, 6.250552177429199],
+        181.9179161383716,
     ),
 }
 

@@ -30,7 +30,7 @@ from mfdiffuser.algos.base import LossOutput
 from mfdiffuser.algos.common import Steps, scalars, steps
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.models.blocks import ValueNet, expectile_loss, masked_mean
-from mfdiffuser.models.critics import AgentCritic, PopulationCritic, segment_features
+from mfdiffuser.models.critics import AgentCritic, PopulationCritic, channel_probs, segment_features
 from mfdiffuser.models.policy import TwinQNet
 
 if TYPE_CHECKING:
@@ -117,6 +117,7 @@ class PlanCritic(nn.Module):
         gamma: discount of the TD targets.
         expectile: tau of the value's expectile regression.
         tau: Polyak rate of the target Q.
+        support: weight of the population critic's support penalty (0: none, and no statistics kept).
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class PlanCritic(nn.Module):
         gamma: float,
         expectile: float,
         tau: float,
+        support: float = 0.0,
     ) -> None:
         super().__init__()
         if kind not in ("agent", "population"):
@@ -140,7 +142,7 @@ class PlanCritic(nn.Module):
         if kind == "agent":
             self.net = AgentCritic(state_size, context_size, n_actions, hidden)
         else:
-            self.net = PopulationCritic(state_size, n_actions, horizon, context_size, hidden)
+            self.net = PopulationCritic(state_size, n_actions, horizon, context_size, hidden, support)
 
     def trainable(self) -> list[nn.Parameter]:
         """Parameters the optimiser updates (the target network is moved by :meth:`update_target`)."""
@@ -151,9 +153,17 @@ class PlanCritic(nn.Module):
         self.net.update_target(self.tau)
 
     @torch.no_grad()
-    def score(self, segments: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """``[K]`` scores of clean candidate segments ``[K, M, H, D]`` (normalised) at context ``[K, C]``."""
-        return self.net.score(segments, self.state_size, context)
+    def score(
+        self, segments: torch.Tensor, context: torch.Tensor, action_probs: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``[K]`` scores of clean candidate segments ``[K, M, H, D]`` (normalised) at context ``[K, C]``.
+
+        ``action_probs [K, M, H, A]`` is the law each particle's actions are drawn from (default: the
+        action channels', :func:`~mfdiffuser.models.critics.channel_probs`).
+        """
+        states, channels = segments[..., : self.state_size], segments[..., self.state_size :]
+        probs = channel_probs(channels) if action_probs is None else action_probs
+        return self.net.score(states, probs, context)
 
     # ---------------------------------------------------------------------- losses
     def loss(self, learner: MFDiffuser, batch: TrajBatch) -> LossOutput:
@@ -167,6 +177,8 @@ class PlanCritic(nn.Module):
             metrics = scalars(critic_q_loss=out.q_loss, critic_v_loss=out.v_loss)
             return LossOutput(out.q_loss + out.v_loss, metrics)
         pt = population_targets(learner, batch, self.net, self.gamma)
+        if self.training:
+            self.net.track_support(pt.features)
         q_loss = (self.net.q_value(pt.features, pt.context) - pt.target).pow(2).mean()
         with torch.no_grad():
             q_tgt = self.net.q_value(pt.features, pt.context, target=True)
@@ -227,6 +239,13 @@ def check_search_options(config: Any) -> None:
         raise ValueError(f"mf-diffuser: critic_expectile must lie in (0, 1), got {config.critic_expectile}")
     if not 0.0 < config.critic_tau <= 1.0:
         raise ValueError(f"mf-diffuser: critic_tau must lie in (0, 1], got {config.critic_tau}")
+    if not (math.isfinite(config.critic_support) and config.critic_support >= 0):
+        raise ValueError(f"mf-diffuser: critic_support must be >= 0, got {config.critic_support}")
+    if config.critic_support > 0 and config.critic not in ("population", "auto"):
+        raise ValueError(
+            f"mf-diffuser: critic_support penalises the population critic's candidates; it needs "
+            f"critic=population or auto, got {config.critic!r}"
+        )
     if not config.critic_lr > 0 or config.critic_clip < 0:
         raise ValueError(
             f"mf-diffuser: need critic_lr > 0 and critic_clip >= 0, "
@@ -248,6 +267,7 @@ def make_critic(
     return PlanCritic(
         kind, state_size, n_actions, context_size, config.horizon, config.critic_hidden,
         config.critic_gamma, config.critic_expectile, config.critic_tau,
+        config.critic_support if kind == "population" else 0.0,  # auto's agent critic: no penalty
     )
 
 

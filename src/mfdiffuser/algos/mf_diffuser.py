@@ -55,6 +55,8 @@ MODES = ("representatives", "population")
 DECODERS = ("categorical", "argmax", "head")
 M_DRAWS = ("uniform", "log")
 SELECTS = ("best", "softmax")
+HEAD_INPUTS = ("data", "denoised", "both")
+SCORE_ACTIONS = ("channels", "decoded")
 
 
 @dataclass
@@ -118,12 +120,23 @@ class Config:
     """Decoding of a plan's actions: categorical (sample from the clipped one-hot channels), argmax (of
     the channels) or head (sample from the action head on the planned states: inverse dynamics
     p(a | s_h, s_h+1, c), and a policy head p(a | s, c) for the last planned step)."""
+    snap_states: bool = False
+    """With action_decode=head: project each planned state to the nearest (normalised) state the env
+    can be in at that step before the head (and a critic ranking candidates) reads it. Needs an env
+    that lists its cells' observations (crowd, crowd-2d: ``cell_observations``)."""
 
     # --- calibrated actions, weights from the first step, the range of M
     head_hidden: int = 128
     """Width of the action head (inverse dynamics and last-step policy, trained by cross-entropy)."""
     head_coef: float = 1.0
     """Weight of the action head's cross-entropy in the summed loss."""
+    head_inputs: str = "data"
+    """States the action head is trained on: data (the batch's states), denoised (the denoiser's
+    prediction x0-hat of the clean segment from the denoising loss's noised batch, detached) or both
+    (the mean of the two cross-entropies)."""
+    head_denoised_steps: float = 0.25
+    """With head_inputs denoised or both: the least noisy share of the K diffusion steps whose x0-hat
+    trains the head (the planner decodes the prediction of its last, least noisy steps)."""
     value_lr: float | None = None
     """Learning rate of the value net's parameter group (None: the trainer's lr)."""
     value_clip: float | None = None
@@ -157,12 +170,21 @@ class Config:
     """Learning rate of the critic's parameter group."""
     critic_clip: float = 10.0
     """Gradient-norm clip of the critic's parameter group (0 disables)."""
+    critic_support: float = 0.0
+    """Population critic: weight of a support penalty subtracted from a candidate's score, the mean
+    squared z-score of its per-step action histograms against running estimates of the data's (kept
+    in the checkpoint from training); 0: none. Needs critic=population or auto (where auto picks the agent
+    critic, as on ising, crowd and battle, there is no penalty)."""
     candidates: int = 1
     """Candidate plans drawn at the coarsest level and ranked by the critic (1: no search)."""
     select: str = "best"
     """Which candidate is refined: best (highest score) or softmax (drawn with p ~ exp(score / T))."""
     select_temperature: float = 1.0
     """T of softmax selection, in units of the data's return-to-go s.d. (the critic's reward scale)."""
+    score_actions: str = "channels"
+    """Actions the critic reads when it ranks candidates: channels (the law of the action channels) or
+    decoded (the law action_decode draws from: the head's probabilities with head, a one-hot of the
+    channels' argmax with argmax), so that what is ranked is what is executed."""
 
     def __post_init__(self) -> None:
         self.m_range = tuple(int(v) for v in self.m_range)  # type: ignore[assignment]
@@ -179,6 +201,8 @@ class Config:
             "mode": MODES,
             "action_decode": DECODERS,
             "m_draw": M_DRAWS,
+            "head_inputs": HEAD_INPUTS,
+            "score_actions": SCORE_ACTIONS,
             "critic": CRITICS,
             "select": SELECTS,
         }
@@ -195,6 +219,15 @@ class Config:
             raise ValueError(
                 f"mf-diffuser: need head_hidden >= 1, head_coef >= 0 and weight_warmup >= 0, got "
                 f"{self.head_hidden}, {self.head_coef}, {self.weight_warmup}"
+            )
+        if self.snap_states and self.action_decode != "head":
+            raise ValueError(
+                f"mf-diffuser: snap_states projects the states the action head reads; it needs "
+                f"action_decode=head, got {self.action_decode!r}"
+            )
+        if not 0.0 < self.head_denoised_steps <= 1.0:
+            raise ValueError(
+                f"mf-diffuser: head_denoised_steps must lie in (0, 1], got {self.head_denoised_steps}"
             )
         for name in ("value_lr", "value_clip", "weight_scale"):
             value = getattr(self, name)
@@ -232,6 +265,15 @@ class Config:
         """The planner's coarse-to-fine schedule (steps rescaled to ``sample_steps`` when set)."""
         levels = LevelSchedule(self.levels, self.steps_per_level)
         return levels if self.sample_steps is None else levels.with_total_steps(self.sample_steps)
+
+
+class DenoisingPass(NamedTuple):
+    """The denoising loss of a batch and, when asked for, the denoiser's prediction of its clean segments."""
+
+    per_particle: torch.Tensor
+    """``[B, M]`` masked mean of ``||eps - eps_theta||^2`` over (H, D)."""
+    x0_hat: torch.Tensor | None
+    """``[B, M, H, D]`` detached prediction x0-hat of the clean segments, current states inpainted."""
 
 
 class MFDiffuser(nn.Module):
@@ -381,6 +423,30 @@ class MFDiffuser(nn.Module):
         x[:, :, 0, : self.S] = s0[..., : self.S]
         return x
 
+    def action_probs(
+        self,
+        x0: torch.Tensor,
+        mode: str,
+        step_context: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The law ``[B, M, H, A]`` decoding ``mode`` draws the actions of segments ``[B, M, H, D]`` from.
+
+        ``categorical``: the positive part of the action channels, normalised (:func:`channel_probs`);
+        ``argmax``: a one-hot of the channels' argmax; ``head``: the action head's softmax on the
+        planned states, which needs ``step_context [B, H, P+1]`` (:meth:`step_context`) and, for a
+        model with a view, the conditioning states ``cond [B, M, S + view]``.
+        """
+        chans = x0[..., self.S :]
+        if mode == "argmax":
+            return F.one_hot(chans.argmax(-1), self.A).to(chans.dtype)
+        if mode == "head":
+            if step_context is None:
+                raise ValueError("mf-diffuser: head decoding needs the steps' context")
+            ctx = step_context.unsqueeze(1).expand(*x0.shape[:-1], step_context.shape[-1])
+            return self.action_head(x0[..., : self.S], ctx, self.views(cond)).softmax(-1)
+        return channel_probs(chans)
+
     def decode_actions(
         self,
         x0: torch.Tensor,
@@ -391,24 +457,15 @@ class MFDiffuser(nn.Module):
     ) -> torch.Tensor:
         """Actions ``[B, M, H]`` of clean segments ``[B, M, H, D]``.
 
-        ``categorical`` and ``argmax`` read the action channels; ``head`` samples from the action
-        head on the planned states, which needs ``step_context [B, H, P+1]`` (:meth:`step_context`)
-        and, for a model with a view, the conditioning states ``cond [B, M, S + view]``.
+        ``categorical`` and ``argmax`` read the action channels (a clean one-hot in {-1, 1} has
+        exactly one positive channel: categorical samples among the positive channels in proportion
+        to their height, argmax where none is positive); ``head`` samples from the action head on
+        the planned states. Arguments as :meth:`action_probs`.
         """
-        chans = x0[..., self.S :]
         if mode == "argmax":
-            return chans.argmax(-1)
-        if mode == "head":
-            if step_context is None:
-                raise ValueError("mf-diffuser: head decoding needs the steps' context")
-            ctx = step_context.unsqueeze(1).expand(*x0.shape[:-1], step_context.shape[-1])
-            probs = self.action_head(x0[..., : self.S], ctx, self.views(cond)).softmax(-1)
-            picks = torch.multinomial(probs.reshape(-1, self.A), 1, generator=generator)
-            return picks.reshape(chans.shape[:-1])
-        # A clean one-hot in {-1, 1} has exactly one positive channel: sample among the positive
-        # channels in proportion to their height (argmax where none is positive).
-        probs = channel_probs(chans)
-        return torch.multinomial(probs.reshape(-1, self.A), 1, generator=generator).reshape(chans.shape[:-1])
+            return x0[..., self.S :].argmax(-1)
+        probs = self.action_probs(x0, mode, step_context, cond)
+        return torch.multinomial(probs.reshape(-1, self.A), 1, generator=generator).reshape(probs.shape[:-1])
 
     # ---------------------------------------------------------------------- loss
     def denoising_loss(
@@ -419,8 +476,14 @@ class MFDiffuser(nn.Module):
         noise: torch.Tensor,
         k: torch.Tensor,
         step_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """Per-particle denoising loss ``[B, M]``: masked mean of ``||eps - eps_theta||^2`` over (H, D).
+        predict: bool = False,
+    ) -> DenoisingPass:
+        """Per-particle denoising loss, and with ``predict`` the denoiser's clean-segment prediction x0-hat.
+
+        The loss is the masked mean of ``||eps - eps_theta||^2`` over (H, D). x0-hat inverts the
+        forward process with the denoiser's noise estimate at the same noised batch (no second
+        forward), detached, with the current states inpainted: what the planner decodes after its
+        last step.
 
         Args:
             x0: ``[B, M, H, D]`` clean segments.
@@ -430,11 +493,53 @@ class MFDiffuser(nn.Module):
             noise: ``[B, M, H, D]`` the noise eps.
             k: ``[B]`` diffusion steps.
             step_mask: ``[B, M, H]`` valid steps.
+            predict: also return x0-hat (None otherwise).
         """
         x_k = self.inpaint(self.scheduler.add_noise(x0, noise, k), s0)
         eps = self.denoiser(x_k, k, s0, ctx)
         m = step_mask.unsqueeze(-1).to(x0.dtype) * self.channel_mask
-        return ((eps - noise).pow(2) * m).sum((-1, -2)) / m.sum((-1, -2)).clamp_min(1.0)
+        per_particle = ((eps - noise).pow(2) * m).sum((-1, -2)) / m.sum((-1, -2)).clamp_min(1.0)
+        x0_hat = None
+        if predict:
+            x0_hat = self.inpaint(self.scheduler.predict_x0(x_k, eps.detach(), k), s0)
+        return DenoisingPass(per_particle, x0_hat)
+
+    def head_loss(
+        self,
+        batch: TrajBatch,
+        x0: torch.Tensor,
+        x0_hat: torch.Tensor | None,
+        k: torch.Tensor,
+        w: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy of the action head on the states ``head_inputs`` names, and its parts as metrics.
+
+        Args:
+            batch: the training batch (actions, masks, summaries, views).
+            x0: ``[B, M, H, D]`` clean data segments.
+            x0_hat: ``[B, M, H, D]`` the denoiser's detached prediction of them (None with ``data``).
+            k: ``[B]`` diffusion step of each row: only rows with ``k < head_denoised_steps * K``
+                train the head on x0-hat.
+            w: ``[B, M]`` value weights of the policy head's step.
+        """
+        step_ctx = self.step_context(batch.summaries[:, 0], batch.timestep).unsqueeze(1)
+        views = self.views(batch.states[:, :, 0])
+
+        def cross_entropy(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return self.action_head.loss(states[..., : self.S], step_ctx, batch.actions, mask, w, views)
+
+        inputs = self.config.head_inputs
+        if inputs == "data":
+            return cross_entropy(x0, batch.mask), {}
+        if x0_hat is None:
+            raise ValueError(f"mf-diffuser: head_inputs={inputs} needs the denoiser's prediction x0-hat")
+        low = k < self.config.head_denoised_steps * self.scheduler.n_steps  # [B]
+        denoised = cross_entropy(x0_hat, batch.mask & low[:, None, None])
+        metrics = {"head_loss_denoised": float(denoised.detach())}
+        if inputs == "denoised":
+            return denoised, metrics
+        data = cross_entropy(x0, batch.mask)
+        return 0.5 * (data + denoised), metrics | {"head_loss_data": float(data.detach())}
 
     def segment_value(self, batch: TrajBatch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """Value regression loss and the (un-standardised) centred values ``V - b`` per agent ``[B, M]``."""
@@ -517,21 +622,16 @@ class MFDiffuser(nn.Module):
         ctx = self.context(batch.summaries[:, 0], batch.timestep)
         k = torch.randint(0, self.scheduler.n_steps, (b,), device=x0.device)
         noise = torch.randn_like(x0)
-        per_particle = self.denoising_loss(x0, s0, ctx, noise, k, batch.mask)  # [B, M]
+        predict = self.config.head_inputs != "data"
+        per_particle, x0_hat = self.denoising_loss(x0, s0, ctx, noise, k, batch.mask, predict)  # [B, M]
         v_loss, centred, metrics = self.segment_value(batch)
         valid = batch.mask.any(-1)
         w, w_metrics = self.weights(centred, valid)
         diff_loss = (w * per_particle).sum() / valid.sum().clamp_min(1)
-        head_loss = self.action_head.loss(
-            x0[..., : self.S],
-            self.step_context(batch.summaries[:, 0], batch.timestep).unsqueeze(1),
-            batch.actions,
-            batch.mask,
-            weights=w,
-            views=self.views(batch.states[:, :, 0]),
-        )
+        head_loss, head_metrics = self.head_loss(batch, x0, x0_hat, k, w)
         total = diff_loss + self.config.value_coef * v_loss + self.config.head_coef * head_loss
         metrics |= {"diffusion_loss": float(diff_loss.detach()), "head_loss": float(head_loss.detach())}
+        metrics |= head_metrics
         if batch.expert is not None:
             expert = batch.expert.unsqueeze(1) & valid
             if expert.any() and not bool(expert.eq(valid).all()):  # both kinds of episode in the batch
@@ -614,8 +714,9 @@ class PlanOutput(NamedTuple):
     """Index of the candidate that was refined."""
 
 
-Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``(segments [K, M, H, D], context [K, C]) -> scores [K]``: ranks clean candidate segments."""
+Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(segments [K, M, H, D], context [K, C], action_probs [K, M, H, A]) -> scores [K]``: ranks clean
+candidate segments whose particles draw their actions from ``action_probs``."""
 Denoise = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(x_k [B, M, H, D], step [1], conditioning [B, M, C]) -> eps [B, M, H, D]``: the noise predictor."""
 
@@ -650,6 +751,29 @@ def compiled_denoiser(learner: MFDiffuser) -> Denoise:
     return denoise
 
 
+def snap_to_lattice(learner: MFDiffuser, x0: torch.Tensor, lattice: torch.Tensor) -> torch.Tensor:
+    """Clean segments ``x0 [B, M, H, D]`` with each planned state moved to the nearest state of its step.
+
+    Args:
+        learner: the learner whose normalisation the distance is measured in (the denoiser's space).
+        x0: ``[B, M, H, D]`` clean segments (normalised states).
+        lattice: ``[H, X, S]`` observations of the X states an agent can be in at each planned step,
+            de-normalised (an env's ``cell_observations`` at the plan's times).
+
+    Returns:
+        A copy of ``x0`` whose state channels at step h hold the normalised lattice state of step h
+        nearest (Euclidean) to the planned one; action channels unchanged.
+    """
+    b, m, h, _ = x0.shape
+    grid = learner.norm_states(lattice.to(x0.dtype))  # [H, X, S]
+    planned = x0[..., : learner.S].movedim(2, 0).reshape(h, b * m, learner.S)
+    nearest = torch.cdist(planned, grid).argmin(-1)  # [H, B*M]
+    snapped = torch.gather(grid, 1, nearest.unsqueeze(-1).expand(-1, -1, learner.S))
+    out = x0.clone()
+    out[..., : learner.S] = snapped.reshape(h, b, m, learner.S).movedim(0, 2)
+    return out
+
+
 @torch.inference_mode()
 def sample_plan(
     learner: MFDiffuser,
@@ -667,6 +791,8 @@ def sample_plan(
     select_temperature: float = 1.0,
     scorer: Scorer | None = None,
     denoise: Denoise | None = None,
+    lattice: torch.Tensor | None = None,
+    score_actions: str = "channels",
 ) -> PlanOutput:
     """Sample one plan for N agents by coarse-to-fine denoising, and lift it to every agent.
 
@@ -679,6 +805,8 @@ def sample_plan(
     (batch B = K); after its steps the critic scores each candidate's predicted clean segment, one
     survivor is kept (:func:`~mfdiffuser.algos.critics.select_candidate`) and only it is refined
     through the finer levels. One candidate draws exactly what the planner without search draws.
+    The critic reads each particle's actions as the law of its action channels or, with
+    ``score_actions=decoded``, as the law ``action_decode`` draws from (the head's probabilities).
 
     Args:
         learner: a trained :class:`MFDiffuser` (EMA weights).
@@ -697,9 +825,15 @@ def sample_plan(
         scorer: ranks the candidates; default the learner's critic (required when K > 1).
         denoise: the noise predictor; default the learner's denoiser (:func:`compiled_denoiser` for a
             compiled one).
+        lattice: ``[H, X, S]`` de-normalised states an agent can be in at each planned step: when
+            given, the clean segments' states are projected onto it (:func:`snap_to_lattice`) before
+            they are scored and decoded (``particle_states`` stay the denoiser's).
+        score_actions: ``channels`` or ``decoded``: the actions the critic reads.
     """
     if candidates < 1:
         raise ValueError(f"mf-diffuser: candidates must be >= 1, got {candidates}")
+    if score_actions not in SCORE_ACTIONS:
+        raise ValueError(f"mf-diffuser: score_actions must be channels or decoded, got {score_actions!r}")
     if candidates > 1 and scorer is None:
         if learner.critic is None:
             raise ValueError(
@@ -720,6 +854,13 @@ def sample_plan(
     ctx = learner.context(
         torch.as_tensor(summary, dtype=torch.float32, device=device)[None], torch.tensor([t], device=device)
     )
+    step_ctx = learner.step_context(ctx.new_tensor(summary)[None], torch.tensor([t], device=device))
+
+    def decoded_segments(x0: torch.Tensor, s0: torch.Tensor) -> torch.Tensor:
+        """Clean segments as scored and decoded: current states inpainted, snapped with a lattice."""
+        x0 = learner.inpaint(x0, s0)
+        return x0 if lattice is None else snap_to_lattice(learner, x0, lattice)
+
     clip_lo = torch.full((learner.D,), -torch.inf, device=device)
     clip_lo[learner.S :] = -1.0
     clip = (clip_lo, -clip_lo)
@@ -743,7 +884,10 @@ def sample_plan(
             x, x0 = sched.ddim_step(eps, k, k_prev, x, eta=eta, generator=generator, clip=clip)
             i += 1
         if candidates > 1 and scorer is not None and j == 0:  # rank the coarse candidates, refine one
-            scores = scorer(learner.inpaint(x0, s0), ctx)
+            segments = decoded_segments(x0, s0)
+            mode = action_decode if score_actions == "decoded" else "categorical"
+            probs = learner.action_probs(segments, mode, step_ctx.expand(candidates, -1, -1), s0)
+            scores = scorer(segments, ctx, probs)
             chosen = select_candidate(scores, select, select_temperature, generator)
             keep = slice(chosen, chosen + 1)
             x, x0, s0, ctx = x[keep], x0[keep], s0[keep], ctx[keep]
@@ -752,9 +896,8 @@ def sample_plan(
             s0 = rep_states(m_next)
             x = branch(x0, parent_index(m, m_next), k_prev, sched, generator, x, branch_keep)
             m = m_next
+    decoded = learner.decode_actions(decoded_segments(x0, s0), generator, action_decode, step_ctx, s0)[0]
     x0 = learner.inpaint(x0, s0)
-    step_ctx = learner.step_context(ctx.new_tensor(summary)[None], torch.tensor([t], device=device))
-    decoded = learner.decode_actions(x0, generator, action_decode, step_ctx, s0)[0]
     actions = decoded.cpu().numpy().astype(np.int64)
     plan_states = (x0[0, :, :, : learner.S] * learner.state_std + learner.state_mean).cpu().numpy()
     assignment = assign_blocks(order, m)
@@ -784,6 +927,8 @@ class MFDiffuserPolicy:
         select: override of the candidate selection (best or softmax).
         select_temperature: override of the softmax selection's temperature.
         compile: override of compiling the denoiser (:func:`compiled_denoiser`).
+        snap_states: override of projecting planned states onto the env's lattice before decoding.
+        score_actions: override of the actions the critic reads (channels or decoded).
     """
 
     def __init__(
@@ -803,6 +948,8 @@ class MFDiffuserPolicy:
         select: str | None = None,
         select_temperature: float | None = None,
         compile: bool | None = None,
+        snap_states: bool | None = None,
+        score_actions: str | None = None,
     ) -> None:
         over: dict[str, Any] = {
             "mode": mode,
@@ -818,6 +965,8 @@ class MFDiffuserPolicy:
             "select": select,
             "select_temperature": select_temperature,
             "compile": compile,
+            "snap_states": snap_states,
+            "score_actions": score_actions,
         }
         self.config = dataclasses.replace(config, **{k: v for k, v in over.items() if v is not None})
         if self.config.candidates > 1 and learner.critic is None:
@@ -829,6 +978,7 @@ class MFDiffuserPolicy:
         self.denoise = compiled_denoiser(self.learner) if self.config.compile else None
         self.last_plan: PlanOutput | None = None
         self._cursor = 0
+        self._lattice: torch.Tensor | None = None
 
     def levels_for(self, n: int) -> LevelSchedule:
         """The level schedule used for a population of ``n`` agents."""
@@ -850,6 +1000,7 @@ class MFDiffuserPolicy:
         self._gen = torch.Generator(device=self.learner.state_mean.device)
         self._gen.manual_seed(int(rng.integers(2**62)))
         self._levels = self.levels_for(self._n)
+        self._lattice = env_lattice(env, self.learner.state_mean.device) if self.config.snap_states else None
         self.last_plan = None
         self._cursor = 0
 
@@ -870,11 +1021,37 @@ class MFDiffuserPolicy:
                 self.config.select,
                 self.config.select_temperature,
                 denoise=self.denoise,
+                lattice=self._plan_lattice(int(info["t"])),
+                score_actions=self.config.score_actions,
             )
             self._cursor = 0
         actions = self.last_plan.actions[:, self._cursor]
         self._cursor += 1
         return actions
+
+    def _plan_lattice(self, t: int) -> torch.Tensor | None:
+        """``[H, X, S]`` the env's states at the steps ``t..t+H-1`` of a plan (the last one past T)."""
+        if self._lattice is None:
+            return None
+        last = self._lattice.shape[0] - 1
+        steps = torch.arange(t, t + self.learner.H).clamp_max(last)
+        return self._lattice[steps.to(self._lattice.device)]
+
+
+def env_lattice(env: PopulationEnv, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``[T+1, X, S]`` the observation of an agent in each of the env's X cells at every step 0..T.
+
+    From the env's ``cell_observations(t)`` (crowd and crowd-2d: a one-hot cell and t/T); a
+    ValueError for an env without a finite table of states.
+    """
+    cells = getattr(env, "cell_observations", None)
+    if not callable(cells):
+        raise ValueError(
+            f"mf-diffuser: snap_states needs an env that lists its states (cell_observations, as crowd "
+            f"and crowd-2d do); {env.name} does not"
+        )
+    table = np.stack([np.asarray(cells(t), dtype=np.float32) for t in range(env.horizon + 1)])
+    return torch.as_tensor(table, device=device)
 
 
 PLAN_OPTIONS = tuple(inspect.signature(MFDiffuserPolicy.__init__).parameters)[3:]

@@ -5,7 +5,8 @@
 the ``mf-iql`` baseline. :class:`PopulationCritic` values a whole population segment through
 permutation-invariant features of its M particles (:func:`segment_features`: per step, the action
 histogram and the mean and spread of the states), for games whose reward is the population's.
-Both score candidate plans, ``[K, M, H, D]`` clean segments, with one number per candidate.
+Both score candidate plans (their planned states and each particle's action law) with one number per
+candidate.
 """
 
 from __future__ import annotations
@@ -78,16 +79,15 @@ class AgentCritic(nn.Module):
         """Move the target Q toward the online Q by ``tau`` (Polyak)."""
         polyak_update(self.q_target, self.q, tau)
 
-    def score(self, segments: torch.Tensor, state_size: int, context: torch.Tensor) -> torch.Tensor:
+    def score(self, states: torch.Tensor, action_probs: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """``[K]`` particles' mean expected ``min(Q1, Q2)(s_0, a_0, c)`` under the first step's actions.
 
         Args:
-            segments: ``[K, M, H, D]`` clean candidate segments (``D = S + A``).
-            state_size: S (the first S channels are states).
+            states: ``[K, M, H, S]`` planned states of the clean candidate segments.
+            action_probs: ``[K, M, H, A]`` law each particle's actions are drawn from.
             context: ``[K, C]`` context of the plan's first step.
         """
-        s0 = segments[:, :, 0, :state_size]
-        probs = channel_probs(segments[:, :, 0, state_size:])
+        s0, probs = states[:, :, 0], action_probs[:, :, 0]
         q = self.q.min_q(s0, context)  # [K, M, A]
         return (probs * q).sum(-1).mean(-1)
 
@@ -106,15 +106,34 @@ class PopulationCritic(nn.Module):
         horizon: H.
         context_size: C.
         hidden: width of both networks.
+        support: weight of the support penalty of :meth:`score` on the action histograms (0: none,
+            and no statistics kept, so the module's state is that of a critic without it).
     """
 
-    def __init__(self, state_size: int, n_actions: int, horizon: int, context_size: int, hidden: int = 128):
+    feature_mean: torch.Tensor
+    feature_var: torch.Tensor
+    support_ready: torch.Tensor
+
+    def __init__(
+        self,
+        state_size: int,
+        n_actions: int,
+        horizon: int,
+        context_size: int,
+        hidden: int = 128,
+        support: float = 0.0,
+    ):
         super().__init__()
         self.state_size = state_size
         n_features = horizon * (n_actions + 2 * state_size)
         self.q = MLP(n_features + context_size, hidden, 1)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.value = MLP(context_size, hidden, 1)
+        self.support, self.n_actions, self.horizon = support, n_actions, horizon
+        if support > 0:
+            self.register_buffer("feature_mean", torch.zeros(horizon * n_actions))
+            self.register_buffer("feature_var", torch.ones(horizon * n_actions))
+            self.register_buffer("support_ready", torch.zeros((), dtype=torch.bool))
 
     def update_target(self, tau: float) -> None:
         """Move the target Q toward the online Q by ``tau`` (Polyak)."""
@@ -125,11 +144,52 @@ class PopulationCritic(nn.Module):
         net = self.q_target if target else self.q
         return net(torch.cat([features, context], dim=-1)).squeeze(-1)
 
+    def histograms(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B, H * A]`` the per-step action histograms of segment features ``[B, F]``."""
+        return features.view(features.shape[0], self.horizon, -1)[..., : self.n_actions].flatten(1)
+
+    @torch.no_grad()
+    def track_support(self, features: torch.Tensor, momentum: float = 0.99) -> None:
+        """Update the running mean and variance of the data's action histograms (with a support penalty).
+
+        Args:
+            features: ``[B, F]`` :func:`segment_features` of a batch of data segments.
+            momentum: weight of the running estimates against the batch's (the first batch sets them).
+        """
+        if self.support <= 0:
+            return
+        hist = self.histograms(features)
+        mean, var = hist.mean(0), hist.var(0, correction=0)
+        if bool(self.support_ready):
+            self.feature_mean.lerp_(mean, 1 - momentum)
+            self.feature_var.lerp_(var, 1 - momentum)
+        else:
+            self.feature_mean.copy_(mean)
+            self.feature_var.copy_(var)
+            self.support_ready.fill_(True)
+
+    def support_distance(self, features: torch.Tensor) -> torch.Tensor:
+        """``[B]`` mean squared z-score of the action histograms of ``features [B, F]`` against the data's.
+
+        Each histogram bin is scaled by the data's s.d. of that bin, floored at 0.01 (one particle in
+        a hundred), so an action the data never takes at that step costs ``(share / 0.01)^2``.
+        """
+        sd = self.feature_var.sqrt().clamp_min(1e-2)
+        return ((self.histograms(features) - self.feature_mean) / sd).pow(2).mean(-1)
+
     def state_value(self, context: torch.Tensor) -> torch.Tensor:
         """``[B]`` V of the population state described by its context ``[B, C]``."""
         return self.value(context).squeeze(-1)
 
-    def score(self, segments: torch.Tensor, state_size: int, context: torch.Tensor) -> torch.Tensor:
-        """``[K]`` Q of each clean candidate segment ``[K, M, H, D]`` at context ``[K, C]``."""
-        feats = segment_features(segments[..., :state_size], channel_probs(segments[..., state_size:]))
+    def score(self, states: torch.Tensor, action_probs: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """``[K]`` Q of candidate segments at context ``[K, C]``, less the support penalty if any.
+
+        Args:
+            states: ``[K, M, H, S]`` planned states of the clean candidate segments.
+            action_probs: ``[K, M, H, A]`` law each particle's actions are drawn from.
+            context: ``[K, C]`` context of the plan's first step.
+        """
+        feats = segment_features(states, action_probs)
+        if self.support > 0:
+            return self.q_value(feats, context) - self.support * self.support_distance(feats)
         return self.q_value(feats, context)
