@@ -17,6 +17,7 @@ from mfdiffuser.algos.trainer import TrainerConfig, fit
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.diffusion import LevelSchedule
 from mfdiffuser.envs import make
+from traj_batches import random_batch
 
 S, A, P, T = 3, 4, 5, 10
 
@@ -39,18 +40,7 @@ def _learner(**kw):
 
 
 def _batch(b=2, m=5, h=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return TrajBatch(
-        states=torch.randn(b, m, h + 1, S, generator=g),
-        actions=torch.randint(0, A, (b, m, h), generator=g),
-        rewards=torch.rand(b, m, h, generator=g),
-        summaries=torch.rand(b, h + 1, P, generator=g),
-        rtg=torch.rand(b, m, generator=g) * 5,
-        pop_rtg=torch.rand(b, generator=g) * 5,
-        mask=torch.ones(b, m, h, dtype=torch.bool),
-        timestep=torch.randint(0, T - h, (b,), generator=g),
-        episode_return=torch.rand(b, generator=g),
-    )
+    return random_batch(S, A, P, T, b=b, m=m, h=h, seed=seed)
 
 
 def _repeat_agents(batch, r):

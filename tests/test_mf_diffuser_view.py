@@ -8,8 +8,8 @@ import torch
 
 from mfdiffuser.algos import mf_diffuser as mfd
 from mfdiffuser.algos.trainer import TrainerConfig, fit
-from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.diffusion import LevelSchedule, representatives, state_order
+from traj_batches import random_batch
 
 F, A, P, T = 3, 4, 5, 10  # planned features, actions, summary, episode length
 VIEW = (3, 3, 2)
@@ -29,20 +29,7 @@ def _learner(view_shape=VIEW, **kw):
 
 
 def _batch(size=OBS, b=3, m=4, h=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    states = torch.randn(b, m, h + 1, size, generator=g)
-    states[..., F:] = torch.rand(b, m, h + 1, size - F, generator=g)  # views lie in [0, 1]
-    return TrajBatch(
-        states=states,
-        actions=torch.randint(0, A, (b, m, h), generator=g),
-        rewards=torch.rand(b, m, h, generator=g),
-        summaries=torch.rand(b, h + 1, P, generator=g),
-        rtg=torch.rand(b, m, generator=g) * 5,
-        pop_rtg=torch.rand(b, generator=g) * 5,
-        mask=torch.ones(b, m, h, dtype=torch.bool),
-        timestep=torch.randint(0, T - h, (b,), generator=g),
-        episode_return=torch.rand(b, generator=g),
-    )
+    return random_batch(size, A, P, T, b=b, m=m, h=h, seed=seed, view_from=F)
 
 
 def test_only_the_features_are_planned_and_the_view_conditions():
