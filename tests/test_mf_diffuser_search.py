@@ -256,8 +256,9 @@ def test_decoded_scoring_by_the_learner_critics_reads_the_head(kind):
     )
     ((segments, ctx),) = seen
     head = torch.softmax(NextStateHead()(segments[..., :S], None), -1)
-    np.testing.assert_allclose(plan.scores, learner.critic.score(segments, ctx, head).numpy(), rtol=1e-6)
-    by_channels = learner.critic.score(segments, ctx).numpy()  # what the default scoring reads
+    expected = learner.critic.score(segments, ctx, head).detach().numpy()
+    np.testing.assert_allclose(plan.scores, expected, rtol=1e-6)
+    by_channels = learner.critic.score(segments, ctx).detach().numpy()  # what the default scoring reads
     assert np.abs(plan.scores - by_channels).max() > 1e-4
     assert plan.chosen == int(np.argmax(plan.scores))
 
@@ -336,3 +337,72 @@ def test_snap_states_needs_head_decoding_and_an_env_lattice():
     policy = mfd.make_policy(learner, cfg, env)
     with pytest.raises(ValueError, match="cell_observations"):
         policy.reset(env, np.random.default_rng(0))
+
+
+class SoftActionCritic:
+    """A differentiable hand-made critic: the mean probability of ``action`` at every planned step."""
+
+    def __init__(self, action):
+        self.action = action
+
+    def __call__(self, x0, ctx, probs):
+        return probs[..., self.action].mean((1, 2))
+
+
+@pytest.mark.parametrize("action", [0, 2])
+def test_gradient_guidance_moves_plans_toward_what_the_critic_prefers(action):
+    learner = _learner()
+    states, summary = _inputs(8, n=64)
+    share = {}
+    for guidance in (0.0, 0.5):
+        plan = mfd.sample_plan(
+            learner, states, summary, 0, LevelSchedule((8, 32), (3, 3)), np.random.default_rng(0),
+            torch.Generator().manual_seed(0), action_decode="argmax", scorer=SoftActionCritic(action),
+            guidance=guidance,
+        )
+        share[guidance] = float(np.mean(plan.particle_actions == action))
+    assert share[0.0] < 0.5 and share[0.5] > share[0.0] + 0.3
+
+
+def test_zero_guidance_draws_the_pinned_plan_and_guidance_needs_a_critic():
+    sizes, steps, seed, decode, eta, keep, actions, _, _ = PINNED[0]
+    learner = _learner()
+    states, summary = _inputs(seed)
+    plan = mfd.sample_plan(
+        learner, states, summary, 2, LevelSchedule(sizes, steps), np.random.default_rng(seed),
+        torch.Generator().manual_seed(seed), eta, decode, keep, scorer=SoftActionCritic(0), guidance=0.0,
+    )
+    assert "".join(map(str, plan.particle_actions.ravel().tolist())) == actions
+    with pytest.raises(ValueError, match="guidance > 0 needs a critic"):
+        mfd.sample_plan(learner, states, summary, 0, LevelSchedule((8,), (2,)), np.random.default_rng(0),
+                        guidance=0.1)
+    env = make("gaussian-squeeze", n_agents=10)
+    cfg = mfd.Config(horizon=1, hidden=16, n_blocks=1, replan_every=1)
+    plain = mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon)
+    with pytest.raises(ValueError, match="guidance=0.5 needs a critic"):
+        mfd.make_policy(plain, cfg, env, guidance=0.5)
+    with pytest.raises(ValueError, match="guidance must be a finite number >= 0"):
+        mfd.Config(guidance=-1.0)
+
+
+@pytest.mark.parametrize("critic", ["agent", "population"])
+def test_policy_plans_with_gradient_guidance_from_the_learner_critic(critic):
+    env = make("gaussian-squeeze", n_agents=300, horizon=2)
+    torch.manual_seed(0)
+    cfg = mfd.Config(horizon=2, hidden=16, n_blocks=1, critic=critic, critic_hidden=16, levels=(8, 32),
+                     steps_per_level=(3, 3), replan_every=2)
+    learner = mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon).eval()
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a critic whose Q differs between actions (its last layers start at zero)
+        for p in learner.critic.parameters():
+            p.normal_(0.0, 0.3, generator=gen)
+    obs, info = env.reset(seed=0)
+    plans = {}
+    for guidance in (0.0, 1.0):
+        policy = mfd.make_policy(learner, cfg, env, guidance=guidance)
+        policy.reset(env, np.random.default_rng(0))
+        assert policy.act(obs, info).shape == (300,)
+        plans[guidance] = policy.last_plan
+    assert np.isfinite(plans[1.0].particle_states).all()
+    # the critic reads the first step's actions (and the population critic the states too)
+    assert not np.array_equal(plans[0.0].particle_actions[:, 0], plans[1.0].particle_actions[:, 0])

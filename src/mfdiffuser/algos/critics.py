@@ -152,11 +152,12 @@ class PlanCritic(nn.Module):
         """Polyak step of the target Q, once per optimiser step."""
         self.net.update_target(self.tau)
 
-    @torch.no_grad()
     def score(
         self, segments: torch.Tensor, context: torch.Tensor, action_probs: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``[K]`` scores of clean candidate segments ``[K, M, H, D]`` (normalised) at context ``[K, C]``.
+
+        Differentiable in the segments (gradient guidance); the planner ranks under inference mode.
 
         ``action_probs [K, M, H, A]`` is the law each particle's actions are drawn from (default: the
         action channels', :func:`~mfdiffuser.models.critics.channel_probs`).

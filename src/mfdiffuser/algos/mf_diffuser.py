@@ -181,6 +181,11 @@ class Config:
     """Which candidate is refined: best (highest score) or softmax (drawn with p ~ exp(score / T))."""
     select_temperature: float = 1.0
     """T of softmax selection, in units of the data's return-to-go s.d. (the critic's reward scale)."""
+    guidance: float = 0.0
+    """Gradient guidance: after each denoising step, the predicted clean segment (and the step's sample
+    with it) moves up the critic's gradient by this much, in RMS units of the normalised segment (the
+    gradient is scaled to unit RMS over the batch); 0: none. Needs a critic; reads the actions as
+    score_actions says."""
     score_actions: str = "channels"
     """Actions the critic reads when it ranks candidates: channels (the law of the action channels) or
     decoded (the law action_decode draws from: the head's probabilities with head, a one-hot of the
@@ -225,6 +230,8 @@ class Config:
                 f"mf-diffuser: snap_states projects the states the action head reads; it needs "
                 f"action_decode=head, got {self.action_decode!r}"
             )
+        if not (self.guidance >= 0 and math.isfinite(self.guidance)):
+            raise ValueError(f"mf-diffuser: guidance must be a finite number >= 0, got {self.guidance}")
         if not 0.0 < self.head_denoised_steps <= 1.0:
             raise ValueError(
                 f"mf-diffuser: head_denoised_steps must lie in (0, 1], got {self.head_denoised_steps}"
@@ -714,6 +721,11 @@ class PlanOutput(NamedTuple):
     """Index of the candidate that was refined."""
 
 
+GUIDANCE_SHARPNESS = 2.0
+"""Gradient guidance reads action channels ``c`` in [-1, 1] as ``softmax(GUIDANCE_SHARPNESS * c)``: a
+smooth stand-in for the categorical decoding's law (the positive part, normalised), whose gradient
+vanishes wherever one channel alone is positive, as on every clean one-hot. At 2, a clean one-hot of
+A actions gives its action e^4 / (e^4 + (A - 1)) of the mass (0.98 for A = 2)."""
 Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(segments [K, M, H, D], context [K, C], action_probs [K, M, H, A]) -> scores [K]``: ranks clean
 candidate segments whose particles draw their actions from ``action_probs``."""
@@ -793,6 +805,7 @@ def sample_plan(
     denoise: Denoise | None = None,
     lattice: torch.Tensor | None = None,
     score_actions: str = "channels",
+    guidance: float = 0.0,
 ) -> PlanOutput:
     """Sample one plan for N agents by coarse-to-fine denoising, and lift it to every agent.
 
@@ -829,15 +842,22 @@ def sample_plan(
             given, the clean segments' states are projected onto it (:func:`snap_to_lattice`) before
             they are scored and decoded (``particle_states`` stay the denoiser's).
         score_actions: ``channels`` or ``decoded``: the actions the critic reads.
+        guidance: step size of gradient guidance (0: none): after every denoising step the predicted
+            clean segment x0 moves by ``guidance * g / rms(g)``, g the gradient of the critic's score
+            (``scorer``) of the decoded segment with respect to x0, and the step's sample by
+            ``sqrt(abar_{k-1})`` times that (its x0 component). The gradient reads the action
+            channels through :data:`GUIDANCE_SHARPNESS` (the head's probabilities where the head
+            decodes and is scored). Needs a critic.
     """
     if candidates < 1:
         raise ValueError(f"mf-diffuser: candidates must be >= 1, got {candidates}")
     if score_actions not in SCORE_ACTIONS:
         raise ValueError(f"mf-diffuser: score_actions must be channels or decoded, got {score_actions!r}")
-    if candidates > 1 and scorer is None:
+    if (candidates > 1 or guidance > 0) and scorer is None:
         if learner.critic is None:
+            what = "candidates > 1" if candidates > 1 else "guidance > 0"
             raise ValueError(
-                "mf-diffuser: candidates > 1 needs a critic (train with critic=agent, population or auto)"
+                f"mf-diffuser: {what} needs a critic (train with critic=agent, population or auto)"
             )
         scorer = learner.critic.score
     n = states.shape[0]
@@ -861,6 +881,32 @@ def sample_plan(
         x0 = learner.inpaint(x0, s0)
         return x0 if lattice is None else snap_to_lattice(learner, x0, lattice)
 
+    score_mode = action_decode if score_actions == "decoded" else "categorical"
+
+    def scored(x0: torch.Tensor, s0: torch.Tensor, ctx: torch.Tensor, smooth: bool = False) -> torch.Tensor:
+        """``[B]`` the critic's scores of clean segments ``x0 [B, M, H, D]``, as decoded.
+
+        ``smooth`` reads the action channels through :data:`GUIDANCE_SHARPNESS` (for a gradient)
+        instead of the decoding's law, unless the head decodes and is scored.
+        """
+        assert scorer is not None
+        segments = decoded_segments(x0, s0)
+        if smooth and score_mode != "head":
+            probs = (GUIDANCE_SHARPNESS * segments[..., learner.S :]).softmax(-1)
+        else:
+            probs = learner.action_probs(segments, score_mode, step_ctx.expand(x0.shape[0], -1, -1), s0)
+        return scorer(segments, ctx, probs)
+
+    def guided(
+        x0: torch.Tensor, x: torch.Tensor, k_prev: int, s0: torch.Tensor, ctx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0, x)`` moved up the critic's gradient (see ``guidance``)."""
+        with torch.inference_mode(False), torch.enable_grad():  # plain copies: autograd needs them
+            x0_g = x0.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(scored(x0_g, s0.clone(), ctx.clone(), smooth=True).sum(), x0_g)
+        shift = guidance * grad / grad.pow(2).mean().sqrt().clamp_min(1e-12)
+        return x0 + shift, x + float(sched.abar(k_prev)) ** 0.5 * shift
+
     clip_lo = torch.full((learner.D,), -torch.inf, device=device)
     clip_lo[learner.S :] = -1.0
     clip = (clip_lo, -clip_lo)
@@ -882,12 +928,11 @@ def sample_plan(
             x[:, :, 0, : learner.S] = s0[..., : learner.S]  # inpaint (x is this step's own tensor)
             eps = denoise(x, k_index[i], cond)
             x, x0 = sched.ddim_step(eps, k, k_prev, x, eta=eta, generator=generator, clip=clip)
+            if guidance > 0:
+                x0, x = guided(x0, x, k_prev, s0, ctx)
             i += 1
         if candidates > 1 and scorer is not None and j == 0:  # rank the coarse candidates, refine one
-            segments = decoded_segments(x0, s0)
-            mode = action_decode if score_actions == "decoded" else "categorical"
-            probs = learner.action_probs(segments, mode, step_ctx.expand(candidates, -1, -1), s0)
-            scores = scorer(segments, ctx, probs)
+            scores = scored(x0, s0, ctx)
             chosen = select_candidate(scores, select, select_temperature, generator)
             keep = slice(chosen, chosen + 1)
             x, x0, s0, ctx = x[keep], x0[keep], s0[keep], ctx[keep]
@@ -929,6 +974,7 @@ class MFDiffuserPolicy:
         compile: override of compiling the denoiser (:func:`compiled_denoiser`).
         snap_states: override of projecting planned states onto the env's lattice before decoding.
         score_actions: override of the actions the critic reads (channels or decoded).
+        guidance: override of the gradient guidance's step size.
     """
 
     def __init__(
@@ -950,6 +996,7 @@ class MFDiffuserPolicy:
         compile: bool | None = None,
         snap_states: bool | None = None,
         score_actions: str | None = None,
+        guidance: float | None = None,
     ) -> None:
         over: dict[str, Any] = {
             "mode": mode,
@@ -967,13 +1014,18 @@ class MFDiffuserPolicy:
             "compile": compile,
             "snap_states": snap_states,
             "score_actions": score_actions,
+            "guidance": guidance,
         }
         self.config = dataclasses.replace(config, **{k: v for k, v in over.items() if v is not None})
-        if self.config.candidates > 1 and learner.critic is None:
-            raise ValueError(
-                f"mf-diffuser: candidates={self.config.candidates} needs a critic, and this model has none "
-                "(train with critic=agent, population or auto)"
-            )
+        for name, value, default in (
+            ("candidates", self.config.candidates, 1),
+            ("guidance", self.config.guidance, 0),
+        ):
+            if value != default and learner.critic is None:
+                raise ValueError(
+                    f"mf-diffuser: {name}={value} needs a critic, and this model has none "
+                    "(train with critic=agent, population or auto)"
+                )
         self.learner = learner.eval()
         self.denoise = compiled_denoiser(self.learner) if self.config.compile else None
         self.last_plan: PlanOutput | None = None
@@ -1023,6 +1075,7 @@ class MFDiffuserPolicy:
                 denoise=self.denoise,
                 lattice=self._plan_lattice(int(info["t"])),
                 score_actions=self.config.score_actions,
+                guidance=self.config.guidance,
             )
             self._cursor = 0
         actions = self.last_plan.actions[:, self._cursor]
