@@ -126,17 +126,18 @@ def test_softmax_selection_draws_in_proportion_to_exp_score():
     assert np.all(np.abs(np.bincount(hot, minlength=4) / 4000 - 0.25) < 0.04)  # high T: uniform
 
 
-def test_candidates_need_a_critic():
+@pytest.mark.parametrize(("option", "value"), [("candidates", 2), ("guidance", 0.5)])
+def test_search_and_guidance_need_a_critic(option, value):
     learner = _learner()
     states, summary = _inputs(0)
     with pytest.raises(ValueError, match="needs a critic"):
         mfd.sample_plan(learner, states, summary, 0, LevelSchedule((8,), (2,)), np.random.default_rng(0),
-                        candidates=2)
+                        **{option: value})
     env = make("gaussian-squeeze", n_agents=10)
     cfg = mfd.Config(horizon=1, hidden=16, n_blocks=1, replan_every=1)
     plain = mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon)
-    with pytest.raises(ValueError, match="needs a critic"):
-        mfd.make_policy(plain, cfg, env, candidates=4)
+    with pytest.raises(ValueError, match=f"{option}={value} needs a critic"):
+        mfd.make_policy(plain, cfg, env, **{option: value})
 
 
 @pytest.mark.parametrize("critic", ["agent", "population"])
@@ -364,7 +365,7 @@ def test_gradient_guidance_moves_plans_toward_what_the_critic_prefers(action):
     assert share[0.0] < 0.5 and share[0.5] > share[0.0] + 0.3
 
 
-def test_zero_guidance_draws_the_pinned_plan_and_guidance_needs_a_critic():
+def test_zero_guidance_draws_the_pinned_plan():
     sizes, steps, seed, decode, eta, keep, actions, _, _ = PINNED[0]
     learner = _learner()
     states, summary = _inputs(seed)
@@ -373,14 +374,6 @@ def test_zero_guidance_draws_the_pinned_plan_and_guidance_needs_a_critic():
         torch.Generator().manual_seed(seed), eta, decode, keep, scorer=SoftActionCritic(0), guidance=0.0,
     )
     assert "".join(map(str, plan.particle_actions.ravel().tolist())) == actions
-    with pytest.raises(ValueError, match="guidance > 0 needs a critic"):
-        mfd.sample_plan(learner, states, summary, 0, LevelSchedule((8,), (2,)), np.random.default_rng(0),
-                        guidance=0.1)
-    env = make("gaussian-squeeze", n_agents=10)
-    cfg = mfd.Config(horizon=1, hidden=16, n_blocks=1, replan_every=1)
-    plain = mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon)
-    with pytest.raises(ValueError, match="guidance=0.5 needs a critic"):
-        mfd.make_policy(plain, cfg, env, guidance=0.5)
     with pytest.raises(ValueError, match="guidance must be a finite number >= 0"):
         mfd.Config(guidance=-1.0)
 
