@@ -166,12 +166,15 @@ def plot_learning_curves(choices: list[Choice], path: str | Path) -> Path:
     """Write the learning curves as a PNG at ``path``: validation score against training steps.
 
     One panel per benchmark, a line per method and configuration (the selected one solid with its
-    95% interval, the others dashed), the chosen budget starred.
+    95% interval, the others dashed), the chosen budget starred. Each panel's vertical range follows
+    the mean scores (an interval wider than that is cut at the panel's edge, so that one noisy
+    configuration does not flatten every curve); one legend names the methods by colour.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     from mfdiffuser.utils import save_figure
 
@@ -180,6 +183,7 @@ def plot_learning_curves(choices: list[Choice], path: str | Path) -> Path:
     colours = plt.get_cmap("tab10")
     methods = sorted({c.method for c in choices})
     for ax, bench in zip(axes[0], benches, strict=True):
+        means = [x.score.mean for c in choices if c.benchmark == bench for x in c.candidates]
         for ch in (c for c in choices if c.benchmark == bench):
             colour = colours(methods.index(ch.method) % 10)
             for config in sorted({x.config for x in ch.candidates}):
@@ -188,9 +192,8 @@ def plot_learning_curves(choices: list[Choice], path: str | Path) -> Path:
                 ys = [x.score.mean for x in pts]
                 half = [0.0 if math.isnan(x.score.half_width) else x.score.half_width for x in pts]
                 chosen = config == ch.chosen.config
-                label = ch.method + (f" {config}" if config else "") if chosen else None
                 ax.plot(xs, ys, "-" if chosen else "--", color=colour, alpha=1.0 if chosen else 0.4,
-                        marker="o", label=label)
+                        marker="o")
                 if chosen:
                     lo = [y - h for y, h in zip(ys, half, strict=True)]
                     hi = [y + h for y, h in zip(ys, half, strict=True)]
@@ -201,8 +204,13 @@ def plot_learning_curves(choices: list[Choice], path: str | Path) -> Path:
         ax.set_xlabel("training steps")
         ax.set_ylabel("validation normalized score")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+        finite = [m for m in means if math.isfinite(m)]
+        if finite:
+            pad = max(0.1 * (max(finite) - min(finite)), 1.0)
+            ax.set_ylim(min(finite) - pad, max(finite) + pad)
+    handles = [Line2D([], [], color=colours(i % 10), marker="o", label=m) for i, m in enumerate(methods)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(methods), 8), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     out = save_figure(fig, path, dpi=120)
     plt.close(fig)
     return out
