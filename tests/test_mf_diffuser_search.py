@@ -140,13 +140,18 @@ def test_search_and_guidance_need_a_critic(option, value):
         mfd.make_policy(plain, cfg, env, **{option: value})
 
 
-@pytest.mark.parametrize("critic", ["agent", "population"])
-def test_policy_plans_with_the_learner_critic(critic):
+def _critic_learner(critic):
+    """Gaussian-squeeze (N = 300, two steps) and an untrained learner with ``critic`` planning 8 -> 32."""
     env = make("gaussian-squeeze", n_agents=300, horizon=2)
     torch.manual_seed(0)
     cfg = mfd.Config(horizon=2, hidden=16, n_blocks=1, critic=critic, critic_hidden=16, levels=(8, 32),
                      steps_per_level=(3, 3), replan_every=2)
-    learner = mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon).eval()
+    return env, cfg, mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon).eval()
+
+
+@pytest.mark.parametrize("critic", ["agent", "population"])
+def test_policy_plans_with_the_learner_critic(critic):
+    env, cfg, learner = _critic_learner(critic)
     policy = mfd.make_policy(learner, cfg, env, candidates=3)
     obs, info = env.reset(seed=0)
     policy.reset(env, np.random.default_rng(0))
@@ -380,11 +385,7 @@ def test_zero_guidance_draws_the_pinned_plan():
 
 @pytest.mark.parametrize("critic", ["agent", "population"])
 def test_policy_plans_with_gradient_guidance_from_the_learner_critic(critic):
-    env = make("gaussian-squeeze", n_agents=300, horizon=2)
-    torch.manual_seed(0)
-    cfg = mfd.Config(horizon=2, hidden=16, n_blocks=1, critic=critic, critic_hidden=16, levels=(8, 32),
-                     steps_per_level=(3, 3), replan_every=2)
-    learner = mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon).eval()
+    env, cfg, learner = _critic_learner(critic)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():  # a critic whose Q differs between actions (its last layers start at zero)
         for p in learner.critic.parameters():

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mfdiffuser.experiments.grid import parse_grid, select_cells
     from mfdiffuser.experiments.runner import run_grid
-    from mfdiffuser.experiments.store import ResultStore
+    from mfdiffuser.experiments.store import FINISHED, ResultStore
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise ValueError(f"--num-cpus must be >= 1, got {args.num_cpus}")
@@ -81,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
             status = "todo"
             if rec is not None:
                 status = rec["status"] if rec.get("fingerprint") == cell.fingerprint else "stale"
-            done[cell.id] = (
+            done[cell.id] = (  # None: finished; else the budgets already recorded
                 None
-                if store.is_finished(cell.record_ids[-1], cell.fingerprint)
-                else [b for b in cell.budgets if store.is_finished(cell.record_id(b), cell.fingerprint)]
+                if status in FINISHED
+                else [b for b in cell.budgets[:-1] if store.is_finished(cell.record_id(b), cell.fingerprint)]
             )
             print(f"{status:8s} {cell.id}")
         print(
