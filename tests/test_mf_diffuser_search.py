@@ -47,28 +47,28 @@ PINNED = [
 ]
 
 
-@pytest.mark.parametrize(("sizes", "steps", "seed", "decode", "eta", "keep", "actions", "s1", "s2"), PINNED)
-def test_one_candidate_reproduces_the_pinned_plans(sizes, steps, seed, decode, eta, keep, actions, s1, s2):
-    learner = _learner()
-    states, summary = _inputs(seed)
-    plan = mfd.sample_plan(
-        learner, states, summary, 2, LevelSchedule(sizes, steps), np.random.default_rng(seed),
-        torch.Generator().manual_seed(seed), eta, decode, keep,
-    )
+@pytest.mark.parametrize("row", range(len(PINNED)))
+def test_one_candidate_reproduces_the_pinned_plans(row):
+    *_, actions, s1, s2 = PINNED[row]
+    plan = _pinned_plan(row)
     assert "".join(map(str, plan.particle_actions.ravel().tolist())) == actions
     assert float(plan.particle_states.sum()) == pytest.approx(s1, rel=1e-4)
     assert float((plan.particle_states**2).sum()) == pytest.approx(s2, rel=1e-4)
 
 
-def test_one_candidate_with_a_critic_still_draws_the_pinned_plan():
-    sizes, steps, seed, decode, eta, keep, actions, s1, _ = PINNED[1]
-    learner = _learner()
+def _pinned_plan(row, **options):
+    """The plan of ``PINNED[row]``'s settings, drawn with its seeds, with extra ``sample_plan`` options."""
+    sizes, steps, seed, decode, eta, keep, *_ = PINNED[row]
     states, summary = _inputs(seed)
-    plan = mfd.sample_plan(
-        learner, states, summary, 2, LevelSchedule(sizes, steps), np.random.default_rng(seed),
-        torch.Generator().manual_seed(seed), eta, decode, keep, candidates=1, select="softmax",
-        scorer=lambda x0, ctx, probs: x0.sum((1, 2, 3)),
+    return mfd.sample_plan(
+        _learner(), states, summary, 2, LevelSchedule(sizes, steps), np.random.default_rng(seed),
+        torch.Generator().manual_seed(seed), eta, decode, keep, **options,
     )
+
+
+def test_one_candidate_with_a_critic_still_draws_the_pinned_plan():
+    actions = PINNED[1][6]
+    plan = _pinned_plan(1, candidates=1, select="softmax", scorer=lambda x0, ctx, probs: x0.sum((1, 2, 3)))
     assert "".join(map(str, plan.particle_actions.ravel().tolist())) == actions
     assert plan.scores is None and plan.chosen == 0
 
@@ -371,13 +371,8 @@ def test_gradient_guidance_moves_plans_toward_what_the_critic_prefers(action):
 
 
 def test_zero_guidance_draws_the_pinned_plan():
-    sizes, steps, seed, decode, eta, keep, actions, _, _ = PINNED[0]
-    learner = _learner()
-    states, summary = _inputs(seed)
-    plan = mfd.sample_plan(
-        learner, states, summary, 2, LevelSchedule(sizes, steps), np.random.default_rng(seed),
-        torch.Generator().manual_seed(seed), eta, decode, keep, scorer=SoftActionCritic(0), guidance=0.0,
-    )
+    actions = PINNED[0][6]
+    plan = _pinned_plan(0, scorer=SoftActionCritic(0), guidance=0.0)
     assert "".join(map(str, plan.particle_actions.ravel().tolist())) == actions
     with pytest.raises(ValueError, match="guidance must be a finite number >= 0"):
         mfd.Config(guidance=-1.0)
