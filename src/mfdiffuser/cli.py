@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "envs": "envs",
     "data": "data",
     "train": "train",
+    "distill": "distill",
     "evaluate": "evaluate",
     "sweep": "sweep",
     "select": "select",
@@ -68,6 +69,7 @@ def command_name(args: argparse.Namespace) -> str:
 
 RESUMABLE = {
     "sweep": "finished cells are kept",
+    "distill": "finished rounds and steps are kept",
     "demo": "finished cells are kept",
     "data generate": "finished episodes are kept in <out>.partial",
 }

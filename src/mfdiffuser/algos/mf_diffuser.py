@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,6 +114,10 @@ class Config:
     sample_steps: int | None = None
     """Denoising steps of a plan, spread evenly over the K training steps (a DDIM stride) and shared
     among the levels in proportion to steps_per_level; None: the sum of steps_per_level."""
+    distilled_grid: tuple[int, ...] = ()
+    """Diffusion step indices a distilled denoiser was trained to step through, descending (written by
+    ``mfd distill``); empty: a denoiser trained on every step, which plans on any DDIM stride. A
+    distilled model plans with exactly these steps (steps_per_level sums to their number)."""
     compile: bool = False
     """Plan with the denoiser compiled by ``torch.compile`` (once per particle count; the first plan at
     each level pays the compilation, tens of seconds on a CPU). A failed compilation is an error."""
@@ -195,6 +200,7 @@ class Config:
         self.m_range = tuple(int(v) for v in self.m_range)  # type: ignore[assignment]
         self.levels = tuple(int(v) for v in self.levels)
         self.steps_per_level = tuple(int(v) for v in self.steps_per_level)
+        self.distilled_grid = tuple(int(v) for v in self.distilled_grid)
         if self.horizon < 1:
             raise ValueError(f"mf-diffuser: horizon must be >= 1, got {self.horizon}")
         if len(self.m_range) != 2 or not 1 <= self.m_range[0] <= self.m_range[1]:
@@ -266,12 +272,30 @@ class Config:
                 f"mf-diffuser: sample_steps must lie in [{n_levels} (one per level), "
                 f"K={self.diffusion_steps}], got {self.sample_steps}"
             )
+        if self.distilled_grid:
+            check_grid(self.distilled_grid, self.diffusion_steps)
+            if self.level_schedule.total_steps != len(self.distilled_grid):
+                raise ValueError(
+                    f"mf-diffuser: this model was distilled to plan in {len(self.distilled_grid)} steps; "
+                    f"the planner's levels take {self.level_schedule.total_steps} (set sample_steps="
+                    f"{len(self.distilled_grid)} or steps_per_level summing to it)"
+                )
 
     @property
     def level_schedule(self) -> LevelSchedule:
         """The planner's coarse-to-fine schedule (steps rescaled to ``sample_steps`` when set)."""
         levels = LevelSchedule(self.levels, self.steps_per_level)
         return levels if self.sample_steps is None else levels.with_total_steps(self.sample_steps)
+
+
+def check_grid(grid: tuple[int, ...], n_steps: int) -> None:
+    """Raise ValueError unless ``grid`` is a strictly descending run of step indices in ``[0, K)``."""
+    descending = all(b < a for a, b in itertools.pairwise(grid))
+    if not grid or not descending or any(not 0 <= k < n_steps for k in grid):
+        raise ValueError(
+            f"mf-diffuser: a sampling grid must be strictly descending step indices in [0, {n_steps - 1}], "
+            f"got {list(grid)}"
+        )
 
 
 class DenoisingPass(NamedTuple):
@@ -366,6 +390,27 @@ class MFDiffuser(nn.Module):
     def D(self) -> int:
         """Channels per agent per step."""
         return self.S + self.A
+
+    def sample_timesteps(self, n_steps: int) -> list[int]:
+        """The descending step indices of a plan of ``n_steps`` denoising steps.
+
+        A distilled model's own grid (``distilled_grid``; any other count is a ValueError), else
+        ``n_steps`` indices spread evenly over the K training steps (:meth:`NoiseSchedule.timesteps`).
+        """
+        grid = self.config.distilled_grid
+        if not grid:
+            return self.scheduler.timesteps(n_steps)
+        if n_steps != len(grid):
+            raise ValueError(
+                f"mf-diffuser: this model was distilled to plan in {len(grid)} steps, not {n_steps}"
+            )
+        return list(grid)
+
+    def x0_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(low, high)`` ``[D]`` bounds of a predicted clean segment: actions in [-1, 1], states free."""
+        low = torch.full((self.D,), -torch.inf, device=self.state_mean.device)
+        low[self.S :] = -1.0
+        return low, -low
 
     # ------------------------------------------------------------------ data layout
     @torch.no_grad()
@@ -907,10 +952,8 @@ def sample_plan(
         shift = guidance * grad / grad.pow(2).mean().sqrt().clamp_min(1e-12)
         return x0 + shift, x + float(sched.abar(k_prev)) ** 0.5 * shift
 
-    clip_lo = torch.full((learner.D,), -torch.inf, device=device)
-    clip_lo[learner.S :] = -1.0
-    clip = (clip_lo, -clip_lo)
-    timesteps = sched.timesteps(levels.total_steps)
+    clip = learner.x0_bounds()
+    timesteps = learner.sample_timesteps(levels.total_steps)
     k_index = torch.tensor(timesteps, device=device).unsqueeze(-1)  # [steps, 1]: no per-step host copy
     denoise = denoise or learner.denoiser.denoise
     m = levels.sizes[0]

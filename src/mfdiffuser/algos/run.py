@@ -16,6 +16,7 @@ import json
 import textwrap
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -124,24 +125,33 @@ def train(
             )
     # A run directory this call creates is removed again if training fails before its first
     # checkpoint (a full disk, a bad batch): nothing in it could be resumed.
-    with removed_on_failure(run_dir, keep=(run_dir / CHECKPOINT).exists):
-        write_json(run_dir / "run.json", {**record, "status": "running"})
-        try:
-            result = fit(learner, sampler, run_dir, trainer)
-        except TrainingInterrupted as exc:
-            # resumable: rerunning the same command continues from the saved step
-            write_json(run_dir / "run.json", {**record, "status": "interrupted", "step": exc.step})
-            raise
-        except KeyboardInterrupt:  # outside fit's signal handling: no step was saved by this call
-            write_json(run_dir / "run.json", {**record, "status": "interrupted"})
-            raise
-        except Exception as exc:
-            with contextlib.suppress(OSError):  # on a full disk this write fails too: report the first
-                write_json(run_dir / "run.json", {**record, "status": "failed", "error": first_line(exc)})
-            raise
-        done = {**record, "status": "done", "step": result.step, "metrics": result.metrics}
-        write_json(run_dir / "run.json", done)
+    with removed_on_failure(run_dir, keep=(run_dir / CHECKPOINT).exists), recorded(run_dir, record):
+        result = fit(learner, sampler, run_dir, trainer)
+    done = {**record, "status": "done", "step": result.step, "metrics": result.metrics}
+    write_json(run_dir / "run.json", done)
     return LoadedRun(algo, module, config, result.ema.eval(), dataset.meta, result.step, run_dir)
+
+
+@contextlib.contextmanager
+def recorded(run_dir: Path, record: dict[str, Any]) -> Iterator[None]:
+    """``run.json`` says ``running`` during the block, and ``interrupted`` or ``failed`` if it raises.
+
+    An interrupted run records the step it saved (rerunning the same command continues from it); a
+    failed one its error's first line. The caller records ``done``.
+    """
+    write_json(run_dir / "run.json", {**record, "status": "running"})
+    try:
+        yield
+    except TrainingInterrupted as exc:
+        write_json(run_dir / "run.json", {**record, "status": "interrupted", "step": exc.step})
+        raise
+    except KeyboardInterrupt:  # outside fit's signal handling: no step was saved by this call
+        write_json(run_dir / "run.json", {**record, "status": "interrupted"})
+        raise
+    except Exception as exc:
+        with contextlib.suppress(OSError):  # on a full disk this write fails too: report the first
+            write_json(run_dir / "run.json", {**record, "status": "failed", "error": first_line(exc)})
+        raise
 
 
 _RUN_ONLY_TRAINER_FIELDS = ("steps", "progress", "device", "bf16", "wandb")

@@ -393,6 +393,11 @@ def save_checkpoint(
         state["sampler"] = sampler.state_dict()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    write_checkpoint(path, state)
+
+
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a checkpoint's ``state`` (tensors and plain values) atomically, sealed with its digest."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     with atomic_path(path) as tmp:

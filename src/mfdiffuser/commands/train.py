@@ -35,12 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="B, population segments per batch")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--checkpoint-every", type=int, default=None, help="checkpoint every this many steps")
-    p.add_argument("--seed", type=int, default=0, help="training seed")
-    p.add_argument("--device", default="auto", help="torch device (auto, cpu, cuda)")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--no-verify", action="store_true",
-                   help="load the dataset without checking its digest and checksums (trusted files only)")
-    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    add_loop_arguments(p, seed_help="training seed")
     p.add_argument(
         "--force", action="store_true", help="start even when a training batch exceeds the memory available"
     )
@@ -49,6 +44,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="deterministic kernels only: a resumed CUDA run equals an uninterrupted one (slower)")
     p.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (extra: wandb)")
     p.set_defaults(func=run)
+
+
+def add_loop_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """Options of every command that runs the training loop: seed, device, progress, verify, threads."""
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--device", default="auto", help="torch device (auto, cpu, cuda)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--no-verify", action="store_true",
+                   help="load the dataset without checking its digest and checksums (trusted files only)")
+    p.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:

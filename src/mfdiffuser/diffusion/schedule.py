@@ -150,6 +150,40 @@ class NoiseSchedule:
             prev = prev + sigma * z
         return StepOutput(prev, x0)
 
+    def implicit_step(
+        self,
+        eps: torch.Tensor,
+        k: torch.Tensor,
+        k_prev: torch.Tensor,
+        x_k: torch.Tensor,
+        *,
+        clip: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Deterministic DDIM (``eta = 0``) from ``k`` to ``k_prev`` with a step index per row.
+
+        The arithmetic of :meth:`ddim_step` at ``eta = 0``, with ``k`` and ``k_prev`` ``[B]`` tensors
+        broadcast over the trailing axes of ``x_k`` (a batch whose rows sit at different noise
+        levels, as in distillation); ``k_prev = -1`` lands on the clean sample.
+        """
+        a, s = self._coef(k, x_k)
+        a_prev, s_prev = self._coef(k_prev, x_k)
+        x0 = (x_k - s * eps) / a
+        if clip is not None:
+            x0 = torch.maximum(torch.minimum(x0, clip[1]), clip[0])
+            eps = (x_k - a * x0) / s
+        return a_prev * x0 + s_prev * eps
+
+    def implicit_gain(self, k: torch.Tensor, k_prev: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """How far :meth:`implicit_step`'s landing moves per unit of the noise estimate (unclipped).
+
+        ``x_prev = (a'/a) x_k + (s' - a' s / a) eps`` with ``a, s = sqrt(abar), sqrt(1 - abar)`` at ``k``
+        and ``a', s'`` at ``k_prev``, so the gain is ``|a' s / a - s'|``, broadcast like :meth:`add_noise`;
+        it is large from a step whose ``abar`` is near 0 (the top of a cosine schedule).
+        """
+        a, s = self._coef(k, like)
+        a_prev, s_prev = self._coef(k_prev, like)
+        return (a_prev * s / a - s_prev).abs()
+
     def ddpm_step(
         self,
         eps: torch.Tensor,
