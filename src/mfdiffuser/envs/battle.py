@@ -16,6 +16,7 @@ import gymnasium as gym
 import numpy as np
 
 from mfdiffuser.envs.base import PopulationEnv, PopulationPolicy, check_bool, check_float, check_int
+from mfdiffuser.envs.battle_kernel import view_features
 from mfdiffuser.envs.battle_obs import (
     ATTACK_BASE,
     ATTACKS,
@@ -32,7 +33,6 @@ from mfdiffuser.envs.battle_obs import (
     TIME,
     VIEW_SHAPE,
     TeamView,
-    off_map,
     offset_scale,
     view_shape,
 )
@@ -54,7 +54,6 @@ DEAD_ACTION = -1
 """Action value that marks "no action" for a dead row (required in ``dead_actions="strict"`` mode)."""
 
 _BATTLE_MODULE = "magent2.environments.battle.battle"
-_ENEMY_CODE = 256.0  # > the number of cells in a view, see Battle._observe
 _GAP = 3  # half-distance between the two opening blocks, as battle_v4's generate_map
 
 
@@ -305,8 +304,7 @@ class Battle(PopulationEnv):
         # offsets of the view cells / view radius; index 0 stands for "no enemy in view": (0, 0)
         self._cell_offset = (np.stack([dx, dy], axis=1) / r).astype(np.float32)
         self._cell_offset[0] = 0.0
-        # code @ weights -> sums over all cells and over the 8 cells in attack reach
-        self._count_weights = np.stack([np.ones(d2.size), (d2 > 0) & (d2 <= 2)], axis=1).astype(np.float32)
+        self._reach_mask = (d2 > 0) & (d2 <= 2)  # the 8 cells in attack reach
         # code * score, argmax -> nearest enemy cell: scores in 1..V*V-1 fall with distance (ties broken
         # by a fixed cell order), so an enemy cell (code 256) always beats an ally cell (code 1)
         rank = np.argsort(np.argsort(d2, kind="stable"), kind="stable")  # 0 for the centre
@@ -316,13 +314,12 @@ class Battle(PopulationEnv):
         self._n_blocks = -(-self.map_size // TARGET_BLOCK)
         # flat view cells of the 12 moves that change the cell (order of STEPS)
         self._step_cells = (MOVES[STEPS, 1] + r) * (2 * r + 1) + MOVES[STEPS, 0] + r
+        self._step_moves = np.ascontiguousarray(MOVES[STEPS])  # [12, 2] (dx, dy)
         # map cell -> summary grid cell along one axis (walkable cells 1..W-2)
         g, w = self.summary_grid, self.map_size
         self._coarse = np.clip((np.arange(w) - 1) * g // (w - 2), 0, g - 1)
-        # the flat view entries of the other team's health in the 8 attack cells; a reused buffer for the
-        # per-cell codes
+        # the flat view entries of the other team's health in the 8 attack cells
         self._reach_cells = _reach_cells(self.view_radius, self.view_shape[-1])
-        self._code = np.empty((self.n_agents, (2 * r + 1) ** 2), dtype=np.float32)
 
     # ------------------------------------------------------------------ episode
     def _reset(self, options: dict[str, Any]) -> np.ndarray:
@@ -442,9 +439,9 @@ class Battle(PopulationEnv):
     def _observe(self, t: int) -> np.ndarray:
         """Build ``obs[N, S]`` for our team from the engine's views.
 
-        Only the two presence channels are read in full (into a reused per-cell code buffer); the
-        rest are small gathers. Features are built agent-major, so each row is written as one run;
-        only dead rows are zeroed (no memset of the whole array).
+        One compiled pass reads each alive agent's view once and writes its row of features
+        (:mod:`mfdiffuser.envs.battle_kernel`); the target offsets, which look beyond the view, follow
+        in numpy. Only dead rows are zeroed (no memset of the whole array).
         """
         obs = np.empty((self.n_agents, self.state_size), dtype=np.float32)
         dead = np.flatnonzero(~self._alive[0])
@@ -458,36 +455,18 @@ class Battle(PopulationEnv):
         flat = view.reshape(n, -1)  # [n, V*V*C], no copy
         if self.obs_mode == "view":
             obs[rows, COMPACT_SIZE:] = flat
-        w, cells, c = self.map_size - 3, self._n_view_cells, view.shape[-1]
-        # One code per view cell: ally presence + 256 * enemy presence (a cell holds one agent at most),
-        # so sums over cells split back into both counts, and enemies outrank allies in the argmax.
-        code = np.multiply(flat[:, 3::c], _ENEMY_CODE, out=self._code[:n])  # [n, V*V]
-        code += flat[:, 1::c]
-        sums = code @ self._count_weights  # [n, 2]: over all cells, over the 8 cells in attack reach
-        # a move is refused onto an agent of either team, or off the walkable cells (the only walls
-        # are the map's border)
-        pos = self._engine_pos[0]  # [n, 2], alive agents in engine order, like the views
-        blocked = code[:, self._step_cells] > 0  # [n, 12]
-        blocked |= off_map(pos, self.map_size)[:, STEPS]
-        enemies = np.floor(sums * (1.0 / _ENEMY_CODE))  # [n, 2] enemy counts
-        in_view = enemies[:, 0] > 0
-        code *= self._nearest_score  # enemy cells score >= 256, ally cells < 256
-        nearest = np.argmax(code, axis=1)
-        nearest[~in_view] = 0  # no enemy in view: cell 0 has offset (0, 0)
+        pos, opp = self._engine_pos[0], self._engine_pos[1]  # alive agents in engine order, like the views
+        centroid = opp.sum(axis=0) / len(opp) if len(opp) else np.zeros(2)
         o = np.empty((n, COMPACT_SIZE), dtype=np.float32)
-        o[:, 0:2] = (pos - 1) / w
-        o[:, 2] = self._engine_hp[0]
-        o[:, 3] = (sums[:, 0] - _ENEMY_CODE * enemies[:, 0] - 1) / cells  # the agent sees itself
-        o[:, 4] = enemies[:, 0] / cells
-        o[:, 5] = enemies[:, 1] / 8.0
-        o[:, 6:8] = self._cell_offset[nearest]
-        opp = self._engine_pos[1]
-        o[:, 8:10] = (opp.sum(axis=0) / len(opp) - pos) / w if len(opp) else 0.0
+        nearest = np.empty(n, dtype=np.int64)
+        in_view = np.empty(n, dtype=bool)
+        view_features()(
+            np.ascontiguousarray(flat), view.shape[-1], pos, self._engine_hp[0], centroid, len(opp) > 0,
+            t / self.horizon, self.map_size - 3, self.map_size, self._n_view_cells, self._nearest_score,
+            self._reach_mask, self._step_cells, self._step_moves, self._reach_cells, self._cell_offset,
+            TARGET.start, REACH_HP.start, BLOCKED.start, o, nearest, in_view,
+        )  # fmt: skip
         o[:, TARGET] = self._target_offset(nearest, in_view) / offset_scale(self.map_size)
-        o[:, REACH_HP] = flat[:, self._reach_cells]
-        o[:, BLOCKED] = blocked
-        o[:, -2] = 1.0
-        o[:, -1] = t / self.horizon
         obs[rows, :COMPACT_SIZE] = o  # agent-major: one contiguous run per row
         return obs
 
