@@ -28,7 +28,7 @@ from torch import nn
 from mfdiffuser import __version__
 from mfdiffuser.algos.base import LossOutput, _json_default, read_run, write_json
 from mfdiffuser.algos.mf_diffuser import Config, MFDiffuser
-from mfdiffuser.algos.run import LoadedRun, load_run, recorded, sampler_options
+from mfdiffuser.algos.run import LoadedRun, load_run, recorded, sampler_options, trainer_key
 from mfdiffuser.algos.trainer import (
     CHECKPOINT,
     TrainerConfig,
@@ -148,6 +148,17 @@ def export_student(round_checkpoint: Path, path: Path) -> None:
     write_checkpoint(path, state)
 
 
+def _identity(record: dict[str, Any]) -> dict[str, Any]:
+    """The fields two records of the same distillation share.
+
+    Everything but status, version and how the loop ran (progress, device, precision, logging); the
+    steps per round count, since each round's student teaches the next.
+    """
+    out = {k: v for k, v in record.items() if k not in ("status", "step", "error", "version", "trainer")}
+    trainer = record.get("trainer", {})
+    return {**out, "trainer": trainer_key(trainer), "steps": trainer.get("steps")}
+
+
 def student_config(config: Config, grid: tuple[int, ...]) -> Config:
     """The teacher's config planning on ``grid``: its levels' steps rescaled to the grid's length."""
     levels = config.level_schedule
@@ -229,9 +240,7 @@ def distill(
     )
     if (out_dir / "run.json").exists():
         old = read_run(out_dir)
-        if {k: v for k, v in old.items() if k not in ("status", "step", "error", "version")} != {
-            k: v for k, v in out_record.items() if k != "version"
-        }:
+        if _identity(old) != _identity(out_record):
             raise MfdError(f"{out_dir} holds a different run; choose another --out or delete it")
         if old.get("status") == "done" and (out_dir / CHECKPOINT).exists():
             return load_run(out_dir)

@@ -116,7 +116,7 @@ def train(
         same = (
             all(old.get(k) == record[k] for k in ("algo", "meta"))
             and _weights_config(module, old.get("config", {})) == _weights_config(module, record["config"])
-            and _trainer_key(old["trainer"]) == _trainer_key(record["trainer"])
+            and trainer_key(old["trainer"]) == trainer_key(record["trainer"])
         )
         if not same:
             raise MfdError(
@@ -158,7 +158,7 @@ _RUN_ONLY_TRAINER_FIELDS = ("steps", "progress", "device", "bf16", "wandb")
 """Trainer fields a resumed run may change: the budget, where and how precisely it runs, its logging."""
 
 
-def _trainer_key(values: dict[str, Any]) -> dict[str, Any]:
+def trainer_key(values: dict[str, Any]) -> dict[str, Any]:
     """Trainer fields that shape the trained weights; fields missing from an older run take defaults."""
     full = {**dataclasses.asdict(TrainerConfig()), **values}
     return {k: v for k, v in full.items() if k not in _RUN_ONLY_TRAINER_FIELDS}
