@@ -206,6 +206,13 @@ def _run_budget(
     try:
         if hook is not None:
             hook(cell, str(results_dir))
+        declined = declined_everywhere(cell, dataset_path)
+        if declined is not None:  # nothing to train for: no N would be evaluated
+            reasons = {r["reason"] for r in declined.values()}
+            record.update(status="skipped", reason="; ".join(sorted(reasons)), metrics=declined)
+            timings["total_s"] = time.perf_counter() - t0
+            record["timings"] = timings
+            return record
         if cell.algo is not None:
             from mfdiffuser.algos.run import make_policy
             from mfdiffuser.algos.trainer import logged_train_seconds
@@ -280,6 +287,40 @@ def _run_budget(
     timings["total_s"] = time.perf_counter() - t0
     record["timings"] = timings
     return record
+
+
+def declined_everywhere(cell: Cell, dataset_path: str | None) -> dict[str, Any] | None:
+    """Skipped metrics per N when the cell's method would decline every evaluation N, else None.
+
+    A planner whose module exports ``plan_budget`` (``madiff``, ``dd-independent``) estimates a
+    plan's memory and time from its sizes alone and declines an N beyond its budget
+    (:class:`BudgetExceeded`), trained or not. Asked of an untrained model of the cell's
+    configuration, it tells before training whether the cell would be evaluated anywhere, so no run
+    is trained only to be skipped. Methods without a plan budget always return None.
+    """
+    from mfdiffuser.algos.base import algo_module, config_from_dict
+
+    if cell.algo is None or dataset_path is None:
+        return None
+    module = algo_module(cell.algo)
+    if not hasattr(module, "plan_budget"):
+        return None
+    from mfdiffuser.data import load_dataset
+
+    config = config_from_dict(module.Config, dict(cell.options))
+    learner = module.build(config, load_dataset(dataset_path, verify=False, in_memory=False).meta, None)
+    out: dict[str, Any] = {}
+    for point in cell.eval_points:
+        env = point.make()
+        try:
+            module.make_policy(learner, config, env, **cell.policy)
+        except BudgetExceeded as exc:
+            out[str(point.n_agents)] = {"n_agents": point.n_agents, "status": "skipped", "reason": exc.record}
+        else:
+            return None
+        finally:
+            env.close()
+    return out
 
 
 def _train_run(
