@@ -137,3 +137,32 @@ def test_sweep_dry_run_prints_the_estimate(tmp_path: Path, capsys: pytest.Captur
     # 100 steps x 0.36 s = 0.01 h of training, 1 episode x 2 s = 0.0006 h of evaluation
     assert re.search(r"^gs +bc +1 +0\.01 +0\.00", out, re.M)
     assert "1 unfinished cells: 0.0 core-hours" in out
+
+
+def test_evaluations_a_plan_budget_declines_cost_nothing() -> None:
+    small = {"hidden": 16, "n_layers": 1, "n_heads": 2, "horizon": 1, "replan_every": 1}
+
+    def madiff_cell(seconds: float) -> Any:
+        spec = with_changes(TINY_GRID, trainer={"steps": 50, "batch_size": 64}, eval={"episodes": 3})
+        spec["benchmarks"]["gs"]["eval"] = [100, 1000]
+        spec["methods"] = {"m": {"algo": "madiff", "options": {**small, "max_plan_seconds": seconds}}}
+        (cell,) = parse_grid(spec).cells
+        return cell
+
+    rates = gather([record(algo="madiff", train_run_s=10.0, walls={100: (4.0, 2), 1000: (40.0, 2)})])
+    full = estimate_cell(madiff_cell(1e9), rates)  # 50 steps x 0.1 s; 3 episodes x (2 + 20) s
+    assert (full.train_s, full.eval_s) == (pytest.approx(5.0), pytest.approx(66.0))
+    none = estimate_cell(madiff_cell(1e-9), rates)  # declined at every N: recorded before training
+    assert none.known and none.total_s == 0.0
+    from mfdiffuser.algos import madiff
+    from mfdiffuser.experiments.cell import declined_ns, env_sizes
+
+    # a budget between N = 100 and N = 1,000 (sizes as gaussian-squeeze's): only N = 100 is counted
+    point = madiff_cell(1e9).train_point
+    learner = madiff.build(madiff.Config(**small), env_sizes(point.env, point.env_args), None)
+    cheap, dear = (learner.plan_cost(n, madiff.Config.assumed_gflops)[1] for n in (100, 1000))
+    between = madiff_cell((cheap * dear) ** 0.5)
+    assert list(declined_ns(between)) == [1000]
+    part = estimate_cell(between, rates)
+    assert (part.train_s, part.eval_s) == (pytest.approx(5.0), pytest.approx(6.0))
+

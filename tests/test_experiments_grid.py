@@ -314,26 +314,28 @@ def test_methods_differing_only_in_policy_share_one_training(tmp_path):
 def test_a_planner_over_its_budget_at_every_n_is_skipped_before_training(tmp_path):
     from mfdiffuser.algos.base import algo_module
     from mfdiffuser.data import load_dataset
-    from mfdiffuser.experiments.cell import declined_everywhere, prepare_dataset, run_cell
+    from mfdiffuser.experiments.cell import declined_ns, prepare_dataset, run_cell
 
     small = {"hidden": 16, "n_layers": 1, "n_heads": 2, "horizon": 1, "replan_every": 1}
 
     def madiff_cell(seconds):
         options = {**small, "max_plan_seconds": seconds}
-        return parse_grid(_spec({"m": {"algo": "madiff", "options": options}}, (0,)))
+        return parse_grid(_spec({"m": {"algo": "madiff", "options": options}}, (0,))).cells[0]
 
-    (cell,) = madiff_cell(1e-9).cells
+    cell = madiff_cell(1e-9)
     data = prepare_dataset(cell.dataset, tmp_path / "data")
     rec = run_cell(cell, data, tmp_path / "r")
     assert rec["status"] == "skipped" and "train" not in rec and not (tmp_path / "r" / "runs").exists()
     assert {n: m["status"] for n, m in rec["metrics"].items()} == {"100": "skipped", "1000": "skipped"}
     assert rec["reason"].startswith("skipped: needs") and "budget" in rec["reason"]
-    # a budget that one N fits: the cell trains as usual (only the N beyond it is skipped, later)
+    # the estimate from sizes alone is the trained model's: a budget between N = 100 and N = 1,000
+    # declines 1,000 only (the cell trains; that N is skipped at evaluation)
     module = algo_module("madiff")
     learner = module.build(module.Config(**small), load_dataset(data, verify=False).meta, None)
-    cheap, dear = (learner.plan_cost(n, 20.0)[1] for n in (100, 1000))
-    assert declined_everywhere(madiff_cell((cheap * dear) ** 0.5).cells[0], data) is None
-    assert declined_everywhere(parse_grid(_spec({"bc": {"algo": "bc"}}, (0,))).cells[0], data) is None
+    cheap, dear = (learner.plan_cost(n, module.Config.assumed_gflops)[1] for n in (100, 1000))
+    declined = declined_ns(madiff_cell((cheap * dear) ** 0.5))
+    assert list(declined) == [1000] and declined[1000].startswith("skipped: needs")
+    assert declined_ns(parse_grid(_spec({"bc": {"algo": "bc"}}, (0,))).cells[0]) == {}
 
 
 def test_run_lock_makes_a_second_cell_wait(tmp_path):

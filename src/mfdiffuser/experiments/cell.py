@@ -9,6 +9,7 @@ where the env has a measure, and writes the cell's record to the results store.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import time
@@ -206,10 +207,10 @@ def _run_budget(
     try:
         if hook is not None:
             hook(cell, str(results_dir))
-        declined = declined_everywhere(cell, dataset_path)
-        if declined is not None:  # nothing to train for: no N would be evaluated
-            reasons = {r["reason"] for r in declined.values()}
-            record.update(status="skipped", reason="; ".join(sorted(reasons)), metrics=declined)
+        declined = declined_ns(cell)
+        if declined and len(declined) == len(cell.eval_points):  # nothing to train for: no N is evaluated
+            metrics = {str(n): {"n_agents": n, "status": "skipped", "reason": r} for n, r in declined.items()}
+            record.update(status="skipped", reason="; ".join(sorted(set(declined.values()))), metrics=metrics)
             timings["total_s"] = time.perf_counter() - t0
             record["timings"] = timings
             return record
@@ -289,38 +290,75 @@ def _run_budget(
     return record
 
 
-def declined_everywhere(cell: Cell, dataset_path: str | None) -> dict[str, Any] | None:
-    """Skipped metrics per N when the cell's method would decline every evaluation N, else None.
+def declined_ns(cell: Cell) -> dict[int, str]:
+    """``N -> reason`` for each evaluation N the cell's method declines by its plan budget.
 
     A planner whose module exports ``plan_budget`` (``madiff``, ``dd-independent``) estimates a
     plan's memory and time from its sizes alone and declines an N beyond its budget
     (:class:`BudgetExceeded`), trained or not. Asked of an untrained model of the cell's
-    configuration, it tells before training whether the cell would be evaluated anywhere, so no run
-    is trained only to be skipped. Methods without a plan budget always return None.
+    configuration (sizes from the training env, no dataset needed), it tells before training where
+    the cell will be evaluated: a run is never trained only to be skipped, and a grid's estimate
+    does not count evaluations that will not happen. Empty for methods without a plan budget.
     """
+    import json
+
+    if cell.algo is None:
+        return {}
+    from mfdiffuser.algos.base import algo_module
+
+    if not hasattr(algo_module(cell.algo), "plan_budget"):
+        return {}
+    points = tuple((p.n_agents, p.env, json.dumps(p.env_args, sort_keys=True)) for p in cell.eval_points)
+    train = cell.train_point
+    key = (cell.algo, json.dumps(cell.options, sort_keys=True), json.dumps(cell.policy, sort_keys=True))
+    return dict(_declined(*key, train.env, json.dumps(train.env_args, sort_keys=True), points))
+
+
+def env_sizes(env: str, env_args: dict[str, Any]) -> Any:
+    """What building a model reads from a dataset's metadata, taken from ``env`` itself.
+
+    The state, action and summary sizes, the horizon, the env's name and arguments: the sizes a
+    dataset of ``env`` would record, without generating one.
+    """
+    from types import SimpleNamespace
+
+    from mfdiffuser.envs import make
+
+    instance = make(env, **env_args)
+    try:
+        return SimpleNamespace(
+            env=env, env_args=dict(env_args), state_size=instance.state_size, n_actions=instance.n_actions,
+            summary_size=instance.summary_size, horizon=instance.horizon,
+        )  # fmt: skip
+    finally:
+        instance.close()
+
+
+@functools.cache
+def _declined(
+    algo: str, options: str, policy: str, env: str, env_args: str, points: tuple[tuple[int, str, str], ...]
+) -> tuple[tuple[int, str], ...]:
+    """:func:`declined_ns` for one configuration (arguments in JSON, so that it can be cached)."""
+    import json
+
     from mfdiffuser.algos.base import algo_module, config_from_dict
+    from mfdiffuser.envs import make
 
-    if cell.algo is None or dataset_path is None:
-        return None
-    module = algo_module(cell.algo)
-    if not hasattr(module, "plan_budget"):
-        return None
-    from mfdiffuser.data import load_dataset
-
-    config = config_from_dict(module.Config, dict(cell.options))
-    learner = module.build(config, load_dataset(dataset_path, verify=False, in_memory=False).meta, None)
-    out: dict[str, Any] = {}
-    for point in cell.eval_points:
-        env = point.make()
+    module = algo_module(algo)
+    config = config_from_dict(module.Config, json.loads(options))
+    if getattr(config, "max_memory_gib", None) is None and getattr(config, "max_plan_seconds", None) is None:
+        return ()  # no budget: nothing is declined
+    learner = module.build(config, env_sizes(env, json.loads(env_args)), None)
+    out = []
+    for n, name, args in points:
+        point_env = make(name, **json.loads(args))
         try:
-            module.make_policy(learner, config, env, **cell.policy)
+            module.make_policy(learner, config, point_env, **json.loads(policy))
         except BudgetExceeded as exc:
-            out[str(point.n_agents)] = {"n_agents": point.n_agents, "status": "skipped", "reason": exc.record}
-        else:
-            return None
+            out.append((n, exc.record))
         finally:
-            env.close()
-    return out
+            point_env.close()
+    return tuple(out)
 
 
 def _train_run(

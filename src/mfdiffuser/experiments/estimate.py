@@ -14,6 +14,9 @@ reference stores' records of the same benchmark and algorithm (or behaviour poli
   upper bound for it; marked ``~``);
 * exploitability: the median ``exploitability_s`` of the references, per cell.
 
+An N that the method's plan budget declines costs nothing, and a cell declined at every N neither
+trains nor evaluates (:func:`~mfdiffuser.experiments.cell.declined_ns`, as the sweep does).
+
 A cell with no reference for its benchmark and algorithm is listed and left out of the totals. The
 estimate is only as good as the references' machine and load: timings taken on a busy machine
 overstate an idle one. Cells that share one training run (planner variants) count it once; budget
@@ -28,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mfdiffuser.experiments.cell import declined_ns
 from mfdiffuser.experiments.grid import Cell
 
 
@@ -148,6 +152,9 @@ def estimate_cell(
         trains: False where another unfinished cell trains the same run (counted there).
     """
     kind = cell_kind(cell.algo, cell.behaviour)
+    declined = declined_ns(cell)  # evaluations the method's plan budget will decline: not run
+    if cell.eval_points and len(declined) == len(cell.eval_points):
+        return CellEstimate(cell, 0.0, 0.0, 0.0, False)  # recorded as skipped before training
     scaled = False
     train_s: float | None = 0.0
     if cell.algo and trains:
@@ -161,6 +168,8 @@ def estimate_cell(
     evaluations = len([b for b in cell.budgets if b not in done_budgets]) if cell.budgets else 1
     eval_s: float | None = 0.0
     for point in cell.eval_points:
+        if point.n_agents in declined:
+            continue
         per = rates.s_per_episode(cell.benchmark, kind, point.n_agents)
         if per is None:
             eval_s = None
