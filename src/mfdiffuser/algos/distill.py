@@ -148,6 +148,17 @@ def export_student(round_checkpoint: Path, path: Path) -> None:
     write_checkpoint(path, state)
 
 
+def round_trainer(teacher_record: dict[str, Any], **settings: Any) -> TrainerConfig:
+    """The training loop's settings for each round of distilling a teacher.
+
+    :data:`DISTILL_STEPS` steps at :data:`DISTILL_LR` with the batch size of the teacher's training
+    (from its ``run.json`` record), except where ``settings`` say otherwise (a None is unset).
+    """
+    batch = teacher_record.get("trainer", {}).get("batch_size", TrainerConfig.batch_size)
+    defaults = {"steps": DISTILL_STEPS, "lr": DISTILL_LR, "batch_size": int(batch)}
+    return TrainerConfig(**{**defaults, **{k: v for k, v in settings.items() if v is not None}})
+
+
 def _identity(record: dict[str, Any]) -> dict[str, Any]:
     """The fields two records of the same distillation share.
 
@@ -186,8 +197,7 @@ def distill(
         teacher_dir: a trained ``mf-diffuser`` run (itself distilled or not).
         out_dir: the distilled run; rounds train in ``out_dir/rounds/<r>``.
         rounds: R, halvings of the teacher's planning steps.
-        trainer: the loop's settings per round (``steps`` per round); default :data:`DISTILL_STEPS`
-            steps at :data:`DISTILL_LR`, with the teacher's batch size.
+        trainer: the loop's settings per round (``steps`` per round); default :func:`round_trainer`.
         dataset_path: the dataset to draw segments from (default: the one the teacher trained on;
             it must have the teacher's metadata).
         verify: check the dataset's digest and checksums when loading it.
@@ -206,9 +216,7 @@ def distill(
         raise MfdError(f"{teacher_dir}: a {record['algo']} run; only mf-diffuser runs can be distilled")
     teacher_run = load_run(teacher_dir)
     teacher = cast(MFDiffuser, teacher_run.learner)
-    if trainer is None:
-        batch = record.get("trainer", {}).get("batch_size", TrainerConfig.batch_size)
-        trainer = TrainerConfig(steps=DISTILL_STEPS, lr=DISTILL_LR, batch_size=int(batch))
+    trainer = trainer or round_trainer(record)
     grid = tuple(teacher.sample_timesteps(teacher_run.config.level_schedule.total_steps))
     grids, configs = [grid], []
     for _ in range(rounds):
@@ -261,8 +269,8 @@ def distill(
                 seed=trainer.seed + r - 1,
                 **sampler_options(config),
             )
-            round_trainer = dataclasses.replace(trainer, seed=trainer.seed + r - 1)
-            result = fit(distiller, sampler, out_dir / "rounds" / str(r), round_trainer)
+            loop = dataclasses.replace(trainer, seed=trainer.seed + r - 1)
+            result = fit(distiller, sampler, out_dir / "rounds" / str(r), loop)
             teacher = cast(Distiller, result.ema).student.eval()
         export_student(out_dir / "rounds" / str(rounds) / CHECKPOINT, out_dir / CHECKPOINT)
     write_json(out_dir / "run.json", {**out_record, "status": "done", "step": result.step})

@@ -31,18 +31,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mfdiffuser.algos.base import read_run
-    from mfdiffuser.algos.distill import DISTILL_LR, DISTILL_STEPS, distill
-    from mfdiffuser.algos.trainer import TrainerConfig, TrainingInterrupted
+    from mfdiffuser.algos.distill import distill, round_trainer
+    from mfdiffuser.algos.trainer import TrainingInterrupted
     from mfdiffuser.cli import interrupted_message
     from mfdiffuser.utils import check_not_dangling, set_threads
 
     check_not_dangling(args.out)
-    teacher_trainer = read_run(args.run).get("trainer", {})
-    batch = args.batch_size or teacher_trainer.get("batch_size", TrainerConfig.batch_size)
-    trainer = TrainerConfig(
-        steps=DISTILL_STEPS if args.steps is None else args.steps,
-        lr=DISTILL_LR if args.lr is None else args.lr,
-        batch_size=int(batch),
+    trainer = round_trainer(
+        read_run(args.run),
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
         seed=args.seed,
         device=args.device,
         progress=not args.no_progress,

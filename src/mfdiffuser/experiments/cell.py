@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import socket
 import time
@@ -300,8 +301,6 @@ def declined_ns(cell: Cell) -> dict[int, str]:
     the cell will be evaluated: a run is never trained only to be skipped, and a grid's estimate
     does not count evaluations that will not happen. Empty for methods without a plan budget.
     """
-    import json
-
     if cell.algo is None:
         return {}
     from mfdiffuser.algos.base import algo_module
@@ -339,8 +338,6 @@ def _declined(
     algo: str, options: str, policy: str, env: str, env_args: str, points: tuple[tuple[int, str, str], ...]
 ) -> tuple[tuple[int, str], ...]:
     """:func:`declined_ns` for one configuration (arguments in JSON, so that it can be cached)."""
-    import json
-
     from mfdiffuser.algos.base import algo_module, config_from_dict
     from mfdiffuser.envs import make
 
