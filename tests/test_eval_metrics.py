@@ -202,6 +202,9 @@ def test_peak_memory_of_each_n_is_measured_after_a_larger_n():
     )
     if math.isnan(big.peak_mem_mb):
         pytest.skip("this platform cannot reset the resident-memory high-water mark")
+    # The failure guarded against is a reading near 0. The exact figures move with what earlier work
+    # left in the allocator (72.8 MiB then 78.9 MiB alone, 85.4 MiB then 41.8 MiB after the whole
+    # suite), so the bounds only ask for a clear share of the first reading.
     assert big.peak_mem_mb > 20.0
     assert small.peak_mem_mb > 0.1 * big.peak_mem_mb
-    assert again.peak_mem_mb > 0.5 * big.peak_mem_mb
+    assert again.peak_mem_mb > 0.25 * big.peak_mem_mb
