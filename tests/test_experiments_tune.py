@@ -189,3 +189,45 @@ def test_shipped_tuning_grid_parses_on_validation_with_equal_configurations():
                 counts.setdefault(c.method, set()).add(c.config)
         assert len({len(v) for v in counts.values()}) == 1, bench
     assert all(c.budgets for c in trained)
+
+
+def test_a_variant_borrows_a_selection_beneath_its_own_settings(tmp_path):
+    chosen = {
+        "source": {},
+        "methods": {
+            "bc": {"gaussian-squeeze": {"trainer": {"lr": 3.0e-3, "steps": 2}, "options": {"hidden": 64}}},
+            "awbc": {"gaussian-squeeze": {"trainer": {"lr": 1.0e-4, "steps": 9}}},
+        },
+    }
+    (tmp_path / "chosen.yaml").write_text(yaml.safe_dump(chosen))
+    methods = {
+        "same": {"algo": "bc", "selected_as": "bc"},
+        "narrow": {"algo": "bc", "selected_as": "bc", "options": {"hidden": 32}, "trainer": {"lr": 1.0e-2}},
+    }
+    spec = _spec(selected="chosen.yaml", methods=methods)
+    spec.pop("budgets")
+    (tmp_path / "ablation.yaml").write_text(yaml.safe_dump(spec))
+    cells = {c.method: c for c in parse_grid(tmp_path / "ablation.yaml").cells}
+    same, narrow = cells["same"], cells["narrow"]
+    # the borrowed selection beats the grid's trainer defaults; the variant's own settings beat it
+    assert (same.trainer["lr"], same.trainer["steps"], same.options["hidden"]) == (3.0e-3, 2, 64)
+    assert (narrow.trainer["lr"], narrow.trainer["steps"], narrow.options["hidden"]) == (1.0e-2, 2, 32)
+    # awbc's entry is not used: a grid that borrows may take part of a selection file
+    bad = [
+        ({"x": {"algo": "bc", "selected_as": "mf-diffuser"}}, "selected_as names 'mf-diffuser'"),
+        ({"x": {"behaviour": "dataset", "selected_as": "bc"}}, "a behaviour method is not trained"),
+    ]
+    for methods, match in bad:
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**spec, "methods": methods}))
+        with pytest.raises(ValueError, match=match):
+            parse_grid(tmp_path / "bad.yaml")
+    with pytest.raises(ValueError, match="names no 'selected:' file"):
+        parse_grid({**spec, "selected": None})
+    (tmp_path / "chosen.yaml").write_text(yaml.safe_dump({"methods": {"bc": {}}}))
+    with pytest.raises(ValueError, match="selected_as bc: no selection for gaussian-squeeze"):
+        parse_grid(tmp_path / "ablation.yaml")
+    (tmp_path / "chosen.yaml").write_text(yaml.safe_dump(chosen))
+    # without a borrowing method, a selection of a method the grid lacks is still an error
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump({**spec, "methods": {"bc": {"algo": "bc"}}}))
+    with pytest.raises(ValueError, match="name method 'awbc', not in the grid"):
+        parse_grid(tmp_path / "own.yaml")

@@ -40,6 +40,10 @@ Tuning and learning curves (validation grids; see ``experiments/tune.yaml``)::
                             {trainer: {lr: 1.0e-3}, options: {hidden: 512}}]}
     selected: selected.yaml           # settings chosen on validation (``mfd select``), merged into
                                       # each method's benchmark override; path relative to the grid
+    methods:
+      no-weights: {algo: mf-diffuser, selected_as: mf-diffuser, options: {beta: 0.0}}
+                                      # a variant borrows another method's selection; its own
+                                      # options, trainer and policy win over the borrowed ones
 
 A tuning list varies the learning rate and at most two method-specific knobs; every trained method of
 a benchmark must have the same number of configurations (no list counts as one).
@@ -73,7 +77,7 @@ TOP_KEYS = {
 BENCH_KEYS = {"env", "env_args", "train", "eval", "qualities", "data", "eval_options", "exploitability"}
 METHOD_KEYS = {
     "algo", "behaviour", "options", "trainer", "policy", "benchmarks", "resources", "eval", "exploitability",
-    "tune", "budgets",
+    "tune", "budgets", "selected_as",
 }  # fmt: skip
 OVERRIDE_KEYS = {
     "options", "trainer", "policy", "resources", "skip", "eval", "exploitability", "tune", "budgets",
@@ -586,6 +590,17 @@ def selected_path(spec: str | Path | Mapping[str, Any], raw: Mapping[str, Any]) 
     return base / str(raw["selected"])
 
 
+def _with_selection(
+    chosen: Mapping[str, Any], key: str, lent: bool, *own: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A method's ``key`` settings (options, trainer or policy; lowest first) with its selection's.
+
+    A method's own selection overrides the settings written before it. A lent one (``selected_as``)
+    lies beneath the variant's own settings: they are what the variant varies (beta 0 stays 0).
+    """
+    return _merge(chosen.get(key), *own) if lent else _merge(*own, chosen.get(key))
+
+
 def _merge(*dicts: Mapping[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for d in dicts:
@@ -637,10 +652,17 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
     check_overrides(methods, list(benches))
     selected: dict[str, dict[str, dict[str, Any]]] = {}
     chosen_path = selected_path(spec, raw)
+    borrowed = {str(m["selected_as"]) for m in methods.values() if isinstance(m, dict) and "selected_as" in m}
+    if borrowed and chosen_path is None:
+        raise ValueError("grid: 'selected_as' borrows a selection, but the grid names no 'selected:' file")
     if chosen_path is not None:
         selected = load_selected(chosen_path)
+        missing = sorted(borrowed - set(selected))
+        if missing:
+            msg = f"grid: selected_as names {missing[0]!r}, which {chosen_path.name} does not select"
+            raise ValueError(msg)
         for mname, by_bench in selected.items():
-            if mname not in methods:
+            if not borrowed and mname not in methods:  # a grid that borrows may use part of a file
                 raise ValueError(f"grid: selected settings name method {mname!r}, not in the grid")
             check_overrides({mname: {"benchmarks": by_bench}}, list(benches))
     grid_budgets = check_budgets(raw["budgets"], "grid") if "budgets" in raw else ()
@@ -688,11 +710,17 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
             _unknown(over, OVERRIDE_KEYS, f"{mwhere}.benchmarks.{bname}")
             if over.get("skip"):
                 continue
-            chosen = selected.get(str(mname), {}).get(str(bname), {})
             algo, behaviour = m.get("algo"), m.get("behaviour")
             if (algo is None) == (behaviour is None):
                 raise ValueError(f"{mwhere}: give exactly one of 'algo' or 'behaviour'")
-            trainer = _merge(raw.get("trainer"), m.get("trainer"), over.get("trainer"), chosen.get("trainer"))
+            lender = m.get("selected_as")
+            chosen = selected.get(str(lender or mname), {}).get(str(bname), {})
+            if lender is not None and (algo is None or not chosen):
+                why = "a behaviour method is not trained" if algo is None else f"no selection for {bname}"
+                raise ValueError(f"{mwhere}: selected_as {lender}: {why}")
+            lent = lender is not None
+            own_trainer = _with_selection(chosen, "trainer", lent, m.get("trainer"), over.get("trainer"))
+            trainer = _merge(raw.get("trainer"), own_trainer)
             cell_expl = _merge(expl, m.get("exploitability"), over.get("exploitability"))
             _unknown(cell_expl, EXPL_KEYS, f"{mwhere}.exploitability")
             check_exploitability(cell_expl, f"{mwhere} on benchmark {bname}")
@@ -710,8 +738,8 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
                 raise ValueError(f"{mwhere}: unknown algorithm {algo!r}; choose from {', '.join(ALGOS)}")
             if behaviour is not None and behaviour not in (*DATASET_QUALITIES, "dataset"):
                 raise ValueError(f"{mwhere}: behaviour must be a quality or 'dataset', got {behaviour!r}")
-            options = _merge(m.get("options"), over.get("options"), chosen.get("options"))
-            policy = _merge(m.get("policy"), over.get("policy"), chosen.get("policy"))
+            options = _with_selection(chosen, "options", lent, m.get("options"), over.get("options"))
+            policy = _with_selection(chosen, "policy", lent, m.get("policy"), over.get("policy"))
             owhere = f"{mwhere} on benchmark {bname}"
             budgets = grid_budgets
             for source, label in ((m, mwhere), (over, f"{mwhere}.benchmarks.{bname}")):
