@@ -328,6 +328,7 @@ def test_a_planner_over_its_budget_at_every_n_is_skipped_before_training(tmp_pat
     assert rec["status"] == "skipped" and "train" not in rec and not (tmp_path / "r" / "runs").exists()
     assert {n: m["status"] for n, m in rec["metrics"].items()} == {"100": "skipped", "1000": "skipped"}
     assert rec["reason"].startswith("skipped: needs") and "budget" in rec["reason"]
+    assert rec["timings"]["total_s"] >= 0.0
     # the estimate from sizes alone is the trained model's: a budget between N = 100 and N = 1,000
     # declines 1,000 only (the cell trains; that N is skipped at evaluation)
     module = algo_module("madiff")

@@ -212,8 +212,6 @@ def _run_budget(
         if declined and len(declined) == len(cell.eval_points):  # nothing to train for: no N is evaluated
             metrics = {str(n): {"n_agents": n, "status": "skipped", "reason": r} for n, r in declined.items()}
             record.update(status="skipped", reason="; ".join(sorted(set(declined.values()))), metrics=metrics)
-            timings["total_s"] = time.perf_counter() - t0
-            record["timings"] = timings
             return record
         if cell.algo is not None:
             from mfdiffuser.algos.run import make_policy
@@ -286,8 +284,9 @@ def _run_budget(
             record.update(status="skipped", reason="; ".join(sorted(reasons)))
     except BudgetExceeded as exc:
         record.update(status="skipped", reason=exc.record, metrics=record.get("metrics", {}))
-    timings["total_s"] = time.perf_counter() - t0
-    record["timings"] = timings
+    finally:  # also for the early return above: every record states its time
+        timings["total_s"] = time.perf_counter() - t0
+        record["timings"] = timings
     return record
 
 
