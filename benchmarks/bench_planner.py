@@ -32,6 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mfdiffuser.algos import mf_diffuser as mfd  # noqa: E402
+from mfdiffuser.algos import mf_planner  # noqa: E402
 from mfdiffuser.diffusion import LevelSchedule  # noqa: E402
 from mfdiffuser.envs import make  # noqa: E402
 
@@ -81,7 +82,7 @@ def plan_latency(levels: LevelSchedule, sizes=SIZES, repeats: int = 3) -> dict[i
         obs, info = env.reset(seed=0)
         rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
         lv = levels.capped(n)
-        plan = functools.partial(mfd.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen)
+        plan = functools.partial(mf_planner.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen)
         out[n] = _cpu_time(plan, repeats)
     return out
 
@@ -106,7 +107,7 @@ def stride_latency(n: int = 10000, strides=STRIDES, repeats: int = 3) -> dict[in
         lv = dataclasses.replace(cfg, sample_steps=k).level_schedule.capped(n)
         rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
         out[k] = best_cpu_time(
-            functools.partial(mfd.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen), repeats
+            functools.partial(mf_planner.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen), repeats
         )
     return out
 
@@ -137,7 +138,7 @@ def fast_variants(
     """CPU seconds per plan of the default planner and of its fast variants (crowd, representatives mode).
 
     Every variant plans the same states with the default levels (128 -> 256 -> 1,024 particles): eager
-    (``torch.inference_mode``, conditioning once per level), compiled (:func:`mfd.compiled_denoiser`,
+    (``torch.inference_mode``, conditioning once per level), compiled (:func:`mf_planner.compiled_denoiser`,
     static shapes, compiled at the first plan), and with fewer sampling steps (``sample_steps``: a DDIM
     stride over the K = 20 training steps). ``compile=False`` leaves the compiled variants out.
     """
@@ -149,10 +150,10 @@ def fast_variants(
         if compiled and not compile:
             continue
         lv = dataclasses.replace(cfg, sample_steps=sample_steps).level_schedule.capped(n)
-        denoise = mfd.compiled_denoiser(learner) if compiled else None
+        denoise = mf_planner.compiled_denoiser(learner) if compiled else None
         rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
         plan = functools.partial(
-            mfd.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen, denoise=denoise
+            mf_planner.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen, denoise=denoise
         )
         t0 = time.perf_counter()
         plan()
@@ -185,7 +186,7 @@ def candidate_latency(
         out[steps] = {}
         for k in ks:
             rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
-            plan = functools.partial(mfd.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen,
+            plan = functools.partial(mf_planner.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen,
                                      candidates=k)
             out[steps][k] = best_cpu_time(plan, repeats)
     return out
@@ -199,7 +200,7 @@ def coarse_to_fine(repeats: int = 2) -> dict[str, tuple[float, int]]:
     rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
     out = {}
     for name, lv in SCHEDULES.items():
-        plan = functools.partial(mfd.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen)
+        plan = functools.partial(mf_planner.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen)
         out[name] = (_cpu_time(plan, repeats), lv.cost())
     return out
 
@@ -219,8 +220,8 @@ def versus_madiff(n: int = 1000, repeats: int = 1) -> dict[str, float]:
     learner, cfg = _learner(env)
     rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
     levels = cfg.level_schedule.capped(n)
-    ours = _cpu_time(functools.partial(mfd.sample_plan, learner, obs, info["summary"], 0, levels, rng, gen),
-                     repeats)
+    plan = functools.partial(mf_planner.sample_plan, learner, obs, info["summary"], 0, levels, rng, gen)
+    ours = _cpu_time(plan, repeats)
     torch.manual_seed(0)
     mcfg = madiff.Config(horizon=4, diffusion_steps=20, sample_steps=20)
     joint = ReturnDiffuser(mcfg, Dims(env.state_size, env.n_actions, env.summary_size, env.horizon),
@@ -264,7 +265,8 @@ def _peak_rss_child(n: int) -> None:
     learner, cfg = _learner(env)
     obs, info = env.reset(seed=0)
     levels = cfg.level_schedule.capped(n)
-    mfd.sample_plan(learner, obs, info["summary"], 0, levels, np.random.default_rng(0), torch.Generator())
+    rng, gen = np.random.default_rng(0), torch.Generator()
+    mf_planner.sample_plan(learner, obs, info["summary"], 0, levels, rng, gen)
     print(f"{peak_rss_mib():.1f}")
 
 
@@ -341,7 +343,7 @@ def fidelity(
             data_counts += np.bincount(ep.actions[t][alive], minlength=n_actions)
             for d in decodes:
                 gen = torch.Generator().manual_seed(int(rng.integers(2**32)))
-                plan = mfd.sample_plan(ema, ep.states[t], ep.summaries[t], t, cfg.level_schedule,
+                plan = mf_planner.sample_plan(ema, ep.states[t], ep.summaries[t], t, cfg.level_schedule,
                                        np.random.default_rng(rng.integers(2**32)), gen, action_decode=d)
                 counts[d] += np.bincount(plan.actions[alive, 0], minlength=n_actions)
     share = data_counts / data_counts.sum()

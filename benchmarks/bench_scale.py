@@ -41,7 +41,7 @@ RSS_TARGET_MIB = 2048.0
 
 def measure(env_name: str, n: int, repeats: int, quick: bool) -> dict[str, float]:
     """Each stage's CPU seconds, one episode's CPU and wall seconds, the peak RSS (MiB) at ``n`` agents."""
-    from mfdiffuser.algos import bc
+    from mfdiffuser.algos import bc, mf_planner
     from mfdiffuser.algos import mf_diffuser as mfd
     from mfdiffuser.algos.common import Dims
     from mfdiffuser.diffusion import assign_blocks, state_order
@@ -69,7 +69,7 @@ def measure(env_name: str, n: int, repeats: int, quick: bool) -> dict[str, float
     levels = cfg.level_schedule.capped(n)
     gen = torch.Generator().manual_seed(0)
     out["plan"] = best_cpu_time(
-        lambda: mfd.sample_plan(learner, obs, info["summary"], 0, levels, rng, gen), repeats
+        lambda: mf_planner.sample_plan(learner, obs, info["summary"], 0, levels, rng, gen), repeats
     )
     order = state_order(obs, rng)
     particle_actions = rng.integers(0, env.n_actions, size=(levels.final_size, cfg.horizon))

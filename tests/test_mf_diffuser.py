@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from mfdiffuser.algos import mf_diffuser as mfd
+from mfdiffuser.algos import mf_planner
 from mfdiffuser.algos.trainer import TrainerConfig, fit
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.diffusion import LevelSchedule
@@ -166,7 +167,7 @@ def test_sample_plan_inpaints_and_lifts_to_every_agent():
     # 4 distinct states, 75 agents each (a multiple of N / M = 3, so blocks never straddle two states)
     distinct = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
     states = np.repeat(distinct, 75, axis=0)[rng.permutation(300)]
-    plan = mfd.sample_plan(
+    plan = mf_planner.sample_plan(
         learner, states, np.zeros(P, np.float32), 0, LevelSchedule((4, 32, 100), (2, 2, 2)), rng,
         torch.Generator().manual_seed(0),
     )
@@ -466,7 +467,7 @@ def test_sample_plan_decodes_with_the_head():
             mlp[-1].bias.copy_(50.0 * torch.nn.functional.one_hot(torch.tensor(a), A))
     rng = np.random.default_rng(0)
     states = rng.normal(size=(50, S)).astype(np.float32)
-    plan = mfd.sample_plan(
+    plan = mf_planner.sample_plan(
         learner, states, np.zeros(P, np.float32), 2, LevelSchedule((8, 32), (2, 2)), rng,
         torch.Generator().manual_seed(0), action_decode="head",
     )

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mfdiffuser.algos import mf_diffuser as mfd
+from mfdiffuser.algos import mf_planner
 from mfdiffuser.diffusion import LevelSchedule
 from mfdiffuser.envs import make
 
@@ -31,7 +32,7 @@ def _inputs(seed, n=200):
 def _plan(learner, case, **kw):
     (sizes, steps, seed, eta, decode, keep, candidates) = case
     states, summary = _inputs(seed)
-    return mfd.sample_plan(
+    return mf_planner.sample_plan(
         learner, states, summary, 3, LevelSchedule(sizes, steps), np.random.default_rng(seed),
         torch.Generator().manual_seed(seed), eta, decode, keep, candidates=candidates, **kw,
     )
@@ -116,7 +117,7 @@ def test_a_failed_compilation_is_a_one_line_error_not_a_silent_eager_run(monkeyp
     env = make("crowd", n_agents=30)
     learner = _tiny_learner(env)
     message = r"compile=True could not compile .*no working C\+\+ compiler\); plan with compile=False$"
-    with pytest.raises(mfd.CompileError, match=message) as err:
+    with pytest.raises(mf_planner.CompileError, match=message) as err:
         _policy_plans(learner, env, compile=True)
     assert "\n" not in str(err.value)
     assert _policy_plans(learner, env, compile=False)  # the eager planner is untouched

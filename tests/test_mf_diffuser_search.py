@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mfdiffuser.algos import mf_diffuser as mfd
+from mfdiffuser.algos import mf_planner
 from mfdiffuser.algos.critics import select_candidate
 from mfdiffuser.diffusion import LevelSchedule
 from mfdiffuser.envs import make
@@ -60,7 +61,7 @@ def _pinned_plan(row, **options):
     """The plan of ``PINNED[row]``'s settings, drawn with its seeds, with extra ``sample_plan`` options."""
     sizes, steps, seed, decode, eta, keep, *_ = PINNED[row]
     states, summary = _inputs(seed)
-    return mfd.sample_plan(
+    return mf_planner.sample_plan(
         _learner(), states, summary, 2, LevelSchedule(sizes, steps), np.random.default_rng(seed),
         torch.Generator().manual_seed(seed), eta, decode, keep, **options,
     )
@@ -91,7 +92,7 @@ def test_selection_keeps_the_candidate_a_hand_made_critic_prefers(action):
     states, summary = _inputs(5, n=64)
     critic = ActionShareCritic(action)
     # one level: the candidates scored are the final clean plans, so the plan is the chosen candidate
-    plan = mfd.sample_plan(
+    plan = mf_planner.sample_plan(
         learner, states, summary, 0, LevelSchedule((32,), (4,)), np.random.default_rng(0),
         torch.Generator().manual_seed(0), action_decode="argmax", candidates=8, scorer=critic,
     )
@@ -104,7 +105,7 @@ def test_selection_keeps_the_candidate_a_hand_made_critic_prefers(action):
     assert np.mean(plan.particle_actions[:, 0] == action) > float(shares.mean())
     # coarse to fine: only the survivor is refined, its children branch from the chosen coarse plan
     critic = ActionShareCritic(action)
-    plan = mfd.sample_plan(
+    plan = mf_planner.sample_plan(
         learner, states, summary, 0, LevelSchedule((8, 64), (3, 3)), np.random.default_rng(0),
         torch.Generator().manual_seed(0), action_decode="argmax", candidates=8, scorer=critic,
     )
@@ -131,8 +132,8 @@ def test_search_and_guidance_need_a_critic(option, value):
     learner = _learner()
     states, summary = _inputs(0)
     with pytest.raises(ValueError, match="needs a critic"):
-        mfd.sample_plan(learner, states, summary, 0, LevelSchedule((8,), (2,)), np.random.default_rng(0),
-                        **{option: value})
+        rng, levels = np.random.default_rng(0), LevelSchedule((8,), (2,))
+        mf_planner.sample_plan(learner, states, summary, 0, levels, rng, **{option: value})
     env = make("gaussian-squeeze", n_agents=10)
     cfg = mfd.Config(horizon=1, hidden=16, n_blocks=1, replan_every=1)
     plain = mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon)
@@ -189,7 +190,7 @@ def test_default_decoding_and_scoring_reproduce_the_pinned_plans(
 ):
     learner = _learner(critic=critic, critic_hidden=16)
     states, summary = _inputs(seed)
-    plan = mfd.sample_plan(
+    plan = mf_planner.sample_plan(
         learner, states, summary, 2, LevelSchedule(sizes, steps), np.random.default_rng(seed),
         torch.Generator().manual_seed(seed), 1.0, decode, 0.0, candidates=k,
     )
@@ -229,7 +230,7 @@ def test_the_critic_reads_the_head_probabilities_with_decoded_scoring(score_acti
     learner.action_head = NextStateHead()
     states, summary = _inputs(3, n=64)
     critic = ProbsCritic()
-    plan = mfd.sample_plan(
+    plan = mf_planner.sample_plan(
         learner, states, summary, 2, LevelSchedule((16,), (4,)), np.random.default_rng(0),
         torch.Generator().manual_seed(0), action_decode="head", candidates=8, scorer=critic,
         score_actions=score_actions,
@@ -255,7 +256,7 @@ def test_decoded_scoring_by_the_learner_critics_reads_the_head(kind):
         seen.append((segments, ctx))
         return learner.critic.score(segments, ctx, probs)
 
-    plan = mfd.sample_plan(
+    plan = mf_planner.sample_plan(
         learner, states, summary, 2, LevelSchedule((16,), (4,)), np.random.default_rng(0),
         torch.Generator().manual_seed(0), action_decode="head", candidates=4, scorer=spy,
         score_actions="decoded",
@@ -296,7 +297,7 @@ def test_snap_to_lattice_by_hand():
     lattice = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], [[5.0, 5.0], [6.0, 5.0], [5.0, 6.0]]])
     raw = torch.tensor([[[0.9, 0.2], [5.1, 5.8]], [[0.1, 0.1], [6.4, 4.0]]])  # [M, H, S], de-normalised
     x0 = torch.cat([(raw - 1.0) / 2.0, torch.randn(2, 2, A)], dim=-1)[None]  # [1, M, H, D]
-    out = mfd.snap_to_lattice(learner, x0, lattice)
+    out = mf_planner.snap_to_lattice(learner, x0, lattice)
     want = torch.tensor([[[1.0, 0.0], [5.0, 6.0]], [[0.0, 0.0], [6.0, 5.0]]])
     torch.testing.assert_close(out[0, ..., :2] * 2.0 + 1.0, want)
     assert torch.equal(out[..., 2:], x0[..., 2:])
@@ -361,7 +362,7 @@ def test_gradient_guidance_moves_plans_toward_what_the_critic_prefers(action):
     states, summary = _inputs(8, n=64)
     share = {}
     for guidance in (0.0, 0.5):
-        plan = mfd.sample_plan(
+        plan = mf_planner.sample_plan(
             learner, states, summary, 0, LevelSchedule((8, 32), (3, 3)), np.random.default_rng(0),
             torch.Generator().manual_seed(0), action_decode="argmax", scorer=SoftActionCritic(action),
             guidance=guidance,

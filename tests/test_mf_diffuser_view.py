@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mfdiffuser.algos import mf_diffuser as mfd
+from mfdiffuser.algos import mf_planner
 from mfdiffuser.algos.trainer import TrainerConfig, fit
 from mfdiffuser.diffusion import LevelSchedule, representatives, state_order
 from traj_batches import random_batch
@@ -80,7 +81,7 @@ def test_sample_plan_on_views_plans_features_and_decodes_with_the_head():
     distinct = np.concatenate([rng.normal(size=(16, F)), rng.random((16, 18))], axis=1)
     states = np.repeat(distinct, 3, axis=0)[rng.permutation(48)].astype(np.float32)
     for decode in ("categorical", "head"):
-        plan = mfd.sample_plan(
+        plan = mf_planner.sample_plan(
             learner, states, np.zeros(P, np.float32), 2, LevelSchedule((8, 16), (2, 2)), rng,
             torch.Generator().manual_seed(0), action_decode=decode,
         )
@@ -101,7 +102,7 @@ def test_decoded_scoring_on_views_reads_the_head_with_the_views(critic):
         seen.append((segments, probs))
         return learner.critic.score(segments, ctx, probs)
 
-    plan = mfd.sample_plan(
+    plan = mf_planner.sample_plan(
         learner, states, np.zeros(P, np.float32), 2, LevelSchedule((8, 16), (2, 2)), np.random.default_rng(2),
         torch.Generator().manual_seed(0), action_decode="head", candidates=3, scorer=spy,
         score_actions="decoded",

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from mfdiffuser.algos import mf_diffuser as mfd
+from mfdiffuser.algos import mf_planner
 from mfdiffuser.diffusion import LevelSchedule, assign_blocks, representatives, state_order
 from mfdiffuser.envs import list_settings, make
 from mfdiffuser.eval import exploitability
@@ -114,7 +115,8 @@ def test_default_schedule_unchanged_and_plans_in_inference_mode():
     modes: list[bool] = []
     _on_denoise(learner, lambda x: modes.append(torch.is_inference_mode_enabled()))
     obs, info = env.reset(seed=0)
-    mfd.sample_plan(learner, obs, info["summary"], 0, learner.config.level_schedule, np.random.default_rng(0))
+    levels = learner.config.level_schedule
+    mf_planner.sample_plan(learner, obs, info["summary"], 0, levels, np.random.default_rng(0))
     assert modes and all(modes)
 
 
@@ -127,7 +129,8 @@ def test_plan_sees_the_same_particles_at_every_n(name):
         learner, cfg = _learner(env)
         seen = _count_particles(learner)
         obs, info = env.reset(seed=0)
-        plan = mfd.sample_plan(learner, obs, info["summary"], 0, cfg.level_schedule, np.random.default_rng(0))
+        rng = np.random.default_rng(0)
+        plan = mf_planner.sample_plan(learner, obs, info["summary"], 0, cfg.level_schedule, rng)
         assert plan.actions.shape == (n, cfg.horizon)
         assert plan.particle_actions.shape == (32, cfg.horizon)
         calls[n] = seen
