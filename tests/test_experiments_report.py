@@ -390,3 +390,26 @@ def test_sweep_killed_before_its_end_line_is_measured_from_its_records(tmp_path)
     # Still running, nothing written yet: zero hours so far.
     s.log_sweep({**start, "started_at": "2026-01-01T03:00:00Z"})
     assert s.sweeps()[-1]["seconds"] == 0.0 and s.sweeps()[-1]["done"] == 0
+
+
+def test_report_page_takes_a_preface_and_links_plots_relative_to_the_page(store, tmp_path, capsys):
+    preface = tmp_path / "preface.md"
+    preface.write_text("## What the numbers say\n\nWritten by hand: a wins.\n")
+    page = tmp_path / "RESULTS.md"
+    out = tmp_path / "docs" / "results"
+    args = ["report", str(store.root), "--out", str(out), "--preface", str(preface), "--page", str(page)]
+    assert main(args) == 0
+    report, results = (out / "report.md").read_text(), page.read_text()
+    # the preface follows the opening paragraph and comes before the aggregates, in both files
+    for md in (report, results):
+        assert md.index("cells from") < md.index("Written by hand: a wins.") < md.index("## Aggregates")
+    # the page is the report with its plots linked from the page's directory
+    assert "](return_vs_n.png)" in report and "](docs/results/return_vs_n.png)" in results
+    assert results.replace("docs/results/", "") == report
+    for bad, match in (
+        (["--preface", str(tmp_path / "none.md")], "--preface"),
+        (["--page", str(tmp_path)], "is a directory"),
+    ):
+        assert main(["report", str(store.root), "--out", str(tmp_path / "r2"), *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert match in err and len(err.splitlines()) == 1

@@ -23,6 +23,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="report the readable records when some record files are unreadable (default: refuse)",
     )
+    p.add_argument(
+        "--preface",
+        default=None,
+        metavar="MD",
+        help="a Markdown file written by hand (how the grid ran, what its numbers say), placed after "
+        "the report's opening paragraph",
+    )
+    p.add_argument(
+        "--page",
+        default=None,
+        metavar="PATH",
+        help="also write the report to PATH (e.g. RESULTS.md), its plots linked relative to PATH",
+    )
     p.set_defaults(func=run)
 
 
@@ -35,10 +48,18 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path("reports") / Path(args.results).name
     check_dir_target(out, "--out")
-    path = build_report(args.results, out, skip_unreadable=args.skip_unreadable)
+    if args.preface is not None and not Path(args.preface).is_file():
+        raise ValueError(f"--preface {args.preface}: no such file")
+    if args.page is not None:
+        if Path(args.page).is_dir():
+            raise ValueError(f"--page {args.page}: is a directory; give the page's file name")
+        check_dir_target(Path(args.page).parent, "--page")
+    path = build_report(
+        args.results, out, skip_unreadable=args.skip_unreadable, preface=args.preface, page=args.page
+    )
     store = ResultStore(args.results)
     unreadable = store.scan(REPORT_KEYS).unreadable
     if unreadable:
         print(f"skipped {unreadable_message(store.cells_dir, unreadable)}")
-    print(f"report: {path}")
+    print(f"report: {path}" + (f" and {args.page}" if args.page else ""))
     return 0

@@ -16,6 +16,8 @@ formats them. Each cell record holds one training seed's per-episode values at e
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -906,7 +908,14 @@ def _protocol_note(res: Results) -> str:
     return " ".join(parts)
 
 
-def build_report(results_dir: str | Path, out_dir: str | Path, *, skip_unreadable: bool = False) -> Path:
+def build_report(
+    results_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    skip_unreadable: bool = False,
+    preface: str | Path | None = None,
+    page: str | Path | None = None,
+) -> Path:
     """Write ``report.md``, ``tables.tex`` and PNG plots of a results store into ``out_dir``.
 
     Args:
@@ -914,6 +923,10 @@ def build_report(results_dir: str | Path, out_dir: str | Path, *, skip_unreadabl
         out_dir: where the report goes (created).
         skip_unreadable: report the readable records of a store that also holds unreadable ones (the
             report names those), instead of refusing.
+        preface: a Markdown file written by hand (how the grid was run, what the numbers say),
+            placed after the report's opening paragraph, as it is.
+        page: also write the report to this path (e.g. ``RESULTS.md``), its plots linked relative
+            to the page's directory, so that one command regenerates a results page from a store.
 
     Returns:
         Path of the Markdown report.
@@ -925,13 +938,41 @@ def build_report(results_dir: str | Path, out_dir: str | Path, *, skip_unreadabl
         FileNotFoundError: ``results_dir`` holds no readable cell records.
         MfdError: some record files are unreadable and ``skip_unreadable`` is False.
     """
-    from mfdiffuser.utils import removed_on_failure
+    from mfdiffuser.utils import atomic_path, removed_on_failure
 
+    text = ""
+    if preface is not None:
+        try:
+            text = Path(preface).read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MfdError(f"--preface {preface}: cannot read it ({type(exc).__name__})") from None
     with removed_on_failure(out_dir, errors=(BaseException,)):
-        return _write_report(results_dir, out_dir, skip_unreadable)
+        head, body = _write_report(results_dir, out_dir, skip_unreadable)
+        report = Path(out_dir) / "report.md"
+        with atomic_path(report) as tmp:
+            tmp.write_text(_page(head, text, body, ""))
+    if page is not None:
+        rel = Path(os.path.relpath(Path(out_dir).resolve(), Path(page).resolve().parent)).as_posix()
+        with atomic_path(page) as tmp:
+            tmp.write_text(_page(head, text, body, "" if rel == "." else rel + "/"))
+    return report
 
 
-def _write_report(results_dir: str | Path, out_dir: str | Path, skip_unreadable: bool) -> Path:
+def _page(head: list[str], preface: str, body: list[str], plots_at: str) -> str:
+    """The report's Markdown: its opening, the preface, the rest with plots linked under ``plots_at``."""
+    if plots_at:
+        body = [_PLOT_LINK.sub(lambda m: f"![{m[1]}]({plots_at}{m[2]})", line) for line in body]
+    return "\n".join([*head, *(["", preface] if preface else []), *body]) + "\n"
+
+
+_PLOT_LINK = re.compile(r"!\[([^\]]*)\]\(([^)/]+\.png)\)")
+"""A plot the report links: ``![title](name.png)``, the file beside the report."""
+
+
+def _write_report(
+    results_dir: str | Path, out_dir: str | Path, skip_unreadable: bool
+) -> tuple[list[str], list[str]]:
+    """Write the plots and ``tables.tex``; return the report's Markdown lines: opening, and the rest."""
     store = ResultStore(results_dir)
     scan = store.scan(REPORT_KEYS)
     if scan.unreadable and not skip_unreadable:
@@ -987,6 +1028,8 @@ def _write_report(results_dir: str | Path, out_dir: str | Path, skip_unreadable:
         ),
         *skipped_note,
         *(["", stale_note] if stale_note else []),
+    ]
+    head, md = md, [
         "",
         "## Aggregates over rows (normalized score)",
         "",
@@ -1114,7 +1157,4 @@ def _write_report(results_dir: str | Path, out_dir: str | Path, skip_unreadable:
 
     with atomic_path(out / "tables.tex") as tmp:
         tmp.write_text("\n".join(tex))
-    report = out / "report.md"
-    with atomic_path(report) as tmp:
-        tmp.write_text("\n".join(md) + "\n")
-    return report
+    return head, md
