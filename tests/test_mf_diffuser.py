@@ -510,3 +510,23 @@ def test_denoising_loss_predicts_the_clean_segment_without_gradient():
     assert torch.allclose(out.x0_hat[:, :, 1:], want[:, :, 1:], atol=1e-5)
     assert torch.equal(out.x0_hat[:, :, 0, :S], s0)
     assert torch.allclose(out.x0_hat[:, :, 0, S:], want[:, :, 0, S:], atol=1e-5)
+
+
+def test_action_weight_weighs_the_action_channels_of_the_denoising_loss_by_hand():
+    batch = _batch()
+    plain, weighted = _learner(), _learner(action_weight=3.0)
+    x0 = plain.encode(batch)
+    s0, ctx = x0[:, :, 0, :S], plain.context(batch.summaries[:, 0], batch.timestep)
+    noise, k = torch.randn_like(x0), torch.tensor([0, 5])
+    with torch.no_grad():
+        x_k = plain.inpaint(plain.scheduler.add_noise(x0, noise, k), s0)
+        err = (plain.denoiser(x_k, k, s0, ctx) - noise).pow(2) * batch.mask.unsqueeze(-1)
+    # the same network (same seed): a weighted mean over the channels, the step-0 states left out
+    states = err[..., :S].sum((-1, -2)) - err[:, :, 0, :S].sum(-1)
+    actions = err[..., S:].sum((-1, -2))
+    n_steps, first = batch.mask.sum(-1).float(), batch.mask[..., 0].float()
+    want = (states + 3.0 * actions) / ((n_steps - first) * S + 3.0 * n_steps * A)
+    got = weighted.denoising_loss(x0, s0, ctx, noise, k, batch.mask).per_particle
+    assert torch.allclose(got, want, rtol=1e-5)
+    with pytest.raises(ValueError, match="action_weight"):
+        mfd.Config(action_weight=0.0)

@@ -55,6 +55,9 @@ class Config:
     """Number of (temporal, mean-field interaction) block pairs."""
     interaction: bool = True
     """Use the mean-field interaction blocks (False: independent agents, an ablation)."""
+    action_weight: float = 1.0
+    """Weight of each action channel in the denoising loss, a state channel's being 1. With A actions
+    and S state features the actions carry A / (A + S) of an unweighted loss (crowd-2d: 5 of 26)."""
     diffusion_steps: int = 20
     """K, diffusion steps of the noise schedule."""
     schedule: str = "cosine"
@@ -217,6 +220,9 @@ class Config:
                 f"mf-diffuser: snap_states projects the states the action head reads; it needs "
                 f"action_decode=head, got {self.action_decode!r}"
             )
+        if not (self.action_weight > 0 and math.isfinite(self.action_weight)):
+            msg = f"mf-diffuser: action_weight must be a finite number > 0, got {self.action_weight!r}"
+            raise ValueError(msg)
         if not (self.guidance >= 0 and math.isfinite(self.guidance)):
             raise ValueError(f"mf-diffuser: guidance must be a finite number >= 0, got {self.guidance}")
         if not 0.0 < self.head_denoised_steps <= 1.0:
@@ -364,6 +370,7 @@ class MFDiffuser(nn.Module):
         self.register_buffer("value_var_ready", torch.zeros((), dtype=torch.bool))
         self.register_buffer("weight_step", torch.zeros((), dtype=torch.int64))  # optimizer steps taken
         cm = torch.ones(config.horizon, self.D)
+        cm[:, state_size:] = config.action_weight
         cm[0, :state_size] = 0.0  # inpainted: no loss on the conditioning
         self.register_buffer("channel_mask", cm, persistent=False)
 
