@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 
@@ -86,6 +87,11 @@ def test_wandb_offline_logs_training_and_resumes_the_same_run(gs_dataset, tmp_pa
     cfg = dict(batch_size=4, device="cpu", log_every=2, progress=False, wandb=True)
     train("bc", gs_dataset, run_dir, {"hidden": 16}, TrainerConfig(steps=2, **cfg))
     run_id = (run_dir / "wandb_id").read_text().strip()
+    # wandb names an offline run directory by the second it starts in: two runs started within
+    # one second share a directory, so the resumed run starts in the next second.
+    first = int(time.time())
+    while int(time.time()) == first:
+        time.sleep(0.05)
     train("bc", gs_dataset, run_dir, {"hidden": 16}, TrainerConfig(steps=4, **cfg))
     assert (run_dir / "wandb_id").read_text().strip() == run_id
     offline = list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
