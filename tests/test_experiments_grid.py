@@ -52,11 +52,18 @@ def test_parse_grid_expands_and_validates():
     per_n = parse_grid({**_spec({"x": {"behaviour": "random", "eval": {"episodes_by_n": {1000: 1}}}}),
                         "eval": {"episodes": 5}})
     assert (per_n.cells[0].episodes_at(100), per_n.cells[0].episodes_at(1000)) == (5, 1)
+    spec = _spec({"x": {"behaviour": "random", "eval": {"episodes_by_n": {1000: 1}}}})
+    spec["benchmarks"]["gaussian-squeeze"]["qualities"] = ["expert", "medium"]
+    spec["eval"] = {"episodes": 10, "episodes_by_quality": {"medium": 6}}
+    by_q = {c.quality: (c.episodes_at(100), c.episodes_at(1000)) for c in parse_grid(spec).cells}
+    assert by_q == {"expert": (10, 1), "medium": (6, 1)}
     for bad, msg in [
         ({"methods": {"x": {"algo": "nope"}}}, "unknown algorithm"),
         ({"methods": {"x": {"algo": "bc", "behaviour": "expert"}}}, "exactly one"),
         ({"methods": {"x": {"algo": "bc", "trainer": {"stepz": 1}}}}, "unknown key"),
         ({"seeds": []}, "seeds"),
+        ({"eval": {"episodes_by_quality": {"medum": 6}}}, "episodes_by_quality names medum"),
+        ({"eval": {"episodes_by_quality": {"medium": 0}}}, ">= 1"),
     ]:
         spec = _spec({"bc": {"algo": "bc"}})
         spec.update(bad)

@@ -12,7 +12,10 @@ Schema (every key but ``benchmarks`` and ``methods`` optional)::
     seeds_by_quality: {medium: [0, 1, 2, 3, 4]}   # other seeds for some qualities
     data: {episodes: 100, ref_episodes: 10, seed: 0, store_agents: null}   # seed: offset in the
                                       # split's own range of dataset seeds (mfdiffuser.splits)
-    eval: {episodes: 30, episodes_by_n: {10000: 10}}   # also per benchmark (eval_options) and method
+    eval: {episodes: 30, episodes_by_n: {10000: 10}}   # per training seed; also per benchmark
+                                      # (eval_options) and method
+    # episodes_by_quality: {medium: 6}  per seed for one quality (5 seeds x 6 = 30 per row); an
+                                      # episodes_by_n entry wins at its N
     trainer: {steps: 2000, batch_size: 64}       # defaults of every method
     resources: {num_cpus: 1}          # per Ray task
     max_retries: 2                    # Ray retries (worker death, unexpected errors; never ValueError)
@@ -68,7 +71,7 @@ from mfdiffuser.splits import STREAM_SIZE, check_split, data_seed
 from mfdiffuser.utils import SEED_LIMIT, fingerprint, plain
 
 DATA_DEFAULTS: dict[str, Any] = {"episodes": 100, "ref_episodes": 10, "seed": 0, "store_agents": None}
-EVAL_DEFAULTS: dict[str, Any] = {"episodes": 30, "episodes_by_n": {}}
+EVAL_DEFAULTS: dict[str, Any] = {"episodes": 30, "episodes_by_n": {}, "episodes_by_quality": {}}
 TOP_KEYS = {
     "name", "seeds", "seeds_by_quality", "data", "eval", "trainer", "resources", "max_retries",
     "exploitability", "benchmarks", "methods", "description", "results", "datasets_dir", "split",
@@ -729,9 +732,17 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
             )
             _unknown(ev, set(EVAL_DEFAULTS), f"{mwhere} eval options")
             by_n = {int(k): int(v) for k, v in (ev["episodes_by_n"] or {}).items()}
-            if int(ev["episodes"]) < 1 or any(v < 1 for v in by_n.values()):
+            by_quality = {str(k): int(v) for k, v in (ev["episodes_by_quality"] or {}).items()}
+            odd = sorted(set(by_quality) - set(DATASET_QUALITIES))
+            if odd:
+                raise ValueError(
+                    f"{mwhere}: episodes_by_quality names {', '.join(odd)}; "
+                    f"qualities are {', '.join(DATASET_QUALITIES)}"
+                )
+            counts = [int(ev["episodes"]), *by_n.values(), *by_quality.values()]
+            if min(counts) < 1:
                 raise ValueError(f"{mwhere}: evaluation episodes must be >= 1")
-            if max([int(ev["episodes"]), *by_n.values()]) > STREAM_SIZE:
+            if max(counts) > STREAM_SIZE:
                 raise ValueError(f"{mwhere}: at most {STREAM_SIZE:,} evaluation episodes per N")
             _unknown(trainer, TRAINER_KEYS, f"{mwhere}.trainer")
             if algo is not None and algo not in ALGOS:
@@ -841,7 +852,7 @@ def _cells(
             train_point=train_pt,
             eval_points=eval_pts,
             dataset=dataset,
-            eval_episodes=int(ev["episodes"]),
+            eval_episodes=int((ev["episodes_by_quality"] or {}).get(q, ev["episodes"])),
             eval_episodes_by_n=by_n,
             ref_episodes=int(data["ref_episodes"]),
             exploitability=cell_expl,
