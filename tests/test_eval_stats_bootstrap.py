@@ -104,6 +104,48 @@ def test_paired_comparison_uses_only_the_shared_episodes():
     assert not compare(one, b).paired  # no two shared episodes: intervals
 
 
+def test_seeds_on_the_same_episodes_share_one_episode_draw():
+    # Five seeds on the same six episodes, which differ by tens of points: an episode hard for one
+    # seed is hard for all. Redrawing each seed's episodes on its own would average that away.
+    rng = np.random.default_rng(1)
+    difficulty = rng.uniform(0.0, 60.0, size=6)
+    values = [difficulty + rng.normal(0, 0.5, 6) for _ in range(5)]
+    shared = _episodes(values, np.arange(6))
+    assert shared.shared_episodes
+    wide, narrow = shared.interval(), bootstrap_mean(values)
+    assert wide.mean == narrow.mean and (wide.hi - wide.lo) > 1.8 * (narrow.hi - narrow.lo)
+    # one seed's six episodes alone: the same spread as the five seeds that repeat them
+    alone = bootstrap_mean([np.mean(values, axis=0)])
+    assert (wide.hi - wide.lo) == pytest.approx(alone.hi - alone.lo, rel=0.15)
+    blocks = Samples(values, [np.arange(6) + 6 * s for s in range(5)])  # a block of its own each
+    assert not blocks.shared_episodes and blocks.interval().lo == narrow.lo
+    with pytest.raises(ValueError, match="same episode count"):
+        bootstrap_mean([[1.0, 2.0], [1.0]], shared_episodes=True)
+
+
+def test_seeds_on_blocks_of_their_own_are_paired_episode_by_episode():
+    # A grid's layout: training seed s of every method runs episodes 10 s .. 10 s + 9. Episodes differ
+    # by tens of points; A is 1 point better on each.
+    rng = np.random.default_rng(2)
+    eps = [np.arange(10) + 10 * s for s in range(3)]
+    difficulty = [rng.uniform(0.0, 60.0, size=10) for _ in range(3)]
+    a = Samples([d + 1.0 + rng.normal(0, 0.1, 10) for d in difficulty], eps)
+    b = Samples([d + rng.normal(0, 0.1, 10) for d in difficulty], eps)
+    assert a.interval().overlaps(b.interval())
+    cmp = compare(a, b)
+    assert cmp.paired and cmp.episodes == 30 and cmp.resolved and 0.8 < cmp.lo < cmp.diff < cmp.hi < 1.2
+    # a seed of B missing (failed): its block drops out, the rest stay paired
+    part = compare(a, Samples(b.values[:2], eps[:2]))
+    assert part.paired and part.episodes == 20 and part.resolved
+    # by hand: one seed each, differences 1, 2, 3 on the shared episodes 7, 8, 9
+    one = compare(Samples([np.array([1.0, 2.0, 3.0])], [np.array([7, 8, 9])]),
+                  Samples([np.array([0.0, 0.0, 0.0, 5.0])], [np.array([7, 8, 9, 10])]))
+    assert one.paired and one.diff == 2.0 and one.episodes == 3
+    # an episode run by two seeds of one method names no pair: intervals only
+    twice = Samples([difficulty[0], difficulty[1]], [eps[0], np.r_[eps[0][:1], eps[1][1:]]])
+    assert not compare(twice, b).paired
+
+
 def test_row_winners_bold_the_best_and_what_the_data_do_not_separate():
     ep = np.arange(10)
     base = np.linspace(0.0, 90.0, 10)

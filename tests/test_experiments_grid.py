@@ -57,6 +57,20 @@ def test_parse_grid_expands_and_validates():
     spec["eval"] = {"episodes": 10, "episodes_by_quality": {"medium": 6}}
     by_q = {c.quality: (c.episodes_at(100), c.episodes_at(1000)) for c in parse_grid(spec).cells}
     assert by_q == {"expert": (10, 1), "medium": (6, 1)}
+    # a more specific level wins: the method's episodes over the grid's episodes_by_quality, and
+    # episodes_by_n entries add up over the levels
+    spec["eval"]["episodes_by_n"] = {1000: 1}
+    spec["methods"]["x"]["eval"] = {"episodes": 4, "episodes_by_n": {100: 2}}
+    by_q = {c.quality: (c.episodes_at(100), c.episodes_at(1000)) for c in parse_grid(spec).cells}
+    assert by_q == {"expert": (2, 1), "medium": (2, 1)}
+    spec["methods"]["x"]["eval"] = {"episodes": 4}
+    by_q = {c.quality: (c.episodes_at(100), c.episodes_at(1000)) for c in parse_grid(spec).cells}
+    assert by_q == {"expert": (4, 1), "medium": (4, 1)}
+    # training seed s runs its own block of episodes; every method's seed s the same block
+    blocks = parse_grid(_spec({"x": {"behaviour": "random"}, "y": {"behaviour": "expert"}}, seeds=(0, 2)))
+    seeds = {(c.method, c.seed): c.episode_seeds_at(1000) for c in blocks.cells}
+    assert seeds[("x", 2)] == seeds[("y", 2)] and seeds[("x", 2)][0] - seeds[("x", 0)][0] == 4
+    assert not set(seeds[("x", 0)]) & set(seeds[("x", 2)])
     for bad, msg in [
         ({"methods": {"x": {"algo": "nope"}}}, "unknown algorithm"),
         ({"methods": {"x": {"algo": "bc", "behaviour": "expert"}}}, "exactly one"),
@@ -64,6 +78,7 @@ def test_parse_grid_expands_and_validates():
         ({"seeds": []}, "seeds"),
         ({"eval": {"episodes_by_quality": {"medum": 6}}}, "episodes_by_quality names medum"),
         ({"eval": {"episodes_by_quality": {"medium": 0}}}, ">= 1"),
+        ({"seeds": [500_000], "eval": {"episodes": 2}}, "runs past the split's"),
     ]:
         spec = _spec({"bc": {"algo": "bc"}})
         spec.update(bad)
@@ -273,11 +288,11 @@ def test_two_sweeps_of_a_grid_give_identical_records(ray_session, tmp_path):
     for method in ("bc", "mf-diffuser"):
         w0, w1 = (weights("a", f"gaussian-squeeze__medium__{method}__s{s}") for s in (0, 1))
         assert not all(torch.equal(w0[k], w1[k]) for k in w0), method
-    # Every cell is scored on the split's same episodes.
+    # Training seed s of every method is scored on the split's block s of episodes.
     s0 = a["gaussian-squeeze__medium__bc__s0"]
     assert s0["split"] == "validation" and s0["config"]["split"] == "validation"
-    seeds = {tuple(r["metrics"]["100"]["episode_seeds"]) for r in a.values()}
-    assert seeds == {(4_000_000, 4_000_001)}
+    seeds = {(r["seed"], tuple(r["metrics"]["100"]["episode_seeds"])) for r in a.values()}
+    assert seeds == {(0, (4_000_000, 4_000_001)), (1, (4_000_002, 4_000_003))}
     for rec in a.values():
         m = rec["metrics"]["100"]
         assert m["score"]["episode_seeds"] == m["episode_seeds"] and len(m["score"]["values"]) == 2

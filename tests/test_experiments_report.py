@@ -8,6 +8,7 @@ from mfdiffuser.experiments import build_report
 from mfdiffuser.experiments.report import (
     Results,
     cost_table,
+    exploitability_table,
     markdown_table,
     summary_table,
     sweep_table,
@@ -126,13 +127,29 @@ def test_behaviour_columns_are_references_never_bold(store):
 def test_intervals_of_exploitability_latency_and_memory_are_never_below_zero(tmp_path):
     s = ResultStore(tmp_path / "res")
     for seed, v in enumerate([-0.3, 0.01, 0.02]):  # an estimate can come out below zero
-        rec = _rec("a", seed, 50.0, 1.0, exploitability={"exploitability": v, "kind": "estimate"})
+        expl = {"exploitability": v, "kind": "estimate", "n_agents": 100}
+        rec = _rec("a", seed, 50.0, 1.0, exploitability=expl)
         rec["metrics"]["100"]["act_ms"] = {"mean": 0.1, "values": [0.0, 0.0, 0.3]}
         s.write(rec)
     res = Results(s.records())
-    expl = res.exploitability("gs", "medium", "a").stats
+    expl = res.exploitability("gs", "medium", "a", 100).stats
     assert expl.mean < 0 and expl.lo == 0.0 and expl.hi >= 0.0
     assert res.agg("gs", "medium", 100, "a", "act_ms").stats.lo >= 0.0
+
+
+def test_exploitability_at_different_n_is_never_compared(tmp_path):
+    s = ResultStore(tmp_path / "res")
+    for seed in range(3):  # a slow planner measured at N = 100 only: lowest, but not against N = 1,000
+        for method, value, n in (("a", 0.5, 1000), ("b", 0.9, 1000), ("c", 0.1, 100)):
+            expl = {"exploitability": value, "kind": "exact", "n_agents": n}
+            s.write(_rec(method, seed, 50.0, 1.0, exploitability=expl))
+    res = Results(s.records())
+    assert res.exploitability_ns("gs") == [1000, 100]  # most entries first
+    assert res.exploitability("gs", "medium", "c", 1000) is None
+    table = exploitability_table(res)
+    at_1000, at_100 = _row(table, "1,000"), _row(table, "100")
+    assert "**0.5000" in at_1000 and "**0.9000" not in at_1000 and "0.1000" not in at_1000
+    assert "**0.1000" in at_100 and "0.5000" not in at_100
 
 
 def test_build_report_writes_aggregates_first_then_tables_and_plots(store, tmp_path):

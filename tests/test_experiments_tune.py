@@ -231,3 +231,9 @@ def test_a_variant_borrows_a_selection_beneath_its_own_settings(tmp_path):
     (tmp_path / "own.yaml").write_text(yaml.safe_dump({**spec, "methods": {"bc": {"algo": "bc"}}}))
     with pytest.raises(ValueError, match="name method 'awbc', not in the grid"):
         parse_grid(tmp_path / "own.yaml")
+    # a trained method the selection lacks is an error, not a silent fall back to the grid's settings
+    (tmp_path / "chosen.yaml").write_text(yaml.safe_dump({"methods": {"bc": chosen["methods"]["bc"]}}))
+    both = {**spec, "methods": {"bc": {"algo": "bc"}, "awbc": {"algo": "awbc"}}}
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(both))
+    with pytest.raises(ValueError, match="method awbc: chosen.yaml selects nothing for benchmark"):
+        parse_grid(tmp_path / "both.yaml")

@@ -3,9 +3,11 @@
 Every choice (hyperparameters, defaults, budgets) is made on the ``validation`` split; reported tables
 use the ``test`` split. Each split owns its own range of dataset master seeds and of evaluation
 episode seeds, and no two ranges overlap, so the splits share no dataset and no evaluation episode by
-construction. Episode ``i`` of a split is the same for every method and every training seed (episode
-0 of evaluation seed ``episode_seed(split, i)`` in :func:`mfdiffuser.eval.rollout.episode_seeds`), so
-methods can be compared paired on shared episodes.
+construction. Episode ``i`` of a split is the same for every method (episode 0 of evaluation seed
+``episode_seed(split, i)`` in :func:`mfdiffuser.eval.rollout.episode_seeds`), so methods can be
+compared paired on shared episodes. A grid evaluates training seed ``s`` on its own block of the
+stream (episodes ``s k .. s k + k - 1`` for ``k`` episodes per seed): a row's seeds face different
+episodes, and every method's seed ``s`` faces the same ones.
 
 Reference returns (random and expert behaviour at each N) are rolled out on their own stream
 (:data:`mfdiffuser.eval.rollout.REFERENCE_STREAM`), which belongs to neither split.
@@ -50,11 +52,18 @@ def episode_seed(split: str, index: int) -> int:
     return _EPISODE_BASE[check_split(split)] + _offset(index, "evaluation episode index")
 
 
-def episode_seeds(split: str, count: int) -> list[int]:
-    """Evaluation seeds of the first ``count`` episodes of ``split`` (the same for every method)."""
-    if count > STREAM_SIZE:
-        raise ValueError(f"at most {STREAM_SIZE:,} evaluation episodes per split, got {count}")
-    return [episode_seed(split, i) for i in range(count)]
+def episode_seeds(split: str, count: int, start: int = 0) -> list[int]:
+    """Evaluation seeds of episodes ``start .. start + count - 1`` of ``split`` (the same for every method).
+
+    Raises:
+        ValueError: the episodes run past the split's stream of ``STREAM_SIZE``.
+    """
+    if start < 0 or start + count > STREAM_SIZE:
+        raise ValueError(
+            f"evaluation episodes {start:,}..{start + count - 1:,} run past the split's "
+            f"{STREAM_SIZE:,} episodes"
+        )
+    return [episode_seed(split, i) for i in range(start, start + count)]
 
 
 def split_of_data_seed(seed: int) -> str | None:

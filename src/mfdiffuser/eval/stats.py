@@ -183,15 +183,19 @@ def bootstrap_mean(
     confidence: float = CONFIDENCE,
     seed: int = 0,
     floor: float | None = None,
+    shared_episodes: bool = False,
 ) -> Interval:
     """Mean over training seeds of each seed's mean over its episodes, with a two-level bootstrap interval.
 
     ``groups[s]`` holds training seed ``s``'s per-episode values. One resample draws ``S`` training
-    seeds with replacement, then for each drawn seed redraws its episodes with replacement
-    (independently for every draw, so a seed drawn twice gets two episode resamples), and takes the
-    mean over the drawn seeds of their resampled episode means. The interval is the percentile
-    interval of ``reps`` such resamples. With one training seed only episodes are resampled; with one
-    value per seed only seeds are; one value in all gives a NaN interval.
+    seeds with replacement, then redraws episodes with replacement, and takes the mean over the drawn
+    seeds of their resampled episode means. Each seed's episodes are its own (a grid's blocks), so
+    each drawn seed gets its own episode resample, unless ``shared_episodes``: every seed ran the same
+    episodes, in the same order, and one episode draw serves all seeds (an episode hard for one seed
+    is hard for all; redrawing per seed would average that away and narrow the interval). The
+    interval is the percentile interval of ``reps`` such resamples. With one training seed only
+    episodes are resampled; with one value per seed only seeds are; one value in all gives a NaN
+    interval.
 
     Args:
         groups: per training seed, its per-episode values (``[S]`` lists of ``[E_s]`` values).
@@ -200,9 +204,11 @@ def bootstrap_mean(
         seed: seed of the resampling generator (the interval is reproducible).
         floor: lowest value an end of the interval may take (0 for quantities that cannot be negative:
             exploitability, latency, memory), or None.
+        shared_episodes: every seed's values are on the same episodes, in the same order.
 
     Raises:
-        ValueError: no values, a seed without values, a non-finite value, or a bad ``confidence``.
+        ValueError: no values, a seed without values, a non-finite value, a bad ``confidence``, or
+            ``shared_episodes`` with seeds of different episode counts.
     """
     gs = _check_groups(groups)
     mean = float(np.mean([g.mean() for g in gs]))
@@ -210,6 +216,12 @@ def bootstrap_mean(
     if n_e == 1:
         return Interval(mean, math.nan, math.nan, 1, 1)
     rng = np.random.default_rng(seed)
+    if shared_episodes:
+        if len({g.size for g in gs}) != 1:
+            raise ValueError("bootstrap: shared episodes need the same episode count for every seed")
+        stat = _two_level(np.stack(gs), _counts(rng, gs[0].size, reps), rng)
+        lo, hi = _floored(*_percentile(stat, confidence), floor)
+        return Interval(mean, lo, hi, n_s, n_e)
     pick = rng.integers(0, n_s, size=(reps, n_s))  # [reps, S]: which seed fills each slot
     slot_means = np.empty((reps, n_s))
     for s, g in enumerate(gs):
@@ -218,6 +230,13 @@ def bootstrap_mean(
         np.copyto(slot_means, ep_means, where=pick == s)
     lo, hi = _floored(*_percentile(slot_means.mean(axis=1), confidence), floor)
     return Interval(mean, lo, hi, n_s, n_e)
+
+
+def _two_level(mat: np.ndarray, episode_counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``[reps]`` means of ``mat[S, E]`` over seeds drawn with replacement x the given episode draws."""
+    n_s, n_e = mat.shape
+    seed_counts = _counts(rng, n_s, episode_counts.shape[0])
+    return np.einsum("rs,se,re->r", seed_counts, mat, episode_counts) / (n_s * n_e)
 
 
 class Samples(NamedTuple):
@@ -230,9 +249,17 @@ class Samples(NamedTuple):
     values: Sequence[np.ndarray]
     episode_seeds: Sequence[np.ndarray | None]
 
+    @property
+    def shared_episodes(self) -> bool:
+        """True if two or more seeds all ran the same episodes in the same order."""
+        if len(self.episode_seeds) < 2 or any(e is None for e in self.episode_seeds):
+            return False
+        first, *rest = (np.asarray(e) for e in self.episode_seeds)
+        return all(np.array_equal(first, e) for e in rest)
+
     def interval(self, **kwargs: Any) -> Interval:
         """:func:`bootstrap_mean` of the values (keyword arguments passed on)."""
-        return bootstrap_mean(self.values, **kwargs)
+        return bootstrap_mean(self.values, shared_episodes=self.shared_episodes, **kwargs)
 
 
 def _on_shared_episodes(a: Samples, b: Samples) -> tuple[np.ndarray, np.ndarray] | None:
@@ -250,6 +277,32 @@ def _on_shared_episodes(a: Samples, b: Samples) -> tuple[np.ndarray, np.ndarray]
         return None
     mat = np.array([[m[e] for e in shared] for m in maps])
     return mat[: len(a.values)], mat[len(a.values) :]
+
+
+def _paired_blocks(a: Samples, b: Samples) -> list[np.ndarray] | None:
+    """Per training seed of ``a``, the differences ``a - b`` on its episodes that ``b`` also ran.
+
+    For seeds evaluated on blocks of their own (a grid's layout): each episode seed is run by at most
+    one seed of each method, and the episode names the pair. None where an episode is unnamed or run
+    twice by one method, or where fewer than 2 episodes are shared.
+    """
+    maps: list[list[dict[int, float]]] = []
+    for sample in (a, b):
+        seen: set[int] = set()
+        per_seed = []
+        for vals, eps in zip(sample.values, sample.episode_seeds, strict=True):
+            if eps is None or len(eps) != len(vals):
+                return None
+            keys = np.asarray(eps).tolist()
+            if seen.intersection(keys) or len(set(keys)) != len(keys):
+                return None
+            seen.update(keys)
+            per_seed.append(dict(zip(keys, np.asarray(vals, dtype=np.float64), strict=True)))
+        maps.append(per_seed)
+    other = {e: v for m in maps[1] for e, v in m.items()}
+    blocks = [np.array([v - other[e] for e, v in sorted(m.items()) if e in other]) for m in maps[0]]
+    blocks = [d for d in blocks if d.size]
+    return blocks if sum(d.size for d in blocks) >= 2 else None
 
 
 class Comparison(NamedTuple):
@@ -279,15 +332,26 @@ def compare(
 ) -> Comparison:
     """Compare two methods at one row: paired on shared evaluation episodes where the records allow.
 
-    Paired: the values on the episode seeds that every training seed of both methods ran form
-    ``A[S_a, E]`` and ``B[S_b, E]``. One resample draws the ``E`` episodes once with replacement (the
-    same draw for both methods, which is the pairing: both faced the same episodes), and each method's
-    training seeds independently with replacement; the statistic is the difference of the two means
-    over drawn seeds x drawn episodes. ``a`` and ``b`` differ if the percentile interval of the
-    difference excludes 0. Unpaired (no episode seeds, or fewer than 2 shared): they differ if their
-    intervals do not overlap: ``intervals`` if given (those a report shows), else :func:`bootstrap_mean`'s.
+    Paired, every seed on the same episodes: the values on the episode seeds that every training seed
+    of both methods ran form ``A[S_a, E]`` and ``B[S_b, E]``. One resample draws the ``E`` episodes
+    once with replacement (the same draw for both methods, which is the pairing: both faced the same
+    episodes), and each method's training seeds independently with replacement; the statistic is the
+    difference of the two means over drawn seeds x drawn episodes.
+
+    Paired, each seed on its own block of episodes (a grid's layout): the per-episode differences on
+    the episodes both ran, grouped by ``a``'s training seed, with :func:`bootstrap_mean`'s two-level
+    interval (seeds, then episodes within them).
+
+    ``a`` and ``b`` differ if the percentile interval of the difference excludes 0. Unpaired (no
+    episode seeds, or fewer than 2 shared): they differ if their intervals do not overlap:
+    ``intervals`` if given (those a report shows), else :func:`bootstrap_mean`'s.
     """
     shared = _on_shared_episodes(a, b)
+    blocks = _paired_blocks(a, b) if shared is None else None
+    if blocks is not None:
+        iv = bootstrap_mean(blocks, reps=reps, confidence=confidence, seed=seed)
+        resolved = iv.defined and (iv.lo > 0.0 or iv.hi < 0.0)
+        return Comparison(iv.mean, iv.lo, iv.hi, True, iv.episodes, resolved)
     if shared is None:
         ia, ib = intervals or (
             a.interval(reps=reps, confidence=confidence, seed=seed),
@@ -295,12 +359,11 @@ def compare(
         )
         return Comparison(ia.mean - ib.mean, math.nan, math.nan, False, 0, not ia.overlaps(ib))
     ma, mb = shared
-    (sa, e), sb = ma.shape, mb.shape[0]
+    e = ma.shape[1]
     diff = float(ma.mean() - mb.mean())
     rng = np.random.default_rng(seed)
     w = _counts(rng, e, reps)  # [reps, E], shared by both methods
-    ca, cb = _counts(rng, sa, reps), _counts(rng, sb, reps)
-    stat = np.einsum("rs,se,re->r", ca, ma, w) / (sa * e) - np.einsum("rs,se,re->r", cb, mb, w) / (sb * e)
+    stat = _two_level(ma, w, rng) - _two_level(mb, w, rng)
     lo, hi = _percentile(stat, confidence)
     return Comparison(diff, lo, hi, True, e, lo > 0.0 or hi < 0.0)
 

@@ -132,8 +132,9 @@ def run_cell(
 
     Every random draw derives from the cell's seed: the global generators (Python, NumPy, torch) are
     reset to it first, so a cell gives the same record whatever ran before it in the process (a Ray
-    worker's earlier cells). Evaluation episode ``i`` at an N is episode ``i`` of the split's stream,
-    the same for every method and training seed; each N's metrics carry their ``episode_seeds``.
+    worker's earlier cells). Training seed ``s`` is evaluated on its block of the split's stream
+    (``Cell.episode_seeds_at``), the same for every method; each N's metrics carry their
+    ``episode_seeds``.
 
     A cell with training ``budgets`` trains one run to each budget in turn (resuming it), evaluates
     it there and stores one record per budget (``Cell.record_id``); budgets already recorded with
@@ -392,8 +393,6 @@ def _train_run(
 def _exploitability(cell: Cell, policy_for: Any, n_agents: int, timings: dict[str, float]) -> dict[str, Any]:
     """Exploitability at ``n_agents`` (largest evaluated N up to ``max_n``) where the env has a measure."""
     from mfdiffuser.eval.exploitability import SUPPORTED, exploitability
-    from mfdiffuser.splits import episode_seeds
-
     opts = cell.exploitability
     if not opts.get("enabled", True) or cell.train_point.env not in SUPPORTED:
         return {}
@@ -402,7 +401,7 @@ def _exploitability(cell: Cell, policy_for: Any, n_agents: int, timings: dict[st
     env = point.make()
     try:
         episodes = int(opts.get("episodes", 4))
-        res = exploitability(env, policy_for(env), episode_seeds(cell.split, episodes))
+        res = exploitability(env, policy_for(env), cell.block_seeds(episodes))
     finally:
         env.close()
     timings["exploitability_s"] = time.perf_counter() - t0

@@ -51,16 +51,17 @@ Tuning and learning curves (validation grids; see ``experiments/tune.yaml``)::
 A tuning list varies the learning rate and at most two method-specific knobs; every trained method of
 a benchmark must have the same number of configurations (no list counts as one).
 
-Evaluation episode ``i`` at an N is episode ``i`` of the split's stream for every method and training
-seed (:func:`mfdiffuser.splits.episode_seeds`), so rows compare paired on shared episodes. A key of a
-method's ``benchmarks`` that names no benchmark of the grid is an error.
+Training seed ``s`` is evaluated at an N on episodes ``s k .. s k + k - 1`` of the split's stream
+(``k`` episodes per seed; :func:`mfdiffuser.splits.episode_seeds`): the seeds of a row face different
+episodes, and seed ``s`` of every method faces the same ones, so rows compare paired on shared
+episodes. A key of a method's ``benchmarks`` that names no benchmark of the grid is an error.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,10 +196,18 @@ class Cell:
         return int(self.eval_episodes_by_n.get(int(n_agents), self.eval_episodes))
 
     def episode_seeds_at(self, n_agents: int) -> list[int]:
-        """Evaluation seeds of the episodes at N: the first of the split's stream, shared by all methods."""
+        """Evaluation seeds of the episodes at N: the training seed's block of the split's stream.
+
+        Seed ``s`` with ``k`` episodes runs episodes ``s k .. s k + k - 1``: a row's seeds face
+        different episodes, and seed ``s`` of every method faces the same ones (the pairing).
+        """
+        return self.block_seeds(self.episodes_at(n_agents))
+
+    def block_seeds(self, count: int) -> list[int]:
+        """Seeds of the ``count`` episodes of this training seed's block of the split's stream."""
         from mfdiffuser.splits import episode_seeds
 
-        return episode_seeds(self.split, self.episodes_at(n_agents))
+        return episode_seeds(self.split, count, start=self.seed * count)
 
     @property
     def fingerprint(self) -> str:
@@ -616,6 +625,37 @@ def _merge(*dicts: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def _eval_episodes(
+    levels: Sequence[Mapping[str, Any] | None], qualities: Sequence[str], where: str
+) -> tuple[dict[str, int], dict[int, int]]:
+    """Evaluation episodes per training seed for each quality, and the exceptions by N.
+
+    ``levels``: the ``eval`` options of the grid, the benchmark (``eval_options``), the method and the
+    method's benchmark override, most general first. A more specific level wins: its ``episodes``
+    over any level's ``episodes_by_quality`` before it, and within one level ``episodes_by_quality``
+    over ``episodes``. ``episodes_by_n`` entries add up over the levels (a later one wins at its N).
+    """
+    per_quality = dict.fromkeys(qualities, int(EVAL_DEFAULTS["episodes"]))
+    by_n: dict[int, int] = {}
+    for level in levels:
+        ev = _merge(level)
+        _unknown(ev, set(EVAL_DEFAULTS), f"{where} eval options")
+        by_quality = {str(k): int(v) for k, v in _merge(ev.get("episodes_by_quality")).items()}
+        odd = sorted(set(by_quality) - set(DATASET_QUALITIES))
+        if odd:
+            raise ValueError(
+                f"{where}: episodes_by_quality names {', '.join(odd)}; "
+                f"qualities are {', '.join(DATASET_QUALITIES)}"
+            )
+        for q in qualities:
+            if q in by_quality:
+                per_quality[q] = by_quality[q]
+            elif "episodes" in ev:
+                per_quality[q] = int(ev["episodes"])
+        by_n.update({int(k): int(v) for k, v in _merge(ev.get("episodes_by_n")).items()})
+    return per_quality, by_n
+
+
 def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
     """Validate a grid spec and expand it into cells (benchmark x quality x method x seed).
 
@@ -721,29 +761,33 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
             if lender is not None and (algo is None or not chosen):
                 why = "a behaviour method is not trained" if algo is None else f"no selection for {bname}"
                 raise ValueError(f"{mwhere}: selected_as {lender}: {why}")
+            if chosen_path is not None and algo is not None and not chosen:
+                raise ValueError(
+                    f"{mwhere}: {chosen_path.name} selects nothing for benchmark {bname}; a grid "
+                    "that names a selection trains every method with it (select on a tuning store "
+                    "that has this method and benchmark)"
+                )
             lent = lender is not None
             own_trainer = _with_selection(chosen, "trainer", lent, m.get("trainer"), over.get("trainer"))
             trainer = _merge(raw.get("trainer"), own_trainer)
             cell_expl = _merge(expl, m.get("exploitability"), over.get("exploitability"))
             _unknown(cell_expl, EXPL_KEYS, f"{mwhere}.exploitability")
             check_exploitability(cell_expl, f"{mwhere} on benchmark {bname}")
-            ev = _merge(
-                EVAL_DEFAULTS, raw.get("eval"), b.get("eval_options"), m.get("eval"), over.get("eval")
-            )
-            _unknown(ev, set(EVAL_DEFAULTS), f"{mwhere} eval options")
-            by_n = {int(k): int(v) for k, v in (ev["episodes_by_n"] or {}).items()}
-            by_quality = {str(k): int(v) for k, v in (ev["episodes_by_quality"] or {}).items()}
-            odd = sorted(set(by_quality) - set(DATASET_QUALITIES))
-            if odd:
-                raise ValueError(
-                    f"{mwhere}: episodes_by_quality names {', '.join(odd)}; "
-                    f"qualities are {', '.join(DATASET_QUALITIES)}"
-                )
-            counts = [int(ev["episodes"]), *by_n.values(), *by_quality.values()]
-            if min(counts) < 1:
+            levels = [raw.get("eval"), b.get("eval_options"), m.get("eval"), over.get("eval")]
+            per_quality, by_n = _eval_episodes(levels, qualities, mwhere)
+            episode_counts = [*per_quality.values(), *by_n.values()]
+            if min(episode_counts) < 1:
                 raise ValueError(f"{mwhere}: evaluation episodes must be >= 1")
-            if max(counts) > STREAM_SIZE:
+            if max(episode_counts) > STREAM_SIZE:
                 raise ValueError(f"{mwhere}: at most {STREAM_SIZE:,} evaluation episodes per N")
+            top_seed = max([*seeds, *(s for v in seeds_by_quality.values() for s in v)])
+            most = max([*episode_counts, int(cell_expl.get("episodes", 0))])
+            if (top_seed + 1) * most > STREAM_SIZE:
+                raise ValueError(
+                    f"{mwhere}: seed {top_seed} with {most} evaluation episodes runs past the "
+                    f"split's {STREAM_SIZE:,} episodes (seed s evaluates episodes s k .. s k + k - 1); "
+                    "use smaller seeds"
+                )
             _unknown(trainer, TRAINER_KEYS, f"{mwhere}.trainer")
             if algo is not None and algo not in ALGOS:
                 raise ValueError(f"{mwhere}: unknown algorithm {algo!r}; choose from {', '.join(ALGOS)}")
@@ -770,7 +814,7 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
                         _cells(
                             raw, b, m, over, str(bname), str(mname), q, seeds_by_quality.get(q, seeds),
                             split, data, train_pt,
-                            eval_pts, ev, by_n, cell_expl, algo, behaviour,
+                            eval_pts, per_quality[q], by_n, cell_expl, algo, behaviour,
                             options=_merge(options, entry.get("options")),
                             trainer={
                                 **_merge(trainer, entry.get("trainer")),
@@ -819,7 +863,7 @@ def _cells(
     data: Mapping[str, Any],
     train_pt: EnvPoint,
     eval_pts: tuple[EnvPoint, ...],
-    ev: Mapping[str, Any],
+    episodes: int,
     by_n: dict[int, int],
     cell_expl: dict[str, Any],
     algo: str | None,
@@ -852,7 +896,7 @@ def _cells(
             train_point=train_pt,
             eval_points=eval_pts,
             dataset=dataset,
-            eval_episodes=int((ev["episodes_by_quality"] or {}).get(q, ev["episodes"])),
+            eval_episodes=episodes,
             eval_episodes_by_n=by_n,
             ref_episodes=int(data["ref_episodes"]),
             exploitability=cell_expl,

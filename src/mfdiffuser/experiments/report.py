@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +47,8 @@ QUALITY_ORDER = ("expert", "medium", "mixed", "random")
 TARGET_QUALITIES = ("medium", "mixed", "random")
 TARGET_MIN_N = 1000
 """The product's target rows: these dataset qualities at N of at least this."""
+CORE_QUALITIES = ("medium", "mixed")
+"""The qualities that carry the comparison (a grid may train more seeds on them)."""
 REPORT_KEYS = (*RECORD_KEYS, "benchmark", "quality", "method")
 """Keys a record needs to appear in a report."""
 
@@ -229,17 +231,33 @@ class Results:
             intervals=[None if c is None else c.stats for c in kept],
         )
 
-    def exploitability(self, bench: str, quality: str, method: str) -> Agg | None:
-        """Exploitability over training seeds (one value per seed), its interval floored at zero."""
-        recs = self.by_key.get((bench, quality, method))
-        if not recs:
-            return None
-        vals = []
-        for r in recs:
+    def exploitability_entries(self, bench: str, quality: str, method: str) -> list[tuple[int, float, str]]:
+        """``(N, exploitability, kind)`` of each finished record's measurement (one per training seed)."""
+        out = []
+        for r in self.by_key.get((bench, quality, method), []):
             e = r.get("exploitability") if r["status"] == "done" else None
-            v = e.get("exploitability") if isinstance(e, dict) else None
-            if isinstance(v, int | float) and math.isfinite(v):
-                vals.append(np.array([float(v)]))
+            if not isinstance(e, dict):
+                continue
+            v, n = e.get("exploitability"), e.get("n_agents")
+            if isinstance(v, int | float) and math.isfinite(v) and isinstance(n, int):
+                out.append((n, float(v), str(e.get("kind", ""))))
+        return out
+
+    def exploitability_ns(self, bench: str, quality: str | None = None) -> list[int]:
+        """The N exploitability was measured at on ``bench`` (one quality, or any), most entries first.
+
+        Methods are measured at their largest evaluated N up to their own ``max_n``, so a slow planner
+        may be measured at a smaller N than the rest: values at different N are never compared.
+        """
+        counts: Counter[int] = Counter()
+        for q in [quality] if quality is not None else self.qualities(bench):
+            for m in self.methods:
+                counts.update(n for n, _, _ in self.exploitability_entries(bench, q, m))
+        return sorted(counts, key=lambda n: (-counts[n], -n))
+
+    def exploitability(self, bench: str, quality: str, method: str, n: int) -> Agg | None:
+        """Exploitability at N over training seeds (one value per seed), its interval floored at zero."""
+        vals = [np.array([v]) for at, v, _ in self.exploitability_entries(bench, quality, method) if at == n]
         if not vals:
             return None
         return Agg(bootstrap_mean(vals, floor=0.0), "done", samples=Samples(vals, [None] * len(vals)))
@@ -350,27 +368,22 @@ def latex_table(res: Results, metric: str) -> str:
 
 
 def exploitability_table(res: Results) -> str:
-    """Markdown table of exploitability (lower is better) per benchmark x quality, columns methods.
+    """Markdown table of exploitability (lower is better) per benchmark x quality x N, columns methods.
 
-    One value per training seed: winners by overlapping intervals over seeds.
+    One value per training seed: winners by overlapping intervals over seeds, among the methods
+    measured at the row's N only (a method measured at a smaller N has its own row).
     """
     lines = []
     for b in res.benchmarks:
         for q in res.qualities(b):
-            cells = [res.exploitability(b, q, m) for m in res.methods]
-            if not any(c is not None for c in cells):
-                continue
-            flags = res._winners(cells, higher=False).winners
-            entries = [_entry(c, 4, f, latex=False) for c, f in zip(cells, flags, strict=True)]
-            first = next(
-                r["exploitability"]
-                for m in res.methods
-                for r in res.by_key.get((b, q, m), [])
-                if isinstance(r.get("exploitability"), dict)
-            )
-            n, kind = first.get("n_agents"), first.get("kind", "")
-            n_text = f"{n:,}" if isinstance(n, int) else "–"
-            lines.append(f"| {b} ({kind}) | {q} | {n_text} | " + " | ".join(entries) + " |")
+            for n in sorted(res.exploitability_ns(b, q), reverse=True):
+                cells = [res.exploitability(b, q, m, n) for m in res.methods]
+                flags = res._winners(cells, higher=False).winners
+                entries = [_entry(c, 4, f, latex=False) for c, f in zip(cells, flags, strict=True)]
+                kind = next(
+                    k for m in res.methods for at, _, k in res.exploitability_entries(b, q, m) if at == n
+                )
+                lines.append(f"| {b} ({kind}) | {q} | {n:,} | " + " | ".join(entries) + " |")
     if not lines:
         return ""
     return "\n".join([*_head(res), *lines])
@@ -432,13 +445,27 @@ class RowSet(NamedTuple):
 
 
 def row_sets(res: Results) -> list[RowSet]:
-    """The product's target rows (medium, mixed, random data at N >= 1,000), and all rows of scores."""
+    """Row sets of the aggregates, each listed once.
+
+    Medium and mixed data at N >= 1,000 (the comparison's core, where a grid may train more seeds),
+    the product's target rows (medium, mixed and random data at N >= 1,000), and all rows of scores.
+
+    The bootstrap needs the same training seeds on every row of a set, so a set with rows of fewer
+    seeds (3 on random data against 5 on medium) aggregates those seeds only; the first set keeps all.
+    """
     rows = [(b, q, n) for b, q, n, _ in metric_rows(res, "score")]
-    target = [r for r in rows if r[1] in TARGET_QUALITIES and r[2] >= TARGET_MIN_N]
-    return [
-        RowSet(f"{', '.join(TARGET_QUALITIES)} data at N ≥ {TARGET_MIN_N:,}", target),
-        RowSet("all rows", rows),
+    sets = [
+        RowSet(
+            f"{', '.join(qs)} data at N ≥ {TARGET_MIN_N:,}",
+            [r for r in rows if r[1] in qs and r[2] >= TARGET_MIN_N],
+        )
+        for qs in (CORE_QUALITIES, TARGET_QUALITIES)
     ]
+    out: list[RowSet] = []
+    for rs in [*sets, RowSet("all rows", rows)]:
+        if rs.rows and all(rs.rows != kept.rows for kept in out):
+            out.append(rs)
+    return out
 
 
 class ScoreMatrices(NamedTuple):
@@ -749,7 +776,8 @@ def plot_vs_n(
 def plot_bars(res: Results, path: Path, *, metric: str | None) -> Path | None:
     """Grouped bars per benchmark: x = quality, one bar per method.
 
-    Bars show ``metric`` at the benchmark's largest N, or exploitability when ``metric`` is None.
+    Bars show ``metric`` at the benchmark's largest N, or exploitability when ``metric`` is None (at
+    the N most methods were measured at; the table has the others).
     """
     plt = _plt()
     benches = res.benchmarks
@@ -761,10 +789,12 @@ def plot_bars(res: Results, path: Path, *, metric: str | None) -> Path | None:
     for ax, b in zip(axes.flat, benches, strict=True):
         qs = res.qualities(b)
         n_max = max(res.eval_ns(b)) if res.eval_ns(b) else 0
+        if metric is None:  # exploitability at the N most methods were measured at
+            n_max = next(iter(res.exploitability_ns(b)), 0)
         for j, m in enumerate(res.methods):
             ys, below, above = [], [], []
             for q in qs:
-                a = res.exploitability(b, q, m) if metric is None else res.agg(b, q, n_max, m, metric)
+                a = res.exploitability(b, q, m, n_max) if metric is None else res.agg(b, q, n_max, m, metric)
                 stats = a.stats if a is not None else None
                 ys.append(stats.mean if stats is not None else np.nan)
                 lo, hi = _error_bars([stats] if stats is not None else [])
@@ -784,7 +814,7 @@ def plot_bars(res: Results, path: Path, *, metric: str | None) -> Path | None:
         ax.set_xticks(np.arange(len(qs)) + 0.4 - width / 2, qs)
         ylabel = "exploitability" if metric is None else PLOT_LABELS.get(metric, metric)
         ax.set_ylabel(ylabel, fontsize=8)
-        ax.set_title(b if metric is None else f"{b} (N = {n_max:,})", fontsize=9)
+        ax.set_title(f"{b} (N = {n_max:,})", fontsize=9)
     return _finish(plt, fig, axes, path, drawn, legend_height=0.1)
 
 
@@ -839,19 +869,20 @@ def _finish(plt: Any, fig: Any, axes: Any, path: Path, drawn: bool, legend_heigh
 
 # -------------------------------------------------------------------------------------- report
 def _drop_stale(
-    records: list[dict[str, Any]], spec: dict[str, Any] | None
+    records: list[dict[str, Any]], spec_path: Path | None
 ) -> tuple[list[dict[str, Any]], str]:
-    """Records whose cell is in the grid ``spec`` with the same fingerprint, and a note on the rest.
+    """Records whose cell is in the grid at ``spec_path`` with the same fingerprint, and a note on the rest.
 
     A record made before its cell's configuration changed (or of a cell no longer in the grid) would
     mix two configurations in one table; ``mfd sweep`` reruns such cells, the report leaves them out.
+    The grid is read from its file, so a ``selected:`` file beside it is found there.
     """
-    if spec is None:
+    if spec_path is None:
         return records, ""
     from mfdiffuser.experiments.grid import parse_grid
 
     try:
-        current = {c.id: c.fingerprint for c in parse_grid(spec).cells}
+        current = {c.id: c.fingerprint for c in parse_grid(spec_path).cells}
     except (ValueError, MfdError) as exc:
         return records, f"Records not checked against `grid.yaml`: it does not expand here ({exc})."
     stale = sorted(r["id"] for r in records if current.get(r["id"]) != r.get("fingerprint"))
@@ -986,7 +1017,7 @@ def _write_report(
     spec_path = Path(results_dir) / "grid.yaml"
     spec = yaml.safe_load(spec_path.read_text()) if spec_path.is_file() else None
     spec = spec if isinstance(spec, dict) else None
-    records, stale_note = _drop_stale(records, spec)
+    records, stale_note = _drop_stale(records, spec_path if spec is not None else None)
     res = Results(records, spec)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
