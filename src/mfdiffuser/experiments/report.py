@@ -5,8 +5,8 @@ formats them. Each cell record holds one training seed's per-episode values at e
 
 * Across rows (benchmark x quality x N) of normalized score: IQM and mean with stratified bootstrap
   intervals, the probability that MF-Diffuser improves on each other method, and performance profiles
-  (``rliable``), over the rows of the product's target (medium, mixed and random data at
-  N >= 1,000) and over all rows.
+  (``rliable``), over the medium and mixed rows at N >= 1,000, the rows of the product's target
+  (medium, mixed and random data at N >= 1,000) and all rows.
 * Per row: each method's mean over training seeds with a two-level bootstrap interval (training seeds,
   then each drawn seed's episodes); the winners (bold) are the best mean and every method a paired
   comparison on the shared evaluation episodes does not separate from it, or, where the records name
@@ -1115,13 +1115,16 @@ def _write_report(
         "## Per row",
         "",
         "Entries: mean over training seeds [95% interval]. The interval redraws the training seeds with "
-        "replacement and, for each drawn seed, its evaluation episodes with replacement; exploitability, "
-        "latency and memory intervals are never drawn below zero. Bold: the row's winners, the best "
-        "mean (lowest for exploitability, latency and memory) and every method not separated from it: "
-        "`paired`, on the evaluation episodes both ran (one draw of those episodes shared by both "
-        "methods, training seeds drawn apart; separated if the interval of the difference excludes 0), "
-        "or `intervals`, where the records share no episodes (separated if the two intervals do not "
-        "overlap). `*`: some seeds failed or were skipped; an entry without an interval has one value.",
+        "replacement and, for each drawn seed, its evaluation episodes with replacement (one draw for "
+        "all seeds where they ran the same episodes); exploitability, latency and memory intervals are "
+        "never drawn below zero. Bold: the row's winners, the best mean (lowest for exploitability, "
+        "latency and memory) and every method not separated from it: `paired`, on the evaluation "
+        "episodes both ran (the difference episode by episode, where each training seed ran a block of "
+        "episodes of its own, seeds then episodes redrawn; or one draw of episodes shared by both "
+        "methods where every seed ran the same ones; separated if the interval of the difference "
+        "excludes 0), or `intervals`, where the records share no episodes (separated if the two "
+        "intervals do not overlap). `*`: some seeds failed or were skipped; an entry without an "
+        "interval has one value.",
     ]
     summary = summary_table(res, "score")
     if summary:
