@@ -8,6 +8,7 @@ from mfdiffuser.experiments import build_report
 from mfdiffuser.experiments.report import (
     Results,
     cost_table,
+    difference_table,
     exploitability_table,
     markdown_table,
     summary_table,
@@ -89,6 +90,29 @@ def test_paired_comparison_on_shared_episodes_decides_the_winners(tmp_path):
     assert row.startswith("| gs | medium | 100 | **31.1 [") and row.endswith("| paired |")
     # N = 1,000 has no per-episode values: decided by intervals, a tie (both seeds' means 20.1 vs 21.1)
     assert _row(markdown_table(res, "score"), "1,000").endswith("| intervals |")
+
+
+def test_difference_table_pairs_each_method_with_mf_diffuser_block_by_block(tmp_path):
+    # A grid's layout: training seed s of every method ran episodes 100 + 10 s .. 109 + 10 s. bc is
+    # 1 point above MF-Diffuser on each episode; rwbc is even with it, give or take 0.3.
+    s = ResultStore(tmp_path / "res")
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        difficulty = rng.uniform(0.0, 60.0, 10)
+        for method, values in (("mf-diffuser", difficulty), ("bc", difficulty + 1.0),
+                               ("rwbc", difficulty + rng.choice([-0.3, 0.3], 10))):
+            rec = _rec(method, seed, 0, 1.0, episodes=values)
+            rec["metrics"]["100"]["episode_seeds"] = list(range(100 + 10 * seed, 110 + 10 * seed))
+            s.write(rec)
+    res = Results(s.records())
+    assert res.diffuser == "mf-diffuser"
+    table = difference_table(res)
+    assert "| bc − mf-diffuser | rwbc − mf-diffuser |" in table.splitlines()[0]
+    cells = _row(table, 100).split(" | ")
+    assert cells[4] == "**+1.0 [+1.0, +1.0]**"  # paired, every difference is 1
+    assert cells[5].startswith("+0.") or cells[5].startswith("-0.")
+    assert not cells[5].startswith("**") and "[" in cells[5]  # paired, not resolved
+    assert "(unpaired)" in _row(table, "1,000")  # no per-episode values at N = 1,000
 
 
 def test_episode_values_take_the_metrics_own_episode_seeds():

@@ -36,6 +36,7 @@ from mfdiffuser.eval.stats import (
     aggregates,
     bootstrap_mean,
     common_runs,
+    compare,
     performance_profiles,
     probability_of_improvement,
     row_winners,
@@ -334,6 +335,41 @@ def markdown_table(res: Results, metric: str) -> str:
         entries = [_entry(c, dec, f, latex=False) for c, f in zip(cells, verdict.winners, strict=True)]
         lines.append(f"| {b} | {q} | {n:,} | " + " | ".join(entries) + f" | {decided_by(verdict)} |")
     return "\n".join(lines)
+
+
+def difference_table(res: Results, metric: str = "score") -> str:
+    """Each trained method's difference from MF-Diffuser per row, paired where the records allow.
+
+    Rows benchmark x quality x N, columns the other trained methods; an entry is ``method - ours``
+    with its 95% bootstrap interval (:func:`~mfdiffuser.eval.stats.compare`: episode by episode on
+    the evaluation episodes both ran), bold where the interval excludes 0, ``(unpaired)`` where the
+    records share no episodes. An ablation grid's table: each variant against the full model.
+    """
+    ours = res.diffuser
+    _, _, dec = METRICS[metric]
+    others = [m for m in res.trained if m != ours]
+    if ours is None or not others:
+        return ""
+    lines = [
+        "| benchmark | quality | N | " + ours + " | " + " | ".join(f"{m} − {ours}" for m in others) + " |",
+        "|---|---|---:|---:|" + "---:|" * len(others),
+    ]
+    for b, q, n, _ in metric_rows(res, metric):
+        base = res.agg(b, q, n, ours, metric)
+        if base is None or base.samples is None or base.stats is None:
+            continue
+        entries = []
+        for m in others:
+            other = res.agg(b, q, n, m, metric)
+            if other is None or other.samples is None or other.stats is None:
+                entries.append("–")
+                continue
+            cmp = compare(other.samples, base.samples, intervals=(other.stats, base.stats))
+            text = f"{cmp.diff:+.{dec}f}"
+            text += f" [{cmp.lo:+.{dec}f}, {cmp.hi:+.{dec}f}]" if cmp.paired else " (unpaired)"
+            entries.append(f"**{text}**" if cmp.resolved else text)
+        lines.append(f"| {b} | {q} | {n:,} | {_fmt(base.stats, dec, False)} | " + " | ".join(entries) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _tex(text: str) -> str:
@@ -1144,14 +1180,26 @@ def _write_report(
         if table:
             md += ["", f"## {title}", "", table]
             tex += [latex_table(res, metric), ""]
+        diffs = difference_table(res, metric) if metric == "score" else ""
+        if diffs:
+            md += [
+                "",
+                f"### Differences from {res.diffuser} (normalized score)",
+                "",
+                f"Each trained method's mean minus {res.diffuser}'s on the row, with the 95% interval of "
+                "the paired comparison on the evaluation episodes both ran; bold where it excludes 0.",
+                "",
+                diffs,
+            ]
     expl = exploitability_table(res)
     if expl:
         md += [
             "",
-            "## Exploitability (at the largest evaluation N)",
+            "## Exploitability",
             "",
-            "exact: mean-field exploitability of the measured policy table; estimate: see "
-            "`mfdiffuser.eval.exploitability`.",
+            "At each method's largest evaluation N up to its `max_n`; methods measured at different N "
+            "sit in different rows and are not compared. exact: mean-field exploitability of the "
+            "measured policy table; estimate: see `mfdiffuser.eval.exploitability`.",
             "",
             expl,
         ]
