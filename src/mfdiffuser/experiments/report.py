@@ -850,7 +850,7 @@ def plot_bars(res: Results, path: Path, *, metric: str | None) -> Path | None:
         ax.set_xticks(np.arange(len(qs)) + 0.4 - width / 2, qs)
         ylabel = "exploitability" if metric is None else PLOT_LABELS.get(metric, metric)
         ax.set_ylabel(ylabel, fontsize=8)
-        ax.set_title(f"{b} (N = {n_max:,})", fontsize=9)
+        ax.set_title(f"{b} (N = {n_max:,})" if n_max else b, fontsize=9)
     return _finish(plt, fig, axes, path, drawn, legend_height=0.1)
 
 
