@@ -176,6 +176,17 @@ def test_exploitability_at_different_n_is_never_compared(tmp_path):
     assert "**0.1000" in at_100 and "0.5000" not in at_100
 
 
+def test_a_tuning_store_is_refused_with_the_command_that_reads_it(tmp_path):
+    from mfdiffuser.errors import MfdError
+
+    s = ResultStore(tmp_path / "tune")
+    for budget in (1000, 3000):  # one training run, recorded at two budgets
+        s.write({**_rec("a", 0, 50.0, 1.0), "id": f"gs__medium__a__c0__s0__b{budget}", "budget": budget})
+    with pytest.raises(MfdError, match="is a tuning store .* `mfd select"):
+        build_report(s.root, tmp_path / "rep")
+    assert not (tmp_path / "rep" / "report.md").exists()
+
+
 def test_build_report_writes_aggregates_first_then_tables_and_plots(store, tmp_path):
     import yaml
 

@@ -1050,6 +1050,11 @@ def _write_report(
     records = scan.records
     if not records:
         raise FileNotFoundError(f"{results_dir}: no cell records (run `mfd sweep` first)")
+    if any(r.get("budget") is not None for r in records):
+        raise MfdError(
+            f"{results_dir} is a tuning store (a record per configuration and training budget, which a "
+            f"report would pool as seeds): `mfd select {results_dir} --plot curves.png` reads it"
+        )
     spec_path = Path(results_dir) / "grid.yaml"
     spec = yaml.safe_load(spec_path.read_text()) if spec_path.is_file() else None
     spec = spec if isinstance(spec, dict) else None
