@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
 
@@ -47,6 +48,12 @@ def test_steps_layout_and_terminals():
     # window 2 starts at t = 2: its second transition reaches t + 1 = 4 = T, terminal for all agents
     assert st.done[2, 1].tolist() == [1.0] * 5 and st.done[2, 0].sum() == 0
     assert st.done[0, 0, 1] == 1.0 and st.done[0, 0, 0] == 0.0
+    # agent 3 of window 1 dies at the window's last step: only the batch's next_mask says so
+    assert st.done[1, 1, 3] == 0.0
+    next_mask = torch.ones(3, 5, dtype=torch.bool)
+    next_mask[1, 3] = False
+    st = steps(dataclasses.replace(batch, next_mask=next_mask), episode_length=4)
+    assert st.done[1, 1, 3] == 1.0 and st.done[1].sum() == 1.0
 
 
 def test_exp_weights_by_hand():

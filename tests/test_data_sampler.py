@@ -79,6 +79,9 @@ def check_batch(batch: TrajBatch, records, gamma=1.0):
                 exp_a = rec.actions[t, k] if inside else 0
                 assert batch.rewards[b, mi, j].item() == pytest.approx(exp_r)
                 assert batch.actions[b, mi, j].item() == exp_a
+        for mi, k in enumerate(pos):  # the step after the window: inside the episode, agent alive
+            t = t0 + h
+            assert bool(batch.next_mask[b, mi]) == (t < rec.length and bool(rec.alive[t, k]))
         for mi, k in enumerate(pos):
             disc = gamma ** np.arange(rec.length - t0)
             expected = float((disc * rec.rewards[t0 : rec.length, k]).sum())

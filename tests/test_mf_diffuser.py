@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 import os
@@ -149,6 +150,12 @@ def test_value_source_mc_and_learned_centred_values():
     _, c, _ = learner.segment_value(batch)
     inside = (batch.timestep + 3 < T).float().unsqueeze(1)
     assert torch.allclose(c, batch.rewards.sum(-1) + 1.5 * inside - 1.5, atol=1e-5)
+    # an agent that died at the window's last step (next_mask False): no value after its death
+    next_mask = (batch.timestep + 3 < T).unsqueeze(1).expand_as(batch.rtg).clone()
+    next_mask[0, 0] = False
+    _, c_dead, _ = learner.segment_value(dataclasses.replace(batch, next_mask=next_mask))
+    assert torch.allclose(c_dead, batch.rewards.sum(-1) + 1.5 * next_mask.float() - 1.5, atol=1e-5)
+    assert c_dead[0, 0] != c[0, 0] and torch.equal(c_dead[1:], c[1:])
 
 
 def test_loss_backpropagates_to_denoiser_and_value():

@@ -147,7 +147,8 @@ def steps(batch: TrajBatch, episode_length: int) -> Steps:
     """View ``batch`` as transitions ``(s, a, r, s', c, c')``; terminal where the episode or agent ends.
 
     An agent's transition is terminal at the episode's last step (``t + 1 >= T``) and where the next
-    step of the window is masked out (the agent died or the window ran past the episode's end).
+    step is masked out (the agent died or the episode ended): inside the window by its mask, after the
+    window's last step by the batch's ``next_mask`` where it has one.
     """
     H = batch.horizon
     states = batch.states.transpose(1, 2)  # [B, H+1, M, S]
@@ -157,6 +158,8 @@ def steps(batch: TrajBatch, episode_length: int) -> Steps:
     ends = (t[:, 1:] >= episode_length).unsqueeze(-1).expand_as(mask)  # [B, H, M]
     next_masked = torch.zeros_like(mask)
     next_masked[:, :-1] = ~mask[:, 1:]
+    if batch.next_mask is not None:
+        next_masked[:, -1] = ~batch.next_mask
     done = (ends | next_masked).to(states.dtype)
     return Steps(
         states=states[:, :-1],

@@ -207,7 +207,7 @@ def population_targets(
 
     ``rbar_h`` is the mean reward of the segment's valid agents at step h (the population's reward
     where it is shared); the bootstrap ``gamma^H V(c_{t+H})`` applies only where ``t + H < T`` and some
-    agent is still alive at the window's last step.
+    agent still acts at step t+H (``next_mask``; without it, some agent alive at the window's last step).
     """
     H = batch.horizon
     mask = batch.mask
@@ -219,7 +219,8 @@ def population_targets(
     w = mask.to(states.dtype)
     rbar = (batch.rewards * w).sum(1) / w.sum(1).clamp_min(1.0)  # [B, H]
     disc = gamma ** torch.arange(H, dtype=states.dtype, device=states.device)
-    inside = ((batch.timestep + H) < learner.T) & mask[:, :, -1].any(1)
+    alive = mask[:, :, -1] if batch.next_mask is None else batch.next_mask
+    inside = ((batch.timestep + H) < learner.T) & alive.any(1)
     with torch.no_grad():
         boot = critic.state_value(ctx_end) * inside.to(states.dtype)
         target = (rbar * disc).sum(-1) / learner.return_scale + gamma**H * boot

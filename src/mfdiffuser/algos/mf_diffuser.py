@@ -609,6 +609,8 @@ class MFDiffuser(nn.Module):
                 ret = (batch.rewards * batch.mask).sum(-1)
                 ctx_h = self.context(batch.summaries[:, -1], t0 + self.H)
                 inside = batch.mask[:, :, -1] & (t0 + self.H < self.T).unsqueeze(1)
+                if batch.next_mask is not None:  # no bootstrap from a dead agent's state
+                    inside = inside & batch.next_mask
                 if inside.any():
                     v_end = value(s[:, :, -1], ctx_h) * self.return_scale * inside
                 else:

@@ -39,6 +39,10 @@ class TrajBatch:
     pop_rewards: torch.Tensor | None = None
     """``[B, H]`` float32: the population's mean reward r_t..r_{t+H-1} over all N agents (0 past the
     episode's end); None where a batch was built without it."""
+    next_mask: torch.Tensor | None = None
+    """``[B, M]`` bool: the agent acts at step t+H (inside the episode and alive), so a value of
+    s_{t+H} may be bootstrapped; False where it died or the episode ended by then. None where a
+    batch was built without it (then only the episode's horizon T ends a bootstrap)."""
 
     @property
     def batch_size(self) -> int:

@@ -311,6 +311,8 @@ class WindowSampler:
             views = np.take(self._views.reshape(-1, self._views.shape[-1]), flat_s, axis=0)
             states = join_views(states, views)
         mask = valid[:, None, :] & np.take(self._alive.reshape(-1), flat_alive)
+        # the step after the window: inside the episode and the agent alive at state t+H
+        acts_next = (tt[:, h] < slot_len)[:, None] & np.take(self._alive.reshape(-1), flat_s[:, :, h])
         actions = np.where(mask, np.take(self._actions.reshape(-1), flat_a), 0).astype(np.int64)
         rewards = np.where(mask, np.take(self._rewards.reshape(-1), flat_a), 0.0).astype(np.float32)
         row_s = slot[:, None] * (t_max + 1) + ts  # [B, H+1] rows of [C * (T+1)]
@@ -336,6 +338,7 @@ class WindowSampler:
             episode_return=tt_(self._episode_return[episode]),
             expert=tt_(self._expert[episode]),
             pop_rewards=tt_(pop_rewards.astype(np.float32)),
+            next_mask=tt_(acts_next),
         )
 
     def __iter__(self) -> Iterator[TrajBatch]:
