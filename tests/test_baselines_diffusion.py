@@ -151,3 +151,26 @@ def test_probe_dd_independent_conditions_on_return(tmp_path):
 @pytest.mark.slow
 def test_probe_madiff_conditions_on_population_return(tmp_path):
     assert fit_probe(madiff, tmp_path, steps=600) > 0.85
+
+
+@pytest.mark.parametrize("module", [dd_independent, madiff])
+def test_a_run_resumes_under_other_acting_options_but_not_other_weights(module, gs_dataset, tmp_path):
+    import json
+
+    from mfdiffuser.algos.run import train
+
+    name = module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+    opts = {"horizon": 1, "hidden": 16, "n_layers": 1, "n_heads": 2, "diffusion_steps": 4, "sample_steps": 4}
+    trainer = TrainerConfig(steps=3, batch_size=4, progress=False)
+    run_dir = tmp_path / "run"
+    train(name, gs_dataset, run_dir, opts, trainer)
+    # a run written when the plan-time estimate assumed another rate: its weights are the same
+    record = json.loads((run_dir / "run.json").read_text())
+    record["config"]["assumed_gflops"] = 20.0
+    (run_dir / "run.json").write_text(json.dumps(record))
+    ckpt = (run_dir / "checkpoint.pt").stat().st_mtime_ns
+    again = train(name, gs_dataset, run_dir, {**opts, "max_plan_seconds": 10.0, "guidance": 2.0}, trainer)
+    assert (run_dir / "checkpoint.pt").stat().st_mtime_ns == ckpt and again.step == 3
+    assert set(module.PLAN_OPTIONS) >= {"assumed_gflops", "max_plan_seconds", "guidance", "sample_steps"}
+    with pytest.raises(MfdError, match="different run"):  # a field that shapes the weights
+        train(name, gs_dataset, run_dir, {**opts, "hidden": 32}, trainer)

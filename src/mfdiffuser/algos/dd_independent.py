@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from mfdiffuser.algos.common import dims_from_meta
 from mfdiffuser.algos.return_diffusion import (
+    PLAN_OPTIONS,
     BudgetedDiffusionConfig,
     PlannerPolicy,
     ReturnDiffuser,
@@ -21,6 +22,8 @@ from mfdiffuser.algos.return_diffusion import (
     planner_policy,
 )
 from mfdiffuser.envs.base import PopulationEnv
+
+__all__ = ["PLAN_OPTIONS", "Config", "build", "make_policy", "plan_budget"]
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from mfdiffuser.algos.common import dims_from_meta
 from mfdiffuser.algos.return_diffusion import (
+    PLAN_OPTIONS,
     BudgetedDiffusionConfig,
     PlannerPolicy,
     ReturnDiffuser,
@@ -23,7 +24,7 @@ from mfdiffuser.algos.return_diffusion import (
 from mfdiffuser.envs.base import PopulationEnv
 from mfdiffuser.errors import BudgetExceeded
 
-__all__ = ["BudgetExceeded", "Config", "build", "make_policy", "plan_budget"]
+__all__ = ["PLAN_OPTIONS", "BudgetExceeded", "Config", "build", "make_policy", "plan_budget"]
 
 
 @dataclass

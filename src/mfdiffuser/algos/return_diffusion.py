@@ -260,6 +260,9 @@ class PlannerPolicy:
 
 PLANNING_OPTIONS = ("replan_every", "sample_steps", "eta", "guidance")
 """Diffusion options that may be changed at acting time (``mfd evaluate --policy-opt``)."""
+PLAN_OPTIONS = (*PLANNING_OPTIONS, "chunk_size", "max_memory_gib", "max_plan_seconds", "assumed_gflops")
+"""Options that shape only acting, never the trained weights: a run trained under other values of
+them resumes (:func:`mfdiffuser.algos.run.train`)."""
 
 
 def acting_config(config: DiffusionConfig, options: dict[str, Any]) -> DiffusionConfig:
