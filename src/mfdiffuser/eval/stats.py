@@ -262,21 +262,30 @@ class Samples(NamedTuple):
         return bootstrap_mean(self.values, shared_episodes=self.shared_episodes, **kwargs)
 
 
+def _episode_maps(sample: Samples) -> list[dict[int, float]] | None:
+    """Per training seed, ``{episode seed: value}``; None where a seed's episodes are unnamed or repeated."""
+    maps = []
+    for vals, eps in zip(sample.values, sample.episode_seeds, strict=True):
+        if eps is None or len(eps) != len(vals):
+            return None
+        keys = np.asarray(eps).tolist()
+        if len(set(keys)) != len(keys):
+            return None
+        maps.append(dict(zip(keys, np.asarray(vals, dtype=np.float64), strict=True)))
+    return maps
+
+
 def _on_shared_episodes(a: Samples, b: Samples) -> tuple[np.ndarray, np.ndarray] | None:
     """``A[S_a, E]`` and ``B[S_b, E]``: both methods' values on the episodes every seed of both ran."""
-    if not a.values or not b.values:
+    ma, mb = _episode_maps(a), _episode_maps(b)
+    if not ma or not mb:
         return None
-    maps = []
-    for sample in (a, b):
-        for vals, eps in zip(sample.values, sample.episode_seeds, strict=True):
-            if eps is None or len(eps) != len(vals) or len(set(np.asarray(eps).tolist())) != len(eps):
-                return None
-            maps.append(dict(zip(np.asarray(eps).tolist(), np.asarray(vals, dtype=np.float64), strict=True)))
+    maps = ma + mb
     shared = sorted(set.intersection(*(set(m) for m in maps)))
     if len(shared) < 2:
         return None
     mat = np.array([[m[e] for e in shared] for m in maps])
-    return mat[: len(a.values)], mat[len(a.values) :]
+    return mat[: len(ma)], mat[len(ma) :]
 
 
 def _paired_blocks(a: Samples, b: Samples) -> list[np.ndarray] | None:
@@ -286,21 +295,14 @@ def _paired_blocks(a: Samples, b: Samples) -> list[np.ndarray] | None:
     one seed of each method, and the episode names the pair. None where an episode is unnamed or run
     twice by one method, or where fewer than 2 episodes are shared.
     """
-    maps: list[list[dict[int, float]]] = []
-    for sample in (a, b):
-        seen: set[int] = set()
-        per_seed = []
-        for vals, eps in zip(sample.values, sample.episode_seeds, strict=True):
-            if eps is None or len(eps) != len(vals):
-                return None
-            keys = np.asarray(eps).tolist()
-            if seen.intersection(keys) or len(set(keys)) != len(keys):
-                return None
-            seen.update(keys)
-            per_seed.append(dict(zip(keys, np.asarray(vals, dtype=np.float64), strict=True)))
-        maps.append(per_seed)
-    other = {e: v for m in maps[1] for e, v in m.items()}
-    blocks = [np.array([v - other[e] for e, v in sorted(m.items()) if e in other]) for m in maps[0]]
+    ma, mb = _episode_maps(a), _episode_maps(b)
+    if ma is None or mb is None:
+        return None
+    for maps in (ma, mb):  # each episode run by one seed of the method at most
+        if sum(len(m) for m in maps) != len(set().union(*maps)):
+            return None
+    other = {e: v for m in mb for e, v in m.items()}
+    blocks = [np.array([v - other[e] for e, v in sorted(m.items()) if e in other]) for m in ma]
     blocks = [d for d in blocks if d.size]
     return blocks if sum(d.size for d in blocks) >= 2 else None
 

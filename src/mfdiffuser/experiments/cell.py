@@ -393,6 +393,7 @@ def _train_run(
 def _exploitability(cell: Cell, policy_for: Any, n_agents: int, timings: dict[str, float]) -> dict[str, Any]:
     """Exploitability at ``n_agents`` (largest evaluated N up to ``max_n``) where the env has a measure."""
     from mfdiffuser.eval.exploitability import SUPPORTED, exploitability
+
     opts = cell.exploitability
     if not opts.get("enabled", True) or cell.train_point.env not in SUPPORTED:
         return {}

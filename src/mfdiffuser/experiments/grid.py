@@ -683,6 +683,7 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
     seeds_by_quality = {
         q: check_seeds(v, f"grid: seeds_by_quality.{q}") for q, v in seeds_by_quality.items()
     }
+    top_seed = max([*seeds, *(s for v in seeds_by_quality.values() for s in v)])  # its block is the last
     benches = raw.get("benchmarks")
     methods = raw.get("methods")
     if not isinstance(benches, dict) or not benches:
@@ -780,7 +781,6 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
                 raise ValueError(f"{mwhere}: evaluation episodes must be >= 1")
             if max(episode_counts) > STREAM_SIZE:
                 raise ValueError(f"{mwhere}: at most {STREAM_SIZE:,} evaluation episodes per N")
-            top_seed = max([*seeds, *(s for v in seeds_by_quality.values() for s in v)])
             most = max([*episode_counts, int(cell_expl.get("episodes", 0))])
             if (top_seed + 1) * most > STREAM_SIZE:
                 raise ValueError(
