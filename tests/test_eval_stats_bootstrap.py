@@ -55,11 +55,28 @@ def test_bootstrap_is_reproducible_and_seed_level_variance_widens_it():
     assert across.hi - across.lo > within.hi - within.lo  # three seeds far apart: wide
 
 
-def test_bootstrap_floor_and_single_value():
-    ci = bootstrap_mean([[-0.2], [0.0], [0.05]], seed=0, floor=0.0)
-    assert ci.lo == 0.0 and ci.hi >= 0.0 and ci.mean == pytest.approx(-0.05)
+def test_bootstrap_interval_stays_within_the_values_and_single_value():
+    # skewed values that cannot be negative (a latency): the percentile interval stays at or above 0
+    lat = bootstrap_mean([[0.0, 0.0, 9.0], [0.0], [0.0, 0.0]], seed=0)
+    assert 0.0 == lat.lo <= lat.mean <= lat.hi <= 9.0
+    # an estimate that came out negative (Ising's exploitability) is shown as it is, mean inside
+    est = bootstrap_mean([[-0.03], [-0.01], [-0.02]], seed=0)
+    assert est.mean == pytest.approx(-0.02) and est.lo <= est.mean <= est.hi < 0.0
     one = bootstrap_mean([[7.0]])
-    assert one.mean == 7.0 and math.isnan(one.lo) and not one.defined and one.overlaps(ci)
+    assert one.mean == 7.0 and math.isnan(one.lo) and not one.defined and one.overlaps(est)
+
+
+def test_blocks_of_different_lengths_are_not_paired():
+    # a evaluated on 4 episodes per seed (blocks 0-3, 4-7, 8-11), b on 20 (0-19, 20-39, 40-59): every
+    # seed of a meets b's seed 0 only, so a pairing would compare a with one seed of b
+    a = Samples([np.full(4, 5.0) for _ in range(3)], [np.arange(4 * s, 4 * s + 4) for s in range(3)])
+    blocks_of_20 = [np.arange(20 * s, 20 * s + 20) for s in range(3)]
+    b = Samples([np.full(20, o) for o in (0.0, 10.0, 20.0)], blocks_of_20)
+    cmp = compare(a, b)
+    assert not cmp.paired and cmp.diff == pytest.approx(-5.0) and not cmp.resolved
+    # the same blocks on both sides pair seed with seed
+    c = Samples([np.full(4, o) for o in (0.0, 10.0, 20.0)], a.episode_seeds)
+    assert compare(a, c).paired
 
 
 @pytest.mark.parametrize("bad", [[], [[]], [[1.0, float("nan")]], [[1.0], [float("inf")]]])

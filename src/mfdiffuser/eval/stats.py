@@ -164,12 +164,6 @@ def _percentile(stat: np.ndarray, confidence: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _floored(lo: float, hi: float, floor: float | None) -> tuple[float, float]:
-    if floor is None:
-        return lo, hi
-    return max(lo, floor), max(hi, floor)
-
-
 def _counts(rng: np.random.Generator, n: int, reps: int) -> np.ndarray:
     """``[reps, n]`` multiplicities of ``reps`` resamples with replacement of ``n`` items."""
     idx = rng.integers(0, n, size=(reps, n)) + n * np.arange(reps)[:, None]  # row r: bins r n .. r n + n - 1
@@ -182,7 +176,6 @@ def bootstrap_mean(
     reps: int = BOOT_REPS,
     confidence: float = CONFIDENCE,
     seed: int = 0,
-    floor: float | None = None,
     shared_episodes: bool = False,
 ) -> Interval:
     """Mean over training seeds of each seed's mean over its episodes, with a two-level bootstrap interval.
@@ -195,15 +188,15 @@ def bootstrap_mean(
     is hard for all; redrawing per seed would average that away and narrow the interval). The
     interval is the percentile interval of ``reps`` such resamples. With one training seed only
     episodes are resampled; with one value per seed only seeds are; one value in all gives a NaN
-    interval.
+    interval. A percentile interval lies within the values' range, so a quantity that cannot be
+    negative (exploitability, latency, memory) never gets an interval below zero, and an estimate
+    that can (Ising's exploitability) keeps its negative values.
 
     Args:
         groups: per training seed, its per-episode values (``[S]`` lists of ``[E_s]`` values).
         reps: number of resamples.
         confidence: coverage of the interval.
         seed: seed of the resampling generator (the interval is reproducible).
-        floor: lowest value an end of the interval may take (0 for quantities that cannot be negative:
-            exploitability, latency, memory), or None.
         shared_episodes: every seed's values are on the same episodes, in the same order.
 
     Raises:
@@ -220,7 +213,7 @@ def bootstrap_mean(
         if len({g.size for g in gs}) != 1:
             raise ValueError("bootstrap: shared episodes need the same episode count for every seed")
         stat = _two_level(np.stack(gs), _counts(rng, gs[0].size, reps), rng)
-        lo, hi = _floored(*_percentile(stat, confidence), floor)
+        lo, hi = _percentile(stat, confidence)
         return Interval(mean, lo, hi, n_s, n_e)
     pick = rng.integers(0, n_s, size=(reps, n_s))  # [reps, S]: which seed fills each slot
     slot_means = np.empty((reps, n_s))
@@ -228,7 +221,7 @@ def bootstrap_mean(
         # every slot gets its own episode resample of seed s; keep those of the slots that drew s
         ep_means = g[rng.integers(0, g.size, size=(reps, n_s, g.size))].mean(axis=2)
         np.copyto(slot_means, ep_means, where=pick == s)
-    lo, hi = _floored(*_percentile(slot_means.mean(axis=1), confidence), floor)
+    lo, hi = _percentile(slot_means.mean(axis=1), confidence)
     return Interval(mean, lo, hi, n_s, n_e)
 
 
@@ -292,8 +285,11 @@ def _paired_blocks(a: Samples, b: Samples) -> list[np.ndarray] | None:
     """Per training seed of ``a``, the differences ``a - b`` on its episodes that ``b`` also ran.
 
     For seeds evaluated on blocks of their own (a grid's layout): each episode seed is run by at most
-    one seed of each method, and the episode names the pair. None where an episode is unnamed or run
-    twice by one method, or where fewer than 2 episodes are shared.
+    one seed of each method, and the episode names the pair. The blocks must pair one to one: each
+    seed of ``a`` shares its episodes with one seed of ``b`` only, and no two seeds of ``a`` with the
+    same one (methods evaluated on blocks of different lengths do not pair: ``a``'s seeds would all
+    meet ``b``'s first). None where they do not, where an episode is unnamed or run twice by one
+    method, or where fewer than 2 episodes are shared.
     """
     ma, mb = _episode_maps(a), _episode_maps(b)
     if ma is None or mb is None:
@@ -301,9 +297,20 @@ def _paired_blocks(a: Samples, b: Samples) -> list[np.ndarray] | None:
     for maps in (ma, mb):  # each episode run by one seed of the method at most
         if sum(len(m) for m in maps) != len(set().union(*maps)):
             return None
-    other = {e: v for m in mb for e, v in m.items()}
-    blocks = [np.array([v - other[e] for e, v in sorted(m.items()) if e in other]) for m in ma]
-    blocks = [d for d in blocks if d.size]
+    owner = {e: s for s, m in enumerate(mb) for e in m}
+    partners: list[int] = []
+    blocks = []
+    for m in ma:
+        shared = sorted(e for e in m if e in owner)
+        if not shared:
+            continue
+        seeds_b = {owner[e] for e in shared}
+        if len(seeds_b) != 1:
+            return None
+        partners.append(seeds_b.pop())
+        blocks.append(np.array([m[e] - mb[partners[-1]][e] for e in shared]))
+    if len(set(partners)) != len(partners):
+        return None
     return blocks if sum(d.size for d in blocks) >= 2 else None
 
 

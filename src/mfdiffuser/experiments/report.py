@@ -65,8 +65,6 @@ METRICS: dict[str, tuple[str, bool, int]] = {
     "act_ms_max": ("Plan latency (ms, slowest act call: a replanning step)", False, 1),
     "peak_mem_mb": ("Peak memory of rollouts (MiB above baseline)", False, 1),
 }
-NONNEGATIVE = ("act_ms", "act_ms_max", "peak_mem_mb")
-"""Metrics (with exploitability) whose intervals are never drawn below zero."""
 
 
 # Short axis labels of the plots.
@@ -212,8 +210,7 @@ class Results:
             return Agg(None, status, notes[0] if notes else "")
         status = "done" if all(s == "done" for s in statuses) else "partial"
         samples = Samples(values, episodes)
-        floor = 0.0 if metric in NONNEGATIVE else None
-        return Agg(bootstrap_mean(values, floor=floor), status, samples=samples)
+        return Agg(samples.interval(), status, samples=samples)
 
     def verdict(self, bench: str, quality: str, n: int, metric: str) -> RowVerdict:
         """The row's winners among the trained methods (:func:`~mfdiffuser.eval.stats.row_winners`)."""
@@ -257,11 +254,11 @@ class Results:
         return sorted(counts, key=lambda n: (-counts[n], -n))
 
     def exploitability(self, bench: str, quality: str, method: str, n: int) -> Agg | None:
-        """Exploitability at N over training seeds (one value per seed), its interval floored at zero."""
+        """Exploitability at N over training seeds (one value per seed)."""
         vals = [np.array([v]) for at, v, _ in self.exploitability_entries(bench, quality, method) if at == n]
         if not vals:
             return None
-        return Agg(bootstrap_mean(vals, floor=0.0), "done", samples=Samples(vals, [None] * len(vals)))
+        return Agg(bootstrap_mean(vals), "done", samples=Samples(vals, [None] * len(vals)))
 
     def seed_scores(self, row: Row, method: str) -> dict[int, float]:
         """``{training seed: its mean normalized score over its episodes}`` at a row."""
@@ -1157,14 +1154,16 @@ def _write_report(
         "",
         "Entries: mean over training seeds [95% interval]. The interval redraws the training seeds with "
         "replacement and, for each drawn seed, its evaluation episodes with replacement (one draw for "
-        "all seeds where they ran the same episodes); exploitability, latency and memory intervals are "
-        "never drawn below zero. Bold: the row's winners, the best mean (lowest for exploitability, "
+        "all seeds where they ran the same episodes); a percentile interval stays within the values, "
+        "so latency, memory and exact exploitability are never drawn below zero (Ising's exploitability "
+        "estimate can be negative). Bold: the row's winners, the best mean (lowest for exploitability, "
         "latency and memory) and every method not separated from it: `paired`, on the evaluation "
         "episodes both ran (the difference episode by episode, where each training seed ran a block of "
-        "episodes of its own, seeds then episodes redrawn; or one draw of episodes shared by both "
-        "methods where every seed ran the same ones; separated if the interval of the difference "
-        "excludes 0), or `intervals`, where the records share no episodes (separated if the two "
-        "intervals do not overlap). `*`: some seeds failed or were skipped; an entry without an "
+        "episodes of its own and seed s of both methods the same block, seeds then episodes redrawn; or "
+        "one draw of episodes shared by both methods where every seed ran the same ones; separated if "
+        "the interval of the difference excludes 0), or `intervals`, where the records share no "
+        "episodes or their blocks do not pair one to one (separated if the two intervals do not "
+        "overlap). `*`: some seeds failed or were skipped; an entry without an "
         "interval has one value.",
     ]
     summary = summary_table(res, "score")
