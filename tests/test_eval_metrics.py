@@ -24,8 +24,9 @@ def test_normalized_score_hand_numbers():
     assert normalized_score(1.5, 1.0, 3.0) == pytest.approx(25.0)
     assert normalized_score(3.0, 1.0, 3.0) == pytest.approx(100.0)
     assert normalized_score(0.0, 1.0, 3.0) == pytest.approx(-50.0)
-    with pytest.raises(ValueError, match="coincide"):
-        normalized_score(1.0, 2.0, 2.0)
+    for random, expert in ((2.0, 2.0), (10.0, 8.0)):  # no scale, or a reversed one (5 would score 250)
+        with pytest.raises(ValueError, match="not above the random one"):
+            normalized_score(5.0, random, expert)
 
 
 def test_summarize_over_seeds_with_hand_numbers():

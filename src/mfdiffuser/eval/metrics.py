@@ -26,12 +26,16 @@ def normalized_score(value: float | np.ndarray, r_random: float, r_expert: float
     """``100 * (value - r_random) / (r_expert - r_random)``.
 
     Raises:
-        ValueError: the two references coincide (the score would be undefined) or are not finite.
+        ValueError: the references are not finite, or the expert's is not above the random one's (the
+            score would be undefined, or its scale reversed: better returns scoring lower).
     """
     if not (math.isfinite(r_random) and math.isfinite(r_expert)):
         raise ValueError(f"reference returns must be finite, got random={r_random}, expert={r_expert}")
-    if abs(r_expert - r_random) < 1e-12:
-        raise ValueError(f"expert and random reference returns coincide ({r_expert}); score undefined")
+    if r_expert - r_random < 1e-12:
+        raise ValueError(
+            f"the expert reference return ({r_expert}) is not above the random one ({r_random}); "
+            "score undefined"
+        )
     return 100.0 * (np.asarray(value, dtype=np.float64) - r_random) / (r_expert - r_random)
 
 
