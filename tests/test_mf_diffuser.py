@@ -537,3 +537,18 @@ def test_action_weight_weighs_the_action_channels_of_the_denoising_loss_by_hand(
     assert torch.allclose(got, want, rtol=1e-5)
     with pytest.raises(ValueError, match="action_weight"):
         mfd.Config(action_weight=0.0)
+
+
+def test_a_feature_constant_in_the_data_keeps_off_support_rows_at_their_own_scale():
+    # battle's alive flag: 1 on every valid row; a dead agent's row inside a window is all zeros
+    learner = _learner()
+    batch = _batch(b=4, m=6)
+    batch.states[..., 0] = 1.0
+    batch.states[..., 1] = 0.05 * batch.states[..., 1]  # small but varying: clamped to 0.01 no lower
+    batch.mask[:, 0, 1:] = False
+    batch.states[:, 0, 2:, :] = 0.0  # agent 0 dead from step 2
+    learner.fit_statistics([batch])
+    assert learner.state_std[0] == 1.0 and learner.state_std[1] >= 0.01
+    x = learner.encode(batch)
+    assert x[:, 1:, :, 0].abs().max() == 0.0  # valid rows: 0, as with any scale
+    assert x[:, 0, 2:, 0].eq(-1.0).all()  # the dead rows: (0 - 1) / 1, not (0 - 1) / 0.01

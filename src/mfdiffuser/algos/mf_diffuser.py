@@ -294,6 +294,17 @@ class DenoisingPass(NamedTuple):
     """``[B, M, H, D]`` detached prediction x0-hat of the clean segments, current states inpainted."""
 
 
+def feature_scale(values: torch.Tensor) -> torch.Tensor:
+    """Per-feature scale of ``values [n, F]``: the s.d., at least 0.01; 1 for a feature constant in the data.
+
+    A constant feature normalises to 0 on every row of the data either way. Scale 1 keeps a value off
+    the data's support at its own magnitude: battle's ``alive`` flag is 1 on every valid row, and a
+    dead agent's row inside a training window (0) would otherwise normalise to -100.
+    """
+    std = values.std(0, correction=0)
+    return torch.where(std > 1e-6, std.clamp_min(1e-2), torch.ones_like(std))
+
+
 class MFDiffuser(nn.Module):
     """The learner: mean-field denoiser, expectile value, action head, and data statistics as buffers.
 
@@ -409,9 +420,9 @@ class MFDiffuser(nn.Module):
         summaries = torch.cat([b.summaries.reshape(-1, self.P) for b in batches])
         actions = torch.cat([b.actions.reshape(-1) for b in batches])[valid]
         self.state_mean.copy_(states.mean(0))
-        self.state_std.copy_(states.std(0, correction=0).clamp_min(1e-2))
+        self.state_std.copy_(feature_scale(states))
         self.summary_mean.copy_(summaries.mean(0))
-        self.summary_std.copy_(summaries.std(0, correction=0).clamp_min(1e-2))
+        self.summary_std.copy_(feature_scale(summaries))
         self.action_hist.copy_(torch.bincount(actions, minlength=self.A).float() / max(len(actions), 1))
         rtg = torch.cat([b.rtg.reshape(-1) for b in batches])
         self.return_scale.copy_(rtg.std(correction=0).clamp_min(1e-3))
