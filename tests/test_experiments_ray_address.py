@@ -139,3 +139,16 @@ def test_local_ray_dies_with_its_driver():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_local_ray_that_does_not_start_is_one_line(spec, tmp_path, monkeypatch, capsys):
+    import ray
+
+    def no_node(*args, **kwargs):  # what Ray raises when its node does not come up in time
+        raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "init", no_node)
+    code = main(["sweep", str(spec), "--results", str(tmp_path / "res"), "--num-cpus", "1"])
+    assert code != 0
+    line = _one_error_line(capsys)
+    assert line.startswith("mfd sweep: error: cannot start a local Ray: The current node timed out")

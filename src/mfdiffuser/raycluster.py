@@ -6,6 +6,7 @@ joins a cluster, and ``auto`` only one of this user's. Joining fails with one li
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -222,6 +223,11 @@ def init_ray(
         target = check_cluster(address)
         _join_ray(ray, target, kwargs, timeout)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        try:
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its node does not start
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            raise MfdError(f"cannot start a local Ray: {first_line(exc)}") from exc
         _start_watchdog()
     return True
