@@ -12,6 +12,7 @@ from mfdiffuser.eval.stats import (
     compare,
     improvement_probability,
     iqm,
+    mean_over_rows,
     performance_profiles,
     probability_of_improvement,
     row_winners,
@@ -254,3 +255,17 @@ def test_common_runs_keeps_the_seeds_of_every_row():
     mat, seeds = common_runs([{0: 1.0, 1: 2.0, 2: 3.0}, {0: 4.0, 2: 6.0}])
     assert seeds == [0, 2] and mat.tolist() == [[1.0, 4.0], [3.0, 6.0]]
     assert common_runs([{0: 1.0}, {1: 2.0}])[0].shape == (0, 2)
+
+
+def test_mean_over_rows_resamples_each_row_on_its_own():
+    noisy = Samples([np.array([0.0, 10.0, 20.0]), np.array([5.0, 15.0])], [None, None])
+    exact = Samples([np.array([50.0, 50.0])], [None])
+    both = mean_over_rows([noisy, exact], seed=3)
+    alone = bootstrap_mean(noisy.values, seed=3)
+    assert both.mean == pytest.approx((10.0 + 50.0) / 2)
+    # the exact row adds no spread: the interval is the noisy row's, halved
+    assert both.lo == pytest.approx((alone.lo + 50.0) / 2) and both.hi == pytest.approx((alone.hi + 50.0) / 2)
+    single = [Samples([np.array([v])], [None]) for v in (1.0, 2.0)]
+    assert not mean_over_rows(single).defined  # one value per row: nothing to resample
+    with pytest.raises(ValueError):
+        mean_over_rows([])

@@ -208,20 +208,51 @@ def bootstrap_mean(
     n_s, n_e = len(gs), sum(g.size for g in gs)
     if n_e == 1:
         return Interval(mean, math.nan, math.nan, 1, 1)
-    rng = np.random.default_rng(seed)
+    lo, hi = _percentile(_resampled_means(gs, reps, np.random.default_rng(seed), shared_episodes), confidence)
+    return Interval(mean, lo, hi, n_s, n_e)
+
+
+def _resampled_means(
+    gs: list[np.ndarray], reps: int, rng: np.random.Generator, shared_episodes: bool
+) -> np.ndarray:
+    """``[reps]`` two-level bootstrap resamples of the mean over seeds (see :func:`bootstrap_mean`)."""
+    n_s = len(gs)
     if shared_episodes:
         if len({g.size for g in gs}) != 1:
             raise ValueError("bootstrap: shared episodes need the same episode count for every seed")
-        stat = _two_level(np.stack(gs), _counts(rng, gs[0].size, reps), rng)
-        lo, hi = _percentile(stat, confidence)
-        return Interval(mean, lo, hi, n_s, n_e)
+        return _two_level(np.stack(gs), _counts(rng, gs[0].size, reps), rng)
     pick = rng.integers(0, n_s, size=(reps, n_s))  # [reps, S]: which seed fills each slot
     slot_means = np.empty((reps, n_s))
     for s, g in enumerate(gs):
         # every slot gets its own episode resample of seed s; keep those of the slots that drew s
         ep_means = g[rng.integers(0, g.size, size=(reps, n_s, g.size))].mean(axis=2)
         np.copyto(slot_means, ep_means, where=pick == s)
-    lo, hi = _percentile(slot_means.mean(axis=1), confidence)
+    return slot_means.mean(axis=1)
+
+
+def mean_over_rows(
+    rows: Sequence[Samples], *, reps: int = BOOT_REPS, confidence: float = CONFIDENCE, seed: int = 0
+) -> Interval:
+    """Mean over rows of each row's mean over training seeds, with a bootstrap interval.
+
+    The rows are independent (their own datasets, trainings and episodes: a method's rows of one
+    benchmark at one N, over dataset qualities), so each is resampled on its own, as
+    :func:`bootstrap_mean` resamples it, and a resample of the whole is the mean of the rows'
+    resamples. Where every row holds one value the interval is NaN.
+
+    Raises:
+        ValueError: no rows, or a row :func:`bootstrap_mean` refuses.
+    """
+    if not rows:
+        raise ValueError("mean_over_rows: no rows")
+    groups = [_check_groups(r.values) for r in rows]
+    mean = float(np.mean([np.mean([g.mean() for g in gs]) for gs in groups]))
+    n_s, n_e = sum(len(gs) for gs in groups), sum(g.size for gs in groups for g in gs)
+    if all(sum(g.size for g in gs) == 1 for gs in groups):  # nothing to resample
+        return Interval(mean, math.nan, math.nan, n_s, n_e)
+    rng = np.random.default_rng(seed)
+    draws = [_resampled_means(gs, reps, rng, r.shared_episodes) for gs, r in zip(groups, rows, strict=True)]
+    lo, hi = _percentile(np.mean(draws, axis=0), confidence)
     return Interval(mean, lo, hi, n_s, n_e)
 
 

@@ -37,6 +37,7 @@ from mfdiffuser.eval.stats import (
     bootstrap_mean,
     common_runs,
     compare,
+    mean_over_rows,
     performance_profiles,
     probability_of_improvement,
     row_winners,
@@ -744,24 +745,27 @@ def _plt() -> Any:
     return plt
 
 
-def _error_bars(stats: Sequence[Interval]) -> tuple[float, float]:
-    """Lengths below and above the mean of the intervals, averaged over those defined (0 if none)."""
-    ok = [s for s in stats if s.defined]
-    if not ok:
+def _error_bars(stats: Interval | None) -> tuple[float, float]:
+    """Lengths of an interval below and above its mean (0 where it is undefined)."""
+    if stats is None or not stats.defined:
         return 0.0, 0.0
-    return float(np.mean([s.mean - s.lo for s in ok])), float(np.mean([s.hi - s.mean for s in ok]))
+    return stats.mean - stats.lo, stats.hi - stats.mean
 
 
 def _series(res: Results, bench: str, qualities: Sequence[str], method: str, metric: str) -> tuple:
-    """Points ``(N, mean over qualities of the seed means, lengths of the error bars below and above)``."""
+    """Points ``(N, mean over qualities of the seed means, lengths of the error bars below and above)``.
+
+    The bars are the interval of that mean (:func:`~mfdiffuser.eval.stats.mean_over_rows`).
+    """
     xs, ys, below, above = [], [], [], []
     for n in res.eval_ns(bench):
         aggs = [res.agg(bench, q, n, method, metric) for q in qualities]
-        stats = [a.stats for a in aggs if a is not None and a.stats is not None]
-        if not stats:
+        rows = [a.samples for a in aggs if a is not None and a.samples is not None]
+        if not rows:
             continue
+        stats = mean_over_rows(rows)
         xs.append(n)
-        ys.append(float(np.mean([s.mean for s in stats])))
+        ys.append(stats.mean)
         lo, hi = _error_bars(stats)
         below.append(lo)
         above.append(hi)
@@ -830,7 +834,7 @@ def plot_bars(res: Results, path: Path, *, metric: str | None) -> Path | None:
                 a = res.exploitability(b, q, m, n_max) if metric is None else res.agg(b, q, n_max, m, metric)
                 stats = a.stats if a is not None else None
                 ys.append(stats.mean if stats is not None else np.nan)
-                lo, hi = _error_bars([stats] if stats is not None else [])
+                lo, hi = _error_bars(stats)
                 below.append(lo)
                 above.append(hi)
             if not np.all(np.isnan(ys)):
