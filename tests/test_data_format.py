@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -85,6 +86,13 @@ def test_round_trip(tmp_path):
             assert set(by_q) == {"random", "expert"} and by_q["random"].size == 2
             assert ds.normalized_score(0.0) == pytest.approx(50.0)
             assert ds.normalized_score(1.0) == pytest.approx(100.0)
+
+
+def test_normalized_score_refuses_references_without_a_scale():
+    flipped = dataclasses.replace(meta(), ref_returns={"random": 1.0, "expert": -1.0})
+    with pytest.raises(DatasetError, match="do not define a scale: the expert reference return"):
+        flipped.normalized_score(0.0)
+    assert meta().normalized_score(np.array([-1.0, 1.0])) == pytest.approx([0.0, 100.0])
 
 
 def test_make_env_rebuilds_with_overrides(tmp_path):

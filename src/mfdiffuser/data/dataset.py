@@ -168,10 +168,12 @@ class DatasetMeta:
 
     def normalized_score(self, per_agent_return: float | np.ndarray) -> float | np.ndarray:
         """``100 * (R - R_random) / (R_expert - R_random)`` with this dataset's reference returns."""
-        lo, hi = self.ref_returns["random"], self.ref_returns["expert"]
-        if not math.isfinite(hi - lo) or hi <= lo:  # the expert's return above the random one's
-            raise DatasetError(f"reference returns do not define a scale: random={lo}, expert={hi}")
-        return 100.0 * (np.asarray(per_agent_return, dtype=np.float64) - lo) / (hi - lo)
+        from mfdiffuser.eval.metrics import normalized_score
+
+        try:
+            return normalized_score(per_agent_return, self.ref_returns["random"], self.ref_returns["expert"])
+        except ValueError as e:
+            raise DatasetError(f"reference returns do not define a scale: {e}") from None
 
 
 @dataclass(frozen=True)
