@@ -103,6 +103,23 @@ class DatasetError(MfdError):
     """A dataset file is missing, unreadable, of another schema version, corrupted or inconsistent."""
 
 
+def normalized_score(value: float | np.ndarray, r_random: float, r_expert: float) -> float | np.ndarray:
+    """``100 * (value - r_random) / (r_expert - r_random)``.
+
+    Raises:
+        ValueError: the references are not finite, or the expert's is not above the random one's (the
+            score would be undefined, or its scale reversed: better returns scoring lower).
+    """
+    if not (math.isfinite(r_random) and math.isfinite(r_expert)):
+        raise ValueError(f"reference returns must be finite, got random={r_random}, expert={r_expert}")
+    if r_expert - r_random < 1e-12:
+        raise ValueError(
+            f"the expert reference return ({r_expert}) is not above the random one ({r_random}); "
+            "score undefined"
+        )
+    return 100.0 * (np.asarray(value, dtype=np.float64) - r_random) / (r_expert - r_random)
+
+
 @dataclass(frozen=True)
 class DatasetMeta:
     """Everything a learner or an evaluator needs to know about a dataset, without its arrays."""
@@ -168,8 +185,6 @@ class DatasetMeta:
 
     def normalized_score(self, per_agent_return: float | np.ndarray) -> float | np.ndarray:
         """``100 * (R - R_random) / (R_expert - R_random)`` with this dataset's reference returns."""
-        from mfdiffuser.eval.metrics import normalized_score
-
         try:
             return normalized_score(per_agent_return, self.ref_returns["random"], self.ref_returns["expert"])
         except ValueError as e:

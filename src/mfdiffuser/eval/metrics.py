@@ -15,28 +15,12 @@ from typing import Any, cast
 
 import numpy as np
 
+from mfdiffuser.data.dataset import normalized_score
 from mfdiffuser.eval.rollout import EpisodeResult, RolloutResult
 from mfdiffuser.eval.stats import mean_ci
 
 ORDER_PARAMETER_KEYS: tuple[str, ...] = ("order_parameter", "magnetization", "abs_magnetization")
 """``info`` keys read as the Ising order parameter (first present wins; absolute value is taken)."""
-
-
-def normalized_score(value: float | np.ndarray, r_random: float, r_expert: float) -> float | np.ndarray:
-    """``100 * (value - r_random) / (r_expert - r_random)``.
-
-    Raises:
-        ValueError: the references are not finite, or the expert's is not above the random one's (the
-            score would be undefined, or its scale reversed: better returns scoring lower).
-    """
-    if not (math.isfinite(r_random) and math.isfinite(r_expert)):
-        raise ValueError(f"reference returns must be finite, got random={r_random}, expert={r_expert}")
-    if r_expert - r_random < 1e-12:
-        raise ValueError(
-            f"the expert reference return ({r_expert}) is not above the random one ({r_random}); "
-            "score undefined"
-        )
-    return 100.0 * (np.asarray(value, dtype=np.float64) - r_random) / (r_expert - r_random)
 
 
 def order_parameter(ep: EpisodeResult) -> float | None:
