@@ -199,6 +199,8 @@ def test_a_variant_borrows_a_selection_beneath_its_own_settings(tmp_path):
             "awbc": {"gaussian-squeeze": {"trainer": {"lr": 1.0e-4, "steps": 9}}},
         },
     }
+    # a benchmark the grid does not run: a grid that borrows takes its own benchmarks' entries only
+    chosen["methods"]["bc"]["battle"] = {"trainer": {"lr": 1.0, "steps": 7}}
     (tmp_path / "chosen.yaml").write_text(yaml.safe_dump(chosen))
     methods = {
         "same": {"algo": "bc", "selected_as": "bc"},
@@ -212,7 +214,8 @@ def test_a_variant_borrows_a_selection_beneath_its_own_settings(tmp_path):
     # the borrowed selection beats the grid's trainer defaults; the variant's own settings beat it
     assert (same.trainer["lr"], same.trainer["steps"], same.options["hidden"]) == (3.0e-3, 2, 64)
     assert (narrow.trainer["lr"], narrow.trainer["steps"], narrow.options["hidden"]) == (1.0e-2, 2, 32)
-    # awbc's entry is not used: a grid that borrows may take part of a selection file
+    # awbc's entry and bc's battle entry are not used: a grid that borrows may take part of a selection
+    assert {c.benchmark for c in cells.values()} == {"gaussian-squeeze"}
     bad = [
         ({"x": {"algo": "bc", "selected_as": "mf-diffuser"}}, "selected_as names 'mf-diffuser'"),
         ({"x": {"behaviour": "dataset", "selected_as": "bc"}}, "a behaviour method is not trained"),
@@ -231,9 +234,14 @@ def test_a_variant_borrows_a_selection_beneath_its_own_settings(tmp_path):
     (tmp_path / "own.yaml").write_text(yaml.safe_dump({**spec, "methods": {"bc": {"algo": "bc"}}}))
     with pytest.raises(ValueError, match="name method 'awbc', not in the grid"):
         parse_grid(tmp_path / "own.yaml")
-    # a trained method the selection lacks is an error, not a silent fall back to the grid's settings
+    # without one, a selection of a benchmark the grid lacks is an error too
     (tmp_path / "chosen.yaml").write_text(yaml.safe_dump({"methods": {"bc": chosen["methods"]["bc"]}}))
     both = {**spec, "methods": {"bc": {"algo": "bc"}, "awbc": {"algo": "awbc"}}}
     (tmp_path / "both.yaml").write_text(yaml.safe_dump(both))
+    with pytest.raises(ValueError, match="method bc.benchmarks: 'battle' names no benchmark of the grid"):
+        parse_grid(tmp_path / "both.yaml")
+    # a trained method the selection lacks is an error, not a silent fall back to the grid's settings
+    only_bc = {"bc": {"gaussian-squeeze": chosen["methods"]["bc"]["gaussian-squeeze"]}}
+    (tmp_path / "chosen.yaml").write_text(yaml.safe_dump({"methods": only_bc}))
     with pytest.raises(ValueError, match="method awbc: chosen.yaml selects nothing for benchmark"):
         parse_grid(tmp_path / "both.yaml")

@@ -708,6 +708,8 @@ def parse_grid(spec: str | Path | Mapping[str, Any]) -> Grid:
         for mname, by_bench in selected.items():
             if not borrowed and mname not in methods:  # a grid that borrows may use part of a file
                 raise ValueError(f"grid: selected settings name method {mname!r}, not in the grid")
+            if borrowed:  # ... of its methods and of its benchmarks
+                by_bench = {b: v for b, v in by_bench.items() if b in benches}
             check_overrides({mname: {"benchmarks": by_bench}}, list(benches))
     grid_budgets = check_budgets(raw["budgets"], "grid") if "budgets" in raw else ()
     cells: list[Cell] = []
