@@ -191,6 +191,19 @@ def test_shipped_tuning_grid_parses_on_validation_with_equal_configurations():
     assert all(c.budgets for c in trained)
 
 
+def test_shipped_main_grid_trains_every_method_with_its_selected_settings():
+    grid = parse_grid(ROOT / "experiments" / "main.yaml")
+    chosen = yaml.safe_load((ROOT / "experiments" / "selected.yaml").read_text())["methods"]
+    trained = [c for c in grid.cells if c.algo is not None]
+    assert grid.split == "test" and {c.method for c in trained} == set(chosen)
+    for cell in trained:
+        entry = chosen[cell.method][cell.benchmark]
+        for key, value in entry.get("trainer", {}).items():
+            assert cell.trainer[key] == value, (cell.id, key)
+        for key, value in entry.get("options", {}).items():
+            assert cell.options[key] == value, (cell.id, key)
+
+
 def test_a_variant_borrows_a_selection_beneath_its_own_settings(tmp_path):
     chosen = {
         "source": {},

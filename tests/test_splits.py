@@ -41,6 +41,7 @@ def reference_env_seeds(grid):
 
 def test_validation_and_test_grids_share_no_seed():
     spec = load_spec(ROOT / "experiments" / "main.yaml")
+    spec["selected"] = str(ROOT / "experiments" / spec["selected"])  # a dict's is relative to the cwd
     test = parse_grid(spec)
     validation = parse_grid({**spec, "split": "validation"})
     assert test.split == "test" and validation.split == "validation"
