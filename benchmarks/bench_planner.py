@@ -121,6 +121,7 @@ FAST_VARIANTS = (
     ("fast-512, eager", ((128, 256, 512), (6, 2, 2)), None, False),
     ("fast-256, eager", ((64, 128, 256), (12, 4, 4)), None, False),
     ("fast-coarse, eager", ((128, 256, 512), (12, 2, 1)), None, False),
+    ("fast-64, eager", ((64, 256, 512), (12, 2, 2)), None, False),
     ("default, compiled", DEFAULT_LEVELS, None, True),
     ("10 steps, compiled", DEFAULT_LEVELS, 10, True),
     ("8 steps, compiled", DEFAULT_LEVELS, 8, True),
