@@ -5,8 +5,9 @@ import pytest
 
 from mfdiffuser.cli import main
 from mfdiffuser.experiments import build_report
-from mfdiffuser.experiments.report import (
-    Results,
+from mfdiffuser.experiments.results import Results
+from mfdiffuser.experiments.store import ResultStore
+from mfdiffuser.experiments.tables import (
     cost_table,
     difference_table,
     exploitability_table,
@@ -14,7 +15,6 @@ from mfdiffuser.experiments.report import (
     summary_table,
     sweep_table,
 )
-from mfdiffuser.experiments.store import ResultStore
 
 
 def _rec(method, seed, score, ret, status="done", episodes=None, **extra):
@@ -116,7 +116,7 @@ def test_difference_table_pairs_each_method_with_mf_diffuser_block_by_block(tmp_
 
 
 def test_episode_values_take_the_metrics_own_episode_seeds():
-    from mfdiffuser.experiments.report import episode_values
+    from mfdiffuser.experiments.results import episode_values
 
     at_n = {
         "episode_seeds": [7, 8, 9],
@@ -279,7 +279,7 @@ def test_plot_colours_are_fixed_per_method_across_panels(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mfdiffuser.experiments.report import plot_vs_n
+    from mfdiffuser.experiments.plots import plot_vs_n
 
     recs = [_rec(m, 0, 50.0, 1.0) for m in ("a", "b")]
     # a second benchmark without method "a": its line for "b" must keep b's colour

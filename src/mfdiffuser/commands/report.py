@@ -42,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mfdiffuser.experiments.report import REPORT_KEYS, build_report, unreadable_message
+    from mfdiffuser.experiments.report import build_report, unreadable_message
+    from mfdiffuser.experiments.results import REPORT_KEYS
     from mfdiffuser.experiments.store import ResultStore
     from mfdiffuser.utils import check_dir_target
 
