@@ -201,7 +201,7 @@ def test_driver_killed_midway_then_rerun_completes_missing(ray_session, tmp_path
         assert len(Path(results, "attempts", k).read_text().splitlines()) == 1
 
 
-@pytest.mark.parametrize("name", ["main", "tune", "ablation", "demo"])
+@pytest.mark.parametrize("name", ["main", "tune", "ablation", "replan", "demo"])
 def test_shipped_grids_parse_with_valid_options(name, tmp_path, capsys):
     from mfdiffuser.algos.base import algo_module, config_from_dict
     from mfdiffuser.cli import main
