@@ -12,6 +12,7 @@ from mfdiffuser.experiments.tables import (
     difference_table,
     exploitability_table,
     markdown_table,
+    pairs_table,
     summary_table,
     sweep_table,
 )
@@ -113,6 +114,35 @@ def test_difference_table_pairs_each_method_with_mf_diffuser_block_by_block(tmp_
     assert cells[5].startswith("+0.") or cells[5].startswith("-0.")
     assert not cells[5].startswith("**") and "[" in cells[5]  # paired, not resolved
     assert "(unpaired)" in _row(table, "1,000")  # no per-episode values at N = 1,000
+
+
+def test_pairs_table_compares_the_named_methods_two_by_two(tmp_path, capsys):
+    # x-r1 is 2 points above x-r2 on every shared episode; y-r1 and y-r2 are even, give or take 0.3.
+    s = ResultStore(tmp_path / "res")
+    rng = np.random.default_rng(1)
+    for seed in range(2):
+        difficulty = rng.uniform(0.0, 60.0, 10)
+        for method, values in (("x-r1", difficulty + 2.0), ("x-r2", difficulty),
+                               ("y-r1", difficulty + rng.choice([-0.3, 0.3], 10)), ("y-r2", difficulty)):
+            rec = _rec(method, seed, 0, 1.0, episodes=values)
+            rec["metrics"]["100"]["episode_seeds"] = list(range(100 + 10 * seed, 110 + 10 * seed))
+            s.write(rec)
+    res = Results(s.records())
+    table = pairs_table(res, [("x-r1", "x-r2"), ("y-r1", "y-r2")])
+    assert table.splitlines()[0] == "| benchmark | quality | N | x-r1 − x-r2 | y-r1 − y-r2 |"
+    cells = _row(table, 100).split(" | ")
+    assert cells[3] == "**+2.0 [+2.0, +2.0]**"
+    assert not cells[4].startswith("**") and "[" in cells[4]
+    assert pairs_table(res, []) == ""
+    out = tmp_path / "rep"
+    assert main(["report", str(tmp_path / "res"), "--out", str(out), "--pair", "x-r1", "x-r2"]) == 0
+    text = (out / "report.md").read_text()
+    assert "## Paired differences (normalized score)" in text and "| x-r1 − x-r2 |" in text
+    # a method the store does not hold: one line, exit 2 (bad input), no report written
+    assert main(["report", str(tmp_path / "res"), "--out", str(tmp_path / "bad"), "--pair", "x-r1", "z"]) == 2
+    err = capsys.readouterr().err
+    assert "--pair" in err and "'z'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
 
 
 def test_episode_values_take_the_metrics_own_episode_seeds():

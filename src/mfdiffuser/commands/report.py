@@ -36,6 +36,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="also write the report to PATH (e.g. RESULTS.md), its plots linked relative to PATH",
     )
+    p.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("A", "B"),
+        help="also tabulate method A minus method B per row, paired on shared episodes (repeatable)",
+    )
     p.set_defaults(func=run)
 
 
@@ -56,7 +64,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--page {args.page}: is a directory; give the page's file name")
         check_dir_target(Path(args.page).parent, "--page")
     path = build_report(
-        args.results, out, skip_unreadable=args.skip_unreadable, preface=args.preface, page=args.page
+        args.results,
+        out,
+        skip_unreadable=args.skip_unreadable,
+        preface=args.preface,
+        page=args.page,
+        pairs=[(a, b) for a, b in args.pair],
     )
     store = ResultStore(args.results)
     unreadable = store.scan(REPORT_KEYS).unreadable

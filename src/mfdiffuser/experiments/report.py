@@ -43,6 +43,7 @@ from mfdiffuser.experiments.tables import (
     latex_table,
     markdown_table,
     not_evaluated_table,
+    pairs_table,
     status_table,
     summary_table,
     sweep_table,
@@ -127,6 +128,7 @@ def build_report(
     skip_unreadable: bool = False,
     preface: str | Path | None = None,
     page: str | Path | None = None,
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> Path:
     """Write ``report.md``, ``tables.tex`` and PNG plots of a results store into ``out_dir``.
 
@@ -139,6 +141,8 @@ def build_report(
             placed after the report's opening paragraph, as it is.
         page: also write the report to this path (e.g. ``RESULTS.md``), its plots linked relative
             to the page's directory, so that one command regenerates a results page from a store.
+        pairs: method pairs ``(a, b)`` whose paired differences ``a - b`` get a table of their own
+            (variants compared two by two).
 
     Returns:
         Path of the Markdown report.
@@ -148,7 +152,8 @@ def build_report(
 
     Raises:
         FileNotFoundError: ``results_dir`` holds no readable cell records.
-        MfdError: some record files are unreadable and ``skip_unreadable`` is False.
+        MfdError: some record files are unreadable and ``skip_unreadable`` is False, or a pair names
+            a method the store does not hold.
     """
     from mfdiffuser.utils import atomic_path, removed_on_failure
 
@@ -159,7 +164,7 @@ def build_report(
         except (OSError, UnicodeDecodeError) as exc:
             raise MfdError(f"--preface {preface}: cannot read it ({type(exc).__name__})") from None
     with removed_on_failure(out_dir, errors=(BaseException,)):
-        head, body = _write_report(results_dir, out_dir, skip_unreadable)
+        head, body = _write_report(results_dir, out_dir, skip_unreadable, pairs)
         report = Path(out_dir) / "report.md"
         with atomic_path(report) as tmp:
             tmp.write_text(_page(head, text, body, ""))
@@ -182,7 +187,7 @@ _PLOT_LINK = re.compile(r"!\[([^\]]*)\]\(([^)/]+\.png)\)")
 
 
 def _write_report(
-    results_dir: str | Path, out_dir: str | Path, skip_unreadable: bool
+    results_dir: str | Path, out_dir: str | Path, skip_unreadable: bool, pairs: Sequence[tuple[str, str]] = ()
 ) -> tuple[list[str], list[str]]:
     """Write the plots and ``tables.tex``; return the report's Markdown lines: opening, and the rest."""
     store = ResultStore(results_dir)
@@ -205,6 +210,11 @@ def _write_report(
     spec = spec if isinstance(spec, dict) else None
     records, stale_note = _drop_stale(records, spec_path if spec is not None else None)
     res = Results(records, spec)
+    missing = [m for pair in pairs for m in pair if m not in res.methods]
+    if missing:
+        raise MfdError(
+            f"--pair: {results_dir} holds no method {missing[0]!r} (methods: {', '.join(res.methods)})"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -343,6 +353,17 @@ def _write_report(
                 "",
                 diffs,
             ]
+    paired = pairs_table(res, pairs)
+    if paired:
+        md += [
+            "",
+            "## Paired differences (normalized score)",
+            "",
+            "Each pair's first method minus its second on the row, with the 95% interval of the paired "
+            "comparison on the evaluation episodes both ran; bold where it excludes 0.",
+            "",
+            paired,
+        ]
     expl = exploitability_table(res)
     if expl:
         md += [

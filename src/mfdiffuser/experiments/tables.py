@@ -79,13 +79,30 @@ def markdown_table(res: Results, metric: str) -> str:
     return "\n".join(lines)
 
 
+def paired_difference(res: Results, row: tuple[str, str, int], method: str, base: str, metric: str) -> str:
+    """``method - base`` on one row with its 95% bootstrap interval, as a table entry.
+
+    Paired episode by episode where the two ran the same evaluation episodes
+    (:func:`~mfdiffuser.eval.stats.compare`), ``(unpaired)`` where they share none; bold where the
+    interval excludes 0; ``–`` where either has no value.
+    """
+    _, _, dec = METRICS[metric]
+    this, other = res.agg(*row, method, metric), res.agg(*row, base, metric)
+    if this is None or this.samples is None or this.stats is None:
+        return "–"
+    if other is None or other.samples is None or other.stats is None:
+        return "–"
+    cmp = compare(this.samples, other.samples, intervals=(this.stats, other.stats))
+    text = f"{cmp.diff:+.{dec}f}"
+    text += f" [{cmp.lo:+.{dec}f}, {cmp.hi:+.{dec}f}]" if cmp.paired else " (unpaired)"
+    return f"**{text}**" if cmp.resolved else text
+
+
 def difference_table(res: Results, metric: str = "score") -> str:
     """Each trained method's difference from MF-Diffuser per row, paired where the records allow.
 
     Rows benchmark x quality x N, columns the other trained methods; an entry is ``method - ours``
-    with its 95% bootstrap interval (:func:`~mfdiffuser.eval.stats.compare`: episode by episode on
-    the evaluation episodes both ran), bold where the interval excludes 0, ``(unpaired)`` where the
-    records share no episodes. An ablation grid's table: each variant against the full model.
+    (:func:`paired_difference`). An ablation grid's table: each variant against the full model.
     """
     ours = res.diffuser
     _, _, dec = METRICS[metric]
@@ -100,19 +117,28 @@ def difference_table(res: Results, metric: str = "score") -> str:
         base = res.agg(b, q, n, ours, metric)
         if base is None or base.samples is None or base.stats is None:
             continue
-        entries = []
-        for m in others:
-            other = res.agg(b, q, n, m, metric)
-            if other is None or other.samples is None or other.stats is None:
-                entries.append("–")
-                continue
-            cmp = compare(other.samples, base.samples, intervals=(other.stats, base.stats))
-            text = f"{cmp.diff:+.{dec}f}"
-            text += f" [{cmp.lo:+.{dec}f}, {cmp.hi:+.{dec}f}]" if cmp.paired else " (unpaired)"
-            entries.append(f"**{text}**" if cmp.resolved else text)
+        entries = [paired_difference(res, (b, q, n), m, ours, metric) for m in others]
         shown = format_interval(base.stats, dec, False)
         lines.append(f"| {b} | {q} | {n:,} | {shown} | " + " | ".join(entries) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def pairs_table(res: Results, pairs: Sequence[tuple[str, str]], metric: str = "score") -> str:
+    """The differences ``a - b`` of the named method pairs per row (:func:`paired_difference`).
+
+    Rows benchmark x quality x N where some pair has both entries; one column per pair. For variants
+    compared two by two (a planner acting one way or another), where :func:`difference_table`
+    compares everything with MF-Diffuser.
+    """
+    rows = []
+    for b, q, n, _ in metric_rows(res, metric):
+        entries = [paired_difference(res, (b, q, n), a, base, metric) for a, base in pairs]
+        if any(e != "–" for e in entries):
+            rows.append(f"| {b} | {q} | {n:,} | " + " | ".join(entries) + " |")
+    if not rows:
+        return ""
+    head = "| benchmark | quality | N | " + " | ".join(f"{a} − {base}" for a, base in pairs) + " |"
+    return "\n".join([head, "|---|---|---:|" + "---:|" * len(pairs), *rows])
 
 
 def _tex(text: str) -> str:
