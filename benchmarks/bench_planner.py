@@ -115,19 +115,30 @@ def stride_latency(n: int = 10000, strides=STRIDES, repeats: int = 3) -> dict[in
 DEFAULT_LEVELS = (mfd.Config().levels, mfd.Config().steps_per_level)
 """The planner's default (particles, steps) per level."""
 FAST_VARIANTS = (
-    ("default, eager", DEFAULT_LEVELS, None, False),
-    ("10 steps, eager", DEFAULT_LEVELS, 10, False),
-    ("8 steps, eager", DEFAULT_LEVELS, 8, False),
-    ("fast-512, eager", ((128, 256, 512), (6, 2, 2)), None, False),
-    ("fast-256, eager", ((64, 128, 256), (12, 4, 4)), None, False),
-    ("fast-coarse, eager", ((128, 256, 512), (12, 2, 1)), None, False),
-    ("fast-64, eager", ((64, 256, 512), (12, 2, 2)), None, False),
-    ("default, compiled", DEFAULT_LEVELS, None, True),
-    ("10 steps, compiled", DEFAULT_LEVELS, 10, True),
-    ("8 steps, compiled", DEFAULT_LEVELS, 8, True),
+    ("default, eager", DEFAULT_LEVELS, None, False, "float32"),
+    ("10 steps, eager", DEFAULT_LEVELS, 10, False, "float32"),
+    ("8 steps, eager", DEFAULT_LEVELS, 8, False, "float32"),
+    ("fast-512, eager", ((128, 256, 512), (6, 2, 2)), None, False, "float32"),
+    ("fast-256, eager", ((64, 128, 256), (12, 4, 4)), None, False, "float32"),
+    ("fast-coarse, eager", ((128, 256, 512), (12, 2, 1)), None, False, "float32"),
+    ("fast-64, eager", ((64, 256, 512), (12, 2, 2)), None, False, "float32"),
+    ("default, bfloat16", DEFAULT_LEVELS, None, False, "bfloat16"),
+    ("bf16-512, bfloat16", ((128, 256, 512), (12, 2, 2)), None, False, "bfloat16"),
+    ("bf16-10, bfloat16", DEFAULT_LEVELS, 10, False, "bfloat16"),
+    ("default, compiled", DEFAULT_LEVELS, None, True, "float32"),
+    ("10 steps, compiled", DEFAULT_LEVELS, 10, True, "float32"),
+    ("8 steps, compiled", DEFAULT_LEVELS, 8, True, "float32"),
 )
-"""(label, (particles, steps) per level, sample_steps, compile) of the plans timed by :func:`fast_variants`
-(sample_steps None: the steps as listed). The ``fast-*`` schedules are rows of experiments/ablation.yaml."""
+"""(label, (particles, steps) per level, sample_steps, compile, precision) of the plans timed by
+:func:`fast_variants` (sample_steps None: the steps as listed). The ``fast-*`` and ``bf16*`` schedules
+are rows of experiments/ablation.yaml."""
+def cpu_features() -> str:
+    """The vector instructions torch uses on this CPU, and whether it has bfloat16 matrix instructions."""
+    probes = (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))
+    bf16 = [name for name, probe in probes if getattr(torch.cpu, probe, lambda: False)()]
+    return f"{torch.backends.cpu.get_cpu_capability()}, bfloat16: {'+'.join(bf16) or 'none'}"
+
+
 FAST_TARGET_MS = 120.0
 """Target cost of one plan at N = 10,000 on one CPU thread."""
 
@@ -151,22 +162,23 @@ def fast_variants(
     """CPU seconds per plan of the default planner and of its fast variants (crowd, representatives mode).
 
     Every variant plans the same states: eager (``torch.inference_mode``, conditioning once per level),
-    compiled (:func:`mf_planner.compiled_denoiser`, static shapes, compiled at the first plan), with
-    fewer sampling steps (``sample_steps``: a DDIM stride over the K = 20 training steps), or with other
-    particles and steps per level. ``compile=False`` leaves the compiled variants out.
+    compiled (:func:`mf_planner.compiled_denoiser`, static shapes, compiled at the first plan), with the
+    denoiser in bfloat16 (:func:`mf_planner.reduced_precision_denoiser`), with fewer sampling steps
+    (``sample_steps``: a DDIM stride over the K = 20 training steps), or with other particles and steps
+    per level. ``compile=False`` leaves the compiled variants out.
     """
     env = make("crowd", n_agents=n)
     learner, cfg = _learner(env)
     obs, info = env.reset(seed=0)
     out: dict[str, FastVariant] = {}
-    for label, (levels, per_level), sample_steps, compiled in variants:
+    for label, (levels, per_level), sample_steps, compiled, precision in variants:
         if compiled and not compile:
             continue
         schedule = dataclasses.replace(
             cfg, levels=levels, steps_per_level=per_level, sample_steps=sample_steps
         )
         lv = schedule.level_schedule.capped(n)
-        denoise = mf_planner.compiled_denoiser(learner) if compiled else None
+        denoise = mf_planner.planning_denoiser(learner, precision, compiled)
         rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
         plan = functools.partial(
             mf_planner.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen, denoise=denoise
@@ -409,7 +421,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     if "fast" in only:
         print("default plan and fast variants at N = 10,000 (crowd; particles and steps per level), "
-              f"CPU ms per plan, one thread (target <= {FAST_TARGET_MS:.0f} ms)")
+              f"CPU ms per plan, one thread (target <= {FAST_TARGET_MS:.0f} ms; "
+              f"CPU instructions: {cpu_features()})")
         fast = fast_variants(compile=not args.no_compile)
         results["fast"] = fast
         base = next(iter(fast.values())).plan_s

@@ -42,6 +42,7 @@ TINY: dict[str, dict] = {
     "mf-diffuser-population-critic": {"algo": "mf-diffuser", "critic": "population", "candidates": 3,
                                       "select": "softmax"},
     "mf-diffuser-head": {"algo": "mf-diffuser", "action_decode": "head"},
+    "mf-diffuser-bf16": {"algo": "mf-diffuser", "precision": "bfloat16"},  # plans in bfloat16
     "bc": {"hidden": 32},
     "rwbc": {"hidden": 32},
     "awbc": {"hidden": 32},

@@ -1,4 +1,5 @@
-"""Speed of the MF-Diffuser planner: exact rewrites keep every plan, the compiled denoiser plans alike."""
+"""Speed of the MF-Diffuser planner: exact rewrites keep every plan, the compiled and the bfloat16
+denoisers plan alike."""
 
 import numpy as np
 import pytest
@@ -132,3 +133,29 @@ def test_compiled_planner_draws_the_eager_plans():
     for a, b in zip(eager, compiled, strict=True):
         assert np.array_equal(a.actions, b.actions)
         np.testing.assert_allclose(a.particle_states, b.particle_states, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_planner_draws_nearly_the_float32_plans():
+    learner = _learner()
+    weights = {name: p.clone() for name, p in learner.denoiser.state_dict().items()}
+    for case, _, _, _ in PINNED:
+        exact = _plan(learner, case)
+        bf16 = _plan(learner, case, denoise=mf_planner.reduced_precision_denoiser(learner, "bfloat16"))
+        gap = np.abs(exact.particle_states - bf16.particle_states)
+        assert gap.max() > 0  # the plan really went through bfloat16
+        assert gap.mean() < 0.01 * exact.particle_states.std()
+        assert (exact.particle_actions == bf16.particle_actions).mean() > 0.95
+        assert bf16.chosen == exact.chosen
+    for name, p in learner.denoiser.state_dict().items():  # the learner's own weights are untouched
+        assert p.dtype == weights[name].dtype and torch.equal(p, weights[name])
+
+
+def test_the_policy_plans_in_the_precision_asked_for():
+    env = make("crowd", n_agents=30)
+    learner = _tiny_learner(env)
+    policy = mfd.make_policy(learner, learner.config, env, precision="bfloat16")
+    assert policy.denoise is not None
+    assert mfd.make_policy(learner, learner.config, env).denoise is None  # float32: the learner's own
+    assert _policy_plans(learner, env, precision="bfloat16")
+    with pytest.raises(ValueError, match=r"precision must be one of float32, bfloat16, got 'float16'$"):
+        mfd.make_policy(learner, learner.config, env, precision="float16")

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from mfdiffuser.algos.base import LossOutput, ParamGroup
 from mfdiffuser.algos.critics import CRITICS, check_search_options, make_critic, resolve_critic
-from mfdiffuser.algos.mf_planner import PLAN_OPTIONS, SCORE_ACTIONS, MFDiffuserPolicy
+from mfdiffuser.algos.mf_planner import PLAN_OPTIONS, PRECISIONS, SCORE_ACTIONS, MFDiffuserPolicy
 from mfdiffuser.data.batch import TrajBatch
 from mfdiffuser.diffusion import SCHEDULES, LevelSchedule, NoiseSchedule
 from mfdiffuser.envs.base import PopulationEnv
@@ -105,6 +105,10 @@ class Config:
     compile: bool = False
     """Plan with the denoiser compiled by ``torch.compile`` (once per particle count; the first plan at
     each level pays the compilation, tens of seconds on a CPU). A failed compilation is an error."""
+    precision: str = "float32"
+    """Number format of the planner's denoiser: float32, or bfloat16 (a copy of the weights; the
+    sampler's arithmetic stays float32). bfloat16 is faster only where the hardware has bfloat16
+    matrix instructions (AVX512-BF16 or AMX CPUs, recent GPUs); it changes the plans slightly."""
     action_decode: str = "categorical"
     """Decoding of a plan's actions: categorical (sample from the clipped one-hot channels), argmax (of
     the channels) or head (sample from the action head on the planned states: inverse dynamics
@@ -198,6 +202,7 @@ class Config:
             "m_draw": M_DRAWS,
             "head_inputs": HEAD_INPUTS,
             "score_actions": SCORE_ACTIONS,
+            "precision": tuple(PRECISIONS),
             "critic": CRITICS,
             "select": SELECTS,
         }

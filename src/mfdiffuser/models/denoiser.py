@@ -34,11 +34,12 @@ class SinusoidalEmbedding(nn.Module):
         self.dim = dim
 
     def forward(self, k: torch.Tensor) -> torch.Tensor:
-        angles = k.to(torch.float32)[:, None] * self.freqs[None]
+        """Angles in float32; the features in the module's number format (that of ``freqs``)."""
+        angles = k.to(torch.float32)[:, None] * self.freqs[None].to(torch.float32)
         emb = torch.cat([angles.sin(), angles.cos()], dim=-1)
         if emb.shape[-1] < self.dim:
             emb = nn.functional.pad(emb, (0, self.dim - emb.shape[-1]))
-        return emb
+        return emb.to(self.freqs.dtype)
 
 
 class TemporalConv(nn.Module):
