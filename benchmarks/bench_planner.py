@@ -132,6 +132,8 @@ FAST_VARIANTS = (
 """(label, (particles, steps) per level, sample_steps, compile, precision) of the plans timed by
 :func:`fast_variants` (sample_steps None: the steps as listed). The ``fast-*`` and ``bf16*`` schedules
 are rows of experiments/ablation.yaml."""
+
+
 def cpu_features() -> str:
     """The vector instructions torch uses on this CPU, and whether it has bfloat16 matrix instructions."""
     probes = (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported"))

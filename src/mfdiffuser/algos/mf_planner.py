@@ -103,11 +103,12 @@ def compiled_denoiser(learner: MFDiffuser, base: Denoise | None = None) -> Denoi
 def reduced_precision_denoiser(learner: MFDiffuser, precision: str) -> Denoise:
     """The learner's denoiser run in ``precision`` (a key of :data:`PRECISIONS`) on a copy of its weights.
 
-    The noisy sample and the conditioning go in cast to that format and the noise estimate comes back
-    as float32, so the sampler's update, the inpainting and the decoding keep float32 arithmetic; the
-    conditioning itself is computed once per level in float32. bfloat16 halves the weights' and
-    activations' memory traffic and, on a CPU with bfloat16 instructions (AVX512-BF16, AMX) or a GPU,
-    runs the matrix products faster; without them it is slower than float32.
+    The copy is taken now: later changes to the learner's weights do not reach it. The noisy sample
+    and the conditioning go in cast to that format and the noise estimate comes back as float32, so
+    the sampler's update, the inpainting and the decoding keep float32 arithmetic; the conditioning
+    itself is computed once per level in float32. bfloat16 halves the weights' and activations' memory
+    traffic and, on a CPU with bfloat16 instructions (AVX512-BF16, AMX) or a GPU, runs the matrix
+    products faster; without them it is slower than float32.
     """
     dtype = PRECISIONS[precision]
     net = copy.deepcopy(learner.denoiser).to(dtype).eval()
