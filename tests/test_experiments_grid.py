@@ -379,3 +379,23 @@ def test_run_lock_makes_a_second_cell_wait(tmp_path):
         assert not entered.wait(0.3)  # blocked while the first holds the lock
     assert entered.wait(10)
     thread.join()
+
+
+def test_nice_lowers_the_cells_priority_and_is_logged(ray_session, tmp_path):
+    results = tmp_path / "res"
+
+    def hook(cell, results_dir):
+        import os as _os
+        from pathlib import Path as _Path
+
+        (_Path(results_dir) / f"nice-{cell.seed}").write_text(str(_os.getpriority(_os.PRIO_PROCESS, 0)))
+
+    spec = _spec({"expert": {"behaviour": "expert"}})
+    summary = run_grid(spec, results, progress=False, hook=hook, nice=19)
+    assert summary.done == 2
+    assert [(results / f"nice-{s}").read_text() for s in (0, 1)] == ["19", "19"]
+    assert ResultStore(results).sweeps()[0]["nice"] == 19
+    assert os.getpriority(os.PRIO_PROCESS, 0) < 19  # the driver keeps its priority
+    with pytest.raises(ValueError, match="--nice must be in 0-19, got 20"):
+        run_grid(spec, tmp_path / "other", progress=False, nice=20)
+    assert not (tmp_path / "other").exists()

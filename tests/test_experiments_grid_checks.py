@@ -84,9 +84,9 @@ def test_rejected_dataset_fails_its_cells_without_retry(tmp_path):
 
     (cell,) = parse_grid(BASE).cells
     bad = replace(cell.dataset, env_args={**cell.dataset.env_args, "n_agents": 0})
-    failure = _remote_dataset(bad, str(tmp_path / "data"))
+    failure = _remote_dataset(bad, str(tmp_path / "data"), None)
     assert isinstance(failure, DatasetFailure) and "n_agents" in failure.error
-    rec = _remote_cell(cell, failure, str(tmp_path / "res"), None)
+    rec = _remote_cell(cell, failure, str(tmp_path / "res"), None, None)
     assert rec["status"] == "failed" and rec["attempt"] == 1 and bad.key in rec["error"]
     assert [r["id"] for r in ResultStore(tmp_path / "res").records()] == [cell.id]
 

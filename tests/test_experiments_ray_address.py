@@ -92,6 +92,13 @@ def test_bad_connect_timeout(value, spec, tmp_path, capsys):
     assert "--connect-timeout" in _one_error_line(capsys)
 
 
+@pytest.mark.parametrize("value", ["-1", "20"])
+def test_bad_nice(value, spec, tmp_path, capsys):
+    assert main(["sweep", str(spec), "--results", str(tmp_path / "r"), "--nice", value, "--dry-run"]) == 2
+    assert _one_error_line(capsys) == f"mfd sweep: error: --nice must be in 0-19, got {value}"
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_cluster_that_never_answers_is_given_up_on(spec, tmp_path):
     """An address that accepts connections but never answers (a stopped GCS): one line, in time."""
     with socket.socket() as silent:
@@ -152,3 +159,4 @@ def test_a_local_ray_that_does_not_start_is_one_line(spec, tmp_path, monkeypatch
     assert code != 0
     line = _one_error_line(capsys)
     assert line.startswith("mfd sweep: error: cannot start a local Ray: The current node timed out")
+    assert "start it at normal priority, `mfd sweep --nice` lowers only the cells'" in line

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from mfdiffuser.cli import main
@@ -66,3 +69,35 @@ def test_commands_say_what_they_chose(tmp_path, monkeypatch, capsys):
     import torch
 
     torch.set_num_threads(1)
+
+
+_NICE_SCRIPT = """
+import os, threading
+from mfdiffuser.utils import lower_priority
+started, stop = threading.Event(), threading.Event()
+ids = []
+def run():
+    ids.append(threading.get_native_id())
+    started.set()
+    stop.wait()
+thread = threading.Thread(target=run)
+thread.start()
+started.wait()
+base = os.getpriority(os.PRIO_PROCESS, 0)
+lower_priority(base + 2)
+after = [os.getpriority(os.PRIO_PROCESS, tid) for tid in (0, ids[0])]
+lower_priority(base + 1)  # never lowered again
+again = os.getpriority(os.PRIO_PROCESS, 0)
+stop.set()
+thread.join()
+print(base, after, again)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_lower_priority_reaches_every_thread_and_never_lowers():
+    out = subprocess.run([sys.executable, "-c", _NICE_SCRIPT], capture_output=True, text=True, check=True)
+    base, *rest = out.stdout.split(maxsplit=1)
+    if int(base) > 17:
+        pytest.skip("the test process already runs at a niceness above 17")
+    assert rest[0].strip() == f"[{int(base) + 2}, {int(base) + 2}] {int(base) + 2}"

@@ -228,6 +228,12 @@ def init_ray(
         except Exception as exc:  # noqa: BLE001 - Ray raises a bare Exception when its node does not start
             with contextlib.suppress(Exception):
                 ray.shutdown()
-            raise MfdError(f"cannot start a local Ray: {first_line(exc)}") from exc
+            hint = (
+                " (Ray gives its node 30 s: a busy machine, or a command started under `nice`, can "
+                "miss that; start it at normal priority, `mfd sweep --nice` lowers only the cells')"
+                if "timed out during startup" in str(exc)
+                else ""
+            )
+            raise MfdError(f"cannot start a local Ray: {first_line(exc)}{hint}") from exc
         _start_watchdog()
     return True

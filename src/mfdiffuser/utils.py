@@ -312,3 +312,33 @@ def set_threads(requested: int | None = None) -> ThreadChoice:
 
     torch.set_num_threads(choice.threads)
     return choice
+
+
+MAX_NICE = 19
+"""The lowest CPU priority (highest niceness) on Linux and macOS."""
+
+
+def check_nice(nice: int | None) -> None:
+    """Raise ValueError unless ``nice`` is None or a niceness in 0-:data:`MAX_NICE`."""
+    if nice is not None and not 0 <= nice <= MAX_NICE:
+        raise ValueError(f"--nice must be in 0-{MAX_NICE}, got {nice}")
+
+
+def lower_priority(nice: int | None) -> None:
+    """Raise the niceness of this process's threads to ``nice`` (0-19) where below; never lower it.
+
+    Raising the niceness needs no privileges, so this does not fail where lowering would. On Linux
+    the niceness belongs to each thread (``setpriority`` on the process changes only the calling
+    one), so every thread running now is set, and the threads they start later inherit it.
+    ``None``, or a platform without ``os.setpriority``, leaves the priority alone.
+    """
+    if nice is None or not hasattr(os, "setpriority"):
+        return
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: the niceness is the process's
+        threads = [0]
+    for tid in threads:
+        with contextlib.suppress(ProcessLookupError):  # a thread that has ended since
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)

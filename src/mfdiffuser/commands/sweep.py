@@ -29,6 +29,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument(
+        "--nice",
+        type=int,
+        default=None,
+        metavar="N",
+        help=(
+            "run the datasets and cells at niceness N (0-19, 19 the lowest priority) on every node; "
+            "use this rather than `nice mfd sweep`, under which a local Ray may not start on a busy "
+            "machine"
+        ),
+    )
+    p.add_argument(
         "--only",
         action="append",
         default=[],
@@ -56,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
     from mfdiffuser.experiments.grid import parse_grid, select_cells
     from mfdiffuser.experiments.runner import run_grid
     from mfdiffuser.experiments.store import FINISHED, ResultStore
+    from mfdiffuser.utils import check_nice
 
     if args.num_cpus is not None and args.num_cpus < 1:
         raise ValueError(f"--num-cpus must be >= 1, got {args.num_cpus}")
+    check_nice(args.nice)
     if not 0 < args.connect_timeout < float("inf"):
         raise ValueError(f"--connect-timeout must be a positive finite number, got {args.connect_timeout:g}")
     if args.dry_run:
@@ -117,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         only=args.only,
         connect_timeout=args.connect_timeout,
+        nice=args.nice,
     )
     print(
         f"grid: {summary.total} cells: {summary.done} done, {summary.skipped} skipped (budget), "

@@ -25,7 +25,14 @@ from mfdiffuser.experiments.grid import Cell, DatasetSpec, Grid, parse_grid, sel
 from mfdiffuser.experiments.store import STARTED, ResultStore
 from mfdiffuser.progress import ProgressBar
 from mfdiffuser.raycluster import RAY_CONNECT_TIMEOUT_S, check_cluster, init_ray
-from mfdiffuser.utils import atomic_path, check_dir_target, removed_on_failure, utc_timestamp
+from mfdiffuser.utils import (
+    atomic_path,
+    check_dir_target,
+    check_nice,
+    lower_priority,
+    removed_on_failure,
+    utc_timestamp,
+)
 
 CellHook = Callable[[Cell, str], None]
 """Called in the worker before a cell runs, with the cell and the results directory."""
@@ -51,6 +58,8 @@ class GridSummary:
     """CPUs of the Ray cluster the cells ran on (None if no cell ran)."""
     interrupted: bool = False
     """The call was stopped before its cells were all finished."""
+    nice: int | None = None
+    """Niceness the cells ran at (``run_grid``'s ``nice``); None: the workers' own."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +74,7 @@ class GridSummary:
             "started_at": self.started_at,
             "cpus": self.cpus,
             "interrupted": self.interrupted,
+            "nice": self.nice,
         }
 
 
@@ -80,8 +90,9 @@ class DatasetFailure:
     error: str
 
 
-def _remote_dataset(spec: DatasetSpec, data_dir: str) -> str | DatasetFailure:
+def _remote_dataset(spec: DatasetSpec, data_dir: str, nice: int | None) -> str | DatasetFailure:
     """Generate a dataset; a user error is returned (not raised) so that Ray does not retry it."""
+    lower_priority(nice)
     try:
         return prepare_dataset(spec, data_dir)
     except USER_ERRORS as exc:
@@ -89,9 +100,14 @@ def _remote_dataset(spec: DatasetSpec, data_dir: str) -> str | DatasetFailure:
 
 
 def _remote_cell(
-    cell: Cell, dataset_path: str | DatasetFailure | None, results_dir: str, hook: CellHook | None
+    cell: Cell,
+    dataset_path: str | DatasetFailure | None,
+    results_dir: str,
+    hook: CellHook | None,
+    nice: int | None,
 ) -> dict:
     """Run a cell; a user error is recorded as ``failed`` and returned (not raised: no Ray retry)."""
+    lower_priority(nice)
     store = ResultStore(results_dir)
     if isinstance(dataset_path, DatasetFailure):
         attempts = store.start_attempt(cell.id)
@@ -117,6 +133,7 @@ def run_grid(
     hook: CellHook | None = None,
     only: list[str] | None = None,
     connect_timeout: float = RAY_CONNECT_TIMEOUT_S,
+    nice: int | None = None,
 ) -> GridSummary:
     """Run every unfinished cell of a grid on Ray and store one record per cell.
 
@@ -130,12 +147,19 @@ def run_grid(
         hook: called in the worker before each cell (fault injection in tests, custom logging).
         only: filters ``KEY=V1,V2`` (benchmark, quality, method, seed) that select a subset of cells.
         connect_timeout: seconds to wait for the ``address`` cluster to answer.
+        nice: run the datasets and cells at this niceness or lower priority (0-19), Ray's own
+            processes at the priority the sweep started with: a sweep started under ``nice`` on a
+            busy machine may find its local Ray too slow to start (Ray gives its node 30 s).
+
+    Raises:
+        ValueError: ``nice`` is outside 0-19.
 
     Returns:
         Counts of finished, skipped and failed cells.
     """
     import ray
 
+    check_nice(nice)
     t0 = time.perf_counter()
     started_at = utc_timestamp()
     if address is not None:
@@ -152,7 +176,7 @@ def run_grid(
         store.fill_train_times()
         write_grid_spec(spec, grid, results)
         cells = select_cells(grid.cells, only)
-        summary = GridSummary(results, len(cells), started_at=started_at)
+        summary = GridSummary(results, len(cells), started_at=started_at, nice=nice)
         todo = [c for c in cells if not all(store.is_finished(r, c.fingerprint) for r in c.record_ids)]
         summary.skipped_existing = len(cells) - len(todo)
         if not todo:
@@ -169,6 +193,7 @@ def run_grid(
             "total": summary.total,
             "skipped_existing": summary.skipped_existing,
             "cpus": summary.cpus,
+            "nice": nice,
         }
     )
     bar = ProgressBar(len(todo), f"grid {grid.name}") if progress else None
@@ -187,7 +212,7 @@ def run_grid(
                 if path.is_file()
                 else data_task.options(
                     num_cpus=float(cell.resources.get("num_cpus", 1)), name=f"data:{cell.dataset.key}"
-                ).remote(cell.dataset, str(data))
+                ).remote(cell.dataset, str(data), nice)
             )
         cell_task = ray.remote(max_retries=retries, retry_exceptions=True)(_remote_cell)
         for cell in todo:
@@ -197,7 +222,7 @@ def run_grid(
                 num_gpus=float(cell.resources.get("num_gpus", 0)),
                 memory=cell.resources.get("memory"),
                 name=f"cell:{cell.id}",
-            ).remote(cell, ds, str(results), hook)
+            ).remote(cell, ds, str(results), hook, nice)
             pending[ref] = cell
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
