@@ -149,7 +149,8 @@ def run_grid(
         connect_timeout: seconds to wait for the ``address`` cluster to answer.
         nice: run the datasets and cells at this niceness or lower priority (0-19), Ray's own
             processes at the priority the sweep started with: a sweep started under ``nice`` on a
-            busy machine may find its local Ray too slow to start (Ray gives its node 30 s).
+            busy machine may find its local Ray too slow to start (Ray gives its node 30 s). A
+            worker keeps the lowered priority for the later tasks of its Ray session.
 
     Raises:
         ValueError: ``nice`` is outside 0-19.
