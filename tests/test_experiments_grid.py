@@ -201,7 +201,7 @@ def test_driver_killed_midway_then_rerun_completes_missing(ray_session, tmp_path
         assert len(Path(results, "attempts", k).read_text().splitlines()) == 1
 
 
-@pytest.mark.parametrize("name", ["main", "tune", "ablation", "replan", "demo"])
+@pytest.mark.parametrize("name", ["main", "tune", "ablation", "replan", "weighting", "demo"])
 def test_shipped_grids_parse_with_valid_options(name, tmp_path, capsys):
     from mfdiffuser.algos.base import algo_module, config_from_dict
     from mfdiffuser.cli import main
@@ -217,6 +217,26 @@ def test_shipped_grids_parse_with_valid_options(name, tmp_path, capsys):
     assert main(["sweep", str(path), "--dry-run", "--results", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert out.count("todo") == len(grid.cells) and f"{len(grid.cells)} cells" in out
+
+
+def test_weighting_grid_trains_mf_diffuser_as_the_main_grid_does():
+    """Its default row is main.yaml's MF-Diffuser on mixed data; the others change only ``weighting``."""
+    main_cells = {c.id: c for c in parse_grid("experiments/main.yaml").cells}
+    rows = parse_grid("experiments/weighting.yaml").cells
+    for cell in rows:
+        if cell.method == "behaviour":
+            continue
+        assert cell.algo == "mf-diffuser"
+        ref = main_cells[f"{cell.benchmark}__mixed__mf-diffuser__s{cell.seed}"]
+        assert (cell.trainer["steps"], cell.trainer["lr"]) == (ref.trainer["steps"], ref.trainer["lr"])
+        assert cell.trainer["batch_size"] == ref.trainer["batch_size"]
+        assert cell.policy == ref.policy
+        options = {k: v for k, v in cell.options.items() if k != "weighting"}
+        assert options == {k: v for k, v in ref.options.items() if k != "weighting"}
+        if cell.method == "default":
+            assert cell.options.get("weighting") == ref.options.get("weighting")
+        else:
+            assert cell.options["weighting"] == cell.method != ref.options.get("weighting", "segment")
 
 
 def test_select_cells_keeps_identities_and_rejects_bad_filters():
