@@ -136,6 +136,46 @@ def test_agent_td_target_and_losses_by_hand():
     assert out_end.q_loss.item() == pytest.approx((2 * 0.25**2 + 2 * (3 - 1.0) ** 2) / 2)
 
 
+def test_conservative_agent_critic_by_hand_and_where_it_pushes():
+    # the by-hand setting above with every data action 0: CQL's gap is logsumexp(1, 3) - 1 per head
+    batch = _batch(timestep=[7], rewards=[[[1.0, 2.0], [9.0, 9.0]]], actions=[[[0, 0], [1, 1]]],
+                   mask=[[[True, True], [False, False]]])
+    grads = {}
+    for alpha in (0.0, 0.5):
+        learner = _learner("agent", critic_gamma=0.5, critic_expectile=0.7, critic_conservative=alpha)
+        learner.return_scale.fill_(2.0)
+        net = learner.critic.net
+        _constant(net.value.head[-1], [1.5])
+        for q in (net.q.q1, net.q.q2, net.q_target.q1, net.q_target.q2):
+            _constant(q.head[-1], [1.0, 3.0])
+        out = learner.critic.loss(learner, batch)
+        iql = iql_losses(net.q, net.q_target, net.value, agent_steps(learner, batch), 0.5, 0.7,
+                         learner.return_scale)
+        gap = 2 * (np.logaddexp(1.0, 3.0) - 1.0)
+        if alpha:
+            assert out.metrics["critic_cql_gap"] == pytest.approx(gap, rel=1e-6)
+        else:
+            assert "critic_cql_gap" not in out.metrics
+        assert out.loss.item() == pytest.approx((iql.q_loss + alpha * gap + iql.v_loss).item(), rel=1e-6)
+        out.loss.backward()
+        grads[alpha] = net.q.q1.head[-1].bias.grad[1].item()
+    # IQL never moves Q at an action the data did not take; the penalty pushes it down (gradient
+    # alpha * softmax(1, 3)[1] on its bias)
+    assert grads[0.0] == 0.0
+    assert grads[0.5] == pytest.approx(0.5 * np.exp(3.0) / (np.exp(1.0) + np.exp(3.0)), rel=1e-5)
+
+
+def test_conservative_penalty_needs_an_agent_critic():
+    with pytest.raises(ValueError, match="critic_conservative"):
+        mfd.Config(critic="agent", critic_conservative=-0.1)
+    with pytest.raises(ValueError, match="critic_conservative"):
+        mfd.Config(critic="population", critic_conservative=1.0)
+    cfg = mfd.Config(horizon=2, hidden=16, n_blocks=1, value_hidden=16, critic_hidden=16, critic="auto",
+                     critic_conservative=1.0)
+    assert mfd.MFDiffuser(cfg, S, A, P, T, critic="agent").critic.conservative == 1.0
+    assert mfd.MFDiffuser(cfg, S, A, P, T, critic="population").critic.conservative == 0.0
+
+
 def test_agent_steps_normalise_like_the_learner():
     learner = _learner("agent")
     learner.state_mean.fill_(1.0)

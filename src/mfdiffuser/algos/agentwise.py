@@ -208,6 +208,21 @@ def taken(q: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     return q.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
 
 
+def conservative_gap(
+    heads: tuple[torch.Tensor, ...], at_data: tuple[torch.Tensor, ...], mask: torch.Tensor
+) -> torch.Tensor:
+    """CQL's penalty: ``logsumexp_a Q(s, a) - Q(s, a_data)`` summed over the Q heads, averaged over ``mask``.
+
+    ``heads`` are ``[..., A]`` Q-values, ``at_data`` the same heads at the data's actions (:func:`taken`).
+    Minimising the gap pushes Q down at the actions the data did not take (discrete CQL, Kumar et
+    al. 2020), so a greedy reading of Q stays where the data has support.
+    """
+    gap = torch.logsumexp(heads[0], -1) - at_data[0]
+    for q, d in zip(heads[1:], at_data[1:], strict=True):
+        gap = gap + (torch.logsumexp(q, -1) - d)
+    return masked_mean(gap, mask)
+
+
 def signal_rtg(batch: TrajBatch, signal: str) -> torch.Tensor:
     """``[B, M]`` return-to-go from each window's start: the agent's own, or the team's for all M.
 

@@ -5,6 +5,9 @@ Two kinds (``Config.critic``):
 * ``agent``: per-agent implicit Q-learning on one-step transitions inside the window,
   ``Q(s, a, c) <- r / sigma_R + gamma (1 - done) V(s', c')`` and ``V(s, c)`` the tau-expectile of the
   target ``min(Q1, Q2)`` at the data's actions (the losses of the ``mf-iql`` baseline, :func:`iql_losses`).
+  IQL fits Q only at the data's actions; ``critic_conservative`` alpha adds CQL's
+  ``alpha (logsumexp_a Q - Q(a_data))``, which pushes Q down at the actions the data did not take, so
+  ranking or guiding plans by Q does not reward actions the critic has never seen.
 * ``population``: a critic of the whole segment for games whose reward is the population's,
   ``Q(F(X), c_t) <- sum_h gamma^h rbar_{t+h} / sigma_R + gamma^H V(c_{t+H})`` with ``rbar`` the mean
   reward of the segment's agents, ``F`` the per-step action histogram and state moments of the M
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mfdiffuser.algos.agentwise import taken, td_target
+from mfdiffuser.algos.agentwise import conservative_gap, taken, td_target
 from mfdiffuser.algos.base import LossOutput
 from mfdiffuser.algos.common import Steps, scalars, steps
 from mfdiffuser.data.batch import TrajBatch
@@ -67,6 +70,8 @@ class IQLLosses(NamedTuple):
     """``[B, H, M]`` target ``min(Q1, Q2)`` at the data's actions (no gradient)."""
     value: torch.Tensor
     """``[B, H, M]`` V(s, c) (with gradient)."""
+    gap: torch.Tensor | None = None
+    """Scalar: CQL's ``logsumexp_a Q - Q(a_data)`` over both heads (with gradient), if asked for."""
 
 
 def iql_losses(
@@ -77,11 +82,13 @@ def iql_losses(
     gamma: float,
     expectile: float,
     reward_scale: torch.Tensor,
+    conservative: bool = False,
 ) -> IQLLosses:
     """IQL's Q and V losses on transitions ``st`` (Kostrikov et al. 2022, eqs. 5-6), masks respected.
 
     ``Q(s, a)`` regresses on ``r / reward_scale + gamma (1 - done) V(s')``; ``V(s)`` on the
-    ``expectile`` of the target network's ``min(Q1, Q2)(s, a)`` at the data's actions.
+    ``expectile`` of the target network's ``min(Q1, Q2)(s, a)`` at the data's actions. With
+    ``conservative``, also CQL's gap of both heads (:func:`~mfdiffuser.algos.agentwise.conservative_gap`).
     """
     with torch.no_grad():
         q_data = taken(q_target.min_q(st.states, st.context), st.actions)
@@ -89,8 +96,10 @@ def iql_losses(
     v = value(st.states, st.context)
     v_loss = masked_mean(expectile_loss(q_data - v, expectile), st.mask)
     q1, q2 = q(st.states, st.context)
-    td = (taken(q1, st.actions) - target).pow(2) + (taken(q2, st.actions) - target).pow(2)
-    return IQLLosses(masked_mean(td, st.mask), v_loss, q_data, v)
+    d1, d2 = taken(q1, st.actions), taken(q2, st.actions)
+    td = (d1 - target).pow(2) + (d2 - target).pow(2)
+    gap = conservative_gap((q1, q2), (d1, d2), st.mask) if conservative else None
+    return IQLLosses(masked_mean(td, st.mask), v_loss, q_data, v, gap)
 
 
 class PopulationTargets(NamedTuple):
@@ -118,6 +127,7 @@ class PlanCritic(nn.Module):
         expectile: tau of the value's expectile regression.
         tau: Polyak rate of the target Q.
         support: weight of the population critic's support penalty (0: none, and no statistics kept).
+        conservative: weight alpha of the agent critic's CQL penalty (0: plain IQL).
     """
 
     def __init__(
@@ -132,11 +142,13 @@ class PlanCritic(nn.Module):
         expectile: float,
         tau: float,
         support: float = 0.0,
+        conservative: float = 0.0,
     ) -> None:
         super().__init__()
         if kind not in ("agent", "population"):
             raise ValueError(f"critic kind must be agent or population, got {kind!r}")
         self.kind, self.gamma, self.expectile, self.tau = kind, gamma, expectile, tau
+        self.conservative = conservative
         self.state_size = state_size
         self.net: AgentCritic | PopulationCritic
         if kind == "agent":
@@ -173,10 +185,13 @@ class PlanCritic(nn.Module):
             st = agent_steps(learner, batch)
             out = iql_losses(
                 self.net.q, self.net.q_target, self.net.value, st, self.gamma, self.expectile,
-                learner.return_scale,
+                learner.return_scale, conservative=self.conservative > 0,
             )
             metrics = scalars(critic_q_loss=out.q_loss, critic_v_loss=out.v_loss)
-            return LossOutput(out.q_loss + out.v_loss, metrics)
+            if out.gap is None:
+                return LossOutput(out.q_loss + out.v_loss, metrics)
+            metrics.update(scalars(critic_cql_gap=out.gap))
+            return LossOutput(out.q_loss + self.conservative * out.gap + out.v_loss, metrics)
         pt = population_targets(learner, batch, self.net, self.gamma)
         if self.training:
             self.net.track_support(pt.features)
@@ -241,17 +256,23 @@ def check_search_options(config: Any) -> None:
         raise ValueError(f"mf-diffuser: critic_expectile must lie in (0, 1), got {config.critic_expectile}")
     if not 0.0 < config.critic_tau <= 1.0:
         raise ValueError(f"mf-diffuser: critic_tau must lie in (0, 1], got {config.critic_tau}")
-    if not (math.isfinite(config.critic_support) and config.critic_support >= 0):
-        raise ValueError(f"mf-diffuser: critic_support must be >= 0, got {config.critic_support}")
-    if config.critic_support > 0 and config.critic not in ("population", "auto"):
-        raise ValueError(
-            f"mf-diffuser: critic_support penalises the population critic's candidates; it needs "
-            f"critic=population or auto, got {config.critic!r}"
-        )
+    _check_penalty(config, "critic_support", "population", "the population critic's candidates")
+    _check_penalty(config, "critic_conservative", "agent", "the agent critic's Q")
     if not config.critic_lr > 0 or config.critic_clip < 0:
         raise ValueError(
             f"mf-diffuser: need critic_lr > 0 and critic_clip >= 0, "
             f"got {config.critic_lr}, {config.critic_clip}"
+        )
+
+
+def _check_penalty(config: Any, name: str, kind: str, what: str) -> None:
+    """Raise ValueError unless penalty ``name`` is finite, >= 0, and 0 unless the critic can be ``kind``."""
+    weight = getattr(config, name)
+    if not (math.isfinite(weight) and weight >= 0):
+        raise ValueError(f"mf-diffuser: {name} must be >= 0, got {weight}")
+    if weight > 0 and config.critic not in (kind, "auto"):
+        raise ValueError(
+            f"mf-diffuser: {name} penalises {what}; it needs critic={kind} or auto, got {config.critic!r}"
         )
 
 
@@ -270,6 +291,7 @@ def make_critic(
         kind, state_size, n_actions, context_size, config.horizon, config.critic_hidden,
         config.critic_gamma, config.critic_expectile, config.critic_tau,
         config.critic_support if kind == "population" else 0.0,  # auto's agent critic: no penalty
+        config.critic_conservative if kind == "agent" else 0.0,  # auto's population critic: plain IQL
     )
 
 

@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
-from mfdiffuser.algos.agentwise import PerAgentLearner, TDConfig, make_agentwise_policy, taken, td_target
+from mfdiffuser.algos.agentwise import (
+    PerAgentLearner,
+    TDConfig,
+    conservative_gap,
+    make_agentwise_policy,
+    taken,
+    td_target,
+)
 from mfdiffuser.algos.base import LossOutput
 from mfdiffuser.algos.common import Dims, scalars, steps
 from mfdiffuser.data.batch import TrajBatch
@@ -55,7 +62,7 @@ class MFCQL(PerAgentLearner):
         q1, q2 = self.q(st.states, st.context)
         d1, d2 = taken(q1, st.actions), taken(q2, st.actions)
         td_loss = masked_mean((d1 - target).pow(2) + (d2 - target).pow(2), st.mask)
-        gap = masked_mean((torch.logsumexp(q1, -1) - d1) + (torch.logsumexp(q2, -1) - d2), st.mask)
+        gap = conservative_gap((q1, q2), (d1, d2), st.mask)
         metrics = scalars(td_loss=td_loss, cql_gap=gap, q_data=masked_mean(d1, st.mask))
         return LossOutput(td_loss + cfg.alpha * gap, metrics)
 

@@ -168,6 +168,10 @@ class Config:
     squared z-score of its per-step action histograms against running estimates of the data's (kept
     in the checkpoint from training); 0: none. Needs critic=population or auto (where auto picks the agent
     critic, as on ising, crowd and battle, there is no penalty)."""
+    critic_conservative: float = 0.0
+    """Agent critic: weight alpha of CQL's penalty ``alpha (logsumexp_a Q - Q(a_data))`` added to its
+    IQL loss, which lowers Q at actions the data did not take; 0: plain IQL. Needs critic=agent or
+    auto (where auto picks the population critic, as on gaussian-squeeze, there is no penalty)."""
     candidates: int = 1
     """Candidate plans drawn at the coarsest level and ranked by the critic (1: no search)."""
     select: str = "best"
