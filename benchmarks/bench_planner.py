@@ -87,7 +87,7 @@ def plan_latency(levels: LevelSchedule, sizes=SIZES, repeats: int = 3) -> dict[i
     return out
 
 
-SECTIONS = ("latency", "fast", "stride", "c2f", "madiff", "train", "memory", "candidates")
+SECTIONS = ("latency", "fast", "width", "stride", "c2f", "madiff", "train", "memory", "candidates")
 """Sections of the benchmark (``--only``)."""
 STRIDES = (20, 10, 8, 5)
 """Sampling steps per plan compared at N = 10,000 (20 = K: the default schedule, no stride)."""
@@ -189,6 +189,34 @@ def fast_variants(
         plan()
         first = time.perf_counter() - t0
         out[label] = FastVariant(best_cpu_time(plan, repeats), first, lv.steps, lv.sizes)
+    return out
+
+
+WIDTHS = ((96, 3), (64, 3), (64, 2), (48, 3), (48, 2), (32, 3))
+"""(channels, block pairs) of the denoisers timed by :func:`width_latency`; the first is the default, and
+48 x 2 is the ablation grid's ``small`` row."""
+
+
+def width_latency(
+    n: int = 10000, widths=WIDTHS, repeats: int = 3
+) -> dict[tuple[int, int], tuple[float, int]]:
+    """CPU seconds per default plan (crowd, representatives mode) and parameter count of each denoiser size.
+
+    The weights are untrained (a plan's cost does not depend on their values). Best of ``repeats``
+    after a warm-up, all sizes planning the same states in one process.
+    """
+    env = make("crowd", n_agents=n)
+    obs, info = env.reset(seed=0)
+    out: dict[tuple[int, int], tuple[float, int]] = {}
+    for hidden, n_blocks in widths:
+        torch.manual_seed(0)
+        cfg = mfd.Config(horizon=4, replan_every=1, hidden=hidden, n_blocks=n_blocks)
+        learner = mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon).eval()
+        lv = cfg.level_schedule.capped(n)
+        rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
+        plan = functools.partial(mf_planner.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen)
+        size = sum(p.numel() for p in learner.denoiser.parameters())
+        out[(hidden, n_blocks)] = (best_cpu_time(plan, repeats), size)
     return out
 
 
@@ -434,6 +462,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             mark = "meets" if row.plan_s * 1000 <= FAST_TARGET_MS else "misses"
             print(f"  {label:<20} ({particles:>12}, {steps:>7}) {row.plan_s * 1000:7.0f} ms  "
                   f"{row.plan_s / base:.2f}x  first plan {row.first_s:6.1f} s wall  {mark} the target")
+
+    if "width" in only:
+        print("default plan at N = 10,000 (crowd, 128/256/1,024, 12/4/4) vs the denoiser's size, "
+              f"CPU ms per plan, one thread (target <= {FAST_TARGET_MS:.0f} ms)")
+        widths = width_latency()
+        results["width"] = widths
+        base = widths[WIDTHS[0]][0]
+        for (hidden, n_blocks), (sec, size) in widths.items():
+            mark = "meets" if sec * 1000 <= FAST_TARGET_MS else "misses"
+            print(f"  {hidden:3d} channels x {n_blocks} blocks ({size:7,d} parameters) {sec * 1000:7.0f} ms  "
+                  f"{sec / base:.2f}x  {mark} the target")
 
     if "stride" in only:
         print("plan latency at N = 10,000 vs sampling steps (DDIM stride over K = 20), CPU ms per plan")

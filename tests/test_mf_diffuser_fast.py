@@ -159,3 +159,18 @@ def test_the_policy_plans_in_the_precision_asked_for():
     assert _policy_plans(learner, env, precision="bfloat16")
     with pytest.raises(ValueError, match=r"precision must be one of float32, bfloat16, got 'float16'$"):
         mfd.make_policy(learner, learner.config, env, precision="float16")
+
+
+def test_bench_planner_times_every_denoiser_size():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_planner.py"
+    spec = importlib.util.spec_from_file_location("bench_planner", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.width_latency(n=300, widths=((16, 2), (8, 1)), repeats=1)
+    assert list(out) == [(16, 2), (8, 1)]
+    (big_s, big_n), (small_s, small_n) = out.values()
+    assert big_s > 0 and small_s > 0
+    assert big_n > small_n > 0
