@@ -220,7 +220,12 @@ def test_shipped_grids_parse_with_valid_options(name, tmp_path, capsys):
 
 
 def test_weighting_grid_trains_mf_diffuser_as_the_main_grid_does():
-    """Its default row is main.yaml's MF-Diffuser on mixed data; the others change only ``weighting``."""
+    """Its rows are main.yaml's MF-Diffuser on mixed data but for ``weighting``; main takes the chosen mode.
+
+    The default row is main.yaml's weighting when the grid ran (per segment on gaussian-squeeze), the
+    others each one mode; main.yaml now weighs per agent everywhere, the mode the grid chose.
+    """
+    weighting_when_measured = {"gaussian-squeeze": "segment", "ising": "agent", "crowd": "agent"}
     main_cells = {c.id: c for c in parse_grid("experiments/main.yaml").cells}
     rows = parse_grid("experiments/weighting.yaml").cells
     for cell in rows:
@@ -233,10 +238,12 @@ def test_weighting_grid_trains_mf_diffuser_as_the_main_grid_does():
         assert cell.policy == ref.policy
         options = {k: v for k, v in cell.options.items() if k != "weighting"}
         assert options == {k: v for k, v in ref.options.items() if k != "weighting"}
+        measured = weighting_when_measured[cell.benchmark]
         if cell.method == "default":
-            assert cell.options.get("weighting") == ref.options.get("weighting")
+            assert cell.options.get("weighting", "segment") == measured
         else:
-            assert cell.options["weighting"] == cell.method != ref.options.get("weighting", "segment")
+            assert cell.options["weighting"] == cell.method != measured
+        assert ref.options["weighting"] == "agent"
 
 
 def test_select_cells_keeps_identities_and_rejects_bad_filters():
