@@ -45,9 +45,9 @@ SCHEDULES = {
 }
 
 
-def _learner(env, horizon: int = 4) -> tuple[mfd.MFDiffuser, mfd.Config]:
+def _learner(env, horizon: int = 4, **options) -> tuple[mfd.MFDiffuser, mfd.Config]:
     torch.manual_seed(0)
-    cfg = mfd.Config(horizon=horizon, replan_every=1)
+    cfg = mfd.Config(horizon=horizon, replan_every=1, **options)
     return mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon).eval(), cfg
 
 
@@ -209,9 +209,7 @@ def width_latency(
     obs, info = env.reset(seed=0)
     out: dict[tuple[int, int], tuple[float, int]] = {}
     for hidden, n_blocks in widths:
-        torch.manual_seed(0)
-        cfg = mfd.Config(horizon=4, replan_every=1, hidden=hidden, n_blocks=n_blocks)
-        learner = mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon).eval()
+        learner, cfg = _learner(env, hidden=hidden, n_blocks=n_blocks)
         lv = cfg.level_schedule.capped(n)
         rng, gen = np.random.default_rng(0), torch.Generator().manual_seed(0)
         plan = functools.partial(mf_planner.sample_plan, learner, obs, info["summary"], 0, lv, rng, gen)
@@ -234,9 +232,7 @@ def candidate_latency(
     Best of ``repeats`` after a warm-up. The reference of every ratio is K = 1 with the default steps.
     """
     env = make("crowd", n_agents=n)
-    torch.manual_seed(0)
-    cfg = mfd.Config(horizon=4, replan_every=1, critic="agent")
-    learner = mfd.MFDiffuser(cfg, env.state_size, env.n_actions, env.summary_size, env.horizon).eval()
+    learner, cfg = _learner(env, critic="agent")
     obs, info = env.reset(seed=0)
     out: dict[tuple[int, ...], dict[int, float]] = {}
     for steps in step_sets:
